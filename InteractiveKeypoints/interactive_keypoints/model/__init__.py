@@ -1,0 +1,3 @@
+from .network import InteractiveKeypointNet
+
+__all__ = ["InteractiveKeypointNet"]

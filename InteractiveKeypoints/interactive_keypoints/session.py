@@ -1,0 +1,206 @@
+"""The interactive loop for one radiograph: predict, refine with user moves, undo/redo.
+
+Inference rule (paper, sec. 2.1 and the reference protocol):
+- click heatmaps (Gaussians at the user's positions) for every user-fixed point;
+- previous prediction: the last pass's raw output in the channels of fixed points only
+  (``prev_mode="fixed"``, the paper's test-time rule) or in all channels (``"all"``,
+  as in training);
+- fixed points are returned exactly where the user put them; the others move freely.
+
+Every refine/unfix/reset is one step on an undo stack that holds the whole state, so
+undo restores every point, not only the moved one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .heatmaps import decode_logits_locally, gaussian_heatmaps
+from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
+from .inference import Predictor
+from .model_io import KeypointModel
+
+
+class OutsideImageError(ValueError):
+    """A user move that lies outside the image."""
+
+
+class SessionBusyError(RuntimeError):
+    """A call that arrived while the session was still computing the previous one."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    points: np.ndarray  # (K, 2) x, y in original pixels
+    confidence: np.ndarray  # (K,) heatmap peak, 0..1; 1.0 for user-fixed points
+    fixed: np.ndarray  # (K,) bool: placed by the user
+    names: list[str]
+    spacing: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def points_mm(self) -> np.ndarray:
+        return self.points * np.asarray(self.spacing)
+
+    def states(self) -> list[str]:
+        return ["user-fixed" if f else "predicted" for f in self.fixed]
+
+
+@dataclass(frozen=True)
+class _Step:
+    prediction: Prediction
+    logits: torch.Tensor = field(repr=False)  # (K, h, w) low-res logits of this step's pass
+
+
+class KeypointSession:
+    def __init__(
+        self,
+        model: KeypointModel,
+        image,
+        spacing=None,
+        device=None,
+        optimized: bool = True,
+        prev_mode: str = "fixed",
+    ):
+        if prev_mode not in ("fixed", "all"):
+            raise ValueError(f"prev_mode must be 'fixed' or 'all', got {prev_mode!r}")
+        self.model = model
+        self.config = model.config
+        self.prev_mode = prev_mode
+        self.radiograph: Radiograph = image if isinstance(image, Radiograph) else load_radiograph(image, spacing)
+        if spacing is not None and isinstance(image, Radiograph):
+            self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)
+        self.coords = CoordinateMap(self.radiograph.size, self.config.input_size)
+        self.predictor = Predictor(model, device, optimized)
+        self._busy = threading.Lock()
+        self._history: list[_Step] = []
+        self._position = -1  # index of the current step in _history
+        # the only click-independent part of the network, computed once per image
+        image_tensor = preprocess(self.radiograph, self.config.input_size, self.config.intensity)
+        image_tensor = image_tensor.expand(self.config.in_channels, -1, -1)[None]
+        self._image_features = self.predictor.encode_image(image_tensor)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def prediction(self) -> Prediction | None:
+        return self._history[self._position].prediction if self._history else None
+
+    @property
+    def can_undo(self) -> bool:
+        return self._position > 0
+
+    @property
+    def can_redo(self) -> bool:
+        return self._position < len(self._history) - 1
+
+    def predict(self) -> Prediction:
+        """The current prediction; the first call runs the model with no clicks."""
+        if not self._history:
+            with self._exclusive():
+                self._push(self._infer({}, previous=None))
+        return self.prediction
+
+    def refine(self, moves: dict) -> Prediction:
+        """Fix each moved point where the user put it (original pixels) and re-infer."""
+        current = self.predict()
+        fixed = self._fixed_positions(current)
+        for index, xy in moves.items():
+            fixed[self._checked_index(index)] = self._checked_position(index, xy)
+        with self._exclusive():
+            self._push(self._infer(fixed, previous=self._history[self._position]))
+        return self.prediction
+
+    def unfix(self, indices) -> Prediction:
+        """Let user-fixed points move again and re-infer."""
+        current = self.predict()
+        fixed = self._fixed_positions(current)
+        for index in np.atleast_1d(indices):
+            fixed.pop(self._checked_index(index), None)
+        with self._exclusive():
+            self._push(self._infer(fixed, previous=self._history[self._position]))
+        return self.prediction
+
+    def reset(self) -> Prediction:
+        """Back to the initial prediction (no fixed points); undoable."""
+        self.predict()
+        self._push(self._history[0])
+        return self.prediction
+
+    def undo(self) -> Prediction:
+        if self.can_undo:
+            self._position -= 1
+        return self.prediction
+
+    def redo(self) -> Prediction:
+        if self.can_redo:
+            self._position += 1
+        return self.prediction
+
+    # ------------------------------------------------------------------ internals
+    @contextlib.contextmanager
+    def _exclusive(self):
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError("the model is still running the previous request; try again when it is done")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def _push(self, step: _Step):
+        del self._history[self._position + 1 :]  # a new step drops the redo branch
+        self._history.append(step)
+        self._position = len(self._history) - 1
+
+    def _fixed_positions(self, prediction: Prediction) -> dict[int, np.ndarray]:
+        return {int(k): prediction.points[k].copy() for k in np.flatnonzero(prediction.fixed)}
+
+    def _checked_index(self, index) -> int:
+        k = self.config.num_keypoints
+        if not (isinstance(index, (int, np.integer)) and 0 <= index < k):
+            raise IndexError(f"landmark index {index!r} is not in 0..{k - 1}")
+        return int(index)
+
+    def _checked_position(self, index, xy) -> np.ndarray:
+        xy = np.asarray(xy, dtype=float).reshape(-1)
+        h, w = self.radiograph.size
+        # the image covers pixel centres 0..W-1 plus half a pixel on each side
+        if xy.shape != (2,) or not np.all(np.isfinite(xy)) or not (-0.5 <= xy[0] <= w - 0.5 and -0.5 <= xy[1] <= h - 0.5):
+            name = self.config.landmark_names[index]
+            raise OutsideImageError(
+                f"cannot move {name} to ({xy[0]:.1f}, {xy[1]:.1f}): outside the {w} x {h} pixel image"
+            )
+        return xy
+
+    def _infer(self, fixed: dict[int, np.ndarray], previous: _Step | None) -> _Step:
+        k = self.config.num_keypoints
+        size = self.config.input_size
+        channels = np.array(sorted(fixed), dtype=np.int64)
+        positions = self.coords.to_input(np.array([fixed[c] for c in channels]).reshape(-1, 2))
+        clicks = gaussian_heatmaps(torch.from_numpy(positions)[None].float(), size, self.config.sigma)
+        if self.prev_mode == "all" and previous is not None:
+            prev = torch.sigmoid(F.interpolate(previous.logits[None], size=size, mode="bilinear", align_corners=False))
+            clicks_all = torch.zeros(1, k, *size)
+            clicks_all[:, channels] = clicks
+            logits = self.predictor.logits(self._image_features, clicks_all, prev)
+        else:
+            if previous is None:
+                prev = torch.zeros_like(clicks)
+            else:
+                prev_logits = previous.logits[channels][None]
+                prev = torch.sigmoid(F.interpolate(prev_logits, size=size, mode="bilinear", align_corners=False))
+            logits = self.predictor.logits(self._image_features, clicks, prev, channels=channels)
+        points_in, confidence = decode_logits_locally(logits, size)
+        points = self.coords.to_original(points_in[0].numpy().astype(np.float64))
+        confidence = confidence[0].numpy().astype(np.float64)
+        is_fixed = np.zeros(k, dtype=bool)
+        for c in channels:  # user-fixed points stay exactly where the user put them
+            points[c] = fixed[int(c)]
+            confidence[c] = 1.0
+            is_fixed[c] = True
+        prediction = Prediction(points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing)
+        return _Step(prediction, logits[0])
