@@ -66,7 +66,10 @@ class KeypointSession:
         device=None,
         optimized: bool = True,
         prev_mode: str = "fixed",
+        predictor: Predictor | None = None,
     ):
+        """``image``: a Radiograph, an array or a file path. ``predictor``: share one
+        across sessions of the same model (it holds the inference copy of the network)."""
         if prev_mode not in ("fixed", "all"):
             raise ValueError(f"prev_mode must be 'fixed' or 'all', got {prev_mode!r}")
         self.model = model
@@ -76,7 +79,7 @@ class KeypointSession:
         if spacing is not None and isinstance(image, Radiograph):
             self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)
         self.coords = CoordinateMap(self.radiograph.size, self.config.input_size)
-        self.predictor = Predictor(model, device, optimized)
+        self.predictor = predictor or Predictor(model, device, optimized)
         self._busy = threading.Lock()
         self._history: list[_Step] = []
         self._position = -1  # index of the current step in _history

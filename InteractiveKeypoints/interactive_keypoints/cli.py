@@ -1,0 +1,109 @@
+"""The ``interactive-keypoints`` command line.
+
+Each subcommand is a module with ``add_arguments(parser)`` and ``run(args) -> int``. This
+file only registers them. A subcommand's module is imported only when that subcommand is
+run, so ``interactive-keypoints --help`` does not pay for torch, MONAI or trame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from . import __version__
+
+# name -> (module, one-line help). Modules that do not exist (yet) are left out.
+SUBCOMMANDS = {
+    "demo": ("interactive_keypoints.demo", "run the model on a generated phantom radiograph and simulate one correction"),
+    "predict": ("interactive_keypoints.predict", "place landmarks on radiographs; write .mrk.json and .csv"),
+    "train": ("interactive_keypoints.train", "train a model"),
+    "evaluate": ("interactive_keypoints.evaluate", "evaluate a model with simulated user corrections"),
+    "serve": ("interactive_keypoints.web.app", "serve the browser app"),
+}
+
+# (module, class name) of errors caused by the user's input: printed as one line, exit 2
+USER_ERRORS = [
+    ("interactive_keypoints.imaging", "ImageError"),
+    ("interactive_keypoints.config", "ModelFormatError"),
+    ("interactive_keypoints.session", "OutsideImageError"),
+    ("interactive_keypoints.markups", "MarkupsError"),
+]
+USER_ERROR_EXIT = 2
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def available_subcommands() -> dict[str, tuple[str, str]]:
+    return {name: entry for name, entry in SUBCOMMANDS.items() if _module_exists(entry[0])}
+
+
+def _chosen(argv: list[str], names) -> str | None:
+    """The subcommand named on the command line: the first argument that is not an option."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in names else None
+    return None
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interactive-keypoints",
+        description="Interactive anatomical keypoint estimation on radiographs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = available_subcommands()
+    chosen = _chosen(argv, commands)
+    for name, (module_name, help_text) in commands.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the command being run is imported
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as e:  # e.g. 'serve' without the web extra installed
+                parser.error(f"'{name}' cannot run here: {e}")
+            if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
+                parser.error(f"'{name}' is not available in this version ({module_name} has no command line yet)")
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
+    return parser
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if isinstance(error, FileNotFoundError):
+        return True
+    for module_name, class_name in USER_ERRORS:
+        module = sys.modules.get(module_name)  # an error class can only be raised once its module is loaded
+        error_class = getattr(module, class_name, None) if module else None
+        if error_class is not None and isinstance(error, error_class):
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return USER_ERROR_EXIT
+    try:
+        return int(args.run(args) or 0)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

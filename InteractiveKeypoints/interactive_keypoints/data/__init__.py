@@ -1,0 +1,48 @@
+"""Labelled radiograph datasets: loaders for AASCE, ISBI 2015, a generic folder and
+in-memory phantoms, all returning a :class:`DatasetSplit` of :class:`KeypointSample`.
+
+>>> train = get_dataset("aasce", "/data/boostnet_labeldata", "train")
+>>> split_record = get_split_ids("aasce", "/data/boostnet_labeldata")  # save with the model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import aasce, folder, isbi, synthetic
+from .common import DatasetNotFoundError, DatasetSplit, KeypointSample, label_problem, load_grey_image, read_image_size
+from .training import KeypointTrainingDataset
+
+DATASETS = ("aasce", "isbi", "folder", "phantom")
+
+__all__ = [
+    "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
+    "get_dataset", "get_split_ids", "label_problem", "load_grey_image", "read_image_size",
+]  # fmt: skip
+
+
+def get_dataset(name: str, root: str | Path | None = None, split: str = "train", **options) -> DatasetSplit:
+    """One split of a dataset. Options go to the loader: AASCE ``num_val``, ``seed``;
+    ISBI ``annotators``; folder ``val_fraction``, ``seed``; phantom ``num_images``, ``seed``,
+    ``height``, ``width`` (no root)."""
+    if name == "phantom":
+        return synthetic.load(split, **options)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs a root folder")
+    loader = {"aasce": aasce.load, "isbi": isbi.load, "folder": folder.load}[name]
+    return loader(root, split, **options)
+
+
+def get_split_ids(name: str, root: str | Path | None = None, **options) -> dict[str, list[str]]:
+    """The ids in every split (before label validation), to record next to a trained model."""
+    if name == "aasce":
+        return aasce.split_ids(root, **options)
+    if name == "isbi":
+        return {split: isbi.split_ids(split) for split in isbi.SPLITS}
+    if name == "folder":
+        return folder.split_ids(root, **options)
+    if name == "phantom":
+        return synthetic.split_ids(**options)
+    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")

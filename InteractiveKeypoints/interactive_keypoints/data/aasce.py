@@ -1,0 +1,90 @@
+"""AASCE 2019 / SpineWeb 16 (BoostNet) in its official layout.
+
+ROOT/data/{training,test}/<name>.jpg and ROOT/labels/{training,test}/<name>.jpg.mat with key
+``p2``: 68 x 2 (x, y) pixels, the 4 corners of T1..L5 in the order top-left, top-right,
+bottom-left, bottom-right. No pixel spacing is published: errors stay in pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from .common import (
+    DatasetSplit,
+    KeypointSample,
+    keep_valid,
+    record_skip,
+    read_image_size,
+    require_dir,
+    seeded_split,
+)
+
+VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+LANDMARK_NAMES = [f"{v}-{c}" for v in VERTEBRAE for c in CORNERS]
+NUM_KEYPOINTS = len(LANDMARK_NAMES)  # 68
+# a horizontal flip turns each vertebra's left corners into right ones
+FLIP_PAIRS = [p for v in range(len(VERTEBRAE)) for p in ((4 * v, 4 * v + 1), (4 * v + 2, 4 * v + 3))]
+NUM_VAL = 128
+FOLDERS = {"train": "training", "val": "training", "test": "test"}
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """The (68, 2) float (x, y) array stored under ``p2`` in a label .mat file."""
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except (OSError, ValueError, scipy.io.matlab.MatReadError) as e:
+        raise ValueError(f"cannot read label file {path}: {e}") from None
+    if "p2" not in mat:
+        raise ValueError(f"label file {path} has no 'p2' array")
+    return np.asarray(mat["p2"], dtype=np.float64)  # stored as uint16: cast before any arithmetic
+
+
+def image_names(root: str | Path, folder: str = "training") -> list[str]:
+    images = require_dir(Path(root) / "data" / folder, f"AASCE '{folder}' images")
+    return sorted(p.name for p in images.glob("*.jpg"))
+
+
+def split_ids(root: str | Path, num_val: int = NUM_VAL, seed: int = 0) -> dict[str, list[str]]:
+    """Image names per split: train/val from the training folder (seeded), test if present."""
+    splits = seeded_split(image_names(root, "training"), num_val, seed)
+    if (Path(root) / "data" / "test").is_dir():
+        splits["test"] = image_names(root, "test")
+    return splits
+
+
+def load(root: str | Path, split: str = "train", num_val: int = NUM_VAL, seed: int = 0) -> DatasetSplit:
+    """The valid samples of one split; unreadable or invalid labels are reported in ``skipped``."""
+    if split not in FOLDERS:
+        raise ValueError(f"AASCE has splits {sorted(FOLDERS)}, not {split!r}")
+    root = Path(root)
+    folder = FOLDERS[split]
+    if split == "test":
+        require_dir(root / "data" / "test", "AASCE test split (the official test images are distributed separately)")
+        names = image_names(root, "test")
+    else:
+        names = split_ids(root, num_val, seed)[split]
+    labels = require_dir(root / "labels" / folder, f"AASCE '{folder}' labels")
+    samples, unreadable = [], []
+    for name in names:
+        image_path = root / "data" / folder / name
+        try:
+            points = read_label(labels / f"{name}.mat")
+            size = read_image_size(image_path)
+        except (ValueError, FileNotFoundError) as e:
+            record_skip(unreadable, "AASCE", name, str(e))
+            continue
+        samples.append(KeypointSample(id=name, points=points, image_path=image_path, image_size=size))
+    valid, skipped = keep_valid(samples, NUM_KEYPOINTS, "AASCE")
+    return DatasetSplit(
+        name="aasce",
+        split=split,
+        samples=valid,
+        landmark_names=list(LANDMARK_NAMES),
+        flip_pairs=list(FLIP_PAIRS),
+        flip_allowed=True,
+        skipped=unreadable + skipped,
+    )

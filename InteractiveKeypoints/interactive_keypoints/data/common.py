@@ -1,0 +1,154 @@
+"""Records, label validation, image reading and seeded splits shared by the dataset loaders.
+
+Points are (x, y) = (column, row) in original-image pixels, pixel centres at integers, so
+the image covers [-0.5, W - 0.5] x [-0.5, H - 0.5].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..imaging import load_radiograph
+
+log = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset folder (or one split of it) that is not on disk."""
+
+
+@dataclass
+class KeypointSample:
+    """One labelled radiograph: a file on disk or an in-memory image (phantoms)."""
+
+    id: str
+    points: np.ndarray  # (K, 2) float64, (x, y) in original pixels
+    image_path: Path | None = None
+    spacing: tuple[float, float] = (1.0, 1.0)  # (sx, sy) mm per pixel
+    spacing_known: bool = False
+    image_size: tuple[int, int] | None = None  # (H, W) of the original image
+    image: np.ndarray | None = None  # (H, W) grey, only for in-memory datasets
+
+    def __post_init__(self):
+        self.points = np.asarray(self.points, dtype=np.float64)
+        self.spacing = (float(self.spacing[0]), float(self.spacing[1]))
+        if self.image is not None and self.image_size is None:
+            self.image_size = tuple(int(v) for v in np.shape(self.image)[:2])
+
+
+@dataclass
+class DatasetSplit:
+    """The valid samples of one split plus the landmark metadata training needs."""
+
+    name: str
+    split: str
+    samples: list[KeypointSample]
+    landmark_names: list[str]
+    flip_pairs: list[tuple[int, int]] = field(default_factory=list)
+    # a horizontal flip is only a valid augmentation when the anatomy has a mirror image
+    # (AP spine yes; a lateral cephalogram would face the other way)
+    flip_allowed: bool = True
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> KeypointSample:
+        return self.samples[i]
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.landmark_names)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def points_array(self) -> np.ndarray:
+        """(N, K, 2) labels in original pixels."""
+        return np.stack([s.points for s in self.samples]) if self.samples else np.zeros((0, self.num_keypoints, 2))
+
+    def image_sizes(self) -> np.ndarray:
+        """(N, 2) original (H, W) of every sample."""
+        return np.array([s.image_size for s in self.samples], dtype=np.float64).reshape(-1, 2)
+
+
+def label_problem(points: np.ndarray, num_keypoints: int, image_size: tuple[int, int] | None) -> str | None:
+    """Why a label cannot be used (wrong count, NaN/inf, outside the image), or None if fine."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        return f"points have shape {points.shape}, expected ({num_keypoints}, 2)"
+    if points.shape[0] != num_keypoints:
+        return f"{points.shape[0]} points, expected {num_keypoints}"
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        return f"non-finite coordinates at keypoint(s) {np.flatnonzero(bad).tolist()}"
+    if image_size is not None:
+        h, w = image_size
+        outside = (points[:, 0] < -0.5) | (points[:, 0] > w - 0.5) | (points[:, 1] < -0.5) | (points[:, 1] > h - 0.5)
+        if outside.any():
+            k = int(np.flatnonzero(outside)[0])
+            return (
+                f"{int(outside.sum())} point(s) outside the {w} x {h} image, "
+                f"first keypoint {k} at ({points[k, 0]:g}, {points[k, 1]:g})"
+            )
+    return None
+
+
+def keep_valid(samples: list[KeypointSample], num_keypoints: int, dataset: str) -> tuple[list[KeypointSample], list[tuple[str, str]]]:
+    """Split samples into usable ones and (id, reason) for the rest, logging each skip."""
+    valid, skipped = [], []
+    for s in samples:
+        reason = label_problem(s.points, num_keypoints, s.image_size)
+        if reason is None:
+            valid.append(s)
+        else:
+            record_skip(skipped, dataset, s.id, reason)
+    return valid, skipped
+
+
+def record_skip(skipped: list[tuple[str, str]], dataset: str, sample_id: str, reason: str) -> None:
+    skipped.append((sample_id, reason))
+    log.warning("%s: skipping %s: %s", dataset, sample_id, reason)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the file header only: no pixel decoding."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise ValueError(f"cannot read image header of {path}: {str(e).strip().splitlines()[-1]}") from None
+    size = reader.GetSize()
+    return int(size[1]), int(size[0])
+
+
+def load_grey_image(sample: KeypointSample) -> np.ndarray:
+    """The sample's image as (H, W) float32 grey in original pixels."""
+    source = sample.image if sample.image is not None else sample.image_path
+    return np.asarray(load_radiograph(source).array, dtype=np.float32)
+
+
+def seeded_split(ids: list[str], num_val: int, seed: int = 0) -> dict[str, list[str]]:
+    """Pick num_val ids for validation with a seeded RNG; both lists sorted.
+
+    The ids are sorted first, so the split depends only on the set of files and the seed.
+    """
+    ids = sorted(ids)
+    if not 0 <= num_val <= len(ids):
+        raise ValueError(f"cannot take {num_val} validation images from {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val = {ids[i] for i in order[:num_val]}
+    return {"train": [i for i in ids if i not in val], "val": [i for i in ids if i in val]}
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"{what}: folder {path} is missing")
+    return path

@@ -1,0 +1,89 @@
+"""Torch ``Dataset`` of augmented samples at the network input size.
+
+Decoding a 3755-px JPEG every epoch on two cores is slow, so each image is decoded once,
+normalised and downscaled to about the input size with the same MONAI pipeline inference
+uses (``imaging.preprocess_transform``), and kept in memory. The resize is the
+align_corners=False pixel-edge mapping, so coordinates stay exact through the cache:
+original -> cache -> input composes to the original -> input mapping of ``imaging.to_input``.
+
+Use ``monai.data.DataLoader``: it reseeds the random transforms in every worker (a plain
+torch DataLoader gives all workers the same augmentations). Call :meth:`preload` before
+starting workers so that forked workers share one cache instead of each decoding again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..augment import resize_matrix, training_transforms
+from ..imaging import preprocess_transform
+from .common import DatasetSplit, load_grey_image
+
+DEFAULT_INTENSITY = {"mode": "minmax", "range": [-1.0, 1.0]}
+
+
+class KeypointTrainingDataset(Dataset):
+    """Items: dict with
+
+    - ``image`` (1, H, W) float32, normalised as ``intensity`` says (as at inference);
+    - ``points`` (K, 2) float32 input pixels after augmentation (indices swapped on a flip);
+    - ``visible`` (K,) bool: the point lies inside the input image;
+    - ``orig_points`` (K, 2) float64 labels in original pixels, original index order;
+    - ``orig_to_input`` (3, 3) float64: original (x, y, 1) -> ``points`` (before the swap);
+    - ``scale`` (2,) input pixels per original pixel (x, y), without augmentation;
+    - ``orig_size`` (2,) (H, W); ``spacing`` (2,) (sx, sy); ``flipped`` bool; ``id`` str.
+    """
+
+    def __init__(self, data: DatasetSplit, input_size, intensity: dict | None = None, augment: bool = True,
+                 cache: bool = True, cache_scale: float = 1.0, seed: int | None = 0, transform=None):
+        self.data = data
+        self.input_size = tuple(int(v) for v in input_size)
+        self.intensity = dict(intensity or DEFAULT_INTENSITY)
+        self.cache_size = tuple(max(1, round(v * cache_scale)) for v in self.input_size)
+        self.use_cache = cache
+        self._cache: dict[int, torch.Tensor] = {}
+        low = float(self.intensity.get("range", (-1.0, 1.0))[0])
+        # outside the source image reads as the black level of the normalised range
+        self.transform = transform or training_transforms(
+            self.input_size, data.flip_pairs, data.flip_allowed, augment=augment, fill=low, seed=seed
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def cached_image(self, index: int) -> torch.Tensor:
+        """(1, h, w) normalised image at ``cache_size``."""
+        if index in self._cache:
+            return self._cache[index]
+        grey = load_grey_image(self.data[index])
+        image = preprocess_transform(self.cache_size, self.intensity)(grey[np.newaxis])
+        if self.use_cache:
+            self._cache[index] = image
+        return image
+
+    def preload(self) -> None:
+        for i in range(len(self)):
+            self.cached_image(i)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.data[index]
+        image = self.cached_image(index)
+        to_cache = resize_matrix(sample.image_size, tuple(image.shape[-2:]))
+        points = sample.points @ to_cache[:2, :2].T + to_cache[:2, 2]
+        d = self.transform({"image": image, "points": points})
+        h, w = sample.image_size
+        image = d["image"]
+        return {
+            "image": image.as_tensor() if hasattr(image, "as_tensor") else image,  # drop MONAI metadata
+            "points": torch.as_tensor(d["points"], dtype=torch.float32),
+            "visible": torch.as_tensor(d["visible"]),
+            "orig_points": torch.as_tensor(sample.points),
+            "orig_to_input": torch.as_tensor(d["to_output"] @ to_cache),
+            "scale": torch.tensor([self.input_size[1] / w, self.input_size[0] / h], dtype=torch.float64),
+            "orig_size": torch.tensor([h, w]),
+            "spacing": torch.tensor(sample.spacing, dtype=torch.float64),
+            "flipped": bool(d.get("flipped", False)),
+            "id": sample.id,
+        }

@@ -1,0 +1,295 @@
+"""Radiograph loading, preprocessing to the network input, and exact coordinate mapping.
+
+Coordinates are (x, y) = (column, row) in pixels with pixel centres at integer positions.
+The network input is the whole radiograph resized (no crop, no padding) with the
+``align_corners=False`` convention, so a pixel *edge* of the original maps to a pixel edge
+of the input: ``x_in = (x + 0.5) * W_in / W - 0.5`` (same for y).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureType,
+    Resize,
+    ScaleIntensity,
+    ScaleIntensityRangePercentiles,
+)
+
+# ITU-R BT.601 luma weights (what PIL's "L" mode and most viewers use for RGB -> grey).
+LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114])
+
+# Readers of these formats turn the file's print resolution (DPI) into a spacing; that
+# says nothing about the detector, so their spacing is treated as unknown.
+_PRINT_RESOLUTION_IOS = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be used as a radiograph (unreadable, wrong shape, no contrast...)."""
+
+
+@dataclass
+class Radiograph:
+    """A 2-D grey radiograph in its original pixels.
+
+    ``spacing`` is (sx, sy) in mm per pixel; ``spacing_known`` is False when the file
+    carried no real spacing (PNG/JPEG), in which case ``spacing`` is (1.0, 1.0).
+    ``origin`` is the physical position (mm) of pixel (0, 0) as the reader gave it.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float] = (1.0, 1.0)
+    spacing_known: bool = False
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    path: str | None = None
+
+    def __post_init__(self):
+        self.spacing = (float(self.spacing[0]), float(self.spacing[1]))
+        self.origin = np.asarray(self.origin, dtype=float).reshape(2)
+
+    @property
+    def height(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)"""
+        return (self.height, self.width)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_radiograph(source, spacing=None) -> Radiograph:
+    """Load a radiograph from a file path or a numpy array.
+
+    Files are read with SimpleITK (PNG, JPEG, BMP, TIFF, DICOM, NRRD, NIfTI, MHA, ...).
+    An explicit ``spacing`` (sx, sy) overrides the file's and marks it as known.
+    Raises :class:`ImageError` with the file name and the problem.
+    """
+    if isinstance(source, (str, Path)):
+        radiograph = _load_file(Path(source))
+    elif isinstance(source, np.ndarray):
+        radiograph = Radiograph(array=_grey_from_array(source, "the array"))
+    elif isinstance(source, torch.Tensor):
+        radiograph = Radiograph(array=_grey_from_array(source.detach().cpu().numpy(), "the tensor"))
+    else:
+        raise ImageError(
+            f"cannot load a radiograph from {type(source).__name__}; give a file path or a numpy array"
+        )
+    if spacing is not None:
+        radiograph.spacing = _checked_spacing(spacing, radiograph.path or "the image")
+        radiograph.spacing_known = True
+    return radiograph
+
+
+def _load_file(path: Path) -> Radiograph:
+    name = str(path)
+    if not path.exists():
+        raise ImageError(f"image file not found: {name}")
+    if path.is_dir():
+        raise ImageError(f"{name} is a folder, not an image file")
+    reader = sitk.ImageFileReader()
+    io_name = reader.GetImageIOFromFileName(name)
+    if not io_name:
+        raise ImageError(f"{name} is not an image file in a format SimpleITK can read")
+    reader.SetFileName(name)
+    try:
+        # header first: reject volumes before reading all their voxels
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise ImageError(f"cannot read image {name}: {_sitk_message(e)}") from None
+    size = reader.GetSize()
+    if reader.GetDimension() > 2 and int(np.prod(size[2:])) > 1:
+        raise ImageError(
+            f"{name} has {int(np.prod(size[2:]))} slices; "
+            "InteractiveKeypoints needs a single 2-D radiograph"
+        )
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise ImageError(f"cannot read image {name}: {_sitk_message(e)}") from None
+
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() == 1 and image.GetDimension() > 2:
+        array = array.reshape(array.shape[-2:])  # single-slice volume -> 2-D
+    elif image.GetNumberOfComponentsPerPixel() > 1 and image.GetDimension() > 2:
+        array = array.reshape(array.shape[-3:])
+    grey = _grey_from_array(array, name)
+
+    file_spacing = tuple(float(s) for s in image.GetSpacing()[:2])
+    spacing_known = io_name not in _PRINT_RESOLUTION_IOS and file_spacing != (1.0, 1.0)
+    return Radiograph(
+        array=grey,
+        spacing=file_spacing if spacing_known else (1.0, 1.0),
+        spacing_known=spacing_known,
+        origin=np.array(image.GetOrigin()[:2], dtype=float),
+        path=name,
+    )
+
+
+def _sitk_message(error: RuntimeError) -> str:
+    # SimpleITK messages start with a C++ source location; keep the readable last line.
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1].removeprefix("sitk::ERROR: ") if lines else "unknown error"
+
+
+def _grey_from_array(array: np.ndarray, name: str) -> np.ndarray:
+    """(H, W), (1, H, W), (H, W, 1) grey or (H, W, 2/3/4) grey+alpha/RGB/RGBA -> (H, W) float32."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageError(f"{name} has pixel type {array.dtype}; expected grey or RGB numbers")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] in (1, 2):
+        array = array[..., 0]  # grey (+ alpha)
+    elif array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].astype(np.float64) @ LUMINANCE_WEIGHTS  # RGB(A) -> luminance
+    if array.ndim != 2:
+        raise ImageError(
+            f"{name} has shape {tuple(array.shape)}; expected a 2-D grey image (H, W) or RGB (H, W, 3)"
+        )
+    if array.size == 0:
+        raise ImageError(f"{name} is empty ({array.shape[0]} x {array.shape[1]} pixels)")
+    grey = array.astype(np.float32)
+    if not np.isfinite(grey).all():
+        raise ImageError(f"{name} contains NaN or infinite pixel values")
+    if grey.min() == grey.max():
+        raise ImageError(
+            f"{name} has the same value ({grey.flat[0]:g}) in every pixel: "
+            "no contrast, it cannot be normalised"
+        )
+    return grey
+
+
+def _checked_spacing(spacing, name: str) -> tuple[float, float]:
+    values = np.asarray(spacing, dtype=float).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, 2)
+    if values.size != 2 or not np.isfinite(values).all() or (values <= 0).any():
+        raise ImageError(f"invalid pixel spacing {spacing!r} for {name}: need two positive mm values (sx, sy)")
+    return (float(values[0]), float(values[1]))
+
+
+def check_size(radiograph: Radiograph, max_pixels: int) -> None:
+    """Refuse images larger than ``max_pixels`` (protects memory before preprocessing)."""
+    pixels = radiograph.height * radiograph.width
+    if pixels > max_pixels:
+        raise ImageError(
+            f"{radiograph.path or 'the image'} has {radiograph.width} x {radiograph.height} = "
+            f"{pixels} pixels, more than the limit of {max_pixels} pixels"
+        )
+
+
+# ---------------------------------------------------------------------- preprocessing
+
+
+def intensity_transform(intensity: dict):
+    """The MONAI intensity normalisation described by a ModelConfig ``intensity`` dict."""
+    mode = intensity.get("mode", "minmax")
+    low, high = (float(v) for v in intensity.get("range", (-1.0, 1.0)))
+    if mode == "minmax":
+        return ScaleIntensity(minv=low, maxv=high)
+    if mode == "percentile":
+        return ScaleIntensityRangePercentiles(
+            lower=float(intensity.get("lower", 0.5)),
+            upper=float(intensity.get("upper", 99.5)),
+            b_min=low,
+            b_max=high,
+            clip=True,
+        )
+    raise ValueError(f"unknown intensity mode {mode!r}; expected 'minmax' or 'percentile'")
+
+
+def preprocess_transform(input_size, intensity: dict) -> Compose:
+    """(1, H, W) array/tensor -> (1, H_in, W_in) float32 tensor: normalise, then resize.
+
+    Resize uses align_corners=False (see :func:`to_input`); anti-aliasing is a Gaussian
+    blur before downsampling, symmetric, so it does not shift point positions.
+    """
+    return Compose(
+        [
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+            intensity_transform(intensity),
+            Resize(
+                spatial_size=tuple(int(v) for v in input_size),
+                mode="bilinear",
+                align_corners=False,
+                anti_aliasing=True,
+            ),
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
+
+
+def preprocess(radiograph: Radiograph, input_size, intensity: dict) -> torch.Tensor:
+    """The radiograph as the network input: a (1, H_in, W_in) float32 tensor."""
+    return preprocess_transform(input_size, intensity)(radiograph.array[np.newaxis])
+
+
+# ------------------------------------------------------------------ coordinate mapping
+
+
+def _scale(original_size, input_size) -> np.ndarray:
+    """(W_in / W, H_in / H): input pixels per original pixel along x and y."""
+    (h, w), (h_in, w_in) = original_size, input_size
+    return np.array([w_in / w, h_in / h], dtype=float)
+
+
+def to_input(points, original_size, input_size) -> np.ndarray:
+    """Original-pixel (x, y) -> network-input pixels; points (..., 2), sizes (H, W)."""
+    points = np.asarray(points, dtype=float)
+    return (points + 0.5) * _scale(original_size, input_size) - 0.5
+
+
+def to_original(points, original_size, input_size) -> np.ndarray:
+    """Network-input pixel (x, y) -> original pixels; the inverse of :func:`to_input`."""
+    points = np.asarray(points, dtype=float)
+    return (points + 0.5) / _scale(original_size, input_size) - 0.5
+
+
+@dataclass(frozen=True)
+class CoordinateMap:
+    """The mapping between one radiograph (original_size) and the network input (input_size)."""
+
+    original_size: tuple[int, int]  # (H, W)
+    input_size: tuple[int, int]  # (H, W)
+
+    @property
+    def scale(self) -> np.ndarray:
+        """(sx, sy): input pixels per original pixel."""
+        return _scale(self.original_size, self.input_size)
+
+    def to_input(self, points) -> np.ndarray:
+        return to_input(points, self.original_size, self.input_size)
+
+    def to_original(self, points) -> np.ndarray:
+        return to_original(points, self.original_size, self.input_size)
+
+
+def pixels_to_mm(vectors, spacing) -> np.ndarray:
+    """(..., 2) points or displacements (dx, dy) in pixels -> mm, per axis.
+
+    Positions are relative to pixel (0, 0); add the image origin for physical positions.
+    """
+    vectors = np.asarray(vectors, dtype=float)
+    if vectors.shape[-1:] != (2,):
+        raise ValueError(f"expected (..., 2) pixel vectors, got shape {vectors.shape}")
+    return vectors * np.asarray(spacing, dtype=float).reshape(2)
+
+
+def distances_mm(a, b, spacing) -> np.ndarray:
+    """Euclidean distances in mm between matching (..., 2) pixel points ``a`` and ``b``."""
+    return np.linalg.norm(pixels_to_mm(np.asarray(b, float) - np.asarray(a, float), spacing), axis=-1)

@@ -1,0 +1,80 @@
+"""The evaluation arithmetic of the paper's protocol: MRE, NoC / FR, SDR.
+
+MRE is in original-image pixels, or mm when a spacing (sx, sy) is given; it is averaged
+over all keypoints, clicked ones included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
+
+
+def radial_errors(pred, truth, spacing=None) -> np.ndarray:
+    """Euclidean error per keypoint, (..., K); in mm when ``spacing`` (sx, sy) is given."""
+    diff = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    if diff.shape[-1:] != (2,):
+        raise ValueError(f"expected (..., K, 2) points, got shape {diff.shape}")
+    if spacing is not None:
+        diff = diff * np.asarray(spacing, dtype=np.float64).reshape(2)
+    return np.linalg.norm(diff, axis=-1)
+
+
+def mre(pred, truth, spacing=None):
+    """Mean radial error over keypoints: a float for (K, 2), an array over leading axes otherwise."""
+    errors = radial_errors(pred, truth, spacing).mean(axis=-1)
+    return float(errors) if errors.ndim == 0 else errors
+
+
+def noc_key(max_clicks: int, target: float) -> str:
+    """'10@20' for NoC10@20 / FR10@20."""
+    return f"{max_clicks}@{target:g}"
+
+
+def noc(mre_by_clicks, target: float, max_clicks: int | None = None) -> tuple[float, float]:
+    """(NoC, FR) for one target MRE.
+
+    ``mre_by_clicks`` (N, C + 1): MRE of image n after c = 0..C clicks. NoC = mean over
+    images of the fewest clicks c <= max_clicks with MRE <= target, counting max_clicks for
+    images that never get there; FR = percent of images that never get there.
+    """
+    curves = np.asarray(mre_by_clicks, dtype=np.float64)
+    if curves.ndim != 2 or curves.shape[0] == 0:
+        raise ValueError(f"expected (N, C + 1) MRE by clicks with N >= 1, got shape {curves.shape}")
+    if not np.isfinite(curves).all():
+        raise ValueError("MRE by clicks contains NaN or inf")
+    available = curves.shape[1] - 1
+    max_clicks = available if max_clicks is None else int(max_clicks)
+    if not 0 <= max_clicks <= available:
+        raise ValueError(f"max_clicks {max_clicks} but the curves only cover 0..{available} clicks")
+    reached = curves[:, : max_clicks + 1] <= target
+    ever = reached.any(axis=1)
+    clicks = np.where(ever, reached.argmax(axis=1), max_clicks)
+    return float(clicks.mean()), float(100.0 * (~ever).mean())
+
+
+def noc_summary(mre_by_clicks, targets, max_clicks: int | None = None) -> dict[str, dict[str, float]]:
+    """{'10@20': {'NoC': ..., 'FR': ...}, ...} for every target."""
+    max_clicks = np.asarray(mre_by_clicks).shape[1] - 1 if max_clicks is None else int(max_clicks)
+    out = {}
+    for target in targets:
+        n, fr = noc(mre_by_clicks, target, max_clicks)
+        out[noc_key(max_clicks, target)] = {"NoC": n, "FR": fr}
+    return out
+
+
+def sdr(radial_errors_mm, thresholds=SDR_THRESHOLDS_MM) -> dict[float, float]:
+    """Successful detection rate: percent of all landmarks within each threshold (mm)."""
+    errors = np.asarray(radial_errors_mm, dtype=np.float64).ravel()
+    if errors.size == 0:
+        raise ValueError("no radial errors given")
+    return {float(t): float(100.0 * (errors <= t).mean()) for t in thresholds}
+
+
+def mre_sd(radial_errors_mm) -> tuple[float, float]:
+    """(mean, standard deviation) over all landmarks of all images, the ISBI 'MRE +- SD'."""
+    errors = np.asarray(radial_errors_mm, dtype=np.float64).ravel()
+    if errors.size == 0:
+        raise ValueError("no radial errors given")
+    return float(errors.mean()), float(errors.std())

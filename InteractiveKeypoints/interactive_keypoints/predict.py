@@ -1,0 +1,138 @@
+"""``interactive-keypoints predict``: landmarks for radiographs, written as Slicer point lists.
+
+For each image: ``<stem>.mrk.json`` (opens in Slicer on top of the image) and ``<stem>.csv``,
+next to the image or in ``--out``; ``--overlay`` adds ``<stem>.png`` with the points drawn.
+A file that cannot be read is reported and skipped; the exit code is then 2.
+
+Heavy modules (torch, MONAI, SimpleITK) are imported inside functions: see cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def device_argument(value: str):
+    """argparse type for --device: the torch.device, or a usage error naming the problem."""
+    from .inference import pick_device
+
+    if value.split(":")[0] not in DEVICES:
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; choose from {', '.join(DEVICES)}")
+    try:
+        return pick_device(value)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model and --device, shared by the commands that run a model."""
+    parser.add_argument("--model", type=Path, default=None, help="model folder (model.safetensors + model.json); default: the shipped model")
+    parser.add_argument("--device", type=device_argument, default="auto", help="auto (default), cpu, cuda or mps")
+
+
+def load_model_for(args):
+    """The model named by ``--model``, or the shipped default with a message that says what is missing."""
+    from .config import ModelFormatError
+    from .model_io import CONFIG_FILE, DEFAULT_MODEL_NAME, REPO_MODELS_DIR, WEIGHTS_FILE, default_model_dir, load_model
+
+    folder = args.model
+    if folder is None:
+        try:
+            folder = default_model_dir()
+        except ModelFormatError:
+            raise ModelFormatError(
+                f"no trained model found: expected {REPO_MODELS_DIR / DEFAULT_MODEL_NAME} with "
+                f"{WEIGHTS_FILE} and {CONFIG_FILE}; pass --model DIR to use another model folder"
+            ) from None
+    return load_model(folder, device="cpu")  # the session moves it to --device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="radiograph files (PNG, JPEG, DICOM, NRRD, ...)")
+    add_model_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None, help="write results here (default: next to each image)")
+    parser.add_argument("--overlay", action="store_true", help="also write <stem>.png with the points drawn on the image")
+
+
+def output_stem(image_path: Path, out_dir: Path | None) -> Path:
+    """``scan.dcm`` -> ``<out or image folder>/scan`` (``scan.nii.gz`` too)."""
+    name = image_path.name
+    name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else image_path.stem
+    return (out_dir or image_path.parent) / name
+
+
+def write_prediction(stem: Path, prediction, radiograph) -> list[Path]:
+    """``stem.mrk.json`` in the image's own geometry (so it overlays in Slicer) and ``stem.csv``."""
+    from .markups import write_csv, write_markups_json
+
+    markups = write_markups_json(
+        stem.with_name(stem.name + ".mrk.json"),
+        prediction.points,
+        prediction.names,
+        spacing=radiograph.spacing,
+        origin=radiograph.origin,
+        states=prediction.states(),
+        confidence=prediction.confidence,
+        node_name=stem.name,
+    )
+    table = write_csv(
+        stem.with_name(stem.name + ".csv"),
+        prediction.names,
+        prediction.points,
+        spacing=radiograph.spacing if radiograph.spacing_known else None,
+        states=prediction.states(),
+        confidence=prediction.confidence,
+    )
+    return [markups, table]
+
+
+def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
+    from .imaging import load_radiograph
+    from .session import KeypointSession
+
+    radiograph = load_radiograph(image_path)
+    start = time.perf_counter()
+    prediction = KeypointSession(model, radiograph, predictor=predictor).predict()
+    elapsed_ms = 1000 * (time.perf_counter() - start)
+    stem = output_stem(image_path, args.out)
+    written = write_prediction(stem, prediction, radiograph)
+    if args.overlay:
+        from .overlay import save_overlay
+
+        written.append(
+            save_overlay(
+                stem.with_name(stem.name + ".png"),
+                radiograph.array,
+                prediction.points,
+                spacing=radiograph.spacing,
+                title=f"{image_path.name}: {len(prediction.points)} landmarks",
+            )
+        )
+    print(f"{image_path}: {len(prediction.points)} landmarks in {elapsed_ms:.0f} ms -> {', '.join(map(str, written))}")
+    return written
+
+
+def run(args) -> int:
+    from .imaging import ImageError
+    from .inference import Predictor
+
+    model = load_model_for(args)
+    predictor = Predictor(model, args.device)  # one inference copy of the network for all images
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for image_path in args.images:
+        try:
+            predict_one(model, predictor, image_path, args)
+        except ImageError as e:  # report, keep going with the other images
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+    if failed:
+        print(f"{failed} of {len(args.images)} images failed", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,372 @@
+"""Training with simulated clicks (paper sec. 2.1, RITM iterative training).
+
+    interactive-keypoints train --dataset aasce --data-root .../boostnet_labeldata \
+        --width 18 --input 256x128 --out runs/aasce
+    torchrun --nproc_per_node 2 -m interactive_keypoints.train ...   # DistributedDataParallel
+
+Writes a model folder (model.safetensors + model.json + morphology.json + split.json),
+a CSV log, and a checkpoint (safetensors + JSON, no pickle) that resumes exactly at an
+epoch boundary: weights, optimiser, epoch, best score, RNG seeds and the split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .clicks import sample_click_mask, worst_keypoints
+from .config import ModelConfig, compact_config
+from .data import KeypointTrainingDataset, get_dataset, get_split_ids
+from .heatmaps import decode_heatmaps, gaussian_heatmaps
+from .imaging import to_original
+from .inference import fast_dtype, pick_device
+from .losses import heatmap_loss, morphology_term
+from .model_io import build_model, save_model
+from .morphology import MorphologySelection, select_morphology
+
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+LOG_FILE = "training_log.csv"
+
+
+# ------------------------------------------------------------------ arguments
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x128, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=["aasce", "isbi", "folder", "phantom"])
+    data.add_argument("--data-root", type=Path, help="the dataset's own top folder")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
+    model = parser.add_argument_group("model")
+    model.add_argument("--width", type=int, default=18, help="HRNet width (18, 32, ...)")
+    model.add_argument("--depth", choices=["compact", "full"], default="compact",
+                       help="compact: HRNet-small stages; full: the paper's HRNetV2 (1/4/3 modules)")
+    model.add_argument("--input", type=parse_size, default=(256, 128), help="network input HxW")
+    model.add_argument("--sigma", type=float, default=None, help="heatmap sigma in input px (default: 7.5 at 512 px high, scaled)")
+    model.add_argument("--no-gating", action="store_true", help="ablation: no interaction-guided gating")
+    model.add_argument("--gating-pool", choices=["max", "avg"], default="max")
+    model.add_argument("--morphology", choices=["low", "high", "adjacent", "off"], default="low")
+    model.add_argument("--n-pairs", type=int, default=70)
+    model.add_argument("--n-triplets", type=int, default=70)
+    model.add_argument("--morphology-weight", type=float, default=0.01)
+    run = parser.add_argument_group("optimisation")
+    run.add_argument("--epochs", type=int, default=300)
+    run.add_argument("--batch-size", type=int, default=4, help="per process")
+    run.add_argument("--lr", type=float, default=1e-3)
+    run.add_argument("--patience", type=int, default=50, help="early stopping on validation MRE (epochs)")
+    run.add_argument("--iterative-max", type=int, default=2, help="extra no-grad click passes (0..N, uniform)")
+    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
+    run.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto")
+    run.add_argument("--no-fast", action="store_true", help="disable bf16 autocast / channels_last")
+    run.add_argument("--save-dtype", choices=["float32", "float16"], default="float16")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.*")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ------------------------------------------------------------------ distributed
+def setup_distributed(device_pref: str):
+    """(rank, world_size, device); torchrun sets RANK/WORLD_SIZE/LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(device_pref)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cpu":  # share the cores between the processes
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return rank, world, device
+
+
+def broadcast_flag(flag: bool, world: int) -> bool:
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+# ------------------------------------------------------------------ data & config
+def load_splits(args):
+    options = {}
+    if args.dataset == "aasce":
+        options = {"seed": args.split_seed}
+    elif args.dataset == "folder":
+        options = {"seed": args.split_seed}
+    elif args.dataset == "phantom":
+        options = {"num_images": args.phantom_images, "seed": args.split_seed}
+    train = get_dataset(args.dataset, args.data_root, "train", **options)
+    val = get_dataset(args.dataset, args.data_root, "val", **options)
+    split_record = {
+        "dataset": args.dataset,
+        "split_seed": args.split_seed,
+        "ids": get_split_ids(args.dataset, args.data_root, **options),
+        "skipped": {"train": train.skipped, "val": val.skipped},
+    }
+    return train, val, split_record
+
+
+def make_config(args, train) -> ModelConfig:
+    sigma = args.sigma if args.sigma is not None else 7.5 * args.input[0] / 512
+    depth = {} if args.depth == "compact" else dict(stage_modules=(1, 4, 3), stage_blocks=4, stem_blocks=4)
+    return compact_config(
+        train.num_keypoints,
+        input_size=args.input,
+        width=args.width,
+        landmark_names=list(train.landmark_names),
+        flip_pairs=[tuple(p) for p in train.flip_pairs] if train.flip_allowed else [],
+        gating=not args.no_gating,
+        gating_pool=args.gating_pool,
+        sigma=sigma,
+        name=f"{args.dataset}-{train.num_keypoints}",
+        description=f"trained with interactive-keypoints train on {args.dataset}",
+        **depth,
+    )
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(folder: Path, network, optimizer, state: dict) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    for index, param_state in opt_state["state"].items():
+        for name, value in param_state.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tmp = folder / (CHECKPOINT_WEIGHTS + ".tmp")
+    save_file(tensors, tmp)
+    os.replace(tmp, folder / CHECKPOINT_WEIGHTS)
+    state = dict(state, param_groups=opt_state["param_groups"])
+    (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1))
+
+
+def load_checkpoint(folder: Path, network, optimizer) -> dict:
+    state = json.loads((folder / CHECKPOINT_STATE).read_text())
+    tensors = load_file(folder / CHECKPOINT_WEIGHTS)
+    network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    return state
+
+
+# ------------------------------------------------------------------ one step
+def click_heatmaps(points, mask, size, sigma):
+    return gaussian_heatmaps(points, size, sigma, mask)
+
+
+def training_step(network, batch, rng, config, selection, args, device, autocast, graded_network=None):
+    """One sample batch: random clicks, 0..N no-grad passes adding the worst point, one graded pass.
+
+    ``graded_network`` (the DDP wrapper) runs the graded pass; the no-grad passes use the
+    plain module, since their number differs between ranks and DDP's forward syncs buffers.
+    """
+    images = batch["image"].to(device)
+    points = batch["points"].to(device)
+    visible = batch["visible"].to(device)
+    size = config.input_size
+    if not args.no_fast:
+        images = images.contiguous(memory_format=torch.channels_last)
+    b, k = points.shape[:2]
+    clicked = torch.from_numpy(np.stack([sample_click_mask(rng, k) for _ in range(b)])).to(device) & visible
+    prev = torch.zeros(b, k, *size, device=device)
+    for _ in range(int(rng.integers(0, args.iterative_max + 1))):
+        with torch.no_grad(), autocast():
+            out = network(images, click_heatmaps(points, clicked, size, config.sigma), prev)
+        prev = torch.sigmoid(out["logits"].float())
+        predicted, _ = decode_heatmaps(prev)
+        worst = worst_keypoints(predicted, points, clicked | ~visible)
+        has_worst = worst >= 0
+        clicked[has_worst, worst[has_worst]] = True
+    with autocast():
+        out = (graded_network or network)(images, click_heatmaps(points, clicked, size, config.sigma), prev)
+    target = gaussian_heatmaps(points, size, config.sigma, visible)
+    loss_heatmap = heatmap_loss(out, target)
+    loss_morph = morphology_term(out["logits"], points, visible, selection,
+                                 args.morphology_weight, args.morphology_weight)
+    return loss_heatmap, loss_morph
+
+
+@torch.no_grad()
+def validation_mre(network, loader, config, device) -> float:
+    """Mean radial error at 0 clicks, in original pixels, eval mode (BN running stats)."""
+    network.eval()
+    errors = []
+    k, size = config.num_keypoints, config.input_size
+    for batch in loader:
+        images = batch["image"].to(device)
+        zeros = torch.zeros(images.shape[0], k, *size, device=device)
+        probs = torch.sigmoid(network(images, zeros, zeros)["logits"].float())
+        points_in, _ = decode_heatmaps(probs)
+        for i in range(images.shape[0]):
+            h, w = batch["orig_size"][i].tolist()
+            pred = to_original(points_in[i].cpu().numpy(), (h, w), size)
+            errors.append(np.linalg.norm(pred - batch["orig_points"][i].numpy(), axis=-1).mean())
+    network.train()
+    return float(np.mean(errors))
+
+
+def parameter_fingerprint(network) -> float:
+    return float(sum(p.detach().double().sum().item() for p in network.parameters()))
+
+
+# ------------------------------------------------------------------ main loop
+def train(args) -> Path:
+    rank, world, device = setup_distributed(args.device)
+    is_main = rank == 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    train_split, val_split, split_record = load_splits(args)
+    if len(train_split) == 0 or len(val_split) == 0:
+        raise ValueError(f"empty split: {len(train_split)} train / {len(val_split)} val images")
+    config = make_config(args, train_split)
+    selection = select_morphology(
+        train_split.points_array(), train_split.image_sizes(), args.morphology, args.n_pairs, args.n_triplets
+    )
+    model = build_model(config)
+    network = model.network.to(device)
+    fast = not args.no_fast
+    dtype = fast_dtype(device, fast)
+    if fast:
+        network = network.to(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+
+    state = {"epoch": 0, "step": 0, "best_mre": math.inf, "best_epoch": -1, "epochs_without_improvement": 0,
+             "split": split_record, "seed": args.seed, "elapsed_s": 0.0}
+    if args.resume and (out / CHECKPOINT_STATE).is_file():
+        state = load_checkpoint(out, network, optimizer)
+        if state["split"]["ids"] != split_record["ids"]:
+            raise ValueError("the checkpoint was trained on a different split; resume with the same --split-seed and data")
+        if is_main:
+            print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)")
+    ddp = DistributedDataParallel(network) if world > 1 else network
+
+    train_data = KeypointTrainingDataset(train_split, config.input_size, config.intensity, augment=True, seed=args.seed)
+    val_data = KeypointTrainingDataset(val_split, config.input_size, config.intensity, augment=False)
+    train_data.preload()
+    val_loader = torch.utils.data.DataLoader(val_data, batch_size=8, shuffle=False, num_workers=0)
+    if is_main:
+        config.save(out / "model.json")
+        selection.save(out / "morphology.json")
+        (out / "split.json").write_text(json.dumps(split_record, indent=1))
+
+    log_path = out / LOG_FILE
+    if is_main and not (args.resume and log_path.exists()):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(["epoch", "step", "loss", "loss_heatmap", "loss_morphology", "val_mre_px",
+                                    "best_val_mre_px", "images_per_s", "elapsed_s"])
+
+    start_time = time.time() - state["elapsed_s"]
+    stop = False
+    while state["epoch"] < args.epochs and not stop:
+        epoch = state["epoch"]
+        # everything random in an epoch derives from (seed, epoch, rank): resuming is exact
+        rng = np.random.default_rng([args.seed, epoch, rank])
+        train_data.transform.set_random_state(seed=int(rng.integers(2**31)))
+        # one shared permutation, an equal share per rank (DDP needs equal step counts)
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_data))
+        share = len(order) // world
+        order = order[rank::world][:share]
+        batches = [order[i:i + args.batch_size] for i in range(0, share - args.batch_size + 1, args.batch_size)]
+        network.train()
+        sums = np.zeros(3)
+        seen, epoch_start = 0, time.time()
+        for indices in tqdm(batches, desc=f"epoch {epoch}", disable=args.quiet or not is_main, leave=False):
+            batch = torch.utils.data.default_collate([train_data[int(i)] for i in indices])
+            loss_h, loss_m = training_step(network, batch, rng, config, selection, args, device, autocast, ddp)
+            loss = loss_h + loss_m
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += [loss.item(), loss_h.item(), loss_m.item()]
+            seen += len(indices)
+            state["step"] += 1
+            if args.max_steps is not None and state["step"] >= args.max_steps:
+                stop = True
+                break
+        images_per_s = seen * world / max(time.time() - epoch_start, 1e-9)
+        state["epoch"] = epoch + 1
+        state["elapsed_s"] = time.time() - start_time
+
+        val_mre = validation_mre(network, val_loader, config, device) if is_main else math.nan
+        improved = is_main and val_mre < state["best_mre"]
+        if is_main:
+            if improved:
+                state.update(best_mre=val_mre, best_epoch=epoch, epochs_without_improvement=0)
+                save_model(out, model, dtype=getattr(torch, args.save_dtype))
+            else:
+                state["epochs_without_improvement"] += 1
+            n = max(len(batches), 1)
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([epoch, state["step"], *(np.round(sums / n, 6)), round(val_mre, 3),
+                                        round(state["best_mre"], 3), round(images_per_s, 2), round(state["elapsed_s"], 1)])
+            if not args.quiet:
+                print(f"epoch {epoch}: loss {sums[0] / n:.4f} val MRE {val_mre:.2f} px "
+                      f"(best {state['best_mre']:.2f} @ {state['best_epoch']}) {images_per_s:.2f} img/s", flush=True)
+            save_checkpoint(out, network, optimizer, state)
+        out_of_patience = state["epochs_without_improvement"] >= args.patience
+        out_of_time = args.max_minutes is not None and state["elapsed_s"] > 60 * args.max_minutes
+        stop = broadcast_flag(stop or out_of_patience or out_of_time, world)
+
+    summary = {"epochs": state["epoch"], "steps": state["step"], "best_val_mre_px": state["best_mre"],
+               "best_epoch": state["best_epoch"], "elapsed_s": round(state["elapsed_s"], 1), "world_size": world,
+               "device": str(device), "fast_path": dtype is not None and str(dtype)}
+    if world > 1:
+        fingerprints = [None] * world
+        dist.all_gather_object(fingerprints, parameter_fingerprint(network))
+        summary["replica_fingerprints"] = fingerprints
+    if is_main:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+def run(args) -> int:
+    out = train(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model folder: {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="interactive-keypoints train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

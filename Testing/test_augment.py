@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from interactive_keypoints import imaging
+from interactive_keypoints.augment import (
+    ApplyGeometryd,
+    RandFlipKeypointsd,
+    RandRotateGeometryd,
+    RandZoomGeometryd,
+    ResizeGeometryd,
+    flip_permutation,
+    geometry_transforms,
+    resize_matrix,
+    training_transforms,
+    transform_points,
+)
+
+# keypoints 0/1 and 2/3 are left/right pairs; 4 is on the midline
+POINTS = np.array([[20.3, 30.7], [60.6, 33.2], [25.5, 140.1], [70.25, 150.8], [47.9, 95.4]])
+PAIRS = [(0, 1), (2, 3)]
+AMPLITUDES = np.array([1.0, 0.6, 0.9, 0.5, 0.75])  # each mark recognisable by its brightness
+
+
+def marks_image(points, amplitudes, size=(200, 100), sigma=1.5):
+    """Gaussian marks at sub-pixel positions: (1, H, W) float32."""
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    image = np.zeros(size)
+    for (x, y), a in zip(points, amplitudes):
+        image += a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return image[np.newaxis].astype(np.float32)
+
+
+def local_centroid(image, point, radius=4.0):
+    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    weights = image * (((xx - point[0]) ** 2 + (yy - point[1]) ** 2) <= radius**2)
+    return np.array([(weights * xx).sum(), (weights * yy).sum()]) / weights.sum()
+
+
+def test_resize_matrix_matches_imaging_mapping():
+    m = resize_matrix((200, 100), (128, 64))
+    np.testing.assert_allclose(transform_points(POINTS, m), imaging.to_input(POINTS, (200, 100), (128, 64)))
+
+
+def test_points_stay_on_their_marks_under_random_augmentation():
+    image = marks_image(POINTS, AMPLITUDES)
+    pipeline = Compose(geometry_transforms((128, 64), PAIRS, flip_allowed=True, augment=True))
+    pipeline.set_random_state(seed=7)
+    flips = 0
+    for _ in range(25):
+        out = pipeline({"image": image, "points": POINTS.copy()})
+        moved, resampled = out["points"], out["image"][0].numpy()
+        flips += out["flipped"]
+        for k in np.flatnonzero(out["visible"]):
+            x, y = moved[k]
+            if not (4 <= x <= 59 and 4 <= y <= 123):
+                continue  # mark cut by the border: centroid biased
+            np.testing.assert_allclose(local_centroid(resampled, moved[k]), moved[k], atol=0.3)
+    assert 0 < flips < 25  # both branches exercised
+
+
+def test_flip_keeps_left_channel_on_the_left_mark():
+    image = marks_image(POINTS, AMPLITUDES)
+    pipeline = Compose([ResizeGeometryd((200, 100)), RandFlipKeypointsd(PAIRS, prob=1.0), ApplyGeometryd()])
+    out = pipeline({"image": image, "points": POINTS.copy()})
+    moved, resampled = out["points"], out["image"][0].numpy()
+    assert out["flipped"]
+    for left, right in PAIRS:
+        assert moved[left, 0] < moved[right, 0]
+    # channel 0 now holds the mirror of the old right mark 1: its brightness says so
+    np.testing.assert_allclose(moved[0], [99 - POINTS[1, 0], POINTS[1, 1]], atol=1e-9)
+    assert resampled[round(moved[0, 1]), round(moved[0, 0])] == pytest.approx(AMPLITUDES[1], abs=0.03)
+    np.testing.assert_allclose(moved[4], [99 - POINTS[4, 0], POINTS[4, 1]], atol=1e-9)
+
+
+def test_flip_permutation():
+    assert flip_permutation(5, PAIRS).tolist() == [1, 0, 3, 2, 4]
+
+
+def test_rotation_and_zoom_about_the_centre():
+    size = (101, 51)
+    centre = np.array([[25.0, 50.0]])
+    for step in (RandRotateGeometryd(max_degrees=15, prob=1.0), RandZoomGeometryd(prob=1.0)):
+        step.set_random_state(seed=3)
+        out = Compose([ResizeGeometryd(size), step, ApplyGeometryd()])({"image": np.zeros((1, *size)), "points": centre})
+        np.testing.assert_allclose(out["points"], centre, atol=1e-9)
+        assert not np.allclose(out["to_output"], np.eye(3))
+
+
+def test_identity_geometry_leaves_image_untouched_and_fills_outside():
+    image = np.random.default_rng(0).uniform(-1, 1, (1, 40, 30)).astype(np.float32)
+    out = Compose([ResizeGeometryd((40, 30)), ApplyGeometryd(fill=-1.0)])({"image": image, "points": POINTS[:1] / 4})
+    assert torch.equal(out["image"], torch.from_numpy(image))
+    assert type(out["image"]) is torch.Tensor
+    zoom_out = RandZoomGeometryd(0.5, 0.5, prob=1.0)
+    out = Compose([ResizeGeometryd((40, 30)), zoom_out, ApplyGeometryd(fill=-1.0)])({"image": image, "points": POINTS[:1] / 4})
+    assert out["image"][0, 0, 0].item() == pytest.approx(-1.0)  # corner now outside the source
+
+
+def test_seeded_pipelines_repeat():
+    image = marks_image(POINTS, AMPLITUDES)
+
+    def run(seed):
+        pipeline = training_transforms((128, 64), PAIRS, seed=seed)
+        return [pipeline({"image": image, "points": POINTS.copy()}) for _ in range(4)]
+
+    a, b, c = run(1), run(1), run(2)
+    for x, y in zip(a, b):
+        assert torch.equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["points"], y["points"])
+    assert any(not np.array_equal(x["points"], z["points"]) for x, z in zip(a, c))
+
+
+def test_no_flip_when_not_allowed():
+    pipeline = Compose(geometry_transforms((128, 64), PAIRS, flip_allowed=False))
+    pipeline.set_random_state(seed=0)
+    assert not any("flipped" in pipeline({"image": np.zeros((1, 200, 100)), "points": POINTS.copy()}) for _ in range(10))

@@ -1,0 +1,125 @@
+"""The command line, run in-process with a tiny random model saved to a temporary folder."""
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import tiny_config
+from interactive_keypoints import cli
+from interactive_keypoints.markups import read_markups_points
+from interactive_keypoints.model_io import build_model, save_model
+from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(landmark_names=SPINE_LANDMARK_NAMES))
+    return save_model(tmp_path / "tiny-model", model)
+
+
+@pytest.fixture
+def png(tmp_path, phantom):
+    path = tmp_path / "images" / "spine.png"
+    path.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.round(phantom.image * 255).astype(np.uint8)), str(path))
+    return path
+
+
+def read_csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_writes_markups_and_csv_next_to_the_image(model_dir, png, phantom):
+    assert cli.main(["predict", str(png), "--model", str(model_dir), "--device", "cpu"]) == 0
+    markups = read_markups_points(png.with_name("spine.mrk.json"))
+    assert markups.names == SPINE_LANDMARK_NAMES
+    assert set(markups.states) == {"predicted"}
+    h, w = phantom.image.shape
+    assert np.all((markups.points >= -0.5) & (markups.points <= [w - 0.5, h - 0.5]))
+    rows = read_csv_rows(png.with_name("spine.csv"))
+    assert [r["name"] for r in rows] == SPINE_LANDMARK_NAMES
+    # the CSV and the point list hold the same positions; a PNG has no spacing, so no mm
+    np.testing.assert_allclose([[float(r["x_px"]), float(r["y_px"])] for r in rows], markups.points, atol=1e-3)
+    assert all(r["x_mm"] == "" for r in rows)
+
+
+def test_predict_into_out_folder_with_overlay(model_dir, png, tmp_path):
+    out = tmp_path / "results"
+    assert cli.main(["predict", str(png), "--model", str(model_dir), "--out", str(out), "--overlay"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["spine.csv", "spine.mrk.json", "spine.png"]
+    assert not png.with_name("spine.mrk.json").exists()
+    assert sitk.ReadImage(str(out / "spine.png")).GetSize()[0] > 100
+
+
+def test_corrupt_image_is_reported_and_the_others_still_run(model_dir, png, tmp_path, capsys):
+    corrupt = tmp_path / "images" / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    code = cli.main(["predict", str(corrupt), str(png), "--model", str(model_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert any(line.startswith("error:") and "broken.png" in line for line in err.splitlines())
+    assert "Traceback" not in err
+    assert png.with_name("spine.mrk.json").is_file(), "the good image was still processed"
+
+
+def test_missing_model_folder_is_a_one_line_error(png, tmp_path, capsys):
+    code = cli.main(["predict", str(png), "--model", str(tmp_path / "no-such-model")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "no-such-model" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_device_is_a_usage_error(png, model_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", str(png), "--model", str(model_dir), "--device", "tpu"])
+    assert exit_info.value.code == 2
+
+
+def test_demo_simulates_one_correction_and_writes_everything(model_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("phantom.png", "before.png", "after.png", "keypoints.mrk.json", "keypoints.csv"):
+        assert (out / name).is_file(), name
+    markups = read_markups_points(out / "keypoints.mrk.json")
+    assert markups.states.count("user-fixed") == 1
+    rows = read_csv_rows(out / "keypoints.csv")
+    assert len(rows) == 68 and all(r["x_mm"] != "" for r in rows)
+    # the corrected landmark sits exactly on the phantom's truth for that landmark
+    from interactive_keypoints.phantom import make_spine_phantom
+
+    truth = make_spine_phantom(0).points
+    k = markups.states.index("user-fixed")
+    np.testing.assert_allclose(markups.points[k], truth[k], atol=1e-6)
+    stdout = capsys.readouterr().out
+    assert "MRE before" in stdout and "MRE after" in stdout and "keypoints.mrk.json" in stdout
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert "0.1.0" in capsys.readouterr().out
+
+
+def test_help_lists_subcommands_without_importing_torch():
+    # a fresh interpreter: this test process has torch loaded already
+    script = (
+        "import sys; from interactive_keypoints import cli; "
+        "text = cli.build_parser(['--help']).format_help(); "
+        "print('demo' in text and 'predict' in text, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_subcommand_with_a_missing_module_is_not_registered(monkeypatch):
+    monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("interactive_keypoints.no_such_module", "not there"))
+    assert "ghost" not in cli.available_subcommands()
+    assert "demo" in cli.available_subcommands()

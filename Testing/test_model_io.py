@@ -1,0 +1,74 @@
+"""Model folders: safetensors + model.json, checked against each other on load."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from interactive_keypoints.config import ModelConfig, ModelFormatError
+from interactive_keypoints.model_io import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
+
+
+def outputs(model):
+    torch.manual_seed(1)
+    k, (h, w) = model.config.num_keypoints, model.config.input_size
+    with torch.no_grad():
+        return model.network.eval()(torch.randn(1, 1, h, w), torch.zeros(1, k, h, w), torch.zeros(1, k, h, w))["logits"]
+
+
+def test_round_trip_keeps_weights_and_config(tmp_path, tiny_model):
+    tiny_model.config.landmark_names = [f"P{i}" for i in range(68)]
+    save_model(tmp_path / "m", tiny_model)
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config == tiny_model.config
+    torch.testing.assert_close(outputs(loaded), outputs(tiny_model))
+    assert json.loads((tmp_path / "m" / CONFIG_FILE).read_text())["format_version"] == 1
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path, tiny_model):
+    save_model(tmp_path / "m", tiny_model, dtype=torch.float16)
+    loaded = load_model(tmp_path / "m")
+    assert all(p.dtype == torch.float32 for p in loaded.network.parameters())
+    assert (tmp_path / "m" / WEIGHTS_FILE).stat().st_size < 0.6 * sum(p.numel() * 4 for p in tiny_model.network.parameters())
+
+
+def test_config_that_does_not_match_the_weights_is_refused(tmp_path, tiny_model):
+    save_model(tmp_path / "m", tiny_model)
+    other = tiny_config(num_keypoints=19)
+    other.save(tmp_path / "m" / CONFIG_FILE)
+    with pytest.raises(ModelFormatError, match="do not match"):
+        load_model(tmp_path / "m")
+
+
+def test_corrupt_weights_file_is_refused(tmp_path, tiny_model):
+    save_model(tmp_path / "m", tiny_model)
+    (tmp_path / "m" / WEIGHTS_FILE).write_bytes(b"\x80\x04 not safetensors at all")
+    with pytest.raises(ModelFormatError, match="not a readable safetensors"):
+        load_model(tmp_path / "m")
+
+
+def test_missing_or_broken_config_is_refused(tmp_path, tiny_model):
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    save_model(tmp_path / "m", tiny_model)
+    (tmp_path / "m" / CONFIG_FILE).write_text("{ not json")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / CONFIG_FILE).write_text(json.dumps({"num_keypoints": 68, "colour": "red"}))
+    with pytest.raises(ModelFormatError, match="unknown keys"):
+        load_model(tmp_path / "m")
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ModelFormatError, match="landmark names"):
+        ModelConfig(num_keypoints=3, landmark_names=["a", "b"])
+    with pytest.raises(ModelFormatError, match="multiples of 32"):
+        ModelConfig(num_keypoints=3, input_size=(100, 64))
+    with pytest.raises(ModelFormatError, match="flip pair"):
+        ModelConfig(num_keypoints=3, flip_pairs=[(0, 5)])
+
+
+def test_build_model_is_untrained_but_complete():
+    model = build_model(tiny_config(num_keypoints=5))
+    assert model.config.landmark_names == ["L1", "L2", "L3", "L4", "L5"]

@@ -1,0 +1,479 @@
+"""KeypointsMRMLLogic on real MRML (slicer-core): detect, drag, undo, export, batch.
+
+Drags are emulated exactly as Slicer's markups view widget does them: set the active
+control point, invoke PointStartInteractionEvent, move the point, invoke
+PointEndInteractionEvent. The model is a tiny untrained network whose click pathway is
+amplified so that a drag visibly moves the other points; the logic's behaviour (fixed
+points stay, the others follow the model, undo) does not depend on training.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) is needed for MRML tests")
+torch = pytest.importorskip("torch")
+sitk = pytest.importorskip("SimpleITK")
+
+from interactive_keypoints.config import compact_config  # noqa: E402
+from interactive_keypoints.imaging import ImageError  # noqa: E402
+from interactive_keypoints.model_io import build_model  # noqa: E402
+from interactive_keypoints.mrml_logic import (  # noqa: E402
+    KeypointsMRMLLogic,
+    LogicBusyError,
+    ThreadedRunner,
+    add_volume_from_radiograph,
+    control_point_positions,
+    ijk_to_ras_matrix,
+    pixels_to_ras,
+    point_states,
+    ras_to_pixels,
+)
+from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES, make_spine_phantom  # noqa: E402
+from interactive_keypoints.imaging import load_radiograph  # noqa: E402
+
+K = len(SPINE_LANDMARK_NAMES)
+MARKUPS = slicer.vtkMRMLMarkupsNode
+
+
+# ------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    km = build_model(compact_config(
+            K, input_size=(128, 64), width=8, ocr_mid_channels=32, ocr_key_channels=16,
+            landmark_names=SPINE_LANDMARK_NAMES,
+        ))
+    with torch.no_grad():
+        km.network.hint_fusion.scale.fill_(20.0)  # make clicks matter in an untrained network
+    return km
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_spine_phantom(seed=3, height=256, width=128)
+
+
+def make_scene():
+    """A scene set up like Slicer's: application logic singletons + markups logic (which
+    registers the markups node classes)."""
+    scene = slicer.vtkMRMLScene()
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    markups_logic = slicer.vtkSlicerMarkupsLogic()
+    markups_logic.SetMRMLApplicationLogic(app_logic)
+    markups_logic.SetMRMLScene(scene)
+    scene.keep_alive = (app_logic, markups_logic)  # the logics must live as long as the scene
+    return scene
+
+
+@pytest.fixture
+def scene():
+    scene = make_scene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def volume(scene, phantom):
+    image = load_radiograph(phantom.image, spacing=phantom.spacing)
+    return add_volume_from_radiograph(scene, image, "phantom")
+
+
+@pytest.fixture
+def errors():
+    return []
+
+
+@pytest.fixture
+def logic(scene, model, errors):
+    logic = KeypointsMRMLLogic(scene=scene, model=model, device="cpu")
+    logic.on_error = errors.append
+    return logic
+
+
+class HeldRunner:
+    """Runs nothing until told: a computation 'in progress' for as long as the test wants."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, compute, finish):
+        self.jobs.append((compute, finish))
+
+    def run_next(self):
+        compute, finish = self.jobs.pop(0)
+        try:
+            outcome = compute()
+        except Exception as error:  # noqa: BLE001
+            outcome = error
+        finish(outcome)
+
+
+def drag(node, k, ras):
+    """A mouse drag of point k to ``ras``, as vtkSlicerMarkupsWidget performs it."""
+    node.GetDisplayNode().SetActiveControlPoint(k)
+    node.InvokeEvent(MARKUPS.PointStartInteractionEvent)
+    node.SetNthControlPointPosition(k, *ras)
+    node.InvokeEvent(MARKUPS.PointEndInteractionEvent)
+
+
+def moved(a, b, tol=1e-6):
+    return np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1) > tol
+
+
+def pixel_target(node, volume, k, offset, inside=True):
+    """RAS of point k shifted by ``offset`` pixels (kept on the image when ``inside``)."""
+    m = ijk_to_ras_matrix(volume)
+    xy = ras_to_pixels(control_point_positions(node)[k], m)[0] + np.asarray(offset, float)
+    if inside:
+        width, height = volume.GetImageData().GetDimensions()[:2]
+        xy = np.clip(xy, 0.0, [width - 1.0, height - 1.0])
+    return pixels_to_ras(xy, m)[0]
+
+
+# -------------------------------------------------------------------------- detect
+
+
+def test_detect_places_one_labelled_point_per_landmark(logic, volume):
+    node = logic.detect(volume)
+    assert node.GetName() == "phantom keypoints"
+    assert node.GetNumberOfControlPoints() == K
+    assert [node.GetNthControlPointLabel(k) for k in range(K)] == SPINE_LANDMARK_NAMES
+    prediction = logic.prediction(node)
+    # sub-pixel IJK (x, y, 0) through the volume's IJK-to-RAS
+    expected = pixels_to_ras(prediction.points, ijk_to_ras_matrix(volume))
+    np.testing.assert_allclose(control_point_positions(node), expected, atol=1e-9)
+    states, confidence = point_states(node)
+    assert states == ["predicted"] * K
+    np.testing.assert_allclose(confidence, prediction.confidence, atol=1e-3)
+    assert not any(node.GetNthControlPointSelected(k) for k in range(K))
+
+
+def test_detect_reuses_the_point_list_of_the_volume(logic, volume, scene):
+    first = logic.detect(volume)
+    second = logic.detect(volume)
+    assert first is second
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 1
+
+
+def test_rgb_volume_is_converted_to_grey(logic, scene, phantom):
+    rgb = np.repeat((phantom.image * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    volume = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "colour")
+    volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([-1.0, -1.0, 1.0, 1.0])))
+    slicer.util.updateVolumeFromArray(volume, rgb[np.newaxis])
+    node = logic.detect(volume)
+    assert node.GetNumberOfControlPoints() == K
+
+
+def test_multi_slice_volume_is_refused(logic, scene):
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    slicer.util.updateVolumeFromArray(volume, np.random.default_rng(0).random((3, 64, 32)).astype(np.float32))
+    with pytest.raises(ImageError, match="3 slices"):
+        logic.detect(volume)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0
+
+
+# ---------------------------------------------------------------------------- drag
+
+
+def test_drag_fixes_the_point_and_moves_only_unfixed_points(logic, volume):
+    node = logic.detect(volume)
+    before = control_point_positions(node)
+
+    target = pixel_target(node, volume, 10, (6.0, -5.0))
+    drag(node, 10, target)
+    after_first = control_point_positions(node)
+    np.testing.assert_allclose(after_first[10], target, atol=1e-9)
+    others = np.delete(np.arange(K), 10)
+    assert moved(after_first[others], before[others], tol=0.5).sum() >= K // 4
+    assert point_states(node)[0][10] == "user-fixed"
+    assert node.GetNthControlPointSelected(10) and not node.GetNthControlPointSelected(11)
+    assert node.GetNthControlPointDescription(10) == "user-fixed"
+
+    target2 = pixel_target(node, volume, 40, (-4.0, 7.5))
+    drag(node, 40, target2)
+    after_second = control_point_positions(node)
+    np.testing.assert_allclose(after_second[40], target2, atol=1e-9)
+    np.testing.assert_allclose(after_second[10], after_first[10], atol=1e-9)  # still fixed
+    unfixed = np.delete(np.arange(K), [10, 40])
+    assert moved(after_second[unfixed], after_first[unfixed], tol=0.5).any()
+    # what MRML shows is what the model said, for every point
+    np.testing.assert_allclose(
+        after_second, pixels_to_ras(logic.prediction(node).points, ijk_to_ras_matrix(volume)), atol=1e-9
+    )
+
+
+def test_undo_restores_every_point_and_redo_reapplies(logic, volume):
+    node = logic.detect(volume)
+    initial = control_point_positions(node)
+    drag(node, 5, pixel_target(node, volume, 5, (5.0, 5.0)))
+    after_one = control_point_positions(node)
+    drag(node, 30, pixel_target(node, volume, 30, (-5.0, 3.0)))
+    after_two = control_point_positions(node)
+
+    logic.undo(node)
+    np.testing.assert_allclose(control_point_positions(node), after_one, atol=1e-9)
+    assert point_states(node)[0][30] == "predicted" and point_states(node)[0][5] == "user-fixed"
+    logic.undo(node)
+    np.testing.assert_allclose(control_point_positions(node), initial, atol=1e-9)
+    assert point_states(node)[0] == ["predicted"] * K
+    assert not logic.can_undo(node)
+    logic.redo(node)
+    logic.redo(node)
+    np.testing.assert_allclose(control_point_positions(node), after_two, atol=1e-9)
+
+
+def test_unfix_and_reset(logic, volume):
+    node = logic.detect(volume)
+    initial = control_point_positions(node)
+    drag(node, 7, pixel_target(node, volume, 7, (8.0, 0.0)))
+    drag(node, 8, pixel_target(node, volume, 8, (0.0, 8.0)))
+    logic.unfix(node, [7])
+    states = point_states(node)[0]
+    assert states[7] == "predicted" and states[8] == "user-fixed"
+    logic.reset(node)
+    np.testing.assert_allclose(control_point_positions(node), initial, atol=1e-9)
+    assert point_states(node)[0] == ["predicted"] * K
+    logic.undo(node)  # reset is undoable
+    assert point_states(node)[0][8] == "user-fixed"
+
+
+def test_drag_outside_the_image_is_refused_without_damage(logic, volume, errors):
+    node = logic.detect(volume)
+    drag(node, 3, pixel_target(node, volume, 3, (4.0, 4.0)))
+    before = control_point_positions(node)
+    descriptions = [node.GetNthControlPointDescription(k) for k in range(K)]
+
+    drag(node, 12, pixel_target(node, volume, 12, (500.0, 0.0), inside=False))  # far right of the 128 px image
+
+    np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+    assert [node.GetNthControlPointDescription(k) for k in range(K)] == descriptions
+    assert len(errors) == 1 and "outside" in errors[0] and "T4-top-left" in errors[0]
+    logic.undo(node)  # the history holds only the good drag
+    assert point_states(node)[0] == ["predicted"] * K
+
+
+def test_console_refine_outside_raises_and_changes_nothing(logic, volume):
+    node = logic.detect(volume)
+    before = control_point_positions(node)
+    with pytest.raises(ValueError, match="outside"):
+        logic.refine(node, {0: pixel_target(node, volume, 0, (0.0, -400.0), inside=False)})
+    np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+    target = pixel_target(node, volume, 0, (2.0, 2.0))
+    logic.refine(node, {0: target})
+    np.testing.assert_allclose(control_point_positions(node)[0], target, atol=1e-9)
+    assert point_states(node)[0][0] == "user-fixed"
+
+
+# --------------------------------------------------------------- drag during inference
+
+
+def test_drag_during_inference_is_queued_and_the_latest_drop_wins(logic, volume):
+    node = logic.detect(volume)
+    runner = HeldRunner()
+    logic.runner = runner
+
+    first = pixel_target(node, volume, 20, (5.0, 0.0))
+    drag(node, 20, first)
+    assert logic.is_busy(node) and len(runner.jobs) == 1
+
+    # two drops of point 50 while the model runs: neither starts a run, the last one counts
+    drag(node, 50, pixel_target(node, volume, 50, (0.0, 9.0)))
+    second = pixel_target(node, volume, 50, (-6.0, 4.0))
+    drag(node, 50, second)
+    assert len(runner.jobs) == 1
+    assert point_states(node)[0][50] == "user-fixed"
+
+    runner.run_next()  # first run ends; the queued drop must not be overwritten by its result
+    np.testing.assert_allclose(control_point_positions(node)[50], second, atol=1e-9)
+    assert len(runner.jobs) == 1 and logic.is_busy(node)  # the queued drop runs next
+
+    runner.run_next()
+    assert not logic.is_busy(node) and not runner.jobs
+    positions = control_point_positions(node)
+    np.testing.assert_allclose(positions[20], first, atol=1e-9)
+    np.testing.assert_allclose(positions[50], second, atol=1e-9)
+    prediction = logic.prediction(node)
+    assert prediction.fixed[20] and prediction.fixed[50]
+
+
+def test_refine_while_dragging_previews_and_counts_as_one_undo_step(logic, volume):
+    node = logic.detect(volume)
+    logic.refine_while_dragging = True
+    initial = control_point_positions(node)
+    path = [pixel_target(node, volume, 44, (dx, dx / 2)) for dx in (2.0, 4.0, 6.0)]
+
+    node.GetDisplayNode().SetActiveControlPoint(44)
+    node.InvokeEvent(MARKUPS.PointStartInteractionEvent)
+    node.SetNthControlPointPosition(44, *path[0])  # mouse moves: PointModifiedEvent(44)
+    during = control_point_positions(node)
+    np.testing.assert_allclose(during[44], path[0], atol=1e-9)  # the dragged point follows the mouse
+    assert moved(np.delete(during, 44, 0), np.delete(initial, 44, 0), tol=0.5).any()  # preview
+    for ras in path[1:]:
+        node.SetNthControlPointPosition(44, *ras)
+    node.InvokeEvent(MARKUPS.PointEndInteractionEvent)
+
+    np.testing.assert_allclose(control_point_positions(node)[44], path[-1], atol=1e-9)
+    assert logic.prediction(node).fixed.sum() == 1
+    logic.undo(node)  # previews are not separate steps
+    np.testing.assert_allclose(control_point_positions(node), initial, atol=1e-9)
+    assert not logic.can_undo(node)
+
+
+def test_console_calls_while_busy_are_refused(logic, volume):
+    node = logic.detect(volume)
+    logic.runner = HeldRunner()
+    drag(node, 1, pixel_target(node, volume, 1, (3.0, 3.0)))
+    with pytest.raises(LogicBusyError):
+        logic.undo(node)
+
+
+def test_auto_refine_off_queues_drops_until_update(logic, volume):
+    node = logic.detect(volume)
+    logic.auto_refine = False
+    before = control_point_positions(node)
+    target = pixel_target(node, volume, 15, (4.0, -4.0))
+    drag(node, 15, target)
+    positions = control_point_positions(node)
+    np.testing.assert_allclose(positions[15], target, atol=1e-9)
+    np.testing.assert_allclose(np.delete(positions, 15, 0), np.delete(before, 15, 0), atol=1e-9)
+    assert point_states(node)[0][15] == "user-fixed"
+
+    logic.undo(node)  # an un-run drop is undone by putting the point back
+    np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+    assert point_states(node)[0][15] == "predicted"
+
+    drag(node, 15, target)
+    logic.update(node, blocking=True)
+    after = control_point_positions(node)
+    np.testing.assert_allclose(after[15], target, atol=1e-9)
+    assert moved(np.delete(after, 15, 0), np.delete(before, 15, 0), tol=0.5).any()
+
+
+def test_threaded_runner_applies_results_on_poll(logic, volume):
+    node = logic.detect(volume)
+    runner = ThreadedRunner()
+    logic.runner = runner
+    try:
+        target = pixel_target(node, volume, 25, (3.0, 6.0))
+        drag(node, 25, target)
+        while logic.is_busy(node):  # the GUI polls from a QTimer
+            runner.poll()
+        np.testing.assert_allclose(control_point_positions(node)[25], target, atol=1e-9)
+        assert logic.prediction(node).fixed[25]
+        assert logic.latency(node) is not None
+    finally:
+        runner.shutdown()
+
+
+# -------------------------------------------------------------------------- export
+
+
+def read_markups(path):
+    scene = make_scene()
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    return node
+
+
+def test_mrk_json_round_trip_keeps_labels_states_and_positions(logic, volume, tmp_path):
+    node = logic.detect(volume)
+    drag(node, 9, pixel_target(node, volume, 9, (3.5, -2.25)))
+    path = logic.export(node, tmp_path / "case.mrk.json")
+
+    document = json.loads(path.read_text())
+    markup = document["markups"][0]
+    assert markup["coordinateSystem"] == "LPS"
+    ras = control_point_positions(node)
+    np.testing.assert_allclose(markup["controlPoints"][9]["position"], ras[9] * [-1, -1, 1], atol=1e-6)
+
+    loaded = read_markups(path)
+    assert [loaded.GetNthControlPointLabel(k) for k in range(K)] == SPINE_LANDMARK_NAMES
+    assert point_states(loaded)[0] == point_states(node)[0]
+    assert point_states(loaded)[0][9] == "user-fixed"
+    assert loaded.GetNthControlPointSelected(9) and not loaded.GetNthControlPointSelected(10)
+    np.testing.assert_allclose(control_point_positions(loaded), ras, atol=1e-6)
+
+
+def test_csv_export_has_pixels_mm_state_and_confidence(logic, volume, phantom, tmp_path):
+    node = logic.detect(volume)
+    drag(node, 2, pixel_target(node, volume, 2, (1.0, 1.0)))
+    path = logic.export(node, tmp_path / "case.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence"]
+    assert [r["name"] for r in rows] == SPINE_LANDMARK_NAMES
+    points = logic.prediction(node).points
+    np.testing.assert_allclose([[float(r["x_px"]), float(r["y_px"])] for r in rows], points, atol=1e-3)
+    np.testing.assert_allclose(float(rows[0]["x_mm"]), points[0, 0] * phantom.spacing[0], atol=1e-3)
+    assert rows[2]["state"] == "user-fixed" and rows[3]["state"] == "predicted"
+    assert 0.0 <= float(rows[3]["confidence"]) <= 1.0
+
+
+def test_low_confidence_points_are_flagged(logic, volume):
+    node = logic.detect(volume)
+    confidence = logic.prediction(node).confidence
+    threshold = float(np.median(confidence))
+    logic.set_low_confidence(threshold)
+    flagged = ["low confidence" in node.GetNthControlPointDescription(k) for k in range(K)]
+    assert flagged == list(confidence < threshold)
+    assert 0 < sum(flagged) < K
+
+
+def test_export_refuses_unknown_extensions(logic, volume, tmp_path):
+    node = logic.detect(volume)
+    with pytest.raises(ValueError, match=".mrk.json or .csv"):
+        logic.export(node, tmp_path / "case.txt")
+
+
+def test_attach_to_a_reloaded_list_keeps_its_fixed_points(logic, volume, scene, tmp_path):
+    node = logic.detect(volume)
+    target = pixel_target(node, volume, 33, (5.0, 5.0))
+    drag(node, 33, target)
+    path = logic.export(node, tmp_path / "case.mrk.json")
+
+    reloaded = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "reloaded")
+    reloaded.CreateDefaultDisplayNodes()
+    storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(reloaded)
+    logic.attach(reloaded, volume)
+    np.testing.assert_allclose(control_point_positions(reloaded)[33], target, atol=1e-6)
+    assert point_states(reloaded)[0][33] == "user-fixed"
+    drag(reloaded, 34, pixel_target(reloaded, volume, 34, (2.0, 2.0)))  # it listens to drags
+    assert point_states(reloaded)[0][34] == "user-fixed"
+    np.testing.assert_allclose(control_point_positions(reloaded)[33], target, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def test_process_folder_writes_results_and_reports_bad_files(logic, scene, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for seed in (1, 2):
+        image = (make_spine_phantom(seed, height=256, width=128).image * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(inputs / f"case{seed}.png"))
+    (inputs / "broken.png").write_bytes(b"not a png")
+    (inputs / "notes.txt").write_text("not an image")
+
+    users_list = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "case1 keypoints")
+    results = logic.process_folder(inputs, tmp_path / "out")
+
+    by_name = {r["input"].split("/")[-1]: r for r in results}
+    assert set(by_name) == {"broken.png", "case1.png", "case2.png"}
+    assert "error" in by_name["broken.png"] and "broken.png" in by_name["broken.png"]["error"]
+    for name in ("case1", "case2"):
+        assert (tmp_path / "out" / f"{name}.mrk.json").is_file()
+        rows = list(csv.DictReader((tmp_path / "out" / f"{name}.csv").open()))
+        assert len(rows) == K
+    # nothing left behind in the scene, and nothing of the user's removed
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 1
+    assert scene.GetNodeByID(users_list.GetID()) is users_list
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0

@@ -1,0 +1,120 @@
+"""Training and evaluation end to end on generated phantoms (no ../shared needed)."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from interactive_keypoints import evaluate, train
+from interactive_keypoints.model_io import load_model
+from interactive_keypoints.session import KeypointSession
+
+TINY = ["--dataset", "phantom", "--phantom-images", "4", "--width", "8", "--input", "128x64",
+        "--batch-size", "2", "--quiet"]  # fmt: skip
+
+
+def run_train(out, *extra):
+    return train.main([*TINY, "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    assert run_train(out, "--epochs", "2") == 0
+    return out
+
+
+def test_train_writes_a_model_folder_the_session_loads(trained, phantom):
+    for name in ["model.safetensors", "model.json", "morphology.json", "split.json", "training_log.csv",
+                 "checkpoint.safetensors", "checkpoint.json", "train_summary.json"]:
+        assert (trained / name).is_file(), name
+    model = load_model(trained)
+    assert model.config.num_keypoints == 68 and model.config.landmark_names[0] == "T1-top-left"
+    assert len(model.config.flip_pairs) == 34
+    prediction = KeypointSession(model, phantom.image).predict()
+    assert prediction.points.shape == (68, 2)
+    rows = list(csv.DictReader(open(trained / "training_log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(float(r["images_per_s"]) > 0 and np.isfinite(float(r["val_mre_px"])) for r in rows)
+    morphology = json.loads((trained / "morphology.json").read_text())
+    assert morphology["variant"] == "low" and len(morphology["pairs"]) == 70 and len(morphology["triplets"]) == 70
+    split = json.loads((trained / "split.json").read_text())
+    assert set(split["ids"]["train"]).isdisjoint(split["ids"]["val"])
+
+
+def test_checkpoint_resumes_exactly(tmp_path, trained):
+    resumed = tmp_path / "resumed"
+    assert run_train(resumed, "--epochs", "1") == 0
+    assert run_train(resumed, "--epochs", "2", "--resume") == 0
+    straight = load_file(trained / "checkpoint.safetensors")
+    again = load_file(resumed / "checkpoint.safetensors")
+    assert straight.keys() == again.keys()
+    for key in straight:
+        assert (straight[key] == again[key]).all(), key
+    assert json.loads((resumed / "checkpoint.json").read_text())["epoch"] == 2
+    assert len(list(csv.DictReader(open(resumed / "training_log.csv")))) == 2
+
+
+def test_resume_refuses_a_different_split(tmp_path, trained):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    with pytest.raises(ValueError, match="different split"):
+        run_train(copy, "--epochs", "3", "--resume", "--split-seed", "5")
+
+
+@pytest.mark.parametrize("flags", [["--no-gating", "--morphology", "off"], ["--gating-pool", "avg", "--morphology", "high"]])
+def test_ablation_switches_train(tmp_path, flags):
+    assert run_train(tmp_path / "m", "--epochs", "1", "--max-steps", "1", *flags) == 0
+    config = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert config["gating"] == ("--no-gating" not in flags)
+
+
+def test_torchrun_ddp_replicas_agree(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "interactive_keypoints.train", *TINY, "--epochs", "2", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    first, second = summary["replica_fingerprints"]
+    assert first == second
+    assert summary["steps"] == 2
+
+
+def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
+    out = tmp_path / "eval"
+    code = evaluate.main(["--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
+                          "--max-clicks", "3", "--targets", "20", "40", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["images"] == 2
+    assert set(metrics["NoC"]) == {"3@20", "3@40"} and set(metrics["FR"]) == {"3@20", "3@40"}
+    model_curve, manual_curve = metrics["MRE_by_clicks"]["model"], metrics["MRE_by_clicks"]["manual"]
+    assert len(model_curve) == len(manual_curve) == 4
+    assert model_curve[0] == manual_curve[0]  # same start
+    assert all(b <= a + 1e-9 for a, b in zip(manual_curve, manual_curve[1:]))  # manual fixes only help
+    assert {"2mm", "2.5mm", "3mm", "4mm"} == set(metrics["SDR"])  # phantoms have a spacing
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 2
+    per_image = np.array([[float(r[f"model_mre_px_{c}"]) for c in range(4)] for r in rows])
+    np.testing.assert_allclose(per_image.mean(0), model_curve, rtol=1e-3)
+    assert (out / "mre_vs_clicks.png").stat().st_size > 1000 and (out / "noc_vs_target.png").stat().st_size > 1000
+
+
+def test_simulated_user_clicks_the_worst_point_each_time(trained, phantom):
+    session = KeypointSession(load_model(trained), phantom.image)
+    curves = evaluate.simulate_revision(session, phantom.points, max_clicks=3)
+    fixed = session.prediction.fixed
+    assert fixed.sum() == 3
+    np.testing.assert_array_equal(session.prediction.points[fixed], phantom.points[fixed])
+    assert curves.errors_by_clicks.shape == (4, 68)

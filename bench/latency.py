@@ -1,0 +1,201 @@
+"""Per-click latency: a plain fp32 eager PyTorch loop vs. the optimized KeypointSession.
+
+    python bench/latency.py                      # paper config (W32, K 68, 512 x 256), random weights
+    python bench/latency.py --model models/X     # a trained model folder (its own architecture)
+
+Prints ONE JSON object. A benchmark, not a test: figures depend on the machine and its load.
+
+Both paths see the same image, weights and click sequence: an initial prediction, then one
+click per step, each click fixing one more landmark at its true phantom position (as a user
+does). Each timed click is the median over ``--clicks`` steps after ``--warmup`` steps.
+
+The plain baseline is what a straightforward implementation does per click: dense K-channel
+click/prev heatmaps, ``network(image, clicks, prev)`` (stem included), logits upsampled to
+the full input, sigmoid, ``decode_heatmaps``. The optimized path is ``KeypointSession.refine``:
+stem once per image, sparse hint channels, BN folded, bf16/fp16 + channels_last where the
+device has them, and decoding on the low-resolution logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interactive_keypoints.config import paper_config
+from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
+from interactive_keypoints.imaging import CoordinateMap, Radiograph, preprocess
+from interactive_keypoints.inference import cpu_has_native_bf16
+from interactive_keypoints.model_io import build_model, load_model
+from interactive_keypoints.phantom import make_spine_phantom
+from interactive_keypoints.session import KeypointSession
+
+CONFIDENT = 0.5  # keypoints compared between the paths: fp32 confidence above this
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="trained model folder (default: paper config, random weights)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all CPUs)")
+    parser.add_argument("--clicks", type=int, default=10, help="timed clicks per path (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed clicks first (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="phantom and weight seed")
+    return parser.parse_args(argv)
+
+
+class PlainFp32:
+    """The straightforward per-click loop: full network, dense hints, full-resolution decode."""
+
+    def __init__(self, model, radiograph: Radiograph):
+        self.network = model.network.float().eval()
+        self.config = model.config
+        self.coords = CoordinateMap(radiograph.size, self.config.input_size)
+        image = preprocess(radiograph, self.config.input_size, self.config.intensity)
+        self.image = image.expand(self.config.in_channels, -1, -1)[None]
+        self.probs = None  # (1, K, H, W) of the previous pass
+
+    @torch.no_grad()
+    def step(self, fixed: dict[int, np.ndarray]):
+        """One pass with ``fixed`` {index: (x, y) original px} -> points (K, 2) original px, confidence (K,)."""
+        k, size = self.config.num_keypoints, self.config.input_size
+        mask = torch.zeros(1, k, dtype=torch.bool)
+        positions = torch.zeros(1, k, 2)
+        for index, xy in fixed.items():
+            mask[0, index] = True
+            positions[0, index] = torch.from_numpy(self.coords.to_input(xy)).float()
+        clicks = gaussian_heatmaps(positions, size, self.config.sigma, mask)
+        # paper test-time rule: the previous output only in the channels of fixed points
+        prev = torch.zeros_like(clicks) if self.probs is None else self.probs * mask[..., None, None]
+        self.probs = torch.sigmoid(self.network(self.image, clicks, prev)["logits"])
+        points, confidence = decode_heatmaps(self.probs)
+        points = self.coords.to_original(points[0].numpy().astype(np.float64))
+        for index, xy in fixed.items():
+            points[index] = xy
+        return points, confidence[0].numpy().astype(np.float64)
+
+
+def click_order(num_keypoints: int, steps: int, seed: int) -> list[int]:
+    return [int(i) for i in np.random.default_rng(seed).permutation(num_keypoints)[:steps]]
+
+
+def run_plain(model, radiograph, truth, order):
+    """Returns per-step (points, confidence, fixed mask) and per-click seconds (step 0 = predict)."""
+    plain = PlainFp32(model, radiograph)
+    results, seconds, fixed = [], [], {}
+    results.append((*plain.step(fixed), np.zeros(len(truth), bool)))
+    for index in order:
+        fixed[index] = truth[index]
+        start = time.perf_counter()
+        points, confidence = plain.step(dict(fixed))
+        seconds.append(time.perf_counter() - start)
+        mask = np.zeros(len(truth), bool)
+        mask[list(fixed)] = True
+        results.append((points, confidence, mask))
+    return results, seconds
+
+
+def run_session(model, radiograph, truth, order):
+    session = KeypointSession(model, radiograph, device="cpu", optimized=True)
+    first = session.predict()
+    results, seconds = [(first.points, first.confidence, first.fixed)], []
+    for index in order:
+        start = time.perf_counter()
+        p = session.refine({index: tuple(truth[index])})
+        seconds.append(time.perf_counter() - start)
+        results.append((p.points, p.confidence, p.fixed))
+    return session, results, seconds
+
+
+def encode_once_saving_ms(session, repeats: int = 5) -> float:
+    """What the per-image cache saves per click: one ``encode_image`` on the optimized path."""
+    config = session.config
+    image = preprocess(session.radiograph, config.input_size, config.intensity)
+    image = image.expand(config.in_channels, -1, -1)[None]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.predictor.encode_image(image)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def keypoint_difference(plain_results, session_results):
+    """Max |difference| (original px) over free keypoints the fp32 path is confident about."""
+    diffs = []
+    for (p_points, p_conf, fixed), (s_points, _, _) in zip(plain_results, session_results):
+        compared = (~fixed) & (p_conf > CONFIDENT)
+        diffs.append(np.abs(p_points[compared] - s_points[compared]).reshape(-1))
+    diffs = np.concatenate(diffs)
+    return (float(diffs.max()) if diffs.size else None), int(diffs.size // 2)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.model is not None:
+        model, weights = load_model(args.model), str(args.model)
+    else:
+        model, weights = build_model(paper_config(68)), "random"
+        model.network.eval()
+    config = model.config
+
+    sample = make_spine_phantom(args.seed)
+    if len(sample.points) != config.num_keypoints:
+        sys.exit(f"error: the phantom has {len(sample.points)} landmarks, the model {config.num_keypoints}")
+    radiograph = Radiograph(sample.image, sample.spacing, spacing_known=True)
+    order = click_order(config.num_keypoints, args.warmup + args.clicks, args.seed)
+
+    session, session_results, session_s = run_session(model, radiograph, sample.points, order)
+    saving_ms = encode_once_saving_ms(session)
+    del session
+    plain_results, plain_s = run_plain(model, radiograph, sample.points, order)
+
+    fp32_ms = 1000 * statistics.median(plain_s[args.warmup :])
+    optimized_ms = 1000 * statistics.median(session_s[args.warmup :])
+    max_diff, compared = keypoint_difference(plain_results, session_results)
+    report = {
+        "fp32_eager_ms": round(fp32_ms, 1),
+        "optimized_ms": round(optimized_ms, 1),
+        "speedup": round(fp32_ms / optimized_ms, 2),
+        "max_keypoint_diff_px": None if max_diff is None else round(max_diff, 3),
+        "keypoints_compared": compared,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "encode_once_saving_ms": round(saving_ms, 1),
+        "threads": torch.get_num_threads(),
+        "bf16": cpu_has_native_bf16(),
+        "weights": weights,
+        "note": (
+            "random weights give flat heatmaps whose argmax is arbitrary: max_keypoint_diff_px is "
+            "meaningful only with --model (trained weights)"
+            if weights == "random"
+            else ""
+        ),
+        "clicks_timed": args.clicks,
+        "warmup_clicks": args.warmup,
+        "image_size": list(radiograph.size),
+        "fp32_eager_ms_all": [round(1000 * s, 1) for s in plain_s],
+        "optimized_ms_all": [round(1000 * s, 1) for s in session_s],
+        "config": {
+            "num_keypoints": config.num_keypoints,
+            "input_size": list(config.input_size),
+            "width": config.width,
+            "stage_modules": list(config.stage_modules),
+            "gating": config.gating,
+        },
+        "torch": torch.__version__,
+    }
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
