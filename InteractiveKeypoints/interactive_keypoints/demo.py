@@ -119,7 +119,10 @@ def summary(result: DemoResult, paths: dict[str, Path], moved_threshold_px: floa
 def run(args) -> int:
     from .phantom import make_spine_phantom
 
-    model = load_model_for(args)
+    from .model_io import DEFAULT_MODEL_NAME, PHANTOM_MODEL_NAME
+
+    # phantom image -> the phantom-trained model first; the real-radiograph model otherwise
+    model = load_model_for(args, preference=(PHANTOM_MODEL_NAME, DEFAULT_MODEL_NAME))
     sample = make_spine_phantom(args.seed)
     if len(sample.points) != model.config.num_keypoints:
         from .config import ModelFormatError

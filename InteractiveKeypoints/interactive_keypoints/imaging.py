@@ -27,7 +27,7 @@ LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 # Readers of these formats turn the file's print resolution (DPI) into a spacing; that
 # says nothing about the detector, so their spacing is treated as unknown.
-_PRINT_RESOLUTION_IOS = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO"}
+PRINT_RESOLUTION_IOS = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO"}
 
 
 class ImageError(ValueError):
@@ -128,7 +128,7 @@ def _load_file(path: Path) -> Radiograph:
     grey = _grey_from_array(array, name)
 
     file_spacing = tuple(float(s) for s in image.GetSpacing()[:2])
-    spacing_known = io_name not in _PRINT_RESOLUTION_IOS and file_spacing != (1.0, 1.0)
+    spacing_known = io_name not in PRINT_RESOLUTION_IOS and file_spacing != (1.0, 1.0)
     return Radiograph(
         array=grey,
         spacing=file_spacing if spacing_known else (1.0, 1.0),

@@ -7,6 +7,7 @@ stored in fp16/bf16 to keep git small; loading upcasts them to fp32.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from .model import InteractiveKeypointNet
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_MODEL_NAME = "aasce-spine-68"
-FALLBACK_MODEL_NAME = "phantom-spine-68"
+MODELS_ENV = "INTERACTIVE_KEYPOINTS_MODELS"  # another models/ folder, e.g. an installed extension's
+DEFAULT_MODEL_NAME = "aasce-spine-68"  # trained on real radiographs: the default everywhere
+PHANTOM_MODEL_NAME = "phantom-spine-68"  # trained on generated phantoms: the demo's default
 
 
 @dataclass
@@ -97,17 +99,22 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
     return KeypointModel(config, network, folder)
 
 
+def models_dirs() -> list[Path]:
+    extra = os.environ.get(MODELS_ENV)
+    return [Path(extra)] * bool(extra) + [REPO_MODELS_DIR]
+
+
 def shipped_models() -> list[Path]:
-    """Model folders shipped in the repository's models/ directory."""
-    if not REPO_MODELS_DIR.is_dir():
-        return []
-    return sorted(p.parent for p in REPO_MODELS_DIR.glob(f"*/{CONFIG_FILE}") if (p.parent / WEIGHTS_FILE).is_file())
+    """Model folders shipped in models/ (and the folder named by $INTERACTIVE_KEYPOINTS_MODELS)."""
+    return sorted(
+        p.parent for d in models_dirs() for p in d.glob(f"*/{CONFIG_FILE}") if (p.parent / WEIGHTS_FILE).is_file()
+    )
 
 
-def default_model_dir() -> Path:
-    """The trained spine model when shipped, else the embedded phantom model."""
-    for name in (DEFAULT_MODEL_NAME, FALLBACK_MODEL_NAME):
-        folder = REPO_MODELS_DIR / name
-        if (folder / WEIGHTS_FILE).is_file():
-            return folder
-    raise ModelFormatError(f"no shipped model found in {REPO_MODELS_DIR}")
+def default_model_dir(preference=(DEFAULT_MODEL_NAME, PHANTOM_MODEL_NAME)) -> Path:
+    """The first shipped model in ``preference`` order."""
+    for name in preference:
+        for models in models_dirs():
+            if (models / name / WEIGHTS_FILE).is_file():
+                return models / name
+    raise ModelFormatError(f"no shipped model ({', '.join(preference)}) in {', '.join(map(str, models_dirs()))}")

@@ -35,19 +35,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_argument, default="auto", help="auto (default), cpu, cuda or mps")
 
 
-def load_model_for(args):
-    """The model named by ``--model``, or the shipped default with a message that says what is missing."""
+def load_model_for(args, preference=None):
+    """The model named by ``--model``, or the first shipped one in ``preference`` order,
+    with a message that says what is missing."""
     from .config import ModelFormatError
-    from .model_io import CONFIG_FILE, DEFAULT_MODEL_NAME, REPO_MODELS_DIR, WEIGHTS_FILE, default_model_dir, load_model
+    from .model_io import CONFIG_FILE, WEIGHTS_FILE, default_model_dir, load_model
 
     folder = args.model
     if folder is None:
         try:
-            folder = default_model_dir()
-        except ModelFormatError:
+            folder = default_model_dir(*([preference] if preference else []))
+        except ModelFormatError as e:
             raise ModelFormatError(
-                f"no trained model found: expected {REPO_MODELS_DIR / DEFAULT_MODEL_NAME} with "
-                f"{WEIGHTS_FILE} and {CONFIG_FILE}; pass --model DIR to use another model folder"
+                f"no trained model found ({e}; a model folder has {WEIGHTS_FILE} and {CONFIG_FILE}); "
+                "pass --model DIR to use another model folder"
             ) from None
     return load_model(folder, device="cpu")  # the session moves it to --device
 

@@ -35,7 +35,7 @@ from .imaging import to_original
 from .inference import fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
 from .model_io import build_model, save_model
-from .morphology import MorphologySelection, select_morphology
+from .morphology import select_morphology
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"

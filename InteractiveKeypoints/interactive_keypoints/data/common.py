@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..imaging import load_radiograph
+from ..imaging import PRINT_RESOLUTION_IOS, load_radiograph
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,22 @@ def record_skip(skipped: list[tuple[str, str]], dataset: str, sample_id: str, re
     log.warning("%s: skipping %s: %s", dataset, sample_id, reason)
 
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the file header only: no pixel decoding."""
+def image_geometry(path: str | Path):
+    """((H, W), spacing (sx, sy), origin (x, y), spacing_known) from the header only."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise ValueError(f"cannot read image header of {path}: {str(e).strip().splitlines()[-1]}") from None
-    size = reader.GetSize()
-    return int(size[1]), int(size[0])
+    size, spacing = reader.GetSize(), tuple(float(s) for s in reader.GetSpacing()[:2])
+    known = reader.GetImageIOFromFileName(str(path)) not in PRINT_RESOLUTION_IOS and spacing != (1.0, 1.0)
+    return (int(size[1]), int(size[0])), spacing if known else (1.0, 1.0), np.array(reader.GetOrigin()[:2]), known
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the file header only: no pixel decoding."""
+    return image_geometry(path)[0]
 
 
 def load_grey_image(sample: KeypointSample) -> np.ndarray:

@@ -13,14 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..markups import read_markups_points
-from .common import DatasetSplit, KeypointSample, keep_valid, record_skip, require_dir, seeded_split
+from .common import DatasetSplit, KeypointSample, image_geometry, keep_valid, record_skip, require_dir, seeded_split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
 # readers that turn a print resolution (DPI) into spacing: no detector spacing (as in imaging.py)
-PRINT_RESOLUTION_IOS = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO"}
 SPLITS = ("train", "val", "all")
 
 
@@ -63,19 +61,6 @@ def list_images(root: Path) -> dict[str, Path]:
         if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS):
             images.setdefault(image_stem(p), p)
     return images
-
-
-def image_geometry(path: Path):
-    """((H, W), spacing (sx, sy), origin (x, y), spacing_known) from the header only."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ValueError(f"cannot read image header of {path}: {str(e).strip().splitlines()[-1]}") from None
-    size, spacing = reader.GetSize(), tuple(float(s) for s in reader.GetSpacing()[:2])
-    known = reader.GetImageIOFromFileName(str(path)) not in PRINT_RESOLUTION_IOS and spacing != (1.0, 1.0)
-    return (int(size[1]), int(size[0])), spacing if known else (1.0, 1.0), np.array(reader.GetOrigin()[:2]), known
 
 
 def read_csv_points(path: Path) -> dict[str, tuple[float, float]]:
