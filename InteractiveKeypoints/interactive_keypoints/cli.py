@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "predict": ("interactive_keypoints.predict", "place landmarks on radiographs; write .mrk.json and .csv"),
     "train": ("interactive_keypoints.train", "train a model"),
     "evaluate": ("interactive_keypoints.evaluate", "evaluate a model with simulated user corrections"),
-    "serve": ("interactive_keypoints.web.app", "serve the browser app"),
+    "serve": ("interactive_keypoints.web.launcher", "serve the browser app"),
 }
 
 # (module, class name) of errors caused by the user's input: printed as one line, exit 2

@@ -1,0 +1,391 @@
+"""The browser app for one user session: a trame-slicer slice view plus a side panel.
+
+One process serves one session (one browser tab): trame shares its state between all
+clients of a server, so :mod:`.launcher` starts one of these per tab. All landmark work is
+done by :class:`~interactive_keypoints.mrml_logic.KeypointsMRMLLogic`; this module only
+wires it to the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from trame.app import TrameApp
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_server.utils.asynchronous import create_task
+from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+from vtkmodules.vtkCommonCore import vtkCommand
+
+from .. import mrml_logic
+from ..imaging import ImageError, Radiograph, check_size, load_radiograph
+from ..mrml_logic import KeypointsMRMLLogic, LogicBusyError
+from .launcher import READY_MARK
+from .runner import AsyncioRunner
+from .ui import build_ui
+from .view_positions import ras_to_view_xy
+
+log = logging.getLogger(__name__)
+
+# Stated input limits (shown in the page): bytes of an uploaded or opened file, and pixels
+# of a decoded image (a 6000 x 5000 radiograph; float32 copies of it stay below 1 GB).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_PIXELS = 30_000_000
+LAYOUT_ID = "radiograph"
+
+
+def sample_radiograph() -> Radiograph:
+    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+    from ..phantom import make_spine_phantom
+
+    sample = make_spine_phantom(0)
+    radiograph = load_radiograph(sample.image, spacing=sample.spacing)
+    radiograph.path = "sample-spine-phantom"
+    return radiograph
+
+
+def _no_view_ui(*_args):
+    """No slice slider or gutter buttons: the radiograph is a single slice."""
+
+
+class KeypointsWebApp(TrameApp):
+    def __init__(self, server=None, model_dir=None, autosave_dir=None, load_sample: bool = True,
+                 max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0):
+        super().__init__(server)
+        self.server.enable_module(trame_slicer_module)
+        self.slicer_app = SlicerApp()
+        scene = self.slicer_app.scene
+        register_rca_factories(self.slicer_app.view_manager, self.server, slice_view_ui_f=_no_view_ui)
+        self.layout_manager = LayoutManager(scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout_dict(
+            {LAYOUT_ID: Layout(LayoutDirection.Vertical, [ViewLayoutDefinition.axial_view()])}
+        )
+        self.layout_manager.set_layout(LAYOUT_ID)
+        self.view = self.slicer_app.view_manager.get_slice_views()[0]
+
+        self.logic = KeypointsMRMLLogic(scene=scene, model_folder=model_dir)
+        self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s)
+        self.logic.on_error = self.show_error
+        self.logic.on_updated = self._on_points_updated
+        self.logic.on_busy = self._on_busy
+
+        self.autosave_dir = Path(autosave_dir) if autosave_dir else None
+        self.max_file_bytes = int(max_file_bytes)
+        self.max_pixels = int(max_pixels)
+        self.volume = None
+        self.points = None
+        self._last_xy_to_ras = None
+
+        self._init_state()
+        self.ui = build_ui(self)
+        self.view.get_view_node().AddObserver(vtkCommand.ModifiedEvent, self._on_view_changed)
+        self.server.controller.on_server_ready.add(lambda **_: create_task(self._preload_model()))
+        if load_sample:
+            self.load_radiograph(sample_radiograph())
+
+    # ------------------------------------------------------------------ state
+
+    def _init_state(self):
+        s = self.state
+        s.trame__title = "InteractiveKeypoints"
+        s.ik_image_name = ""
+        s.ik_image_size = ""
+        s.ik_busy = False
+        s.ik_message = ""
+        s.ik_message_type = "error"
+        s.ik_rows = []
+        s.ik_has_points = False
+        s.ik_can_undo = False
+        s.ik_can_redo = False
+        s.ik_debug = "{}"
+        s.ik_server_path = ""
+        s.ik_export_stem = "landmarks"
+        s.ik_max_file_bytes = self.max_file_bytes
+        s.ik_limits = f"files up to {self.max_file_bytes / 2**20:g} MB, images up to {self.max_pixels / 1e6:g} megapixels"
+        s.ik_autosave = ""
+
+    def show_error(self, message: str):
+        log.error(message)
+        with self.state:
+            self.state.ik_message = str(message)
+            self.state.ik_message_type = "error"
+
+    def show_info(self, message: str):
+        with self.state:
+            self.state.ik_message = str(message)
+            self.state.ik_message_type = "info"
+
+    def _on_busy(self, _node, busy: bool):
+        with self.state:
+            self.state.ik_busy = bool(busy)
+            self._refresh_debug()
+
+    def _on_points_updated(self, node):
+        with self.state:
+            self._refresh_table(node)
+            self._refresh_debug()
+            self._autosave(node)
+
+    def _refresh_table(self, node):
+        positions = mrml_logic.control_point_positions(node)
+        pixels = mrml_logic.ras_to_pixels(positions, mrml_logic.ijk_to_ras_matrix(self.volume))
+        states, confidence = mrml_logic.point_states(node)
+        self.state.ik_rows = [
+            {
+                "index": k,
+                "name": node.GetNthControlPointLabel(k),
+                "x": round(float(pixels[k, 0]), 1),
+                "y": round(float(pixels[k, 1]), 1),
+                "state": states[k],
+                "confidence": "" if np.isnan(confidence[k]) else f"{confidence[k]:.2f}",
+            }
+            for k in range(len(positions))
+        ]
+        self.state.ik_has_points = len(positions) > 0
+        self.state.ik_can_undo = self.logic.can_undo(node)
+        self.state.ik_can_redo = self.logic.can_redo(node)
+
+    def _on_view_changed(self, *_):
+        matrix = str(self.view.get_view_node().GetXYToRAS()) + str(self.view.render_window().GetSize())
+        if matrix != self._last_xy_to_ras:
+            self._last_xy_to_ras = matrix
+            with self.state:
+                self._refresh_debug()
+
+    def _refresh_debug(self):
+        """Machine-readable positions for tests: each point in image and view pixels."""
+        debug = {"view_size": list(self.view.render_window().GetSize()), "points": []}
+        node = self.points
+        if node is not None and node.GetNumberOfControlPoints():
+            ras = mrml_logic.control_point_positions(node)
+            pixels = mrml_logic.ras_to_pixels(ras, mrml_logic.ijk_to_ras_matrix(self.volume))
+            view_xy = ras_to_view_xy(self.view.get_view_node(), ras)
+            states, _ = mrml_logic.point_states(node)
+            debug["points"] = [
+                {
+                    "name": node.GetNthControlPointLabel(k),
+                    "pixel": [round(float(v), 2) for v in pixels[k]],
+                    "view_xy": [round(float(v), 2) for v in view_xy[k]],
+                    "state": states[k],
+                }
+                for k in range(len(ras))
+            ]
+        debug["busy"] = bool(self.state.ik_busy)
+        self.state.ik_debug = json.dumps(debug)
+
+    def _autosave(self, node):
+        """The user's points survive a closed tab or a crashed server: saved after every change."""
+        if self.autosave_dir is None or node.GetNumberOfControlPoints() == 0:
+            return
+        try:
+            path = self.logic.export(node, self.autosave_dir / f"{self.state.ik_export_stem}.mrk.json")
+            self.state.ik_autosave = str(path)
+        except (OSError, ValueError) as error:
+            log.warning("autosave failed: %s", error)
+
+    async def _preload_model(self):
+        """Load the weights off the event loop, so the first Detect is quick."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.logic.model)
+        except Exception as error:  # noqa: BLE001 - shown in the page; Detect will say it again
+            self.show_error(f"model not available: {error}")
+
+    # ------------------------------------------------------------------ images
+
+    def load_radiograph(self, radiograph: Radiograph):
+        """Show a new radiograph. The previous one and its points are replaced (autosaved)."""
+        check_size(radiograph, self.max_pixels)
+        if self.points is not None and self.logic.is_busy(self.points):
+            raise LogicBusyError("the model is still running; open the image when it is done")
+        self._remove_current()
+        name = Path(radiograph.path).stem if radiograph.path else "radiograph"
+        self.volume = mrml_logic.add_volume_from_radiograph(self.slicer_app.scene, radiograph, name)
+        self.view.set_background_volume_id(self.volume.GetID())
+        self.view.fit_view_to_content()
+        with self.state:
+            self.state.ik_image_name = self.volume.GetName()
+            self.state.ik_image_size = f"{radiograph.width} x {radiograph.height} px"
+            self.state.ik_export_stem = self.volume.GetName()
+            self.state.ik_rows = []
+            self.state.ik_has_points = False
+            self.state.ik_can_undo = self.state.ik_can_redo = False
+            self._refresh_debug()
+
+    def _remove_current(self):
+        scene = self.slicer_app.scene
+        if self.points is not None:
+            self.logic.detach(self.points)
+            scene.RemoveNode(self.points)
+            self.points = None
+        if self.volume is not None:
+            scene.RemoveNode(self.volume)
+            self.volume = None
+
+    def open_file(self, path, display_name: str | None = None):
+        """Load an image file; a bad file leaves the current image and points untouched."""
+        path = Path(path).expanduser()
+        try:
+            if path.is_file() and path.stat().st_size > self.max_file_bytes:
+                raise ImageError(
+                    f"{display_name or path.name} is {path.stat().st_size / 2**20:.1f} MB, more than the "
+                    f"limit of {self.max_file_bytes / 2**20:g} MB"
+                )
+            radiograph = load_radiograph(path)
+            radiograph.path = display_name or str(path)
+            self.load_radiograph(radiograph)
+        except (ImageError, LogicBusyError, OSError) as error:
+            reason = str(error).replace(str(path), display_name) if display_name else str(error)
+            self.show_error(f"could not open {display_name or path}: {reason}")
+            return False
+        self.show_info(f"opened {display_name or path.name}")
+        return True
+
+    def upload(self, files):
+        """Files from the browser's file input (dicts with name, size and content)."""
+        if not files:
+            return
+        file = files[0] if isinstance(files, list) else files
+        name = Path(str(file.get("name") or "upload")).name
+        content = file.get("content") or b""
+        if isinstance(content, list):  # chunked by the client
+            content = b"".join(content)
+        if len(content) > self.max_file_bytes:
+            self.show_error(f"{name} is larger than the {self.max_file_bytes / 2**20:g} MB limit")
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name  # keep the suffix: SimpleITK picks its reader by it
+            path.write_bytes(content)
+            self.open_file(path, display_name=name)
+
+    def open_server_path(self):
+        path = (self.state.ik_server_path or "").strip()
+        if not path:
+            self.show_error("type the path of an image file on the server first")
+            return
+        self.open_file(path)
+
+    # --------------------------------------------------------------- landmarks
+
+    async def detect(self):
+        if self.volume is None:
+            self.show_error("open a radiograph first")
+            return
+        with self.state:
+            self.state.ik_busy = True
+            self.state.ik_message = ""
+        await asyncio.sleep(0.05)  # let the page show "busy": building the session takes a moment
+        try:
+            self.points = self.logic.detect(self.volume, self.points, blocking=False)
+            self._style_points(self.points)
+        except Exception as error:  # noqa: BLE001 - model or image problems, shown to the user
+            self.show_error(f"detection failed: {error}")
+            with self.state:
+                self.state.ik_busy = False
+
+    def _style_points(self, node):
+        display = node.GetDisplayNode()
+        display.SetColor(0.2, 0.8, 1.0)  # predicted (unselected)
+        display.SetSelectedColor(1.0, 0.6, 0.1)  # user-fixed (selected)
+        display.SetActiveColor(1.0, 1.0, 0.3)
+        display.SetPointLabelsVisibility(False)  # 68 labels hide the image; the table names them
+        display.SetGlyphScale(2.0)
+
+    def _with_points(self, action, *args):
+        if self.points is None or not self.logic.is_tracked(self.points):
+            self.show_error("run Detect first")
+            return
+        try:
+            action(self.points, *args)
+        except (LogicBusyError, ValueError) as error:
+            self.show_error(str(error))
+            return
+        with self.state:
+            self._refresh_table(self.points)
+            self._refresh_debug()
+
+    def undo(self):
+        self._with_points(self.logic.undo)
+
+    def redo(self):
+        self._with_points(self.logic.redo)
+
+    def reset(self):
+        self._with_points(self.logic.reset)
+
+    def unfix(self, index):
+        self._with_points(self.logic.unfix, [int(index)])
+
+    def export_bytes(self, suffix: str) -> bytes | None:
+        if self.points is None or self.points.GetNumberOfControlPoints() == 0:
+            self.show_error("nothing to download yet: run Detect first")
+            return None
+        with tempfile.TemporaryDirectory() as folder:
+            path = self.logic.export(self.points, Path(folder) / f"{self.state.ik_export_stem}{suffix}")
+            return path.read_bytes()
+
+    def download(self, suffix: str):
+        data = self.export_bytes(suffix)
+        return None if data is None else self.server.protocol.addAttachment(data)
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def build_app(server=None, model_dir=None, **kwargs) -> KeypointsWebApp:
+    """One session's app; kwargs: autosave_dir, load_sample, max_file_bytes, max_pixels."""
+    return KeypointsWebApp(server=server, model_dir=model_dir, **kwargs)
+
+
+def _announce_port(app: KeypointsWebApp):
+    def ready(**_):
+        print(f"{READY_MARK} port={app.server.port}", flush=True)
+
+    app.server.controller.on_server_ready.add(ready)
+
+
+def run_session(argv=None):
+    """One session server (what the launcher starts per tab; also usable alone)."""
+    parser = argparse.ArgumentParser(description="InteractiveKeypoints: one browser session")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--autosave-dir", default=None, help="write the points here after every change")
+    parser.add_argument("--idle-timeout", type=int, default=300, help="seconds without a client before exiting")
+    parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
+    parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
+    parser.add_argument("--slow-inference", type=float, default=0.0,
+                        help="add this many seconds to every model run (demos and tests of drags during inference)")
+    args, _ = parser.parse_known_args(argv)
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
+    # uploads arrive over the websocket: let a file of the stated limit through
+    os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(args.max_file_mb * 2**20 * 1.4) + 2**22))
+    logging.basicConfig(level=logging.WARNING)
+    from trame.app import get_server
+
+    server = get_server(name="interactive-keypoints", client_type="vue3")
+    app = build_app(server, model_dir=args.model, autosave_dir=args.autosave_dir,
+                    max_file_bytes=int(args.max_file_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
+                    slow_inference_s=args.slow_inference)
+    _announce_port(app)
+    app.server.start(
+        host=args.host,
+        port=args.port,
+        open_browser=False,
+        show_connection_info=False,
+        timeout=args.idle_timeout,
+        exec_mode="main",
+    )
+
+
+if __name__ == "__main__":
+    run_session(sys.argv[1:])

@@ -1,0 +1,49 @@
+"""A runner for ``KeypointsMRMLLogic`` inside an asyncio server (trame).
+
+The logic hands us ``compute`` (touches only the engine session, no MRML) and ``finish``
+(writes into MRML). Inference runs on one worker thread so the websocket loop keeps
+serving mouse events; ``finish`` comes back on the event-loop thread, the only thread
+that touches MRML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def _outcome(compute, delay_s: float = 0.0):
+    try:
+        if delay_s:
+            time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
+        return compute()
+    except Exception as error:  # noqa: BLE001 - handed to finish, which reports it
+        return error
+
+
+class AsyncioRunner:
+    """``runner(compute, finish)`` for the logic; one computation at a time."""
+
+    def __init__(self, after_finish=None, delay_s: float = 0.0):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
+        self._after_finish = after_finish  # e.g. push the trame state to the browser
+        self.delay_s = float(delay_s)
+        self.in_flight = 0
+
+    def __call__(self, compute, finish):
+        loop = asyncio.get_running_loop()  # the logic is driven from the loop thread
+        self.in_flight += 1
+        future = loop.run_in_executor(self._executor, _outcome, compute, self.delay_s)
+        future.add_done_callback(lambda done: self._finish(finish, done.result()))
+
+    def _finish(self, finish, outcome):
+        self.in_flight -= 1
+        try:
+            finish(outcome)
+        finally:
+            if self._after_finish is not None:
+                self._after_finish()
+
+    def shutdown(self):
+        self._executor.shutdown(wait=False, cancel_futures=True)

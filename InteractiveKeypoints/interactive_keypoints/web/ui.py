@@ -1,0 +1,124 @@
+"""The page: the slice view on the left, the landmark panel on the right (Vuetify 3)."""
+
+from __future__ import annotations
+
+from trame.widgets import html
+from trame_vuetify.ui.vuetify3 import VAppLayout
+from trame_vuetify.widgets import vuetify3 as v3
+
+TABLE_HEADERS = [
+    {"title": "Landmark", "key": "name"},
+    {"title": "x", "key": "x", "align": "end"},
+    {"title": "y", "key": "y", "align": "end"},
+    {"title": "State", "key": "state"},
+    {"title": "Conf.", "key": "confidence", "align": "end"},
+]
+PREDICTED_COLOUR = "#33ccff"  # keep in step with KeypointsWebApp._style_points
+FIXED_COLOUR = "#ff9919"
+
+
+def build_ui(app) -> VAppLayout:
+    ctrl = app.server.controller
+    with VAppLayout(app.server, full_height=True) as layout:
+        _app_bar(app, ctrl)
+        _side_panel(app, ctrl)
+        with v3.VMain(), html.Div(style="position: relative; width: 100%; height: calc(100vh - 48px);"):
+            app.layout_manager.initialize_layout_grid(layout)
+        # Positions of every point in image and view pixels (read by the browser test).
+        html.Pre("{{ ik_debug }}", id="ik-debug", style="display: none;")
+    return layout
+
+
+def _app_bar(app, ctrl):
+    upload = ctrl.trigger_name(app.upload)
+    # The size check runs in the browser too: an oversized file never leaves the page.
+    on_change = (
+        "$event.target.files && $event.target.files.length && "
+        "($event.target.files[0].size > ik_max_file_bytes "
+        f"? (ik_message = $event.target.files[0].name + ' is larger than the limit (' + ik_limits + ')', "
+        "ik_message_type = 'error') "
+        f": trigger('{upload}', [$event.target.files]))"
+    )
+    with v3.VAppBar(density="compact"):
+        html.Div("InteractiveKeypoints", classes="text-h6 ml-4 mr-6")
+        html.Span("{{ ik_image_name }} {{ ik_image_size ? '(' + ik_image_size + ')' : '' }}",
+                  id="ik-image-name", classes="text-body-2 mr-4")
+        v3.VSpacer()
+        v3.VFileInput(
+            id="ik-upload",
+            label="Open image",
+            prepend_icon="mdi-file-upload",
+            density="compact",
+            hide_details=True,
+            style="max-width: 220px;",
+            disabled=("ik_busy",),
+            change=on_change,
+        )
+        v3.VTextField(
+            v_model=("ik_server_path",),
+            id="ik-server-path",
+            label="Image path on the server",
+            density="compact",
+            hide_details=True,
+            style="max-width: 280px;",
+            classes="ml-2",
+            keyup_enter=app.open_server_path,
+        )
+        v3.VBtn("Open", id="ik-open-path", click=app.open_server_path, disabled=("ik_busy",), variant="tonal", classes="mx-2")
+
+
+def _side_panel(app, ctrl):
+    download_json = ctrl.trigger_name(lambda: app.download(".mrk.json"))
+    download_csv = ctrl.trigger_name(lambda: app.download(".csv"))
+    with v3.VNavigationDrawer(location="right", permanent=True, width=430):
+        with html.Div(classes="pa-3"):
+            with html.Div(classes="d-flex flex-wrap ga-2"):
+                # Detecting again starts a new history: ask before dropping the user's corrections.
+                v3.VBtn("Detect", id="ik-detect", color="primary", disabled=("ik_busy",), prepend_icon="mdi-target",
+                        click="(!ik_rows.some(r => r.state === 'user-fixed') || "
+                              "window.confirm('Detect again? Your corrections will be replaced (undo cannot bring "
+                              f"them back; the last autosave can).')) && trigger('{ctrl.trigger_name(app.detect)}')")
+                v3.VBtn("Undo", id="ik-undo", click=app.undo, disabled=("ik_busy || !ik_can_undo",),
+                        prepend_icon="mdi-undo")
+                v3.VBtn("Redo", id="ik-redo", click=app.redo, disabled=("ik_busy || !ik_can_redo",),
+                        prepend_icon="mdi-redo")
+                v3.VBtn("Reset", id="ik-reset", click=app.reset, disabled=("ik_busy || !ik_has_points",),
+                        prepend_icon="mdi-restore")
+            with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
+                v3.VBtn(".mrk.json", id="ik-download-json", variant="outlined", prepend_icon="mdi-download",
+                        disabled=("!ik_has_points",),
+                        click=f"utils.download(ik_export_stem + '.mrk.json', trigger('{download_json}'), "
+                              "'application/json')")
+                v3.VBtn("CSV", id="ik-download-csv", variant="outlined", prepend_icon="mdi-download",
+                        disabled=("!ik_has_points",),
+                        click=f"utils.download(ik_export_stem + '.csv', trigger('{download_csv}'), 'text/csv')")
+            v3.VProgressLinear(indeterminate=True, v_show=("ik_busy",), id="ik-busy", classes="mt-2", color="primary")
+            v3.VAlert(
+                model_value=("!!ik_message",),  # not v-show: a closed VAlert would stay closed
+                text=("ik_message",),
+                type=("ik_message_type",),
+                id="ik-message",
+                density="compact",
+                closable=True,
+                click_close="ik_message = ''",
+                classes="mt-2",
+                style="word-break: break-word;",
+            )
+            with html.Div(classes="text-caption mt-2"):
+                html.Span("\u25cf predicted ", style=f"color: {PREDICTED_COLOUR};")
+                html.Span("\u25cf user-fixed ", style=f"color: {FIXED_COLOUR};")
+                html.Span("- drag a point to fix it; the others follow. Limits: {{ ik_limits }}.")
+            html.Div("autosaved to {{ ik_autosave }}", v_show=("ik_autosave",), classes="text-caption",
+                     id="ik-autosave")
+        v3.VDataTable(
+            id="ik-table",
+            headers=("ik_headers", TABLE_HEADERS),
+            items=("ik_rows",),
+            item_value="index",
+            density="compact",
+            items_per_page=-1,
+            hide_default_footer=True,
+            fixed_header=True,
+            height="calc(100vh - 330px)",
+            no_data_text="No landmarks yet: press Detect.",
+        )

@@ -1,0 +1,310 @@
+"""End-to-end test of the browser app in headless Chromium (Debian's, driven by Playwright).
+
+Starts ``python -m interactive_keypoints.web`` (the launcher, one session per tab) on a
+free loopback port with a tiny untrained model, and works the page with the mouse as a
+user would. Screenshots go to Testing/artifacts/web/.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "web"))
+from browser import (  # noqa: E402
+    chromium_context,
+    drag,
+    free_port,
+    missing_browser_reason,
+    page_to_view,
+    read_debug,
+    running_server,
+    view_to_page,
+    wait_for_debug,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(missing_browser_reason() is not None, reason=str(missing_browser_reason())),
+]
+
+ARTIFACTS = Path(__file__).parent / "artifacts" / "web"
+MAX_FILE_MB = 1.0  # small stated limits so the bad-input checks need only small files
+MAX_MEGAPIXELS = 2.0
+DROP_TOLERANCE_VIEW_PX = 2.0
+SLOW_INFERENCE_S = 1.5  # every model run takes this much longer, so a quick second drag lands during one
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained, deterministic, small network: fast on CPU, and it does react to clicks."""
+    import torch
+
+    from interactive_keypoints.config import ModelConfig
+    from interactive_keypoints.model_io import build_model, save_model
+    from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        num_keypoints=len(SPINE_LANDMARK_NAMES), input_size=(256, 128), landmark_names=SPINE_LANDMARK_NAMES,
+        width=8, stage_modules=(1, 1, 1), stage_blocks=1, stem_blocks=1, ocr_mid_channels=32,
+        ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test",
+    )
+    return save_model(tmp_path_factory.mktemp("model") / "tiny", build_model(config))
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_model, tmp_path_factory):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    autosave = tmp_path_factory.mktemp("autosave")
+    args = ["--host", "127.0.0.1", "--port", str(port), "--model", str(tiny_model), "--autosave-dir", str(autosave),
+            "--max-sessions", "6", "--idle-timeout", "120",
+            "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
+            "--slow-inference", str(SLOW_INFERENCE_S)]
+    # the launcher answers 404 on an unknown path as soon as it listens (no session started)
+    with running_server(args, ARTIFACTS / "server.log", ready_url=f"{url}/s/none/", ready_statuses=(410,)):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(base_url):
+    with chromium_context() as context:
+        yield context
+
+
+def open_session(browser, base_url, name: str):
+    page = browser.new_page()
+    page.on("console", lambda m: print(f"[{name} console] {m.text}") if m.type == "error" else None)
+    page.goto(base_url + "/", timeout=240_000)
+    assert "/s/" in page.url, f"the launcher did not give a session: {page.url}"
+    wait_until_rendered(page)
+    return page
+
+
+def wait_until_rendered(page):
+    """The streamed view shows a real frame (not the loading spinner) and positions are known."""
+    page.wait_for_selector("#ik-detect", timeout=120_000)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 100)",
+        timeout=120_000,
+    )
+    wait_for_debug(page, lambda d: d.get("view_size", [0, 0])[0] > 0)
+
+
+def detect(page) -> dict:
+    page.click("#ik-detect")
+    return wait_for_debug(page, lambda d: len(d.get("points", [])) > 0 and not d["busy"])
+
+
+def pixels(debug) -> np.ndarray:
+    return np.array([p["pixel"] for p in debug["points"]])
+
+
+def view_xy(debug) -> np.ndarray:
+    return np.array([p["view_xy"] for p in debug["points"]])
+
+
+def isolated_points(debug, count: int, margin_px: float = 60.0) -> list[int]:
+    """Points far from any other point (a press must grab exactly one) and from the image edge."""
+    xy = view_xy(debug)
+    distance = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(distance, np.inf)
+    order = np.argsort(-distance.min(axis=1))
+    return [int(k) for k in order[:count]]
+
+
+def drop_target(page, debug, k, offset=(45, 70)):
+    """A drop point inside the image, moved towards the image centre."""
+    start = view_to_page(page, debug["points"][k]["view_xy"], debug["view_size"])
+    centre = view_to_page(page, np.mean(view_xy(debug), axis=0), debug["view_size"])
+    sign = np.sign(np.subtract(centre, start)) + (np.subtract(centre, start) == 0)
+    return start, (start[0] + sign[0] * offset[0], start[1] + sign[1] * offset[1])
+
+
+def drag_point(page, debug, k, offset=(45, 70)):
+    start, end = drop_target(page, debug, k, offset)
+    drag(page, start, end)
+    return page_to_view(page, end, debug["view_size"])
+
+
+def screenshot(page, name):
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+# -------------------------------------------------------------------------------- tests
+
+
+def test_drag_refines_and_the_dropped_point_stays(browser, base_url, tmp_path):
+    page = open_session(browser, base_url, "main")
+    screenshot(page, "01-sample-loaded")
+    before = detect(page)
+    assert len(before["points"]) == 68
+    assert all(p["state"] == "predicted" for p in before["points"])
+    screenshot(page, "02-detected")
+
+    (k,) = isolated_points(before, 1)
+    dropped_view = drag_point(page, before, k)
+    after = wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+    page.mouse.move(*view_to_page(page, (3, 3), after["view_size"]))  # un-hover: the fixed colour shows
+    after = wait_for_debug(page, lambda d: not d["busy"])
+    screenshot(page, "03-dragged-and-refined")
+
+    # the dragged point stayed where it was dropped ...
+    assert np.linalg.norm(view_xy(after)[k] - dropped_view) <= DROP_TOLERANCE_VIEW_PX
+    # ... and the model moved other (not user-fixed) points
+    moved = np.linalg.norm(pixels(after) - pixels(before), axis=1) > 0.5
+    moved[k] = False
+    assert moved.any(), "no other landmark moved after the refinement"
+    assert [p["state"] for i, p in enumerate(after["points"]) if i != k] == ["predicted"] * 67
+    row = page.locator("#ik-table tbody tr").nth(k).inner_text()
+    assert before["points"][k]["name"] in row and "user-fixed" in row
+
+    # undo puts every point back, redo restores the correction
+    page.click("#ik-undo")
+    undone = wait_for_debug(page, lambda d: d["points"][k]["state"] == "predicted" and not d["busy"])
+    np.testing.assert_allclose(pixels(undone), pixels(before), atol=0.05)
+    page.click("#ik-redo")
+    redone = wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+    np.testing.assert_allclose(pixels(redone), pixels(after), atol=0.05)
+
+    # downloads: Slicer markups JSON and CSV with the user-fixed state
+    with page.expect_download() as info:
+        page.click("#ik-download-json")
+    markups = json.loads(Path(info.value.path()).read_text())
+    points = markups["markups"][0]["controlPoints"]
+    assert len(points) == 68 and points[k]["description"].startswith("user-fixed")
+    with page.expect_download() as info:
+        page.click("#ik-download-csv")
+    csv_lines = Path(info.value.path()).read_text().strip().splitlines()
+    assert len(csv_lines) == 69 and "user-fixed" in csv_lines[k + 1]
+
+    # Detect again with a user-fixed point asks first; declining keeps the correction
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("#ik-detect")  # returns once the dialog has been answered
+    assert asked and "corrections" in asked[0]
+    assert read_debug(page)["points"][k]["state"] == "user-fixed"
+
+    page.click("#ik-reset")
+    reset = wait_for_debug(page, lambda d: d["points"][k]["state"] == "predicted" and not d["busy"])
+    np.testing.assert_allclose(pixels(reset), pixels(before), atol=0.05)
+    page.close()
+
+
+def test_user_points_are_never_lost(browser, base_url, tmp_path):
+    page = open_session(browser, base_url, "robust")
+    first = detect(page)
+    (a,) = isolated_points(first, 1)
+    drag_point(page, first, a)
+    settled = wait_for_debug(page, lambda d: d["points"][a]["state"] == "user-fixed" and not d["busy"])
+
+    # drag b, and drag the (user-fixed, so unmoving) point a again while b's refinement
+    # may still run: the logic queues the second drop; both drops must be kept
+    (b,) = [k for k in isolated_points(settled, 2) if k != a][:1]
+    drop_b = drag_point(page, settled, b)
+    # the server has taken the drop once b is fixed; with the slowed model it is still running then
+    busy_at_second_drag = wait_for_debug(page, lambda d: d["points"][b]["state"] == "user-fixed")["busy"]
+    drop_a = drag_point(page, settled, a, offset=(-30, 40))
+    done = wait_for_debug(
+        page,
+        lambda d: d["points"][b]["state"] == "user-fixed" and not d["busy"]
+        and np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a)) <= DROP_TOLERANCE_VIEW_PX,
+    )
+    assert busy_at_second_drag, "precondition: the second drag should start while the model runs"
+    assert np.linalg.norm(view_xy(done)[b] - drop_b) <= DROP_TOLERANCE_VIEW_PX
+    assert done["points"][a]["state"] == "user-fixed"
+    kept = pixels(done)
+
+    def assert_points_kept(what):
+        now = read_debug(page)
+        np.testing.assert_allclose(pixels(now), kept, atol=0.05, err_msg=f"points changed after {what}")
+        assert now["points"][a]["state"] == "user-fixed", what
+
+    def message():
+        page.wait_for_selector("#ik-message", state="visible")
+        return page.locator("#ik-message").inner_text()
+
+    def dismiss():
+        page.locator("#ik-message button").first.click()
+        page.wait_for_selector("#ik-message", state="hidden")
+
+    upload = page.locator("input[type=file]")
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is not an image\n")
+    upload.set_input_files(str(not_an_image))
+    assert "notes.png" in message()
+    screenshot(page, "04-non-image-refused")
+    assert_points_kept("a non-image upload")
+    dismiss()
+
+    too_big = tmp_path / "huge.png"
+    too_big.write_bytes(b"\0" * int((MAX_FILE_MB + 0.5) * 2**20))
+    upload.set_input_files(str(too_big))
+    assert "larger than the limit" in message()
+    assert_points_kept("an oversized file")
+    dismiss()
+
+    import SimpleITK as sitk
+
+    too_many_pixels = tmp_path / "wide.png"
+    stripes = (np.arange(1100)[:, None] % 2 * 255 + np.zeros((1, 2000))).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(stripes), str(too_many_pixels))  # 2.2 MP, a few kB
+    upload.set_input_files(str(too_many_pixels))
+    text = message()
+    assert "2200000 pixels" in text and "limit" in text
+    screenshot(page, "05-too-many-pixels-refused")
+    assert_points_kept("an image over the pixel limit")
+    dismiss()
+
+    page.fill("#ik-server-path", str(tmp_path / "missing.png"))
+    page.click("#ik-open-path")
+    assert "not found" in message()
+    assert_points_kept("a missing server path")
+
+    # reload, and close then reopen the tab: the session and its points are still there
+    session_url = page.url
+    page.reload()
+    wait_until_rendered(page)
+    wait_for_debug(page, lambda d: len(d["points"]) == 68)
+    assert_points_kept("a page reload")
+    page.close()
+    page = browser.new_page()
+    page.goto(session_url)
+    wait_until_rendered(page)
+    wait_for_debug(page, lambda d: len(d["points"]) == 68)
+    assert_points_kept("closing and reopening the tab")
+    screenshot(page, "06-reopened")
+    page.close()
+
+
+def test_tabs_have_separate_sessions(browser, base_url):
+    tab_a = open_session(browser, base_url, "tab-a")
+    tab_b = open_session(browser, base_url, "tab-b")
+    assert tab_a.url != tab_b.url
+
+    a_points = detect(tab_a)
+    page_b = read_debug(tab_b)
+    assert page_b["points"] == [], "tab B sees tab A's detection"
+
+    b_points = detect(tab_b)
+    (k,) = isolated_points(b_points, 1)
+    drag_point(tab_b, b_points, k)
+    wait_for_debug(tab_b, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+
+    a_now = read_debug(tab_a)
+    np.testing.assert_allclose(pixels(a_now), pixels(a_points), atol=0.05)
+    assert all(p["state"] == "predicted" for p in a_now["points"])
+    screenshot(tab_a, "07-tab-a-untouched")
+    screenshot(tab_b, "08-tab-b-dragged")
+    tab_a.close()
+    tab_b.close()
