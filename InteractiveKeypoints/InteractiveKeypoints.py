@@ -337,9 +337,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
                 return
         volume = self._parameterNode.inputVolume
         with slicer.util.tryWithErrorDisplay(_("Keypoint detection failed."), waitCursor=True):
-            self.ui.statusLabel.text = _("Loading the model...")
-            slicer.app.processEvents()
-            self.logic.model()  # load now, on the main thread: errors are shown right away
+            # the model is loaded on the inference thread; its errors come through onLogicError
             pointList = self.logic.detect(volume, self._existingPointList(volume), blocking=False)
             self._parameterNode.pointList = pointList
             slicer.util.setSliceViewerLayers(background=volume, fit=True)
@@ -385,7 +383,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def onUnfix(self) -> None:
         rows = sorted({index.row() for index in self.ui.landmarkTable.selectionModel().selectedRows()})
         if rows:
-            self._runOnPointList(self.logic.unfix, rows)
+            self._runOnPointList(lambda pointList: self.logic.unfix(pointList, rows, blocking=False))
 
     def _installShortcuts(self) -> None:
         if self._shortcuts:

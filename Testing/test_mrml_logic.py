@@ -9,6 +9,8 @@ points stay, the others follow the model, undo) does not depend on training.
 
 import csv
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 torch = pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
-from interactive_keypoints.config import compact_config  # noqa: E402
+from interactive_keypoints.config import ModelFormatError, compact_config  # noqa: E402
+from interactive_keypoints import model_io  # noqa: E402
+from interactive_keypoints.inference import Predictor  # noqa: E402
 from interactive_keypoints.imaging import ImageError  # noqa: E402
 from interactive_keypoints.model_io import build_model  # noqa: E402
 from interactive_keypoints.mrml_logic import (  # noqa: E402
@@ -112,6 +116,31 @@ class HeldRunner:
         except Exception as error:  # noqa: BLE001
             outcome = error
         finish(outcome)
+
+
+def gate_off_main_thread(monkeypatch, owner, method):
+    """Make ``owner.method`` wait for the returned Event when called off the main thread,
+    and record the threads that called it: "the model is still running" for as long as
+    the test wants, on a real worker thread. On the main thread it does not wait (an
+    inline call then shows up in the recorded threads instead of hanging the test)."""
+    release, threads = threading.Event(), []
+    original = getattr(owner, method)
+
+    def gated(*args, **kwargs):
+        threads.append(threading.current_thread())
+        if threading.current_thread() is not threading.main_thread():
+            release.wait()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, method, gated)
+    return release, threads
+
+
+def poll_until_idle(runner, logic, node):
+    """What the GUI's QTimer does: run the finished callbacks on the main thread."""
+    while logic.is_busy(node):
+        runner.poll()
+        time.sleep(0.005)
 
 
 def drag(node, k, ras):
@@ -369,6 +398,85 @@ def test_threaded_runner_applies_results_on_poll(logic, volume):
         assert logic.latency(node) is not None
     finally:
         runner.shutdown()
+
+
+def test_non_blocking_detect_loads_the_model_and_encodes_off_the_main_thread(scene, model, volume, monkeypatch):
+    loaded_on = []
+
+    def load_model(folder, device=None):
+        loaded_on.append(threading.current_thread())
+        return model
+
+    monkeypatch.setattr(model_io, "load_model", load_model)
+    release, encoded_on = gate_off_main_thread(monkeypatch, Predictor, "encode_image")
+    logic = KeypointsMRMLLogic(scene=scene, model_folder="a model folder", device="cpu")  # not loaded yet
+    runner = ThreadedRunner()
+    logic.runner = runner
+    try:
+        node = logic.detect(volume, blocking=False)
+        # returned while the image encoder is still held: nothing written yet
+        assert logic.is_busy(node) and node.GetNumberOfControlPoints() == 0
+        release.set()
+        poll_until_idle(runner, logic, node)
+        assert node.GetNumberOfControlPoints() == K
+        np.testing.assert_allclose(
+            control_point_positions(node),
+            pixels_to_ras(logic.prediction(node).points, ijk_to_ras_matrix(volume)),
+            atol=1e-9,
+        )
+        main = threading.main_thread()
+        assert len(loaded_on) == 1 and loaded_on[0] is not main
+        assert len(encoded_on) == 1 and encoded_on[0] is not main
+    finally:
+        runner.shutdown()
+
+
+def test_non_blocking_unfix_runs_on_the_runner(logic, volume, monkeypatch):
+    node = logic.detect(volume)
+    drag(node, 7, pixel_target(node, volume, 7, (8.0, 0.0)))
+    drag(node, 8, pixel_target(node, volume, 8, (0.0, 8.0)))
+    before = control_point_positions(node)
+    release, ran_on = gate_off_main_thread(monkeypatch, Predictor, "logits")
+    runner = ThreadedRunner()
+    logic.runner = runner
+    try:
+        logic.unfix(node, [7], blocking=False)
+        # returned while the model is held: point 7 is still shown as the user left it
+        assert logic.is_busy(node)
+        assert point_states(node)[0][7] == "user-fixed"
+        np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+        with pytest.raises(LogicBusyError):
+            logic.reset(node)
+        release.set()
+        poll_until_idle(runner, logic, node)
+        states = point_states(node)[0]
+        assert states[7] == "predicted" and states[8] == "user-fixed"
+        prediction = logic.prediction(node)
+        assert not prediction.fixed[7] and prediction.fixed[8]
+        np.testing.assert_allclose(
+            control_point_positions(node), pixels_to_ras(prediction.points, ijk_to_ras_matrix(volume)), atol=1e-9
+        )
+        assert len(ran_on) == 1 and ran_on[0] is not threading.main_thread()
+    finally:
+        runner.shutdown()
+
+
+def test_model_that_cannot_load_is_reported_without_blocking(scene, volume, errors, monkeypatch):
+    def load_model(folder, device=None):
+        raise ModelFormatError(f"model folder {folder} does not exist")
+
+    monkeypatch.setattr(model_io, "load_model", load_model)
+    logic = KeypointsMRMLLogic(scene=scene, model_folder="/nowhere", device="cpu")
+    logic.on_error = errors.append
+    with pytest.raises(ModelFormatError, match="/nowhere"):  # console: raised
+        logic.detect(volume)
+    runner = HeldRunner()
+    logic.runner = runner
+    node = logic.detect(volume, blocking=False)  # GUI: returns, the error comes via on_error
+    assert not errors
+    runner.run_next()
+    assert len(errors) == 1 and "/nowhere" in errors[0]
+    assert not logic.is_busy(node) and node.GetNumberOfControlPoints() == 0
 
 
 # -------------------------------------------------------------------------- export

@@ -7,8 +7,15 @@ One :class:`KeypointSession` per point list. A user drag (``PointEndInteractionE
 makes the dragged point user-fixed and re-runs the model; only points that are not fixed
 move. Inference is split so that it can run off the main thread:
 
-* ``compute`` -- a closure over the session only (no MRML), run by ``runner``;
+* ``compute`` -- a closure over the session only (no MRML), run by ``runner``; for a
+  detection it also loads the model and builds the session (image encoder), from a
+  snapshot of the volume taken on the main thread;
 * ``finish``  -- called on the main thread with the result, writes it into MRML.
+
+Every call that runs the model (detect, attach, refine, update, unfix) takes ``blocking``:
+True runs inline and raises errors (console, batch), False goes through ``runner`` like a
+drag and reports errors through ``on_error`` (GUI, web). undo, redo and reset only move
+in the session's history, so they never run the model and are always synchronous.
 
 While a computation runs, drops are queued in a pending slot (per point, the latest wins)
 and refined together as soon as it finishes: a drag is never lost.
@@ -296,6 +303,8 @@ class KeypointsMRMLLogic:
         self.on_busy = None
         self._tracked: dict[str, _Tracked] = {}
         self._predictor = None  # one inference copy of the network, shared by all sessions
+        # the model is loaded by the inference thread (detect) or a preloading thread (web)
+        self._model_lock = threading.Lock()
 
     # ------------------------------------------------------------------ model, scene
 
@@ -305,28 +314,33 @@ class KeypointsMRMLLogic:
 
     def set_model(self, model_folder=None, device: str | None = None):
         """Choose the model folder (None: the shipped default) and/or device; loaded lazily."""
-        self.model_folder = model_folder
-        if device is not None:
-            self.device = device
-        self._model = None
-        self._predictor = None
+        with self._model_lock:  # not while a thread is loading the previous choice
+            self.model_folder = model_folder
+            if device is not None:
+                self.device = device
+            self._model = None
+            self._predictor = None
 
     def model(self):
-        """The KeypointModel, loaded on first use (the session moves it to the device)."""
-        if self._model is None:
-            from .model_io import default_model_dir, load_model
+        """The KeypointModel, loaded on first use (the session moves it to the device).
 
-            self._model = load_model(self.model_folder or default_model_dir(), device="cpu")
-        return self._model
+        Thread-safe: detect() calls it from the inference thread."""
+        with self._model_lock:
+            if self._model is None:
+                from .model_io import default_model_dir, load_model
+
+                self._model = load_model(self.model_folder or default_model_dir(), device="cpu")
+            return self._model
 
     def predictor(self):
         """The inference copy of the model on the chosen device, shared by all sessions."""
         from .inference import Predictor
 
         model = self.model()
-        if self._predictor is None or self._predictor.model is not model:
-            self._predictor = Predictor(model, self.device)
-        return self._predictor
+        with self._model_lock:
+            if self._predictor is None or self._predictor.model is not model:
+                self._predictor = Predictor(model, self.device)
+            return self._predictor
 
     # --------------------------------------------------------------------- detection
 
@@ -350,7 +364,8 @@ class KeypointsMRMLLogic:
         """Place all landmarks of the model on the volume; returns the point list.
 
         Any previous correction history of that point list is dropped. With
-        ``blocking=False`` the list is returned at once and filled when the model is done.
+        ``blocking=False`` the list is returned at once and filled when the model is done;
+        loading the model and encoding the image happen off the calling thread too.
         """
         return self._start(volume_node, point_list_node, {}, blocking)
 
@@ -358,7 +373,9 @@ class KeypointsMRMLLogic:
         """New session for the point list: predict, then refine with ``fixes`` if any."""
         from .session import KeypointSession
 
-        image = radiograph_from_volume(volume_node)  # refuses multi-slice volumes
+        # snapshot on the main thread (MRML is read here only): a copy of the pixels, so
+        # the computation never touches the volume's buffer; refuses multi-slice volumes
+        image = radiograph_from_volume(volume_node)
         node = point_list_node or self.point_list_for(volume_node)
         previous = self._tracked.get(node.GetID())
         if previous is not None and previous.busy:
@@ -375,15 +392,21 @@ class KeypointsMRMLLogic:
         )
         self._tracked[node.GetID()] = tracked
         self._observe(tracked)
-        model, predictor = self.model(), self.predictor()
+        made = {}
 
         def compute():
-            # the session encodes the image when created: heavy, so part of the computation
-            tracked.session = KeypointSession(model, image, predictor=predictor)
-            prediction = tracked.session.predict()
-            return tracked.session.refine(fixes) if fixes else prediction
+            # loading the model and encoding the image (the session's constructor) are
+            # the slow parts of a detection: they run here, off the main thread
+            session = KeypointSession(self.model(), image, predictor=self.predictor())
+            made["session"] = session
+            prediction = session.predict()
+            return session.refine(fixes) if fixes else prediction
 
-        self._submit(tracked, compute, blocking)
+        def on_done(outcome):  # main thread: the session becomes visible with its result
+            if not isinstance(outcome, Exception):
+                tracked.session = made["session"]
+
+        self._submit(tracked, compute, blocking, on_done=on_done)
         return node
 
     def attach(self, point_list_node, volume_node=None, blocking: bool = True):
@@ -486,13 +509,14 @@ class KeypointsMRMLLogic:
         tracked = self._idle(point_list_node)
         self._submit(tracked, tracked.session.redo, blocking=True)
 
-    def unfix(self, point_list_node, indices):
-        """Let the model place these points again."""
+    def unfix(self, point_list_node, indices, blocking: bool = True):
+        """Let the model place these points again (re-runs the model, like refine)."""
         tracked = self._idle(point_list_node)
         indices = [int(k) for k in indices]
         for k in indices:
             tracked.pending.pop(k, None)
-        self._submit(tracked, lambda: tracked.session.unfix(indices), blocking=True)
+        session = tracked.session
+        self._submit(tracked, lambda: session.unfix(indices), blocking)
 
     def reset(self, point_list_node):
         """Forget all corrections: back to the model's first prediction."""

@@ -41,7 +41,9 @@ class BasicBlock(nn.Module):
         )
 
     def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
+        out = self.body(x)
+        out += self.shortcut(x)  # in place: the sum is only needed by the ReLU
+        return out.relu_()
 
 
 class Bottleneck(nn.Module):
@@ -62,7 +64,9 @@ class Bottleneck(nn.Module):
         )
 
     def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
+        out = self.body(x)
+        out += self.shortcut(x)
+        return out.relu_()
 
 
 def stack_blocks(block, in_ch, planes, num_blocks):
@@ -98,15 +102,14 @@ class FuseLayer(nn.Module):
         outs = []
         for i, row in enumerate(self.paths):
             size = xs[i].shape[-2:]
-            total = xs[i]
+            total = None
             for j, path in enumerate(row):
-                if j == i:
-                    continue
                 y = path(xs[j])
                 if j > i:
                     y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-                total = total + y
-            outs.append(F.relu(total))
+                # the first term is copied (xs[i] is read again by other rows), the rest added in place
+                total = y.clone() if total is None and j == i else (y if total is None else total.add_(y))
+            outs.append(total.relu_())
         return outs
 
 

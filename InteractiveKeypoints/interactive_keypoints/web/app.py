@@ -323,7 +323,8 @@ class KeypointsWebApp(TrameApp):
         self._with_points(self.logic.reset)
 
     def unfix(self, index):
-        self._with_points(self.logic.unfix, [int(index)])
+        # re-runs the model: on the inference thread, the result arrives via on_updated
+        self._with_points(lambda node: self.logic.unfix(node, [int(index)], blocking=False))
 
     def export_bytes(self, suffix: str) -> bytes | None:
         if self.points is None or self.points.GetNumberOfControlPoints() == 0:
