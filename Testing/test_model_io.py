@@ -72,3 +72,16 @@ def test_config_validation_names_the_problem():
 def test_build_model_is_untrained_but_complete():
     model = build_model(tiny_config(num_keypoints=5))
     assert model.config.landmark_names == ["L1", "L2", "L3", "L4", "L5"]
+
+
+def test_default_model_follows_preference_and_the_models_env(tmp_path, tiny_model, monkeypatch):
+    from interactive_keypoints import model_io
+
+    monkeypatch.setenv(model_io.MODELS_ENV, str(tmp_path))
+    save_model(tmp_path / "mine", tiny_model)
+    assert model_io.default_model_dir(("mine",)) == tmp_path / "mine"
+    assert tmp_path / "mine" in model_io.shipped_models()
+    with pytest.raises(ModelFormatError, match="no shipped model"):
+        model_io.default_model_dir(("absent-model",))
+    monkeypatch.delenv(model_io.MODELS_ENV)
+    assert tmp_path / "mine" not in model_io.shipped_models()

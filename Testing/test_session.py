@@ -123,3 +123,21 @@ def test_bad_images_are_refused_with_a_clear_error(tiny_model, tmp_path):
     bad.write_text("not an image")
     with pytest.raises(ImageError, match="scan.png"):
         KeypointSession(tiny_model, bad)
+
+
+def test_shipped_phantom_model_finds_the_landmarks_of_an_unseen_phantom():
+    from interactive_keypoints.model_io import REPO_MODELS_DIR, load_model
+    from interactive_keypoints.phantom import make_spine_phantom
+
+    folder = REPO_MODELS_DIR / "phantom-spine-68"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("models/phantom-spine-68 is not shipped")
+    sample = make_spine_phantom(987_654, height=512, width=256)  # a seed outside train/val
+    session = KeypointSession(load_model(folder), Radiograph(sample.image, sample.spacing, True))
+    before = session.predict()
+    errors = np.linalg.norm(before.points - sample.points, axis=1)
+    assert errors.mean() < 6.0, f"MRE {errors.mean():.1f} px"
+    worst = int(np.argmax(errors))
+    after = session.refine({worst: sample.points[worst]})
+    np.testing.assert_array_equal(after.points[worst], sample.points[worst])
+    assert np.linalg.norm(after.points - sample.points, axis=1).mean() < errors.mean()

@@ -78,7 +78,7 @@ def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dic
             f" / {mean_radial_error(prediction.points, truth, spacing):.2f} mm"
         )
         if moves:
-            title += f"; user moved {prediction.names[k]}"
+            title += f"\nuser moved {prediction.names[k]}"
         paths[key] = save_overlay(
             out / f"{key}.png", sample.image, prediction.points, prediction.fixed, truth, moves, spacing, title
         )

@@ -101,7 +101,7 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
 
 def models_dirs() -> list[Path]:
     extra = os.environ.get(MODELS_ENV)
-    return [Path(extra)] * bool(extra) + [REPO_MODELS_DIR]
+    return ([Path(extra)] if extra else []) + [REPO_MODELS_DIR]
 
 
 def shipped_models() -> list[Path]:

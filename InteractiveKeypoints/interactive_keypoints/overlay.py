@@ -16,7 +16,7 @@ TRUTH_COLOUR = "#33ccff"
 ARROW_COLOUR = "#ff4d4d"
 MAX_SIDE_INCHES = 10.0
 DPI = 100
-TITLE_BAND = 0.035  # fraction of the figure height above the image for the title
+TITLE_BAND = 0.06  # fraction of the figure height above the image for the title (two lines)
 
 
 def save_overlay(
@@ -72,7 +72,7 @@ def save_overlay(
     axes.set_axis_off()
     axes.legend(handles=legend, loc="lower right", fontsize="small", framealpha=0.7)
     if title:
-        figure.suptitle(title, fontsize="medium", y=1.0 - TITLE_BAND / 2, va="center")
+        figure.suptitle(title, fontsize="small", y=1.0 - TITLE_BAND / 2, va="center")
     path = Path(path)
     figure.savefig(path, dpi=DPI, facecolor="white")
     return path

@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto")
+    run.add_argument("--threads", type=int, default=None,
+                     help="CPU threads (default: all cores, shared between torchrun processes)")
     run.add_argument("--no-fast", action="store_true", help="disable bf16 autocast / channels_last")
     run.add_argument("--save-dtype", choices=["float32", "float16"], default="float16")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
@@ -241,6 +243,8 @@ def parameter_fingerprint(network) -> float:
 # ------------------------------------------------------------------ main loop
 def train(args) -> Path:
     rank, world, device = setup_distributed(args.device)
+    if args.threads:  # e.g. two runs side by side: oversubscribed OpenMP threads spin and crawl
+        torch.set_num_threads(args.threads)
     is_main = rank == 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
