@@ -168,6 +168,9 @@ def main(argv=None) -> int:
         "speedup": round(fp32_ms / optimized_ms, 2),
         "max_keypoint_diff_px": None if max_diff is None else round(max_diff, 3),
         "keypoints_compared": compared,
+        # the same difference in network-input pixels (original / input scale, the larger axis)
+        "max_keypoint_diff_input_px": None if max_diff is None else round(
+            max_diff * max(i / o for i, o in zip(config.input_size, radiograph.size)), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "encode_once_saving_ms": round(saving_ms, 1),
         "threads": torch.get_num_threads(),
