@@ -90,11 +90,12 @@ def summarise(results, samples, max_clicks: int, targets, unit: str = "px") -> d
     }
     curves = model_px
     if spacing_known:
-        # per-axis spacing can differ, so mm errors come from the per-keypoint errors' scale
-        scale = spacing.mean(axis=1)[:, None, None]  # isotropic datasets: sx == sy
-        errors_mm = errors_px * scale
+        if not np.allclose(spacing[:, 0], spacing[:, 1]):
+            raise ValueError("mm metrics need square pixels; this dataset has different x and y spacing")
+        mm_per_px = spacing[:, 0]
+        errors_mm = errors_px * mm_per_px[:, None, None]
         model_mm = errors_mm.mean(-1)
-        manual_mm = manual_px * scale[:, :, 0]
+        manual_mm = manual_px * mm_per_px[:, None]
         metrics["MRE_by_clicks_mm"] = {"model": model_mm.mean(0).tolist(), "manual": manual_mm.mean(0).tolist()}
         mean0, sd0 = mre_sd(errors_mm[:, 0])
         metrics["MRE_mm"] = {"mean": mean0, "sd": sd0}
