@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .clicks import worst_keypoint
-from .data import get_dataset
+from .data import dataset_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
 from .imaging import Radiograph
 from .inference import Predictor
@@ -177,9 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     model = load_model(args.model)
-    options = {"seed": args.split_seed} if args.dataset in ("aasce", "folder") else {}
-    if args.dataset == "phantom":
-        options = {"num_images": args.phantom_images, "seed": args.split_seed}
+    options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
     if split.num_keypoints != model.config.num_keypoints:
         raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")

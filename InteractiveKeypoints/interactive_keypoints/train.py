@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
-from .data import KeypointTrainingDataset, get_dataset, get_split_ids
+from .data import KeypointTrainingDataset, dataset_options, get_dataset, get_split_ids
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .imaging import to_original
 from .inference import fast_dtype, pick_device
@@ -115,13 +115,7 @@ def broadcast_flag(flag: bool, world: int) -> bool:
 
 # ------------------------------------------------------------------ data & config
 def load_splits(args):
-    options = {}
-    if args.dataset == "aasce":
-        options = {"seed": args.split_seed}
-    elif args.dataset == "folder":
-        options = {"seed": args.split_seed}
-    elif args.dataset == "phantom":
-        options = {"num_images": args.phantom_images, "seed": args.split_seed}
+    options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
     train = get_dataset(args.dataset, args.data_root, "train", **options)
     val = get_dataset(args.dataset, args.data_root, "val", **options)
     split_record = {
@@ -181,10 +175,6 @@ def load_checkpoint(folder: Path, network, optimizer) -> dict:
 
 
 # ------------------------------------------------------------------ one step
-def click_heatmaps(points, mask, size, sigma):
-    return gaussian_heatmaps(points, size, sigma, mask)
-
-
 def training_step(network, batch, rng, config, selection, args, device, autocast, graded_network=None):
     """One sample batch: random clicks, 0..N no-grad passes adding the worst point, one graded pass.
 
@@ -202,14 +192,14 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     prev = torch.zeros(b, k, *size, device=device)
     for _ in range(int(rng.integers(0, args.iterative_max + 1))):
         with torch.no_grad(), autocast():
-            out = network(images, click_heatmaps(points, clicked, size, config.sigma), prev)
+            out = network(images, gaussian_heatmaps(points, size, config.sigma, clicked), prev)
         prev = torch.sigmoid(out["logits"].float())
         predicted, _ = decode_heatmaps(prev)
         worst = worst_keypoints(predicted, points, clicked | ~visible)
         has_worst = worst >= 0
         clicked[has_worst, worst[has_worst]] = True
     with autocast():
-        out = (graded_network or network)(images, click_heatmaps(points, clicked, size, config.sigma), prev)
+        out = (graded_network or network)(images, gaussian_heatmaps(points, size, config.sigma, clicked), prev)
     target = gaussian_heatmaps(points, size, config.sigma, visible)
     loss_heatmap = heatmap_loss(out, target)
     loss_morph = morphology_term(out["logits"], points, visible, selection,

@@ -17,8 +17,17 @@ DATASETS = ("aasce", "isbi", "folder", "phantom")
 
 __all__ = [
     "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
-    "get_dataset", "get_split_ids", "label_problem", "load_grey_image", "read_image_size",
+    "dataset_options", "get_dataset", "get_split_ids", "label_problem", "load_grey_image", "read_image_size",
 ]  # fmt: skip
+
+
+def dataset_options(name: str, split_seed: int = 0, phantom_images: int = 16) -> dict:
+    """The loader options that the train / evaluate command lines set."""
+    if name in ("aasce", "folder"):
+        return {"seed": split_seed}
+    if name == "phantom":
+        return {"num_images": phantom_images, "seed": split_seed}
+    return {}
 
 
 def get_dataset(name: str, root: str | Path | None = None, split: str = "train", **options) -> DatasetSplit:
