@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from interactive_keypoints import evaluate, train
+from interactive_keypoints import cli, evaluate, train
 from interactive_keypoints.model_io import load_model
 from interactive_keypoints.session import KeypointSession
 
@@ -93,7 +93,7 @@ def test_torchrun_ddp_replicas_agree(tmp_path):
 
 def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
     out = tmp_path / "eval"
-    code = evaluate.main(["--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
+    code = cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
                           "--max-clicks", "3", "--targets", "20", "40", "--out", str(out), "--quiet"])  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())

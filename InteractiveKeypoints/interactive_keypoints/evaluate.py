@@ -199,13 +199,3 @@ def run(args) -> int:
     print("FR:  " + ", ".join(f"{k} {v:.2f}%" for k, v in metrics["FR"].items()))
     return 0
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="interactive-keypoints evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
