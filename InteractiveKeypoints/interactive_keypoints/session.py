@@ -82,6 +82,8 @@ class KeypointSession:
         self.predictor = predictor or Predictor(model, device, optimized)
         self._busy = threading.Lock()
         self._history: list[_Step] = []
+        # click heatmap per (landmark, position): a fixed point's map is reused on later clicks
+        self._click_maps: dict[tuple[int, float, float], torch.Tensor] = {}
         self._position = -1  # index of the current step in _history
         # the only click-independent part of the network, computed once per image
         image_tensor = preprocess(self.radiograph, self.config.input_size, self.config.intensity)
@@ -179,12 +181,22 @@ class KeypointSession:
             )
         return xy
 
+    def _click_map(self, channel: int, xy) -> torch.Tensor:
+        key = (channel, float(xy[0]), float(xy[1]))
+        if key not in self._click_maps:
+            position = torch.from_numpy(self.coords.to_input(np.asarray(xy, float).reshape(1, 2))).float()
+            self._click_maps[key] = gaussian_heatmaps(position[None], self.config.input_size, self.config.sigma)[0, 0]
+        return self._click_maps[key]
+
     def _infer(self, fixed: dict[int, np.ndarray], previous: _Step | None) -> _Step:
         k = self.config.num_keypoints
         size = self.config.input_size
         channels = np.array(sorted(fixed), dtype=np.int64)
-        positions = self.coords.to_input(np.array([fixed[c] for c in channels]).reshape(-1, 2))
-        clicks = gaussian_heatmaps(torch.from_numpy(positions)[None].float(), size, self.config.sigma)
+        clicks = torch.stack([self._click_map(int(c), fixed[int(c)]) for c in channels]) if len(channels) else \
+            torch.zeros(0, *size)
+        clicks = clicks[None]
+        used = {(int(c), float(fixed[int(c)][0]), float(fixed[int(c)][1])) for c in channels}
+        self._click_maps = {key: m for key, m in self._click_maps.items() if key in used}  # bounded by K
         if self.prev_mode == "all" and previous is not None:
             prev = torch.sigmoid(F.interpolate(previous.logits[None], size=size, mode="bilinear", align_corners=False))
             clicks_all = torch.zeros(1, k, *size)
