@@ -1,5 +1,6 @@
 """Training and evaluation end to end on generated phantoms (no ../shared needed)."""
 
+import argparse
 import csv
 import json
 import os
@@ -66,6 +67,44 @@ def test_resume_refuses_a_different_split(tmp_path, trained):
     shutil.copytree(trained, copy)
     with pytest.raises(ValueError, match="different split"):
         run_train(copy, "--epochs", "3", "--resume", "--split-seed", "5")
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
+    # lr 0: the learned weights must come out as they went in (BN running stats do move in train mode)
+    tuned = tmp_path / "tuned"
+    assert run_train(tuned, "--epochs", "1", "--max-steps", "1", "--lr", "0", "--min-lr", "0",
+                     "--lr-schedule", "cosine", "--init-from", str(trained)) == 0
+    source = load_file(trained / "model.safetensors")
+    result = load_file(tuned / "model.safetensors")
+    learned = [key for key in source if "running_" not in key and "num_batches" not in key]
+    assert len(learned) > 100
+    assert all((source[key] == result[key]).all() for key in learned)
+    assert json.loads((tuned / "checkpoint.json").read_text())["init_from"] == str(trained)
+
+
+def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
+    with pytest.raises(ValueError, match="differs in width"):
+        run_train(tmp_path / "wide", "--epochs", "1", "--max-steps", "1", "--width", "16", "--init-from", str(trained))
+
+
+def test_transfer_takes_the_tensors_that_fit(tmp_path, trained):
+    # a model without gating: every tensor but the gate's can come from the gated source
+    target = tmp_path / "transfer"
+    assert run_train(target, "--epochs", "1", "--max-steps", "1", "--lr", "0", "--min-lr", "0",
+                     "--no-gating", "--transfer-from", str(trained)) == 0
+    source = load_file(trained / "model.safetensors")
+    result = load_file(target / "model.safetensors")
+    learned = [key for key in result if "running_" not in key and "num_batches" not in key]
+    assert not any(key.startswith("gate.") for key in result) and any(key.startswith("gate.") for key in source)
+    assert all((source[key] == result[key]).all() for key in learned)
+
+
+def test_cosine_schedule_decays_from_lr_to_min_lr():
+    args = argparse.Namespace(lr=1e-3, min_lr=1e-5, epochs=10, lr_schedule="cosine")
+    rates = [train.learning_rate(args, e) for e in range(11)]
+    assert rates[0] == pytest.approx(1e-3) and rates[10] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert train.learning_rate(argparse.Namespace(lr=1e-3, lr_schedule="constant"), 7) == 1e-3
 
 
 @pytest.mark.parametrize("flags", [["--no-gating", "--morphology", "off"], ["--gating-pool", "avg", "--morphology", "high"]])

@@ -82,6 +82,21 @@ class PlainFp32:
         return points, confidence[0].numpy().astype(np.float64)
 
 
+def cpu_description() -> str:
+    """Model name and the vector extensions that decide the CPU path (bf16 needs AVX512-BF16/AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first CPU's entry
+    name, flags = fields.get("model name", "unknown"), set(fields.get("flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'})"
+
+
 def click_order(num_keypoints: int, steps: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(num_keypoints)[:steps]]
 
@@ -175,6 +190,7 @@ def main(argv=None) -> int:
         "encode_once_saving_ms": round(saving_ms, 1),
         "threads": torch.get_num_threads(),
         "bf16": cpu_has_native_bf16(),
+        "cpu": cpu_description(),
         "weights": weights,
         "note": (
             "random weights give flat heatmaps whose argmax is arbitrary: max_keypoint_diff_px is "

@@ -34,7 +34,7 @@ from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .imaging import to_original
 from .inference import fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
-from .model_io import build_model, save_model
+from .model_io import build_model, load_model, save_model
 from .morphology import select_morphology
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--epochs", type=int, default=300)
     run.add_argument("--batch-size", type=int, default=4, help="per process")
     run.add_argument("--lr", type=float, default=1e-3)
+    run.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                     help="cosine: decay from --lr to --min-lr over --epochs")
+    run.add_argument("--min-lr", type=float, default=1e-5)
     run.add_argument("--patience", type=int, default=50, help="early stopping on validation MRE (epochs)")
     run.add_argument("--iterative-max", type=int, default=2, help="extra no-grad click passes (0..N, uniform)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
@@ -85,6 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--save-dtype", choices=["float32", "float16"], default="float16")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.*")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from the weights of this model folder (same architecture; fine-tuning)")
+    parser.add_argument("--transfer-from", type=Path, default=None,
+                        help="start from the tensors of this model folder whose name and shape match "
+                             "(another dataset's model: backbone yes, K-sized hint and head layers no)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -226,6 +234,36 @@ def validation_mre(network, loader, config, device) -> float:
     return float(np.mean(errors))
 
 
+def learning_rate(args, epoch: int) -> float:
+    """The rate of one epoch; a function of the epoch alone, so resuming keeps the schedule."""
+    if args.lr_schedule == "constant":
+        return args.lr
+    progress = min(epoch / max(args.epochs, 1), 1.0)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def initial_weights(folder: Path, config: ModelConfig) -> dict:
+    """State dict of a trained model folder, refused unless it is the architecture being trained."""
+    source = load_model(folder, device="cpu")
+    mine, theirs = config.to_dict(), source.config.to_dict()
+    differs = [key for key in ("num_keypoints", "input_size", "width", "stage_modules", "stage_blocks",
+                               "stem_blocks", "gating", "gating_pool") if mine.get(key) != theirs.get(key)]
+    if differs:
+        raise ValueError(f"--init-from {folder}: its model differs in {', '.join(differs)} "
+                         f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differs)})")
+    return source.network.state_dict()
+
+
+def transferable_weights(folder: Path, network) -> tuple[dict, list[str]]:
+    """(tensors of ``folder``'s model that fit ``network`` by name and shape, names left fresh)."""
+    source = load_model(folder, device="cpu").network.state_dict()
+    target = network.state_dict()
+    fits = {name: t for name, t in source.items() if name in target and target[name].shape == t.shape}
+    if not fits:
+        raise ValueError(f"--transfer-from {folder}: no tensor matches this architecture by name and shape")
+    return fits, sorted(set(target) - set(fits))
+
+
 def parameter_fingerprint(network) -> float:
     return float(sum(p.detach().double().sum().item() for p in network.parameters()))
 
@@ -248,6 +286,14 @@ def train(args) -> Path:
         train_split.points_array(), train_split.image_sizes(), args.morphology, args.n_pairs, args.n_triplets
     )
     model = build_model(config)
+    if args.init_from is not None and not args.resume:
+        model.network.load_state_dict(initial_weights(args.init_from, config))
+    if args.transfer_from is not None and not args.resume:
+        fits, fresh = transferable_weights(args.transfer_from, model.network)
+        model.network.load_state_dict(fits, strict=False)
+        if is_main:
+            print(f"transferred {len(fits)} tensors from {args.transfer_from}; {len(fresh)} start fresh "
+                  f"(first: {', '.join(fresh[:4])})", flush=True)
     network = model.network.to(device)
     fast = not args.no_fast
     dtype = fast_dtype(device, fast)
@@ -257,7 +303,9 @@ def train(args) -> Path:
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
 
     state = {"epoch": 0, "step": 0, "best_mre": math.inf, "best_epoch": -1, "epochs_without_improvement": 0,
-             "split": split_record, "seed": args.seed, "elapsed_s": 0.0}
+             "split": split_record, "seed": args.seed, "elapsed_s": 0.0,
+             "init_from": str(args.init_from) if args.init_from else None,
+             "transfer_from": str(args.transfer_from) if args.transfer_from else None}
     if args.resume and (out / CHECKPOINT_STATE).is_file():
         state = load_checkpoint(out, network, optimizer)
         if state["split"]["ids"] != split_record["ids"]:
@@ -279,7 +327,7 @@ def train(args) -> Path:
     if is_main and not (args.resume and log_path.exists()):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(["epoch", "step", "loss", "loss_heatmap", "loss_morphology", "val_mre_px",
-                                    "best_val_mre_px", "images_per_s", "elapsed_s"])
+                                    "best_val_mre_px", "lr", "images_per_s", "elapsed_s"])
 
     start_time = time.time() - state["elapsed_s"]
     stop = False
@@ -293,6 +341,8 @@ def train(args) -> Path:
         share = len(order) // world
         order = order[rank::world][:share]
         batches = [order[i:i + args.batch_size] for i in range(0, share - args.batch_size + 1, args.batch_size)]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, epoch)
         network.train()
         sums = np.zeros(3)
         seen, epoch_start = 0, time.time()
@@ -324,7 +374,7 @@ def train(args) -> Path:
             n = max(len(batches), 1)
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch, state["step"], *(np.round(sums / n, 6)), round(val_mre, 3),
-                                        round(state["best_mre"], 3), round(images_per_s, 2), round(state["elapsed_s"], 1)])
+                                        round(state["best_mre"], 3), learning_rate(args, epoch), round(images_per_s, 2), round(state["elapsed_s"], 1)])
             if not args.quiet:
                 print(f"epoch {epoch}: loss {sums[0] / n:.4f} val MRE {val_mre:.2f} px "
                       f"(best {state['best_mre']:.2f} @ {state['best_epoch']}) {images_per_s:.2f} img/s", flush=True)
@@ -334,7 +384,8 @@ def train(args) -> Path:
         stop = broadcast_flag(stop or out_of_patience or out_of_time, world)
 
     summary = {"epochs": state["epoch"], "steps": state["step"], "best_val_mre_px": state["best_mre"],
-               "best_epoch": state["best_epoch"], "elapsed_s": round(state["elapsed_s"], 1), "world_size": world,
+               "best_epoch": state["best_epoch"], "init_from": state.get("init_from"),
+               "transfer_from": state.get("transfer_from"), "elapsed_s": round(state["elapsed_s"], 1), "world_size": world,
                "device": str(device), "fast_path": dtype is not None and str(dtype)}
     if world > 1:
         fingerprints = [None] * world
