@@ -88,11 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--save-dtype", choices=["float32", "float16"], default="float16")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.*")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start from the weights of this model folder (same architecture; fine-tuning)")
-    parser.add_argument("--transfer-from", type=Path, default=None,
-                        help="start from the tensors of this model folder whose name and shape match "
-                             "(another dataset's model: backbone yes, K-sized hint and head layers no)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--init-from", type=Path, default=None,
+                       help="start from the weights of this model folder (same architecture; fine-tuning)")
+    start.add_argument("--transfer-from", type=Path, default=None,
+                       help="start from the tensors of this model folder whose name and shape match "
+                            "(another dataset's model: backbone yes, K-sized hint and head layers no)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
