@@ -33,7 +33,7 @@ import torch
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
 from interactive_keypoints.imaging import CoordinateMap, Radiograph, preprocess
-from interactive_keypoints.inference import cpu_has_native_bf16
+from interactive_keypoints.inference import cpu_has_native_bf16, cpu_info
 from interactive_keypoints.model_io import build_model, load_model
 from interactive_keypoints.phantom import make_spine_phantom
 from interactive_keypoints.session import KeypointSession
@@ -84,15 +84,10 @@ class PlainFp32:
 
 def cpu_description() -> str:
     """Model name and the vector extensions that decide the CPU path (bf16 needs AVX512-BF16/AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = cpu_info()
+    if info is None:
         return "unknown"
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())  # the first CPU's entry
-    name, flags = fields.get("model name", "unknown"), set(fields.get("flags", "").split())
+    name, flags = info
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{name} ({', '.join(isa) or 'no AVX2'})"
 

@@ -39,13 +39,26 @@ def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
+def cpu_info() -> tuple[str, frozenset] | None:
+    """(model name, feature flags) of the first CPU in /proc/cpuinfo; None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:  # not Linux: let oneDNN decide whether bf16 is worth it
+            text = f.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("model name", "unknown"), frozenset(fields.get("flags", "").split())
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    info = cpu_info()
+    if info is None:  # not Linux: let oneDNN decide whether bf16 is worth it
         return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & info[1])
 
 
 def fast_dtype(device: torch.device, optimized: bool) -> torch.dtype | None:

@@ -375,7 +375,7 @@ def train(args) -> Path:
             n = max(len(batches), 1)
             with open(log_path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch, state["step"], *(np.round(sums / n, 6)), round(val_mre, 3),
-                                        round(state["best_mre"], 3), learning_rate(args, epoch), round(images_per_s, 2), round(state["elapsed_s"], 1)])
+                                        round(state["best_mre"], 3), optimizer.param_groups[0]["lr"], round(images_per_s, 2), round(state["elapsed_s"], 1)])
             if not args.quiet:
                 print(f"epoch {epoch}: loss {sums[0] / n:.4f} val MRE {val_mre:.2f} px "
                       f"(best {state['best_mre']:.2f} @ {state['best_epoch']}) {images_per_s:.2f} img/s", flush=True)
