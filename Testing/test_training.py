@@ -150,6 +150,22 @@ def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
     assert (out / "mre_vs_clicks.png").stat().st_size > 1000 and (out / "noc_vs_target.png").stat().st_size > 1000
 
 
+def test_evaluate_counts_noc_within_a_smaller_click_budget(tmp_path, trained):
+    # the ceph protocol: MRE curve over 0..10 clicks, NoC5 / FR5 from the same run
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
+                     "--max-clicks", "3", "--noc-clicks", "1", "--targets", "1000", "0.001", "--threads", "1",
+                     "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["MRE_by_clicks"]["model"]) == 4 and metrics["noc_clicks"] == 1
+    assert metrics["NoC"] == {"1@1000": 0.0, "1@0.001": 1.0}  # reached at once / never within 1 click
+    assert metrics["FR"]["1@0.001"] == 100.0
+    with pytest.raises(ValueError, match="--noc-clicks 4"):
+        cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--max-clicks", "3",
+                  "--noc-clicks", "4", "--out", str(out)])  # fmt: skip
+
+
 def test_simulated_user_clicks_the_worst_point_each_time(trained, phantom):
     session = KeypointSession(load_model(trained), phantom.image)
     curves = evaluate.simulate_revision(session, phantom.points, max_clicks=3)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from .clicks import worst_keypoint
@@ -25,7 +26,7 @@ from .data import dataset_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
 from .imaging import Radiograph
 from .inference import Predictor
-from .metrics import mre, mre_sd, noc_summary, radial_errors, sdr
+from .metrics import mre, mre_sd, noc, noc_summary, radial_errors, sdr
 from .model_io import KeypointModel, load_model
 from .session import KeypointSession
 
@@ -75,8 +76,13 @@ def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, 
     return results
 
 
-def summarise(results, samples, max_clicks: int, targets, unit: str = "px") -> dict:
-    """metrics.json content. ``unit`` says whether ``targets`` are px or mm."""
+def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_clicks: int | None = None) -> dict:
+    """metrics.json content. ``unit`` says whether ``targets`` are px or mm.
+
+    NoC / FR count at most ``noc_clicks`` clicks (default ``max_clicks``): the simulated
+    user's first clicks do not depend on how many follow, so a 10-click run also gives NoC5.
+    """
+    noc_clicks = max_clicks if noc_clicks is None else noc_clicks
     spacing = np.array([s.spacing for s in samples])  # (N, 2)
     spacing_known = all(s.spacing_known for s in samples)
     model_px = np.stack([r.model for r in results])
@@ -85,6 +91,7 @@ def summarise(results, samples, max_clicks: int, targets, unit: str = "px") -> d
     metrics = {
         "images": len(results),
         "max_clicks": max_clicks,
+        "noc_clicks": noc_clicks,
         "target_unit": unit,
         "MRE_by_clicks": {"model": model_px.mean(0).tolist(), "manual": manual_px.mean(0).tolist()},
     }
@@ -105,11 +112,11 @@ def summarise(results, samples, max_clicks: int, targets, unit: str = "px") -> d
             curves = model_mm
     elif unit == "mm":
         raise ValueError("targets in mm need a dataset with a known pixel spacing")
-    summary = noc_summary(curves, targets, max_clicks)
+    summary = noc_summary(curves, targets, noc_clicks)
     metrics["NoC"] = {key: v["NoC"] for key, v in summary.items()}
     metrics["FR"] = {key: v["FR"] for key, v in summary.items()}
     metrics["NoC_manual"] = {key: v["NoC"] for key, v in noc_summary(
-        manual_mm if unit == "mm" else manual_px, targets, max_clicks).items()}
+        manual_mm if unit == "mm" else manual_px, targets, noc_clicks).items()}
     return metrics
 
 
@@ -122,7 +129,7 @@ def write_per_image_csv(path: Path, results, samples) -> None:
             writer.writerow([sample.id] + [f"{v:.4f}" for v in r.model] + [f"{v:.4f}" for v in r.manual])
 
 
-def write_plots(out: Path, results, max_clicks: int, unit: str, samples) -> None:
+def write_plots(out: Path, results, max_clicks: int, unit: str, samples, noc_clicks: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,6 +141,7 @@ def write_plots(out: Path, results, max_clicks: int, unit: str, samples) -> None
         scale = np.array([np.mean(s.spacing) for s in samples])[:, None]
         model_px, manual_px = model_px * scale, manual_px * scale
     clicks = np.arange(max_clicks + 1)
+    noc_clicks = max_clicks if noc_clicks is None else noc_clicks
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(clicks, model_px.mean(0), "o-", label="model revision")
     ax.plot(clicks, manual_px.mean(0), "s--", label="manual revision")
@@ -148,8 +156,8 @@ def write_plots(out: Path, results, max_clicks: int, unit: str, samples) -> None
     targets = np.linspace(top / 60, top, 60)
     fig, ax = plt.subplots(figsize=(5, 4))
     for curves, label in [(model_px, "model revision"), (manual_px, "manual revision")]:
-        ax.plot(targets, [noc_summary(curves, [t], max_clicks)[f"{max_clicks}@{t:g}"]["NoC"] for t in targets], label=label)
-    ax.set(xlabel=f"target MRE ({unit})", ylabel=f"NoC{max_clicks}", title="clicks needed vs target MRE")
+        ax.plot(targets, [noc(curves, t, noc_clicks)[0] for t in targets], label=label)
+    ax.set(xlabel=f"target MRE ({unit})", ylabel=f"NoC{noc_clicks}", title="clicks needed vs target MRE")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -164,18 +172,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--phantom-images", type=int, default=16)
-    parser.add_argument("--max-clicks", type=int, default=10)
+    parser.add_argument("--max-clicks", type=int, default=10, help="clicks per image (MRE curve 0..N)")
+    parser.add_argument("--noc-clicks", type=int, default=None,
+                        help="click budget of NoC / FR (default: --max-clicks; the ceph protocol uses 5)")
     parser.add_argument("--targets", type=float, nargs="+", default=[20, 30, 40, 50])
     parser.add_argument("--unit", choices=["px", "mm"], default="px", help="unit of --targets")
     parser.add_argument("--prev-mode", choices=["fixed", "all"], default="fixed",
                         help="previous prediction in fixed channels only (paper) or all channels")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, all cores)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quiet", action="store_true")
 
 
 def run(args) -> int:
+    if args.noc_clicks is not None and not 0 <= args.noc_clicks <= args.max_clicks:
+        raise ValueError(f"--noc-clicks {args.noc_clicks} must be between 0 and --max-clicks {args.max_clicks}")
+    if args.threads:  # e.g. beside a training: oversubscribed OpenMP threads crawl
+        torch.set_num_threads(args.threads)
     model = load_model(args.model)
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
@@ -185,14 +200,14 @@ def run(args) -> int:
     if not samples:
         raise ValueError(f"no images in {args.dataset} split {args.split!r}")
     results = evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, progress=not args.quiet)
-    metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit)
+    metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks)
     metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
                    skipped=split.skipped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     write_per_image_csv(out / "per_image.csv", results, samples)
-    write_plots(out, results, args.max_clicks, args.unit, samples)
+    write_plots(out, results, args.max_clicks, args.unit, samples, args.noc_clicks)
     curve = metrics.get("MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks")["model"]
     print(f"{len(samples)} images; MRE by clicks ({args.unit}): " + ", ".join(f"{v:.2f}" for v in curve[:6]))
     print("NoC: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["NoC"].items()))
