@@ -23,7 +23,7 @@ from interactive_keypoints.config import ModelFormatError, compact_config  # noq
 from interactive_keypoints import model_io  # noqa: E402
 from interactive_keypoints.inference import Predictor  # noqa: E402
 from interactive_keypoints.imaging import ImageError  # noqa: E402
-from interactive_keypoints.model_io import build_model  # noqa: E402
+from interactive_keypoints.model_io import build_model, save_model  # noqa: E402
 from interactive_keypoints.mrml_logic import (  # noqa: E402
     KeypointsMRMLLogic,
     LogicBusyError,
@@ -557,6 +557,39 @@ def test_attach_to_a_reloaded_list_keeps_its_fixed_points(logic, volume, scene, 
     drag(reloaded, 34, pixel_target(reloaded, volume, 34, (2.0, 2.0)))  # it listens to drags
     assert point_states(reloaded)[0][34] == "user-fixed"
     np.testing.assert_allclose(control_point_positions(reloaded)[33], target, atol=1e-6)
+
+
+
+def test_non_blocking_attach_leaves_the_weights_to_the_worker(logic, model, volume, scene, tmp_path, monkeypatch):
+    # re-opening a saved case in the GUI: the count check reads model.json only
+    node = logic.detect(volume)
+    drag(node, 12, pixel_target(node, volume, 12, (4.0, -3.0)))
+    path = logic.export(node, tmp_path / "case.mrk.json")
+    folder = tmp_path / "model"
+    save_model(folder, model)
+    loaded_on = []
+
+    def load_model(folder, device=None):
+        loaded_on.append(threading.current_thread())
+        return model
+
+    monkeypatch.setattr(model_io, "load_model", load_model)
+
+    reopened = KeypointsMRMLLogic(scene=scene, model_folder=folder, device="cpu")
+    reopened.runner = runner = HeldRunner()
+    reloaded = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "reloaded")
+    storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(reloaded)
+    reopened.attach(reloaded, volume, blocking=False)
+    assert loaded_on == [] and reopened.is_busy(reloaded)
+    runner.run_next()
+    assert len(loaded_on) == 1 and point_states(reloaded)[0][12] == "user-fixed"
+
+    reloaded.RemoveNthControlPoint(0)
+    reopened.detach(reloaded)
+    with pytest.raises(ValueError, match=f"has {K - 1} points but the model places {K}"):
+        reopened.attach(reloaded, volume, blocking=False)
 
 
 # --------------------------------------------------------------------------- batch

@@ -332,6 +332,17 @@ class KeypointsMRMLLogic:
                 self._model = load_model(self.model_folder or default_model_dir(), device="cpu")
             return self._model
 
+    def model_config(self):
+        """The chosen model's ModelConfig, without loading its weights if not loaded yet
+        (a JSON read, so the main thread can check a point list against it)."""
+        with self._model_lock:
+            if self._model is not None:
+                return self._model.config
+            from .config import ModelConfig
+            from .model_io import CONFIG_FILE, default_model_dir
+
+            return ModelConfig.load(Path(self.model_folder or default_model_dir()) / CONFIG_FILE)
+
     def predictor(self):
         """The inference copy of the model on the chosen device, shared by all sessions."""
         from .inference import Predictor
@@ -425,7 +436,7 @@ class KeypointsMRMLLogic:
             )
         states, _ = point_states(node)
         pixels = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume_node))
-        num_keypoints = self.model().config.num_keypoints
+        num_keypoints = self.model_config().num_keypoints  # the weights load off this thread
         if node.GetNumberOfControlPoints() not in (0, num_keypoints):
             raise ValueError(
                 f"point list {node.GetName()!r} has {node.GetNumberOfControlPoints()} points "
