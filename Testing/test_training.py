@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -85,6 +86,10 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
 def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
     with pytest.raises(ValueError, match="differs in width"):
         run_train(tmp_path / "wide", "--epochs", "1", "--max-steps", "1", "--width", "16", "--init-from", str(trained))
+    # every architecture field counts, also those the train command has no flag for
+    other_head = dataclasses.replace(load_model(trained).config, ocr_mid_channels=24)
+    with pytest.raises(ValueError, match="differs in ocr_mid_channels"):
+        train.initial_weights(trained, other_head)
 
 
 def test_transfer_takes_the_tensors_that_fit(tmp_path, trained):

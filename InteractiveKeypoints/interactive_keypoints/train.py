@@ -243,12 +243,15 @@ def learning_rate(args, epoch: int) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+# ModelConfig fields a fine-tuning may change: names, heatmap target, intensity handling
+NOT_ARCHITECTURE = {"landmark_names", "sigma", "intensity", "flip_pairs", "name", "description", "format_version"}
+
+
 def initial_weights(folder: Path, config: ModelConfig) -> dict:
     """State dict of a trained model folder, refused unless it is the architecture being trained."""
     source = load_model(folder, device="cpu")
     mine, theirs = config.to_dict(), source.config.to_dict()
-    differs = [key for key in ("num_keypoints", "input_size", "width", "stage_modules", "stage_blocks",
-                               "stem_blocks", "gating", "gating_pool") if mine.get(key) != theirs.get(key)]
+    differs = [key for key in mine if key not in NOT_ARCHITECTURE and mine[key] != theirs.get(key)]
     if differs:
         raise ValueError(f"--init-from {folder}: its model differs in {', '.join(differs)} "
                          f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differs)})")
