@@ -225,6 +225,45 @@ def test_augmented_items_keep_exact_coordinates(phantoms):
     assert batch["image"].shape == (2, 1, 128, 64) and batch["points"].shape == (2, 68, 2)
 
 
+def ordered_spine_label() -> np.ndarray:
+    """A plausible (68, 2) AASCE label inside a 120 x 50 image: 17 tilted vertebrae, top to bottom."""
+    corners = []
+    for v in range(17):
+        top, bottom, left = 4 + 6 * v, 8 + 6 * v, 5 + v
+        corners += [(left, top + 1), (left + 25, top), (left, bottom + 1), (left + 25, bottom)]
+    return np.array(corners, dtype=np.float64)
+
+
+def test_vertebra_order_problem_names_the_known_label_errors():
+    points = ordered_spine_label()
+    assert aasce.vertebra_order_problem(points) is None
+    swapped = points.copy().reshape(17, 4, 2)
+    swapped[4, [0, 1, 2, 3]] = swapped[4, [2, 3, 0, 1]]  # T5's endplates swapped
+    assert aasce.vertebra_order_problem(swapped.reshape(68, 2)) == "T5: top corners not above its bottom corners"
+    mirrored = points.copy().reshape(17, 4, 2)
+    mirrored[16, [0, 1]] = mirrored[16, [1, 0]]
+    assert "L5: left corners" in aasce.vertebra_order_problem(mirrored.reshape(68, 2))
+    # the last vertebra labelled above the first, as in one real image
+    rolled = np.roll(points.reshape(17, 4, 2), 1, axis=0).reshape(68, 2)
+    assert aasce.vertebra_order_problem(rolled) == "T2 is not below T1 (vertebrae out of order)"
+
+
+def test_disordered_labels_are_kept_with_a_warning_or_dropped_on_request(fake_aasce, caplog):
+    labels = fake_aasce / "labels" / "training"
+    for i in (0, 1, 2, 4, 5):  # plausible labels everywhere but image 3 (outside) and image 5
+        points = ordered_spine_label()
+        if i == 5:
+            points = points.reshape(17, 4, 2)[::-1].reshape(68, 2)  # L5 first
+        scipy.io.savemat(labels / f"sunhl-1th {i:02d} A AP.jpg.mat", {"p2": points})
+    with caplog.at_level(logging.WARNING):
+        kept = get_dataset("aasce", fake_aasce, "train", num_val=0)
+    assert len(kept) == 5 and "keeping 1 label(s) with vertebrae out of order" in caplog.text
+    dropped = get_dataset("aasce", fake_aasce, "train", num_val=0, drop_disordered=True)
+    assert len(dropped) == 4
+    assert [i for i, _ in dropped.skipped] == ["sunhl-1th 03 A AP.jpg", "sunhl-1th 05 A AP.jpg"]
+    assert "out of order" in dict(dropped.skipped)["sunhl-1th 05 A AP.jpg"]
+
+
 # ------------------------------------------------------------------ real datasets
 
 
@@ -243,6 +282,16 @@ def test_real_aasce_labels_and_split():
         assert (corners[:, 0, 0] < corners[:, 1, 0]).mean() > 0.9
         assert (corners[:, 2, 0] < corners[:, 3, 0]).mean() > 0.9
         assert (corners[:, 0, 1] < corners[:, 2, 1]).mean() > 0.9  # top above bottom
+
+
+@needs_data
+def test_real_aasce_disordered_labels_are_found():
+    root = SHARED_DATA / "boostnet_labeldata"
+    val = get_dataset("aasce", root, "val", drop_disordered=True)
+    reasons = dict(val.skipped)
+    # its L5 is labelled above T1: the worst validation image of the shipped model
+    assert "vertebrae out of order" in reasons["sunhl-1th-09-Jan-2017-212 A AP.jpg"]
+    assert 0 < len(reasons) <= 10 and len(val) == 128 - len(reasons)
 
 
 @needs_data

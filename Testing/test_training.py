@@ -70,6 +70,11 @@ def test_resume_refuses_a_different_split(tmp_path, trained):
         run_train(copy, "--epochs", "3", "--resume", "--split-seed", "5")
 
 
+def test_dropping_disordered_labels_is_refused_outside_aasce(tmp_path):
+    with pytest.raises(ValueError, match="AASCE dataset only"):
+        run_train(tmp_path / "phantom", "--epochs", "1", "--drop-disordered-labels")
+
+
 def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
     # lr 0: the learned weights must come out as they went in (BN running stats do move in train mode)
     tuned = tmp_path / "tuned"

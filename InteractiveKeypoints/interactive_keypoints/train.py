@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-root", type=Path, help="the dataset's own top folder")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
+    data.add_argument(
+        "--drop-disordered-labels", action="store_true",
+        help="AASCE: leave training labels with vertebrae out of order out (validation keeps them)",
+    )  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--width", type=int, default=18, help="HRNet width (18, 32, ...)")
     model.add_argument("--depth", choices=["compact", "full"], default="compact",
@@ -125,7 +129,10 @@ def broadcast_flag(flag: bool, world: int) -> bool:
 # ------------------------------------------------------------------ data & config
 def load_splits(args):
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
-    train = get_dataset(args.dataset, args.data_root, "train", **options)
+    if args.drop_disordered_labels and args.dataset != "aasce":
+        raise ValueError("--drop-disordered-labels applies to the AASCE dataset only")
+    drop = {"drop_disordered": True} if args.drop_disordered_labels else {}
+    train = get_dataset(args.dataset, args.data_root, "train", **options, **drop)
     val = get_dataset(args.dataset, args.data_root, "val", **options)
     split_record = {
         "dataset": args.dataset,

@@ -16,6 +16,7 @@ from .common import (
     DatasetSplit,
     KeypointSample,
     keep_valid,
+    log,
     record_skip,
     read_image_size,
     require_dir,
@@ -43,6 +44,25 @@ def read_label(path: str | Path) -> np.ndarray:
     return np.asarray(mat["p2"], dtype=np.float64)  # stored as uint16: cast before any arithmetic
 
 
+def vertebra_order_problem(points: np.ndarray) -> str | None:
+    """Why a 68-point label is not T1..L5 top to bottom with each vertebra's corners in place
+    (the dataset's known errors: swapped endplates, missing or extra vertebrae), or None."""
+    corners = np.asarray(points, dtype=np.float64).reshape(len(VERTEBRAE), len(CORNERS), 2)
+    x, y = corners[..., 0], corners[..., 1]
+    # same-side comparisons only: a tilted vertebra may have its top-left below its bottom-right
+    for bad, what in (
+        ((y[:, 0] >= y[:, 2]) | (y[:, 1] >= y[:, 3]), "top corners not above its bottom corners"),
+        ((x[:, 0] >= x[:, 1]) | (x[:, 2] >= x[:, 3]), "left corners not left of its right corners"),
+    ):
+        if bad.any():
+            return f"{VERTEBRAE[int(np.flatnonzero(bad)[0])]}: {what}"
+    not_below = np.flatnonzero(np.diff(y.mean(axis=1)) <= 0)
+    if not_below.size:
+        v = int(not_below[0]) + 1
+        return f"{VERTEBRAE[v]} is not below {VERTEBRAE[v - 1]} (vertebrae out of order)"
+    return None
+
+
 def image_names(root: str | Path, folder: str = "training") -> list[str]:
     images = require_dir(Path(root) / "data" / folder, f"AASCE '{folder}' images")
     return sorted(p.name for p in images.glob("*.jpg"))
@@ -56,8 +76,14 @@ def split_ids(root: str | Path, num_val: int = NUM_VAL, seed: int = 0) -> dict[s
     return splits
 
 
-def load(root: str | Path, split: str = "train", num_val: int = NUM_VAL, seed: int = 0) -> DatasetSplit:
-    """The valid samples of one split; unreadable or invalid labels are reported in ``skipped``."""
+def load(
+    root: str | Path, split: str = "train", num_val: int = NUM_VAL, seed: int = 0, drop_disordered: bool = False
+) -> DatasetSplit:
+    """The valid samples of one split; unreadable or invalid labels are reported in ``skipped``.
+
+    Labels whose vertebrae are out of order (:func:`vertebra_order_problem`) are kept and
+    counted in one warning, so that evaluation stays on the protocol's images; with
+    ``drop_disordered`` they are skipped and reported like the invalid ones."""
     if split not in FOLDERS:
         raise ValueError(f"AASCE has splits {sorted(FOLDERS)}, not {split!r}")
     root = Path(root)
@@ -79,6 +105,17 @@ def load(root: str | Path, split: str = "train", num_val: int = NUM_VAL, seed: i
             continue
         samples.append(KeypointSample(id=name, points=points, image_path=image_path, image_size=size))
     valid, skipped = keep_valid(samples, NUM_KEYPOINTS, "AASCE")
+    disordered = {s.id: reason for s in valid if (reason := vertebra_order_problem(s.points))}
+    if drop_disordered:
+        for sample_id, reason in disordered.items():
+            record_skip(skipped, "AASCE", sample_id, reason)
+        valid = [s for s in valid if s.id not in disordered]
+    elif disordered:
+        first = next(iter(disordered.items()))
+        log.warning(
+            "AASCE %s: keeping %d label(s) with vertebrae out of order (first: %s: %s)",
+            split, len(disordered), *first,
+        )
     return DatasetSplit(
         name="aasce",
         split=split,
