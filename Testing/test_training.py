@@ -70,6 +70,13 @@ def test_resume_refuses_a_different_split(tmp_path, trained):
         run_train(copy, "--epochs", "3", "--resume", "--split-seed", "5")
 
 
+def test_resume_compares_the_samples_used_not_only_the_split_ids():
+    record = {"ids": {"train": ["a", "b"], "val": ["c"]}, "skipped": {"train": [], "val": []}}
+    dropped = {**record, "skipped": {"train": [["b", "vertebrae out of order"]], "val": []}}
+    assert train.used_ids(record) == {"train": ["a", "b"], "val": ["c"]}
+    assert train.used_ids(dropped) != train.used_ids(record)
+
+
 def test_dropping_disordered_labels_is_refused_outside_aasce(tmp_path):
     with pytest.raises(ValueError, match="AASCE dataset only"):
         run_train(tmp_path / "phantom", "--epochs", "1", "--drop-disordered-labels")

@@ -143,6 +143,12 @@ def load_splits(args):
     return train, val, split_record
 
 
+def used_ids(split_record: dict) -> dict[str, list[str]]:
+    """The ids each split trains or validates on: its ids less the skipped ones."""
+    skipped = {part: {sample_id for sample_id, _ in pairs} for part, pairs in split_record.get("skipped", {}).items()}
+    return {part: [i for i in ids if i not in skipped.get(part, ())] for part, ids in split_record["ids"].items()}
+
+
 def make_config(args, train) -> ModelConfig:
     sigma = args.sigma if args.sigma is not None else 7.5 * args.input[0] / 512
     depth = {} if args.depth == "compact" else dict(stage_modules=(1, 4, 3), stage_blocks=4, stem_blocks=4)
@@ -319,8 +325,9 @@ def train(args) -> Path:
              "transfer_from": str(args.transfer_from) if args.transfer_from else None}
     if args.resume and (out / CHECKPOINT_STATE).is_file():
         state = load_checkpoint(out, network, optimizer)
-        if state["split"]["ids"] != split_record["ids"]:
-            raise ValueError("the checkpoint was trained on a different split; resume with the same --split-seed and data")
+        if used_ids(state["split"]) != used_ids(split_record):
+            raise ValueError("the checkpoint was trained on a different split; resume with the same --split-seed, "
+                             "data and --drop-disordered-labels")
         if is_main:
             print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)")
     ddp = DistributedDataParallel(network) if world > 1 else network
