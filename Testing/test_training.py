@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, shared_dataset
 from safetensors.torch import load_file
 
 from interactive_keypoints import cli, evaluate, train
@@ -165,6 +166,25 @@ def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
     per_image = np.array([[float(r[f"model_mre_px_{c}"]) for c in range(4)] for r in rows])
     np.testing.assert_allclose(per_image.mean(0), model_curve, rtol=1e-3)
     assert (out / "mre_vs_clicks.png").stat().st_size > 1000 and (out / "noc_vs_target.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_the_label_order_filter_outside_aasce(tmp_path, trained):
+    with pytest.raises(ValueError, match="AASCE dataset only"):
+        cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
+                  "--drop-disordered-labels", "--out", str(tmp_path / "eval"), "--quiet"])  # fmt: skip
+
+
+def test_evaluate_can_leave_disordered_aasce_labels_out(tmp_path):
+    root = shared_dataset("boostnet_labeldata")
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--model", str(REPO_ROOT / "models" / "aasce-spine-68"), "--dataset", "aasce",
+                     "--data-root", str(root), "--split", "val", "--drop-disordered-labels", "--limit", "1",
+                     "--max-clicks", "0", "--targets", "20", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    skipped = dict(json.loads((out / "metrics.json").read_text())["skipped"])
+    # its L5 is labelled above T1; the protocol's run keeps it
+    assert "out of order" in skipped["sunhl-1th-09-Jan-2017-212 A AP.jpg"]
+    assert "sunhl-1th-09-Jan-2017-212 A AP.jpg" not in {r["id"] for r in csv.DictReader(open(out / "per_image.csv"))}
 
 
 def test_evaluate_counts_noc_within_a_smaller_click_budget(tmp_path, trained):

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .clicks import worst_keypoint
-from .data import dataset_options, get_dataset
+from .data import dataset_options, disordered_label_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
 from .imaging import Radiograph
 from .inference import Predictor
@@ -172,6 +172,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--phantom-images", type=int, default=16)
+    parser.add_argument("--drop-disordered-labels", action="store_true",
+                        help="AASCE: leave labels with vertebrae out of order out (the protocol keeps them; "
+                             "metrics.json lists the ones left out under 'skipped')")
     parser.add_argument("--max-clicks", type=int, default=10, help="clicks per image (MRE curve 0..N)")
     parser.add_argument("--noc-clicks", type=int, default=None,
                         help="click budget of NoC / FR (default: --max-clicks; the ceph protocol uses 5)")
@@ -193,6 +196,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
+    options.update(disordered_label_options(args.dataset, args.drop_disordered_labels))
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
     if split.num_keypoints != model.config.num_keypoints:
         raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
-from .data import KeypointTrainingDataset, dataset_options, get_dataset, get_split_ids
+from .data import KeypointTrainingDataset, dataset_options, disordered_label_options, get_dataset, get_split_ids
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .imaging import to_original
 from .inference import fast_dtype, pick_device
@@ -129,9 +129,7 @@ def broadcast_flag(flag: bool, world: int) -> bool:
 # ------------------------------------------------------------------ data & config
 def load_splits(args):
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
-    if args.drop_disordered_labels and args.dataset != "aasce":
-        raise ValueError("--drop-disordered-labels applies to the AASCE dataset only")
-    drop = {"drop_disordered": True} if args.drop_disordered_labels else {}
+    drop = disordered_label_options(args.dataset, args.drop_disordered_labels)
     train = get_dataset(args.dataset, args.data_root, "train", **options, **drop)
     val = get_dataset(args.dataset, args.data_root, "val", **options)
     split_record = {

@@ -17,7 +17,7 @@ DATASETS = ("aasce", "isbi", "folder", "phantom")
 
 __all__ = [
     "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
-    "dataset_options", "get_dataset", "get_split_ids", "label_problem", "load_grey_image", "read_image_size",
+    "dataset_options", "disordered_label_options", "get_dataset", "get_split_ids", "label_problem", "load_grey_image", "read_image_size",
 ]  # fmt: skip
 
 
@@ -28,6 +28,16 @@ def dataset_options(name: str, split_seed: int = 0, phantom_images: int = 16) ->
     if name == "phantom":
         return {"num_images": phantom_images, "seed": split_seed}
     return {}
+
+
+def disordered_label_options(name: str, drop_disordered: bool) -> dict:
+    """The loader option of ``--drop-disordered-labels``: AASCE labels with vertebrae out of
+    order left out (see :func:`aasce.vertebra_order_problem`); no other dataset has the check."""
+    if not drop_disordered:
+        return {}
+    if name != "aasce":
+        raise ValueError("--drop-disordered-labels applies to the AASCE dataset only")
+    return {"drop_disordered": True}
 
 
 def get_dataset(name: str, root: str | Path | None = None, split: str = "train", **options) -> DatasetSplit:
