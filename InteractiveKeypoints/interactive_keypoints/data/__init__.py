@@ -17,7 +17,8 @@ DATASETS = ("aasce", "isbi", "folder", "phantom")
 
 __all__ = [
     "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
-    "dataset_options", "disordered_label_options", "get_dataset", "get_split_ids", "label_problem", "load_grey_image", "read_image_size",
+    "dataset_options", "disordered_label_options", "get_dataset", "get_split_ids", "label_problem",
+    "load_grey_image", "read_image_size",
 ]  # fmt: skip
 
 
