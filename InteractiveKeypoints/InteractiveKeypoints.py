@@ -31,6 +31,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from interactive_keypoints.model_folders import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, shipped_models
 from interactive_keypoints.mrml_logic import (
     KeypointsMRMLLogic,
     LogicBusyError,
@@ -48,8 +49,6 @@ PIP_REQUIREMENTS = {
     "scipy": "scipy>=1.10",
 }
 TORCH_REQUIREMENT = ">=2.3"
-MODEL_FILES = ("model.json", "model.safetensors")
-DEFAULT_MODEL_NAMES = ("aasce-spine-68", "phantom-spine-68")  # preferred shipped models, in order
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 POLL_INTERVAL_MS = 20
 
@@ -59,28 +58,9 @@ def missingPackages() -> list:
     return [name for name in ["torch", *PIP_REQUIREMENTS] if importlib.util.find_spec(name) is None]
 
 
-def modelSearchFolders() -> list:
-    """Where shipped models live: the repository's models/ (module run from source) and
-    the extension's Resources/Models (installed extension)."""
-    moduleDir = Path(__file__).resolve().parent
-    return [moduleDir.parent / "models", moduleDir / "Resources" / "Models"]
-
-
-def shippedModelFolders() -> list:
-    """Model folders (model.json + model.safetensors), preferred default first."""
-    found = {}
-    for root in modelSearchFolders():
-        if root.is_dir():
-            for config in sorted(root.glob("*/model.json")):
-                if all((config.parent / f).is_file() for f in MODEL_FILES):
-                    found.setdefault(config.parent.name, config.parent)
-    preferred = [found.pop(name) for name in DEFAULT_MODEL_NAMES if name in found]
-    return preferred + list(found.values())
-
-
 def modelDescription(folder: Path) -> str:
     try:
-        config = json.loads((Path(folder) / "model.json").read_text())
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
         names = config.get("landmark_names") or []
         return f"{config.get('description') or folder.name}\n{config.get('num_keypoints', len(names))} landmarks\n{folder}"
     except (OSError, ValueError):
@@ -148,6 +128,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._runner = None
+        self._pollTimer = None  # made in setup(); cleanup() must work if setup() failed before
         self._shortcuts = []
         self._attachRefused = set()
 
@@ -195,11 +176,13 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def cleanup(self) -> None:
         self.removeObservers()
         self._removeShortcuts()
-        self._pollTimer.stop()
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
         if self.logic is not None:
             self.logic.forget_all()
         if self._runner is not None:
             self._runner.shutdown()
+            self._runner = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -292,7 +275,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         current = selector.currentData
         wasBlocked = selector.blockSignals(True)
         selector.clear()
-        for folder in shippedModelFolders():
+        for folder in shipped_models():  # the same discovery as the logic, CLI and web app
             selector.addItem(folder.name, str(folder))
             selector.setItemData(selector.count - 1, modelDescription(folder), qt.Qt.ToolTipRole)
         if current:
@@ -308,9 +291,11 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Model folder (model.safetensors + model.json)"))
         if not folder:
             return
-        if not all((Path(folder) / f).is_file() for f in MODEL_FILES):
+        if not is_model_folder(folder):
             slicer.util.errorDisplay(
-                _("{folder} is not a model folder: it needs model.json and model.safetensors.").format(folder=folder)
+                _("{folder} is not a model folder: it needs {config} and {weights}.").format(
+                    folder=folder, config=CONFIG_FILE, weights=WEIGHTS_FILE
+                )
             )
             return
         selector = self.ui.modelSelector

@@ -1,6 +1,8 @@
 """Model folders: safetensors + model.json, checked against each other on load."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +87,33 @@ def test_default_model_follows_preference_and_the_models_env(tmp_path, tiny_mode
         model_io.default_model_dir(("absent-model",))
     monkeypatch.delenv(model_io.MODELS_ENV)
     assert tmp_path / "mine" not in model_io.shipped_models()
+
+
+def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tiny_model):
+    """An installed extension has qt-scripted-modules/{interactive_keypoints,Resources/Models}:
+    the package alone (no panel, no $INTERACTIVE_KEYPOINTS_MODELS) finds the models there."""
+    import shutil
+    import subprocess
+    import sys
+
+    import interactive_keypoints
+
+    modules_dir = tmp_path / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    shutil.copytree(Path(interactive_keypoints.__file__).parent, modules_dir / "interactive_keypoints",
+                    ignore=shutil.ignore_patterns("__pycache__", "web", "data"))
+    save_model(modules_dir / "Resources" / "Models" / "aasce-spine-68", tiny_model)
+    save_model(modules_dir / "Resources" / "Models" / "other-model", tiny_model)
+    script = (
+        "import sys, json\n"
+        "from interactive_keypoints.model_folders import default_model_dir, shipped_models\n"
+        "print(json.dumps([str(default_model_dir()), [str(p) for p in shipped_models()], 'torch' in sys.modules]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "INTERACTIVE_KEYPOINTS_MODELS"}
+    env["PYTHONPATH"] = str(modules_dir)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    default, found, torch_imported = json.loads(out)
+    models = modules_dir / "Resources" / "Models"
+    assert default == str(models / "aasce-spine-68")
+    assert found == [str(models / "aasce-spine-68"), str(models / "other-model")]
+    assert not torch_imported

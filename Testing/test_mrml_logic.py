@@ -618,3 +618,47 @@ def test_process_folder_writes_results_and_reports_bad_files(logic, scene, tmp_p
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 1
     assert scene.GetNodeByID(users_list.GetID()) is users_list
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+# ------------------------------------------------------------- GUI thread, no torch
+
+GUI_THREAD_SCRIPT = """
+import json, sys
+import numpy as np
+import slicer, slicer.util
+from interactive_keypoints.mrml_logic import KeypointsMRMLLogic, control_point_positions
+
+scene = slicer.vtkMRMLScene()
+app_logic = slicer.vtkSlicerApplicationLogic()
+app_logic.SetMRMLScene(scene)
+markups_logic = slicer.vtkSlicerMarkupsLogic()
+markups_logic.SetMRMLApplicationLogic(app_logic)
+markups_logic.SetMRMLScene(scene)
+volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "radiograph")
+pixels = np.random.default_rng(0).random((1, 256, 128)).astype(np.float32)
+slicer.util.updateVolumeFromArray(volume, pixels)
+
+jobs = []
+logic = KeypointsMRMLLogic(scene=scene, model_folder=sys.argv[1], device="cpu")
+logic.runner = lambda compute, finish: jobs.append((compute, finish))  # the worker, held
+node = logic.detect(volume, blocking=False)
+torch_on_gui_thread = "torch" in sys.modules
+compute, finish = jobs.pop()
+finish(compute())  # what the worker and the poll timer do
+print(json.dumps({"torch_on_gui_thread": torch_on_gui_thread, "points": node.GetNumberOfControlPoints()}))
+"""
+
+
+def test_first_non_blocking_detect_does_not_import_torch_on_the_calling_thread(model, tmp_path):
+    """A fresh interpreter (the GUI thread of a new Slicer session): detect(blocking=False)
+    returns before anything imports torch; the model load and image conversion run in the job."""
+    import os
+    import subprocess
+    import sys
+
+    save_model(tmp_path / "model", model)
+    out = subprocess.run([sys.executable, "-c", GUI_THREAD_SCRIPT, str(tmp_path / "model")],
+                         env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"torch_on_gui_thread": False, "points": K}

@@ -7,7 +7,6 @@ stored in fp16/bf16 to keep git small; loading upcasts them to fp32.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,18 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, ModelFormatError
 from .model import InteractiveKeypointNet
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model.json"
-REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-MODELS_ENV = "INTERACTIVE_KEYPOINTS_MODELS"  # another models/ folder, e.g. an installed extension's
-DEFAULT_MODEL_NAME = "aasce-spine-68"  # trained on real radiographs: the default everywhere
-PHANTOM_MODEL_NAME = "phantom-spine-68"  # trained on generated phantoms: the demo's default
+# model discovery lives in model_folders (no torch); re-exported for existing callers
+from .model_folders import (  # noqa: F401
+    CONFIG_FILE,
+    DEFAULT_MODEL_NAME,
+    MODELS_ENV,
+    PHANTOM_MODEL_NAME,
+    REPO_MODELS_DIR,
+    WEIGHTS_FILE,
+    default_model_dir,
+    models_dirs,
+    shipped_models,
+)
 
 
 @dataclass
@@ -98,23 +103,3 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
         network.to(device)
     return KeypointModel(config, network, folder)
 
-
-def models_dirs() -> list[Path]:
-    extra = os.environ.get(MODELS_ENV)
-    return ([Path(extra)] if extra else []) + [REPO_MODELS_DIR]
-
-
-def shipped_models() -> list[Path]:
-    """Model folders shipped in models/ (and the folder named by $INTERACTIVE_KEYPOINTS_MODELS)."""
-    return sorted(
-        p.parent for d in models_dirs() for p in d.glob(f"*/{CONFIG_FILE}") if (p.parent / WEIGHTS_FILE).is_file()
-    )
-
-
-def default_model_dir(preference=(DEFAULT_MODEL_NAME, PHANTOM_MODEL_NAME)) -> Path:
-    """The first shipped model in ``preference`` order."""
-    for name in preference:
-        for models in models_dirs():
-            if (models / name / WEIGHTS_FILE).is_file():
-                return models / name
-    raise ModelFormatError(f"no shipped model ({', '.join(preference)}) in {', '.join(map(str, models_dirs()))}")

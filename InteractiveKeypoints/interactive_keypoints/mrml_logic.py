@@ -208,23 +208,49 @@ def reference_volume(point_list_node):
     return point_list_node.GetNodeReference(VOLUME_REFERENCE_ROLE)
 
 
-def radiograph_from_volume(volume_node):
-    """The one-slice scalar or RGB volume as an engine ``Radiograph`` (grey, float32)."""
-    from .imaging import ImageError, load_radiograph
+@dataclass
+class VolumeSnapshot:
+    """A copy of a one-slice volume's pixels, taken on the main thread with numpy only
+    (no torch), so that the conversion to a radiograph can run on the inference thread."""
 
+    name: str
+    pixels: np.ndarray  # (H, W) or (H, W, components)
+    spacing: tuple[float, float]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)"""
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+    def radiograph(self):
+        """The engine ``Radiograph`` (grey, float32); imports the engine (torch)."""
+        from .imaging import load_radiograph
+
+        image = load_radiograph(self.pixels, spacing=self.spacing)
+        image.path = self.name
+        return image
+
+
+def snapshot_volume(volume_node) -> VolumeSnapshot:
+    """Copy the pixels of a one-slice scalar or RGB volume; refuses other volumes."""
     name = volume_node.GetName()
     image_data = volume_node.GetImageData()
-    if image_data is None:
-        raise ImageError(f"volume {name!r} has no image data")
-    dims = image_data.GetDimensions()
-    if dims[2] != 1:
+    dims = image_data.GetDimensions() if image_data is not None else None
+    if dims is None or dims[2] != 1:
+        from .imaging import ImageError  # only on this error path: imports torch
+
+        if dims is None:
+            raise ImageError(f"volume {name!r} has no image data")
         raise ImageError(
             f"volume {name!r} has {dims[2]} slices; InteractiveKeypoints needs a single 2-D radiograph"
         )
-    array = slicer.util.arrayFromVolume(volume_node)[0]  # (H, W) or (H, W, components)
-    image = load_radiograph(np.array(array), spacing=volume_node.GetSpacing()[:2])
-    image.path = name
-    return image
+    pixels = np.array(slicer.util.arrayFromVolume(volume_node)[0])  # a copy, never the live buffer
+    return VolumeSnapshot(name, pixels, tuple(volume_node.GetSpacing()[:2]))
+
+
+def radiograph_from_volume(volume_node):
+    """The one-slice scalar or RGB volume as an engine ``Radiograph`` (grey, float32)."""
+    return snapshot_volume(volume_node).radiograph()
 
 
 def volume_ijk_to_ras(radiograph) -> np.ndarray:
@@ -327,7 +353,8 @@ class KeypointsMRMLLogic:
         Thread-safe: detect() calls it from the inference thread."""
         with self._model_lock:
             if self._model is None:
-                from .model_io import default_model_dir, load_model
+                from .model_folders import default_model_dir
+                from .model_io import load_model
 
                 self._model = load_model(self.model_folder or default_model_dir(), device="cpu")
             return self._model
@@ -339,7 +366,7 @@ class KeypointsMRMLLogic:
             if self._model is not None:
                 return self._model.config
             from .config import ModelConfig
-            from .model_io import CONFIG_FILE, default_model_dir
+            from .model_folders import CONFIG_FILE, default_model_dir  # not model_io: no torch here
 
             return ModelConfig.load(Path(self.model_folder or default_model_dir()) / CONFIG_FILE)
 
@@ -382,11 +409,12 @@ class KeypointsMRMLLogic:
 
     def _start(self, volume_node, point_list_node, fixes: dict, blocking: bool):
         """New session for the point list: predict, then refine with ``fixes`` if any."""
-        from .session import KeypointSession
-
         # snapshot on the main thread (MRML is read here only): a copy of the pixels, so
-        # the computation never touches the volume's buffer; refuses multi-slice volumes
-        image = radiograph_from_volume(volume_node)
+        # the computation never touches the volume's buffer; refuses multi-slice volumes.
+        # Blocking calls check the image before any node changes; the GUI path leaves the
+        # conversion (and the torch import it needs) to the inference thread.
+        snapshot = snapshot_volume(volume_node)
+        checked_image = snapshot.radiograph() if blocking else None
         node = point_list_node or self.point_list_for(volume_node)
         previous = self._tracked.get(node.GetID())
         if previous is not None and previous.busy:
@@ -399,7 +427,7 @@ class KeypointsMRMLLogic:
             volume=volume_node,
             session=None,
             ijk_to_ras=ijk_to_ras_matrix(volume_node),
-            size=image.size,
+            size=snapshot.size,
         )
         self._tracked[node.GetID()] = tracked
         self._observe(tracked)
@@ -408,6 +436,9 @@ class KeypointsMRMLLogic:
         def compute():
             # loading the model and encoding the image (the session's constructor) are
             # the slow parts of a detection: they run here, off the main thread
+            from .session import KeypointSession
+
+            image = checked_image if checked_image is not None else snapshot.radiograph()
             session = KeypointSession(self.model(), image, predictor=self.predictor())
             made["session"] = session
             prediction = session.predict()
