@@ -406,7 +406,11 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         latency = self.logic.latency(pointList)
         if latency is not None and not self.logic.is_busy(pointList):
             self.ui.statusLabel.setStyleSheet("")
-            self.ui.statusLabel.text = _("Model ran in {ms:.0f} ms.").format(ms=1000 * latency)
+            # the list's point count is locked (one point per landmark): say why adding fails
+            self.ui.statusLabel.text = _(
+                "Model ran in {ms:.0f} ms. Drag points to correct them; the {count} points cannot be "
+                "added or deleted (one per landmark)."
+            ).format(ms=1000 * latency, count=pointList.GetNumberOfControlPoints())
         self.updateTable()
         self.updateButtons()
 

@@ -237,6 +237,48 @@ def test_drag_fixes_the_point_and_moves_only_unfixed_points(logic, volume):
     )
 
 
+def click(node, k):
+    """Press and release on point k without moving: the widget still sends Start/End."""
+    node.GetDisplayNode().SetActiveControlPoint(k)
+    node.InvokeEvent(MARKUPS.PointStartInteractionEvent)
+    node.InvokeEvent(MARKUPS.PointEndInteractionEvent)
+
+
+def test_a_plain_click_neither_fixes_the_point_nor_runs_the_model(logic, volume):
+    node = logic.detect(volume)
+    before = control_point_positions(node)
+    descriptions = [node.GetNthControlPointDescription(k) for k in range(K)]
+    runner = HeldRunner()
+    logic.runner = runner
+    click(node, 12)
+    assert runner.jobs == []  # nothing submitted
+    assert point_states(node)[0] == ["predicted"] * K
+    assert [node.GetNthControlPointDescription(k) for k in range(K)] == descriptions
+    assert not logic.can_undo(node)
+    np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+    # a real move right after is still a correction
+    drag(node, 12, pixel_target(node, volume, 12, (5.0, 0.0)))
+    assert len(runner.jobs) == 1 and point_states(node)[0][12] == "user-fixed"
+
+
+def test_the_number_of_points_is_locked_and_unlocked_only_for_a_rewrite(logic, volume, scene):
+    # a list of the user's with another count, already locked: detect rewrites it
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "phantom keypoints")
+    for k in range(3):
+        node.AddControlPoint(float(k), 0.0, 0.0, f"P{k}")
+    node.SetFixedNumberOfControlPoints(True)
+    assert logic.detect(volume, node) is node
+    assert node.GetNumberOfControlPoints() == K
+    assert node.GetFixedNumberOfControlPoints()
+    # the place toolbar and the context menu go through these calls: refused by MRML
+    assert node.AddControlPoint(0.0, 0.0, 0.0, "extra") < 0
+    node.RemoveNthControlPoint(3)
+    assert node.GetNumberOfControlPoints() == K
+    assert [node.GetNthControlPointLabel(k) for k in range(K)] == SPINE_LANDMARK_NAMES
+    drag(node, 20, pixel_target(node, volume, 20, (4.0, 4.0)))  # moving is still allowed
+    assert point_states(node)[0][20] == "user-fixed"
+
+
 def test_undo_restores_every_point_and_redo_reapplies(logic, volume):
     node = logic.detect(volume)
     initial = control_point_positions(node)
@@ -618,6 +660,28 @@ def test_process_folder_writes_results_and_reports_bad_files(logic, scene, tmp_p
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 1
     assert scene.GetNodeByID(users_list.GetID()) is users_list
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+# -------------------------------------------------------------------- node removal
+
+
+def test_a_point_list_deleted_by_the_user_releases_its_session(logic, volume, scene, errors):
+    node = logic.detect(volume)
+    other = logic.detect(volume, logic.new_point_list("second"))
+    scene.RemoveNode(node)
+    assert not logic.is_tracked(node) and logic.is_tracked(other)
+    assert not node.HasObserver(MARKUPS.PointEndInteractionEvent)
+    assert not node.HasObserver(MARKUPS.PointModifiedEvent)
+
+    # removed while the model runs on it: the late result is dropped, nothing reported
+    runner = HeldRunner()
+    logic.runner = runner
+    drag(other, 5, pixel_target(other, volume, 5, (3.0, 3.0)))
+    assert logic.is_busy(other)
+    scene.RemoveNode(other)
+    assert not logic.is_tracked(other)
+    runner.run_next()
+    assert errors == []
 
 
 # ------------------------------------------------------------- GUI thread, no torch

@@ -60,6 +60,8 @@ DEFAULT_LOW_CONFIDENCE = 0.5
 PREDICTED_COLOR = (1.0, 0.75, 0.2)
 FIXED_COLOR = (0.3, 1.0, 0.4)
 _MARKUPS = slicer.vtkMRMLMarkupsNode
+# a press and release without a move (a plain click) must not count as a correction
+CLICK_TOLERANCE_PX = 1e-3
 
 
 class LogicBusyError(RuntimeError):
@@ -331,6 +333,7 @@ class KeypointsMRMLLogic:
         self._predictor = None  # one inference copy of the network, shared by all sessions
         # the model is loaded by the inference thread (detect) or a preloading thread (web)
         self._model_lock = threading.Lock()
+        self._watched_scene = None  # (scene, observer tag): releases lists the user deletes
 
     # ------------------------------------------------------------------ model, scene
 
@@ -431,6 +434,7 @@ class KeypointsMRMLLogic:
         )
         self._tracked[node.GetID()] = tracked
         self._observe(tracked)
+        self._watch_scene()
         made = {}
 
         def compute():
@@ -486,6 +490,30 @@ class KeypointsMRMLLogic:
     def forget_all(self):
         for node_id in list(self._tracked):
             self.detach(self._tracked[node_id].node)
+        self._unwatch_scene()
+
+    def _watch_scene(self):
+        """Observe node removal: a point list deleted by the user releases its session."""
+        scene = self.scene
+        if self._watched_scene is not None and self._watched_scene[0] is scene:
+            return
+        self._unwatch_scene()
+
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def on_node_removed(caller, event, node=None):
+            if node is None:
+                return
+            for tracked in list(self._tracked.values()):
+                if tracked.node is node:
+                    self.detach(node)
+
+        self._watched_scene = (scene, scene.AddObserver(scene.NodeRemovedEvent, on_node_removed))
+
+    def _unwatch_scene(self):
+        if self._watched_scene is not None:
+            scene, tag = self._watched_scene
+            scene.RemoveObserver(tag)
+            self._watched_scene = None
 
     def is_tracked(self, point_list_node) -> bool:
         return point_list_node is not None and point_list_node.GetID() in self._tracked
@@ -717,6 +745,10 @@ class KeypointsMRMLLogic:
         if k is None:
             return
         xy = self._pixel_of(tracked, k)
+        if start is not None and self._is_click(tracked, start, xy):
+            # Slicer sends Start/EndInteraction on a plain click too: nothing was corrected
+            self._run_pending(tracked, blocking=False)  # drops previews of this drag, if any
+            return
         try:
             self._check_inside(tracked, k, xy)
         except ValueError as error:
@@ -728,6 +760,11 @@ class KeypointsMRMLLogic:
         self._mark_fixed(tracked, {k: xy})
         if self.auto_refine:
             self._run_pending(tracked, blocking=False)
+
+    @staticmethod
+    def _is_click(tracked: _Tracked, start_ras, xy) -> bool:
+        start_xy = ras_to_pixels(start_ras, tracked.ijk_to_ras)[0]
+        return bool(np.hypot(*(np.asarray(xy) - start_xy)) <= CLICK_TOLERANCE_PX)
 
     def _pixel_of(self, tracked: _Tracked, k: int) -> tuple[float, float]:
         point = [0.0, 0.0, 0.0]
@@ -858,9 +895,13 @@ class KeypointsMRMLLogic:
         positions = pixels_to_ras(prediction.points, tracked.ijk_to_ras)
         with self._writing(tracked):
             if node.GetNumberOfControlPoints() != len(positions):
+                node.SetFixedNumberOfControlPoints(False)  # a locked list refuses the rewrite
                 node.RemoveAllControlPoints()
                 for k, name in enumerate(prediction.names):
                     node.AddControlPoint(*positions[k], name)
+            # one point per landmark: adding or deleting points (place toolbar, context
+            # menu) would shift every later index, so the count is locked
+            node.SetFixedNumberOfControlPoints(True)
             for k in range(len(positions)):
                 node.SetNthControlPointLabel(k, prediction.names[k])
                 if k not in held:
