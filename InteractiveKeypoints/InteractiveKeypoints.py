@@ -50,7 +50,11 @@ PIP_REQUIREMENTS = {
 }
 TORCH_REQUIREMENT = ">=2.3"
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
-POLL_INTERVAL_MS = 20
+# While the model runs, the poll timer fires as soon as Qt is idle and then waits up to
+# POLL_WAIT_S in Python with the GIL released: Slicer's main loop holds the GIL while idle,
+# so this wait is when the inference thread runs. GUI events are handled between waits.
+POLL_INTERVAL_MS = 1
+POLL_WAIT_S = 0.02
 
 
 def missingPackages() -> list:
@@ -389,7 +393,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     # ----------------------------------------------------------------- logic callbacks
 
     def onPollTimer(self) -> None:
-        self._runner.poll()  # finishes computations on the main thread
+        self._runner.poll(wait=POLL_WAIT_S)  # runs the worker; finishes computations here
         if not self._runner.busy:
             self._pollTimer.stop()
 

@@ -442,6 +442,43 @@ def test_threaded_runner_applies_results_on_poll(logic, volume):
         runner.shutdown()
 
 
+def test_poll_with_wait_hands_the_gil_to_the_worker_until_a_result_arrives():
+    """Slicer's idle main loop holds the GIL: the poll timer must wait in Python (GIL
+    released) for the worker, and return as soon as the result is there."""
+    runner = ThreadedRunner()
+    finished, worker_threads = [], []
+
+    def compute():
+        worker_threads.append(threading.current_thread())
+        time.sleep(0.05)  # a model run that needs the GIL back now and then
+        return "result"
+
+    try:
+        assert runner.poll(wait=0.5) == 0  # nothing in flight: returns at once
+        runner(compute, finished.append)
+        assert runner.poll(wait=60.0) == 1  # one call: waited for the worker, then finished
+        assert finished == ["result"] and not runner.busy
+        assert worker_threads[0] is not threading.main_thread()
+    finally:
+        runner.shutdown()
+
+
+def test_each_correction_logs_the_time_the_user_waited(logic, volume, caplog):
+    node = logic.detect(volume)
+    runner = ThreadedRunner()
+    logic.runner = runner
+    try:
+        with caplog.at_level("INFO", logger="interactive_keypoints.mrml_logic"):
+            drag(node, 30, pixel_target(node, volume, 30, (4.0, -3.0)))
+            while logic.is_busy(node):
+                runner.poll(wait=0.02)
+        timings = [r.getMessage() for r in caplog.records if "from request to display" in r.getMessage()]
+        assert len(timings) == 1 and timings[0].startswith("phantom keypoints: model ")
+        assert logic.latency(node) > 0
+    finally:
+        runner.shutdown()
+
+
 def test_non_blocking_detect_loads_the_model_and_encodes_off_the_main_thread(scene, model, volume, monkeypatch):
     loaded_on = []
 
