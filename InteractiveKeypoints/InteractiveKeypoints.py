@@ -148,6 +148,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._runner = ThreadedRunner()  # inference off the main thread
         self.logic.runner = self._runner
         self.logic.on_error = self.onLogicError
+        self.logic.on_run_failed = self.onModelRunFailed
         self.logic.on_updated = self.onLogicUpdated
         self.logic.on_busy = self.onLogicBusy
         self._pollTimer = qt.QTimer()
@@ -422,6 +423,12 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.statusLabel.setStyleSheet("color: #c0392b")
         self.ui.statusLabel.text = message
         slicer.util.showStatusMessage(message, 5000)
+
+    def onModelRunFailed(self, message) -> None:
+        """A model run on the inference thread failed (model not loadable, bad image)."""
+        # shown after the poll timer's callback returns: a modal dialog inside it would
+        # poll the runner again from the dialog's event loop
+        qt.QTimer.singleShot(0, lambda: slicer.util.errorDisplay(_("The model could not run: {message}").format(message=message)))
 
     # ----------------------------------------------------------------------- display
 

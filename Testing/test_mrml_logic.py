@@ -558,6 +558,23 @@ def test_model_that_cannot_load_is_reported_without_blocking(scene, volume, erro
     assert not logic.is_busy(node) and node.GetNumberOfControlPoints() == 0
 
 
+def test_failed_background_runs_are_told_apart_from_refused_drops(scene, logic, volume, errors, monkeypatch):
+    """on_run_failed (the GUI's error dialog) gets a failed model run, not a refused drop."""
+    run_failures = []
+    logic.on_run_failed = run_failures.append
+    node = logic.detect(volume)
+    drag(node, 5, (1000.0, 1000.0, 0.0))  # outside: refused, reported through on_error only
+    assert len(errors) == 1 and run_failures == []
+
+    flat = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "flat")
+    slicer.util.updateVolumeFromArray(flat, np.zeros((1, 64, 32), np.float32))
+    runner = HeldRunner()
+    logic.runner = runner
+    logic.detect(flat, blocking=False)  # the image is checked on the runner
+    runner.run_next()
+    assert len(run_failures) == 1 and "same value" in run_failures[0] and run_failures[0] == errors[-1]
+
+
 # -------------------------------------------------------------------------- export
 
 

@@ -324,8 +324,10 @@ class KeypointsMRMLLogic:
         logic.undo(points); logic.redo(points)
         logic.export(points, "/tmp/case.mrk.json")  # or .csv
 
-    Callbacks (optional): ``on_error(message)``, ``on_updated(node)`` after each write into
-    MRML, ``on_busy(node, busy)``.
+    Callbacks (optional): ``on_error(message)`` for every problem (a refused drop, a failed
+    run), ``on_run_failed(message)`` only when a model run on the runner failed (a model
+    that does not load, a bad image: the GUI shows these as an error dialog),
+    ``on_updated(node)`` after each write into MRML, ``on_busy(node, busy)``.
     """
 
     def __init__(self, scene=None, model=None, model_folder=None, device: str = "auto"):
@@ -338,6 +340,7 @@ class KeypointsMRMLLogic:
         self.refine_while_dragging = False
         self.low_confidence = DEFAULT_LOW_CONFIDENCE
         self.on_error = None
+        self.on_run_failed = None
         self.on_updated = None
         self.on_busy = None
         self._tracked: dict[str, _Tracked] = {}
@@ -878,7 +881,10 @@ class KeypointsMRMLLogic:
                 if blocking:
                     raised.append(outcome)
                 else:
-                    self._report(f"{tracked.node.GetName()}: {outcome}")
+                    message = f"{tracked.node.GetName()}: {outcome}"
+                    self._report(message)
+                    if self.on_run_failed is not None:
+                        self.on_run_failed(message)
             else:
                 self._apply(tracked, outcome)
             # whatever arrived meanwhile runs next: the latest drop or drag position wins
