@@ -505,16 +505,43 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if not inputDir or not outputDir:
             slicer.util.errorDisplay(_("Choose an input and an output folder."))
             return
-        with slicer.util.tryWithErrorDisplay(_("Batch processing failed."), waitCursor=True):
-            self.logic.model()
-            results = self.logic.process_folder(inputDir, outputDir)
-            failed = [r for r in results if "error" in r]
-            message = _("{done} of {total} images processed; results in {folder}.").format(
-                done=len(results) - len(failed), total=len(results), folder=outputDir
-            )
-            if failed:
-                message += "\n\n" + "\n".join(f"{Path(r['input']).name}: {r['error']}" for r in failed)
-            slicer.util.infoDisplay(message)
+        dialog = slicer.util.createProgressDialog(
+            labelText=_("Starting..."), windowTitle=_("Process folder"), maximum=1, autoClose=False
+        )
+        dialog.setCancelButtonText(_("Cancel"))
+
+        def progress(done, total, name):
+            # called before each image and every few ms while its model runs on the worker
+            dialog.maximum = max(total, 1)
+            dialog.value = done
+            if name:
+                dialog.labelText = _("Image {index} of {total}: {name}").format(index=done + 1, total=total, name=name)
+            slicer.app.processEvents()
+            return not dialog.wasCanceled
+
+        self.ui.batchButton.enabled = False  # no second batch from the live GUI
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Batch processing failed.")):
+                # the model runs on the panel's inference thread, after any drag in progress
+                results = self.logic.process_folder(inputDir, outputDir, progress=progress, runner=self._runner)
+                self._showBatchSummary(results, outputDir)
+        finally:
+            dialog.close()
+            self.updateButtons()
+
+    @staticmethod
+    def _showBatchSummary(results, outputDir) -> None:
+        failed = [r for r in results if "error" in r]
+        cancelled = [r for r in results if r.get("cancelled")]
+        done = len(results) - len(failed) - len(cancelled)
+        message = _("{done} of {total} images processed; results in {folder}.").format(
+            done=done, total=len(results), folder=outputDir
+        )
+        if cancelled:
+            message += "\n" + _("Cancelled: {count} images not processed.").format(count=len(cancelled))
+        if failed:
+            message += "\n\n" + "\n".join(f"{Path(r['input']).name}: {r['error']}" for r in failed)
+        (slicer.util.errorDisplay if failed else slicer.util.infoDisplay)(message)
 
 
 def installDependencies() -> None:

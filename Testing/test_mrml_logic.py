@@ -780,3 +780,48 @@ def test_first_non_blocking_detect_does_not_import_torch_on_the_calling_thread(m
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"torch_on_gui_thread": False, "points": K}
+
+
+def write_phantom_images(folder, seeds):
+    folder.mkdir()
+    for seed in seeds:
+        image = (make_spine_phantom(seed, height=256, width=128).image * 255).astype(np.uint8)
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / f"case{seed}.png"))
+
+
+def test_process_folder_reports_progress_while_the_model_runs_off_the_calling_thread(logic, scene, tmp_path, monkeypatch):
+    """The GUI's progress callback runs on the calling thread while an image's model runs
+    on the worker: here the worker is held until the callback has been called meanwhile."""
+    write_phantom_images(tmp_path / "in", (1, 2))
+    held, encoded_on, calls = threading.Event(), [], []
+    original = Predictor.encode_image
+
+    def encode_image(*args, **kwargs):
+        encoded_on.append(threading.current_thread())
+        assert held.wait(timeout=60), "the progress callback was not called while the model ran"
+        held.clear()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "encode_image", encode_image)
+
+    def progress(done, total, name):
+        calls.append((done, total, name, threading.current_thread()))
+        if len(encoded_on) > done:  # the model of image ``done`` is running on the worker
+            held.set()
+
+    results = logic.process_folder(tmp_path / "in", tmp_path / "out", progress=progress)
+    assert [r.get("error") for r in results] == [None, None]
+    assert {(d, n) for d, _, n, _ in calls} >= {(0, "case1.png"), (1, "case2.png"), (2, "")}
+    assert all(t is threading.main_thread() for *_, t in calls)
+    assert len(encoded_on) == 2 and all(t is not threading.main_thread() for t in encoded_on)
+    assert (tmp_path / "out" / "case2.csv").is_file()
+
+
+def test_process_folder_can_be_cancelled_between_images(logic, scene, tmp_path):
+    write_phantom_images(tmp_path / "in", (1, 2, 3))
+    results = logic.process_folder(tmp_path / "in", tmp_path / "out", progress=lambda done, total, name: done < 1)
+    assert "outputs" in results[0]
+    assert [r.get("cancelled") for r in results] == [None, True, True]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case1.csv", "case1.mrk.json"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0

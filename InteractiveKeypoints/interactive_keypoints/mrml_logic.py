@@ -145,6 +145,24 @@ class ThreadedRunner:
         self._jobs.put(None)
 
 
+def waiting_runner(runner: ThreadedRunner, pump=None, wait: float = 0.02):
+    """A runner for blocking calls that keeps a GUI live: the computation goes to
+    ``runner`` (after any queued run, so the model is never used by two threads at once);
+    the calling thread polls it, with the GIL released while it waits, and calls ``pump()``
+    between polls (process GUI events, update a progress bar) until it is done."""
+
+    def run(compute, finish):
+        outcome = []
+        runner(compute, outcome.append)
+        while not outcome:
+            runner.poll(wait=wait)
+            if not outcome and pump is not None:
+                pump()
+        finish(outcome[0])
+
+    return run
+
+
 # -------------------------------------------------------------------------- geometry
 
 
@@ -336,6 +354,7 @@ class KeypointsMRMLLogic:
         self.model_folder = model_folder
         self.device = device
         self.runner = run_inline  # replaced by a ThreadedRunner in the GUI
+        self._blocking_runner = run_inline  # blocking calls; process_folder may wait on a thread
         self.auto_refine = True
         self.refine_while_dragging = False
         self.low_confidence = DEFAULT_LOW_CONFIDENCE
@@ -667,11 +686,17 @@ class KeypointsMRMLLogic:
         image = load_radiograph(path)
         return add_volume_from_radiograph(self.scene, image, name or _stem(Path(path)))
 
-    def process_folder(self, input_dir, output_dir) -> list[dict]:
+    def process_folder(self, input_dir, output_dir, progress=None, runner=None) -> list[dict]:
         """Detect the landmarks of every image in ``input_dir``; write ``<stem>.mrk.json``
         and ``<stem>.csv`` to ``output_dir``. A bad image is reported and skipped.
 
-        Returns one record per file: {"input", "outputs"} or {"input", "error"}.
+        ``progress(done, total, name)`` (optional) is called before each image and, while
+        its model runs on a worker thread (``runner``, a ThreadedRunner; a private one if
+        None), every few ms from the calling thread: the GUI processes its events there.
+        Returning False cancels: the image in progress is finished, the rest are skipped.
+
+        Returns one record per file: {"input", "outputs"}, {"input", "error"} or
+        {"input", "cancelled": True}.
         """
         input_dir, output_dir = Path(input_dir), Path(output_dir)
         if not input_dir.is_dir():
@@ -679,7 +704,34 @@ class KeypointsMRMLLogic:
         output_dir.mkdir(parents=True, exist_ok=True)
         # chosen by name, not by content: an unreadable image is reported, not skipped
         images = [p for p in sorted(input_dir.iterdir()) if p.is_file() and _is_image_name(p.name)]
-        return [self._process_file(path, output_dir) for path in images]
+        if progress is None:
+            return [self._process_file(path, output_dir) for path in images]
+
+        own_runner = runner is None
+        runner = ThreadedRunner() if own_runner else runner
+        records, cancelled = [], False
+        try:
+            for done, path in enumerate(images):
+
+                def pump(done=done, name=path.name):
+                    nonlocal cancelled
+                    cancelled = progress(done, len(images), name) is False or cancelled
+
+                if not cancelled:
+                    pump()
+                if cancelled:
+                    records.append({"input": str(path), "cancelled": True})
+                    continue
+                self._blocking_runner = waiting_runner(runner, pump)
+                try:
+                    records.append(self._process_file(path, output_dir))
+                finally:
+                    self._blocking_runner = run_inline
+            progress(len(images), len(images), "")
+        finally:
+            if own_runner:
+                runner.shutdown()
+        return records
 
     def _process_file(self, path: Path, output_dir: Path) -> dict:
         volume = node = None
@@ -689,7 +741,9 @@ class KeypointsMRMLLogic:
             node = self.detect(volume, self.new_point_list(volume.GetName() + POINT_LIST_SUFFIX), blocking=True)
             outputs = [self.export(node, output_dir / (_stem(path) + suffix)) for suffix in (".mrk.json", ".csv")]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
-        except (ValueError, OSError) as error:  # ImageError, OutsideImageError, ModelFormatError...
+        except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch
+            if not isinstance(error, (ValueError, OSError)):
+                log.exception("%s", path.name)
             self._report(f"{path.name}: {error}")
             return {"input": str(path), "error": str(error)}
         finally:
@@ -894,7 +948,7 @@ class KeypointsMRMLLogic:
                 elif (tracked.pending and self.auto_refine) or tracked.preview_steps:
                     self._run_pending(tracked, blocking=False)
 
-        (run_inline if blocking else self.runner)(timed_compute, finish)
+        (self._blocking_runner if blocking else self.runner)(timed_compute, finish)
         if raised:
             raise raised[0]
 
