@@ -9,7 +9,6 @@ The engine needs torch: it is imported lazily, so the module loads without it an
 what is missing.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from interactive_keypoints.dependencies import REQUIREMENTS_FILE, load_requirements, unmet_requirements
 from interactive_keypoints.model_folders import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, shipped_models
 from interactive_keypoints.mrml_logic import (
     KeypointsMRMLLogic,
@@ -41,14 +41,6 @@ from interactive_keypoints.mrml_logic import (
     reference_volume,
 )
 
-# import name -> pip requirement (torch comes from the PyTorch extension instead)
-PIP_REQUIREMENTS = {
-    "monai": "monai>=1.3",
-    "SimpleITK": "SimpleITK>=2.3",
-    "safetensors": "safetensors>=0.4",
-    "scipy": "scipy>=1.10",
-}
-TORCH_REQUIREMENT = ">=2.3"
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 # While the model runs, the poll timer fires as soon as Qt is idle and then waits up to
 # POLL_WAIT_S in Python with the GIL released: Slicer's main loop holds the GIL while idle,
@@ -57,9 +49,16 @@ POLL_INTERVAL_MS = 1
 POLL_WAIT_S = 0.02
 
 
-def missingPackages() -> list:
-    """Import names of the engine's dependencies that are not installed."""
-    return [name for name in ["torch", *PIP_REQUIREMENTS] if importlib.util.find_spec(name) is None]
+_unmetRequirements = None  # cached: checked at every button update, refreshed after installs
+
+
+def missingPackages(refresh: bool = False) -> list:
+    """The engine's requirements (Resources/requirements.txt) that are missing or too old,
+    as text for the user, e.g. "torch>=2.3 (installed: 2.1.0)"."""
+    global _unmetRequirements
+    if _unmetRequirements is None or refresh:
+        _unmetRequirements = unmet_requirements(load_requirements(REQUIREMENTS_FILE))
+    return [str(requirement) for requirement in _unmetRequirements]
 
 
 def modelDescription(folder: Path) -> str:
@@ -260,7 +259,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         missing = missingPackages()
         if missing:
             self.ui.dependencyLabel.text = _(
-                "Missing Python packages: {names}. The module needs them to run the model."
+                "Missing or outdated Python packages: {names}. The module needs them to run the model."
             ).format(names=", ".join(missing))
             self.ui.dependencyLabel.setStyleSheet("color: #c0392b")
         self.ui.dependencyLabel.setVisible(bool(missing))
@@ -268,8 +267,12 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.updateButtons()
 
     def onInstallDependencies(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages."), waitCursor=True):
-            installDependencies()
+        installed = False
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages.")):
+            installed = installDependencies()
+            if not installed:  # the user said no: not an error
+                slicer.util.showStatusMessage(_("Installation of the Python packages cancelled."), 5000)
+        missingPackages(refresh=True)
         self.updateDependencyStatus()
         self.refreshModelList()
 
@@ -544,22 +547,28 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         (slicer.util.errorDisplay if failed else slicer.util.infoDisplay)(message)
 
 
-def installDependencies() -> None:
-    """Install what is missing, each step after the user confirms.
+def installDependencies() -> bool:
+    """Install what is missing or too old, each step after the user confirms; False when
+    the user declined (nothing more is installed then), errors raise.
 
-    torch: through the PyTorch extension (PyTorchUtils), which picks a CUDA build matching
-    the NVIDIA driver, or the CPU build. The rest: pip (slicer.pydeps / slicer.packaging
-    ``pip_ensure`` when this Slicer has it, else ``slicer.util.pip_install``).
+    torch first, through the PyTorch extension (PyTorchUtils), which picks a CUDA build
+    matching the NVIDIA driver, or the CPU build. If the user cancels it, nothing else is
+    installed: MONAI would pull a PyPI torch build otherwise. The rest: pip, through
+    ``slicer.packaging.pip_ensure`` (Slicer >= 5.11) or ``slicer.util.pip_install``.
     """
-    missing = missingPackages()
-    if "torch" in missing:
-        _installTorch()
-    requirements = [PIP_REQUIREMENTS[name] for name in missing if name in PIP_REQUIREMENTS]
-    if requirements:
-        _pipInstall(requirements)
+    from packaging.requirements import Requirement
+
+    unmet = unmet_requirements(load_requirements(REQUIREMENTS_FILE))
+    torch = [r for r in unmet if r.name == "torch"]
+    others = [r.requirement for r in unmet if r.name != "torch"]
+    if torch and not _installTorch(str(Requirement(torch[0].requirement).specifier)):
+        return False
+    if others and not _pipInstall(others):
+        return False
+    return True
 
 
-def _installTorch() -> None:
+def _installTorch(versionRequirement: str) -> bool:
     try:
         import PyTorchUtils
     except ImportError:
@@ -568,42 +577,40 @@ def _installTorch() -> None:
         ) from None
     box = qt.QMessageBox(slicer.util.mainWindow())
     box.setWindowTitle(_("Install PyTorch"))
-    box.setText(_("Interactive Keypoints needs PyTorch (a download of several hundred MB to a few GB). Which build?"))
+    box.setText(_("Interactive Keypoints needs PyTorch {version} (a download of several hundred MB to a few GB). Which build?").format(version=versionRequirement))
     automatic = box.addButton(_("GPU if available"), qt.QMessageBox.AcceptRole)
     cpu = box.addButton(_("CPU only"), qt.QMessageBox.AcceptRole)
     box.addButton(qt.QMessageBox.Cancel)
     box.exec_()
     if box.clickedButton() not in (automatic, cpu):
-        return
+        return False  # cancelled: stop the whole installation
     backend = "cpu" if box.clickedButton() == cpu else None
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-        askConfirmation=False, forceComputationBackend=backend, torchVersionRequirement=TORCH_REQUIREMENT
+        askConfirmation=False, forceComputationBackend=backend, torchVersionRequirement=versionRequirement
     )
-    if torch is None:
-        raise RuntimeError(_("PyTorch was not installed."))
+    if torch is None:  # not asked again (askConfirmation=False): the installation failed
+        raise RuntimeError(_("PyTorch was not installed; see the Python console for the reason."))
+    return True
 
 
-def _pipInstall(requirements: list) -> None:
-    pydeps = None
-    for name in ("slicer.pydeps", "slicer.packaging"):
-        try:
-            pydeps = importlib.import_module(name)
-            break
-        except ImportError:
-            continue
-    if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-        from packaging.requirements import Requirement
-
-        # pip_ensure asks the user before installing and offers a restart when needed
-        pydeps.pip_ensure([Requirement(r) for r in requirements], requester="InteractiveKeypoints")
-        return
+def _pipInstall(requirements: list) -> bool:
+    """pip-install the requirements after the user confirms; False when declined."""
     if not slicer.util.confirmOkCancelDisplay(
         _("Interactive Keypoints needs these Python packages: {packages}. Install them now?").format(
             packages=", ".join(requirements)
-        )
+        ),
+        windowTitle=_("Install Python packages"),
     ):
-        return
-    slicer.util.pip_install(requirements)
+        return False
+    try:
+        import slicer.packaging  # Slicer >= 5.11
+    except ImportError:
+        slicer.util.pip_install(requirements)
+        return True
+    # already confirmed above; pip_ensure shows the progress and offers a restart when an
+    # updated package was already imported
+    slicer.packaging.pip_ensure(requirements, prompt_install=False, requester="InteractiveKeypoints")
+    return True
 
 
 #
