@@ -682,6 +682,8 @@ def test_non_blocking_attach_leaves_the_weights_to_the_worker(logic, model, volu
     runner.run_next()
     assert len(loaded_on) == 1 and point_states(reloaded)[0][12] == "user-fixed"
 
+    assert reloaded.GetFixedNumberOfControlPoints()  # the lock is saved in .mrk.json
+    reloaded.SetFixedNumberOfControlPoints(False)  # a list edited elsewhere: one point short
     reloaded.RemoveNthControlPoint(0)
     reopened.detach(reloaded)
     with pytest.raises(ValueError, match=f"has {K - 1} points but the model places {K}"):
