@@ -12,13 +12,14 @@ what is missing.
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -33,15 +34,18 @@ from slicer.util import VTKObservationMixin
 from interactive_keypoints.dependencies import REQUIREMENTS_FILE, load_requirements, unmet_requirements
 from interactive_keypoints.model_folders import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, shipped_models
 from interactive_keypoints.mrml_logic import (
+    PHANTOM_VOLUME_NAME,
     KeypointsMRMLLogic,
     LogicBusyError,
     ThreadedRunner,
+    add_phantom_volume,
     is_low_confidence,
     point_states,
     reference_volume,
 )
 
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+HOMEPAGE = "https://github.com/InteractiveKeypoints/SlicerInteractiveKeypoints"
 # While the model runs, the poll timer fires as soon as Qt is idle and then waits up to
 # POLL_WAIT_S in Python with the GIL released: Slicer's main loop holds the GIL while idle,
 # so this wait is when the inference thread runs. GUI events are handled between waits.
@@ -81,19 +85,48 @@ class InteractiveKeypoints(ScriptedLoadableModule):
         self.parent.title = _("Interactive Keypoints")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = ["Markups"]
-        self.parent.contributors = ["InteractiveKeypoints maintainers"]
+        self.parent.contributors = ["InteractiveKeypoints maintainers (SlicerInteractiveKeypoints project)"]
         self.parent.helpText = _(
             "Place anatomical landmarks on a 2-D radiograph with a neural network, then correct them "
             "interactively: drag a wrong point and the model runs again, keeping every point you fixed "
             "and moving only the others.<br>"
             "Predicted points are drawn in amber, user-fixed points in green; the state and confidence "
-            "of each point are saved in its description. Ctrl+Z / Ctrl+Y undo and redo a correction "
-            "together with its re-inference."
-        )
+            "of each point are saved in its description. The Undo and Redo keys (Ctrl+Z, and Ctrl+Y or "
+            "Ctrl+Shift+Z depending on the platform) undo and redo a correction together with its "
+            "re-inference.<br>"
+            "Try it on the generated spine radiograph in Sample Data. "
+            "See the <a href=\"{url}\">module documentation</a>."
+        ).format(url=HOMEPAGE + "#readme")
         self.parent.acknowledgementText = _(
             "Method: J. Kim, T. Kim, T. Kim, J. Choo, D.-W. Kim, B. Ahn, I.-S. Song, Y.-J. Kim, "
             "<i>Morphology-Aware Interactive Keypoint Estimation</i>, MICCAI 2022."
         )
+        # Sample Data lists its sources once the application has started
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """The generated spine phantom in Sample Data (made on the fly, nothing to download)."""
+    import SampleData
+
+    category = "InteractiveKeypoints"
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):  # recent Slicer
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(category, title=_("Interactive Keypoints"))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=category,
+        sampleName=PHANTOM_VOLUME_NAME,
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "InteractiveKeypoints.png"),
+        uris=[],  # generated: SampleDataSource needs equally long lists, empty here
+        fileNames=[],
+        customDownloader=loadSpinePhantom,
+    )
+
+
+def loadSpinePhantom(source=None):
+    """Sample Data's custom downloader: add the phantom radiograph and show it."""
+    volume = add_phantom_volume(slicer.mrmlScene)
+    slicer.util.setSliceViewerLayers(background=volume, fit=True)
+    return volume
 
 
 #
@@ -111,7 +144,9 @@ class InteractiveKeypointsParameterNode:
     lowConfidence - predicted points below this confidence are flagged.
     """
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    # both types named: connectGui sets the selector's node types from this annotation
+    # (and the .ui hides child types), so a scalar-only annotation hides RGB radiographs
+    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode]
     pointList: vtkMRMLMarkupsFiducialNode
     autoRefine: bool = True
     refineWhileDragging: bool = False
@@ -384,7 +419,9 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         mainWindow = slicer.util.mainWindow()
         if mainWindow is None:
             return
-        for keys, slot in (("Ctrl+Z", self.onUndo), ("Ctrl+Y", self.onRedo)):
+        # the platform's standard keys (Redo: Ctrl+Y on Windows, Ctrl+Shift+Z elsewhere),
+        # as the Segment Editor installs them
+        for keys, slot in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
             shortcut = qt.QShortcut(qt.QKeySequence(keys), mainWindow)
             shortcut.connect("activated()", slot)
             self._shortcuts.append(shortcut)
@@ -652,6 +689,8 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         self.test_DetectDragUndoExport()
         self.setUp()
         self.test_DragOutsideIsRefused()
+        self.setUp()
+        self.test_BackgroundDetectAndDrag()
 
     def _setUpCase(self):
         import numpy as np
@@ -728,6 +767,57 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         loaded = slicer.util.loadMarkups(path)
         np.testing.assert_allclose(control_point_positions(loaded), control_point_positions(pointList), atol=1e-3)
         self.assertEqual(point_states(loaded)[0], point_states(pointList)[0])
+        self.delayDisplay("Test passed")
+
+    def _waitUntilIdle(self, logic, runner, pointList):
+        """What the panel's poll timer does: wait for the worker (GIL released), keep the GUI live."""
+        deadline = time.monotonic() + 300
+        while logic.is_busy(pointList):
+            self.assertLess(time.monotonic(), deadline, "the inference thread did not finish")
+            runner.poll(wait=0.02)
+            slicer.app.processEvents()
+
+    def test_BackgroundDetectAndDrag(self):
+        """The panel's path: detection and re-inference on the worker thread, results written
+        on the main thread while Qt keeps running."""
+        import threading
+
+        from interactive_keypoints.inference import Predictor
+        from interactive_keypoints.mrml_logic import control_point_positions, point_states
+
+        self.delayDisplay("Detect and drag on the inference thread")
+        logic, volume = self._setUpCase()
+        runner = ThreadedRunner()
+        logic.runner = runner
+        ranOn = []
+        originalLogits = Predictor.logits
+
+        def recordingLogits(predictor, *args, **kwargs):
+            ranOn.append(threading.current_thread())
+            return originalLogits(predictor, *args, **kwargs)
+
+        Predictor.logits = recordingLogits
+        try:
+            pointList = logic.detect(volume, blocking=False)
+            self.assertTrue(logic.is_busy(pointList))
+            self._waitUntilIdle(logic, runner, pointList)
+            self.assertEqual(pointList.GetNumberOfControlPoints(), 68)
+            self.assertTrue(pointList.GetFixedNumberOfControlPoints())
+
+            self._drag(pointList, 3, list(control_point_positions(pointList)[3]))  # a click: no run
+            self.assertFalse(logic.is_busy(pointList))
+            self.assertEqual(point_states(pointList)[0][3], "predicted")
+
+            target = self._target(pointList, volume, 20, (5.0, 4.0))
+            self._drag(pointList, 20, target)
+            self.assertTrue(logic.is_busy(pointList))
+            self._waitUntilIdle(logic, runner, pointList)
+            self.assertEqual(point_states(pointList)[0][20], "user-fixed")
+            self.assertTrue(ranOn and all(thread is not threading.main_thread() for thread in ranOn))
+            self.assertIsNotNone(logic.latency(pointList))
+        finally:
+            Predictor.logits = originalLogits
+            runner.shutdown()
         self.delayDisplay("Test passed")
 
     def test_DragOutsideIsRefused(self):

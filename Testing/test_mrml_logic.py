@@ -25,7 +25,9 @@ from interactive_keypoints.inference import Predictor  # noqa: E402
 from interactive_keypoints.imaging import ImageError  # noqa: E402
 from interactive_keypoints.model_io import build_model, save_model  # noqa: E402
 from interactive_keypoints.mrml_logic import (  # noqa: E402
+    PHANTOM_VOLUME_NAME,
     KeypointsMRMLLogic,
+    add_phantom_volume,
     LogicBusyError,
     ThreadedRunner,
     add_volume_from_radiograph,
@@ -197,6 +199,17 @@ def test_rgb_volume_is_converted_to_grey(logic, scene, phantom):
     slicer.util.updateVolumeFromArray(volume, rgb[np.newaxis])
     node = logic.detect(volume)
     assert node.GetNumberOfControlPoints() == K
+
+
+def test_the_sample_data_phantom_is_a_one_slice_radiograph_the_model_runs_on(logic, scene):
+    volume = add_phantom_volume(scene, seed=4)
+    assert volume.GetName() == PHANTOM_VOLUME_NAME
+    assert volume.GetImageData().GetDimensions() == (512, 1024, 1)
+    assert volume.GetSpacing()[0] == pytest.approx(volume.GetSpacing()[1])
+    np.testing.assert_allclose(
+        slicer.util.arrayFromVolume(volume)[0], make_spine_phantom(4).image, atol=1e-6
+    )
+    assert logic.detect(volume).GetNumberOfControlPoints() == K
 
 
 def test_multi_slice_volume_is_refused(logic, scene):

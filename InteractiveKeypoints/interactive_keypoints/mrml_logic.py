@@ -300,6 +300,23 @@ def add_volume_from_radiograph(scene, radiograph, name: str):
     return volume
 
 
+PHANTOM_VOLUME_NAME = "SpinePhantom"
+
+
+def add_phantom_volume(scene, seed: int = 0, name: str = PHANTOM_VOLUME_NAME):
+    """A generated spine radiograph (68 vertebra corners) as a volume: the module's sample
+    data. numpy and scipy only, so Sample Data can offer it before torch is installed."""
+    from .phantom import make_spine_phantom
+
+    phantom = make_spine_phantom(seed)
+    sx, sy = phantom.spacing
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([-sx, -sy, 1.0, 1.0])))
+    slicer.util.updateVolumeFromArray(volume, phantom.image.astype(np.float32)[np.newaxis])
+    volume.CreateDefaultDisplayNodes()
+    return volume
+
+
 # ----------------------------------------------------------------------------- logic
 
 
