@@ -548,7 +548,6 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         dialog = slicer.util.createProgressDialog(
             labelText=_("Starting..."), windowTitle=_("Process folder"), maximum=1, autoClose=False
         )
-        dialog.setCancelButtonText(_("Cancel"))
 
         def progress(done, total, name):
             # called before each image and every few ms while its model runs on the worker
@@ -569,14 +568,15 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             dialog.close()
             self.updateButtons()
 
-    @staticmethod
-    def _showBatchSummary(results, outputDir) -> None:
+    def _showBatchSummary(self, results, outputDir) -> None:
         failed = [r for r in results if "error" in r]
         cancelled = [r for r in results if r.get("cancelled")]
         done = len(results) - len(failed) - len(cancelled)
         message = _("{done} of {total} images processed; results in {folder}.").format(
             done=done, total=len(results), folder=outputDir
         )
+        self.ui.statusLabel.setStyleSheet("")
+        self.ui.statusLabel.text = message  # replaces "Running the model..." of the batch's runs
         if cancelled:
             message += "\n" + _("Cancelled: {count} images not processed.").format(count=len(cancelled))
         if failed:
