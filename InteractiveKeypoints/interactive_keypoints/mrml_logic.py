@@ -5,7 +5,8 @@ so the same code runs in the module, in the Python console, in batch jobs and in
 
 One :class:`KeypointSession` per point list. A user drag (``PointEndInteractionEvent``)
 makes the dragged point user-fixed and re-runs the model; only points that are not fixed
-move. Inference is split so that it can run off the main thread:
+move. A press and release without a move is not a correction. The list's point count is
+locked (one point per landmark), and a list removed from the scene releases its session. Inference is split so that it can run off the main thread:
 
 * ``compute`` -- a closure over the session only (no MRML), run by ``runner``; for a
   detection it also loads the model and builds the session (image encoder), from a
