@@ -171,17 +171,16 @@ def summarise_propagation(results, samples, max_clicks: int, landmark_names: lis
 
 
 def write_propagation_csv(path: Path, gain: dict) -> None:
-    """One row per click count: model / manual MRE, gain and percent, all then near."""
-    groups = ("all", "near")
-    columns = [key for key in ("model_px", "manual_px", "px", "percent", "model_mm", "manual_mm", "mm", "landmarks")
-               if any(key in gain[g] for g in groups)]
-    header = ["clicks"] + [f"{g}_{'gain_' + key if key in ('px', 'mm', 'percent') else key}"
-                           for g in groups for key in columns if key in gain[g]]
+    """One row per click count; for all, then near landmarks: model and manual MRE, the gain
+    in px (and mm), its percent, and the near set's mean size."""
+    order = ("model_px", "manual_px", "px", "percent", "model_mm", "manual_mm", "mm", "landmarks")
+    keys = {group: [key for key in order if key in gain[group]] for group in ("all", "near")}
+    column = {"px": "gain_px", "mm": "gain_mm", "percent": "gain_percent"}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow(["clicks"] + [f"{group}_{column.get(key, key)}" for group in keys for key in keys[group]])
         for i, c in enumerate(gain["clicks"]):
-            writer.writerow([c] + [f"{gain[g][key][i]:.4f}" for g in groups for key in columns if key in gain[g]])
+            writer.writerow([c] + [f"{gain[group][key][i]:.4f}" for group in keys for key in keys[group]])
 
 
 def write_propagation_plot(path: Path, gain: dict, unit: str) -> None:
