@@ -168,6 +168,69 @@ def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
     assert (out / "mre_vs_clicks.png").stat().st_size > 1000 and (out / "noc_vs_target.png").stat().st_size > 1000
 
 
+def test_evaluate_writes_the_propagation_gain(tmp_path, trained):
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
+                     "--max-clicks", "4", "--targets", "20", "--threads", "1", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    gain = metrics["propagation_gain"]
+    assert gain["clicks"] == [1, 2, 3]  # 5 is beyond --max-clicks 4
+    assert gain["near_rule"].startswith("spine")
+    model_curve, manual_curve = metrics["MRE_by_clicks"]["model"], metrics["MRE_by_clicks"]["manual"]
+    expected = [manual_curve[c] - model_curve[c] for c in gain["clicks"]]
+    np.testing.assert_allclose(gain["all"]["px"], expected)
+    np.testing.assert_allclose(gain["all"]["percent"], [100 * e / manual_curve[c] for e, c in zip(expected, [1, 2, 3])])
+    # phantoms have a spacing, so the gain is also in mm
+    model_mm, manual_mm = metrics["MRE_by_clicks_mm"]["model"], metrics["MRE_by_clicks_mm"]["manual"]
+    np.testing.assert_allclose(gain["all"]["mm"], [manual_mm[c] - model_mm[c] for c in gain["clicks"]])
+    near = gain["near"]
+    assert all(len(near[key]) == 3 for key in ("px", "percent", "mm", "model_px", "manual_px", "landmarks"))
+    # one click on a spine: 3 to 11 other corners of that vertebra and its neighbours
+    assert 3 <= near["landmarks"][0] <= 11 and near["landmarks"][2] >= near["landmarks"][0] - 2
+    np.testing.assert_allclose(near["px"], np.array(near["manual_px"]) - np.array(near["model_px"]))
+    rows = list(csv.DictReader(open(out / "propagation_gain.csv")))
+    assert [r["clicks"] for r in rows] == ["1", "2", "3"]
+    assert float(rows[1]["near_gain_px"]) == pytest.approx(near["px"][1], abs=1e-3)
+    assert float(rows[2]["all_gain_mm"]) == pytest.approx(gain["all"]["mm"][2], abs=1e-3)
+    assert (out / "propagation_gain.png").stat().st_size > 1000
+
+
+def test_near_errors_come_from_the_model_runs_clicks(trained, phantom):
+    session = KeypointSession(load_model(trained), phantom.image)
+    curves = evaluate.simulate_revision(session, phantom.points, max_clicks=3)
+    assert set(curves.model_clicks.tolist()) == set(np.flatnonzero(session.prediction.fixed).tolist())
+    assert curves.manual_errors_by_clicks.shape == (4, 68)
+    np.testing.assert_allclose(curves.manual_errors_by_clicks.mean(-1), curves.manual)
+    # the manual run's clicked points sit on the truth: three zero errors after three clicks
+    assert (curves.manual_errors_by_clicks[3] == 0).sum() >= 3
+
+
+def test_evaluate_on_a_seeded_random_sample(tmp_path, trained):
+    def sampled_ids(seed, out_name):
+        out = tmp_path / out_name
+        assert cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "6",
+                         "--sample", "3", "--sample-seed", str(seed), "--max-clicks", "1", "--targets", "20",
+                         "--threads", "1", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["images"] == 3 and metrics["sample"]["seed"] == seed and metrics["sample"]["of"] == 6
+        return metrics["sample"]["ids"]
+
+    first = sampled_ids(0, "a")
+    assert len(set(first)) == 3 and first == sorted(first)  # distinct, in split order
+    assert sampled_ids(0, "b") == first
+    assert any(sampled_ids(seed, f"s{seed}") != first for seed in (1, 2))
+
+
+def test_evaluate_refuses_a_sample_larger_than_the_split(tmp_path, trained):
+    common = ["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
+              "--out", str(tmp_path / "eval"), "--quiet"]  # fmt: skip
+    with pytest.raises(ValueError, match="--sample 3 must be between 1 and the 2 images of phantom split 'val'"):
+        cli.main([*common, "--sample", "3"])
+    with pytest.raises(ValueError, match="exclude each other"):
+        cli.main([*common, "--sample", "1", "--limit", "1"])
+
+
 def test_evaluate_refuses_the_label_order_filter_outside_aasce(tmp_path, trained):
     with pytest.raises(ValueError, match="AASCE dataset only"):
         cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",

@@ -6,7 +6,10 @@
 For every image: MRE after 0..max clicks for *model revision* (the model re-runs after
 each click) and *manual revision* (only the clicked point moves). MRE is in original
 pixels, and in mm where the dataset has a pixel spacing. Writes OUT/metrics.json,
-OUT/per_image.csv and two plots (MRE vs clicks, paper Fig. 4; NoC vs target, Fig. 6).
+OUT/per_image.csv and two plots (MRE vs clicks, paper Fig. 4; NoC vs target, Fig. 6), and
+the propagation gain (manual minus model MRE after 1, 2, 3, 5 clicks, on all landmarks and
+on those near the clicked ones; see :mod:`.propagation`) in metrics.json,
+OUT/propagation_gain.csv and OUT/propagation_gain.png.
 """
 
 from __future__ import annotations
@@ -28,16 +31,19 @@ from .imaging import Radiograph
 from .inference import Predictor
 from .metrics import mre, mre_sd, noc, noc_summary, radial_errors, sdr
 from .model_io import KeypointModel, load_model
+from .propagation import gain_clicks, masked_mre, near_rule, near_set_by_clicks, propagation_gain
 from .session import KeypointSession
 
 
 @dataclass
 class RevisionCurves:
-    """MRE (original px) after 0..C clicks for one image, and the final radial errors."""
+    """MRE (original px) after 0..C clicks for one image, and the radial errors behind it."""
 
     model: np.ndarray  # (C + 1,)
     manual: np.ndarray  # (C + 1,)
     errors_by_clicks: np.ndarray  # (C + 1, K) model-revision radial errors in px
+    manual_errors_by_clicks: np.ndarray  # (C + 1, K) manual-revision radial errors in px
+    model_clicks: np.ndarray  # (C,) landmark the model run's user clicked, in click order
 
 
 def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: int) -> RevisionCurves:
@@ -46,11 +52,13 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
     model_points, manual_points = start.copy(), start.copy()
     model_clicked = np.zeros(len(truth), bool)
     manual_clicked = np.zeros(len(truth), bool)
-    errors = [radial_errors(start, truth)]
+    errors, manual_errors = [radial_errors(start, truth)], [radial_errors(start, truth)]
     model_curve, manual_curve = [mre(start, truth)], [mre(start, truth)]
+    model_clicks = []
     for _ in range(max_clicks):
         k = worst_keypoint(model_points, truth, model_clicked)
         model_clicked[k] = True
+        model_clicks.append(k)
         model_points = session.refine({k: truth[k]}).points
         errors.append(radial_errors(model_points, truth))
         model_curve.append(mre(model_points, truth))
@@ -58,8 +66,10 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
         j = worst_keypoint(manual_points, truth, manual_clicked)
         manual_clicked[j] = True
         manual_points[j] = truth[j]
+        manual_errors.append(radial_errors(manual_points, truth))
         manual_curve.append(mre(manual_points, truth))
-    return RevisionCurves(np.array(model_curve), np.array(manual_curve), np.array(errors))
+    return RevisionCurves(np.array(model_curve), np.array(manual_curve), np.array(errors),
+                          np.array(manual_errors), np.array(model_clicks, dtype=int))
 
 
 def sample_radiograph(sample: KeypointSample) -> Radiograph:
@@ -76,11 +86,14 @@ def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, 
     return results
 
 
-def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_clicks: int | None = None) -> dict:
+def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_clicks: int | None = None,
+              landmark_names: list[str] | None = None) -> dict:
     """metrics.json content. ``unit`` says whether ``targets`` are px or mm.
 
     NoC / FR count at most ``noc_clicks`` clicks (default ``max_clicks``): the simulated
     user's first clicks do not depend on how many follow, so a 10-click run also gives NoC5.
+    ``landmark_names`` pick the near-landmark rule of the propagation gain (default: generic
+    names, i.e. the nearest landmarks).
     """
     noc_clicks = max_clicks if noc_clicks is None else noc_clicks
     spacing = np.array([s.spacing for s in samples])  # (N, 2)
@@ -117,7 +130,80 @@ def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_
     metrics["FR"] = {key: v["FR"] for key, v in summary.items()}
     metrics["NoC_manual"] = {key: v["NoC"] for key, v in noc_summary(
         manual_mm if unit == "mm" else manual_px, targets, noc_clicks).items()}
+    metrics["propagation_gain"] = summarise_propagation(
+        results, samples, max_clicks, landmark_names, spacing[:, 0] if spacing_known else None)
     return metrics
+
+
+def summarise_propagation(results, samples, max_clicks: int, landmark_names: list[str] | None,
+                          mm_per_px: np.ndarray | None = None) -> dict:
+    """metrics.json's ``propagation_gain``: manual minus model MRE after 1, 2, 3, 5 clicks.
+
+    ``all``: over all landmarks (the MRE_by_clicks curves). ``near``: over the landmarks
+    near the model run's clicks so far, clicked ones excluded (see
+    :func:`.propagation.near_set_by_clicks`), both runs scored on that same set. Each has
+    ``model_px``, ``manual_px``, ``px`` (the gain), ``percent`` (of the manual MRE), and the
+    same in mm when ``mm_per_px`` (N,) is given; ``near`` also has ``landmarks``, the mean
+    size of the near set.
+    """
+    num_keypoints = len(samples[0].points)
+    names = list(landmark_names) if landmark_names is not None else [f"L{k + 1}" for k in range(num_keypoints)]
+    clicks = gain_clicks(max_clicks)
+    model_errors = np.stack([r.errors_by_clicks for r in results])  # (N, C+1, K)
+    manual_errors = np.stack([r.manual_errors_by_clicks for r in results])
+    near = np.stack([near_set_by_clicks(r.model_clicks, names, s.points) for r, s in zip(results, samples)])
+    curves = {
+        "all": (model_errors.mean(-1), manual_errors.mean(-1)),
+        "near": (masked_mre(model_errors, near), masked_mre(manual_errors, near)),
+    }
+    out = {"clicks": clicks, "near_rule": near_rule(names),
+           "definition": "manual minus model revision MRE after each click count; percent of the manual MRE"}
+    for group, (model_px, manual_px) in curves.items():
+        px = propagation_gain(model_px, manual_px, clicks)
+        entry = {"model_px": px["model"], "manual_px": px["manual"], "px": px["gain"], "percent": px["percent"]}
+        if mm_per_px is not None:
+            mm = propagation_gain(model_px * mm_per_px[:, None], manual_px * mm_per_px[:, None], clicks)
+            entry.update(model_mm=mm["model"], manual_mm=mm["manual"], mm=mm["gain"])
+        if group == "near":
+            entry["landmarks"] = [float(near[:, c].sum(-1).mean()) for c in clicks]
+        out[group] = entry
+    return out
+
+
+def write_propagation_csv(path: Path, gain: dict) -> None:
+    """One row per click count; for all, then near landmarks: model and manual MRE, the gain
+    in px (and mm), its percent, and the near set's mean size."""
+    order = ("model_px", "manual_px", "px", "percent", "model_mm", "manual_mm", "mm", "landmarks")
+    keys = {group: [key for key in order if key in gain[group]] for group in ("all", "near")}
+    column = {"px": "gain_px", "mm": "gain_mm", "percent": "gain_percent"}
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["clicks"] + [f"{group}_{column.get(key, key)}" for group in keys for key in keys[group]])
+        for i, c in enumerate(gain["clicks"]):
+            writer.writerow([c] + [f"{gain[group][key][i]:.4f}" for group in keys for key in keys[group]])
+
+
+def write_propagation_plot(path: Path, gain: dict, unit: str) -> None:
+    """Bars of the gain (in ``unit``) after each click count, all vs near landmarks, with the percent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clicks = np.array(gain["clicks"])
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for offset, group, label in [(-0.2, "all", "all landmarks"), (0.2, "near", "near the clicked ones")]:
+        values = np.array(gain[group][unit], dtype=float)
+        bars = ax.bar(np.arange(len(clicks)) + offset, values, width=0.4, label=label)
+        ax.bar_label(bars, labels=[f"{p:.0f}%" for p in gain[group]["percent"]], fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(clicks)), [str(c) for c in clicks])
+    ax.set(xlabel="number of clicks", ylabel=f"manual - model MRE ({unit})", title="propagation gain")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def write_per_image_csv(path: Path, results, samples) -> None:
@@ -183,6 +269,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prev-mode", choices=["fixed", "all"], default="fixed",
                         help="previous prediction in fixed channels only (paper) or all channels")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="evaluate N images drawn at random from the split (seeded by --sample-seed; "
+                             "metrics.json records the ids)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, all cores)")
     parser.add_argument("--out", type=Path, required=True)
@@ -200,21 +290,51 @@ def run(args) -> int:
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
     if split.num_keypoints != model.config.num_keypoints:
         raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")
-    samples = split.samples[: args.limit] if args.limit else split.samples
-    if not samples:
-        raise ValueError(f"no images in {args.dataset} split {args.split!r}")
+    samples = choose_samples(split.samples, args.limit, args.sample, args.sample_seed,
+                             f"{args.dataset} split {args.split!r}")
     results = evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, progress=not args.quiet)
-    metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks)
+    metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks,
+                        split.landmark_names)
     metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
                    skipped=split.skipped)
+    if args.sample is not None:
+        metrics["sample"] = {"size": args.sample, "seed": args.sample_seed, "of": len(split.samples),
+                             "ids": [s.id for s in samples]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     write_per_image_csv(out / "per_image.csv", results, samples)
     write_plots(out, results, args.max_clicks, args.unit, samples, args.noc_clicks)
+    gain = metrics["propagation_gain"]
+    write_propagation_csv(out / "propagation_gain.csv", gain)
+    write_propagation_plot(out / "propagation_gain.png", gain, args.unit)
     curve = metrics.get("MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks")["model"]
     print(f"{len(samples)} images; MRE by clicks ({args.unit}): " + ", ".join(f"{v:.2f}" for v in curve[:6]))
     print("NoC: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["NoC"].items()))
     print("FR:  " + ", ".join(f"{k} {v:.2f}%" for k, v in metrics["FR"].items()))
+    if gain["clicks"]:
+        print(f"propagation gain, manual - model MRE ({args.unit}) after " + "; ".join(
+            f"{c} clicks: all {gain['all'][args.unit][i]:.2f} ({gain['all']['percent'][i]:.1f}%), "
+            f"near {gain['near'][args.unit][i]:.2f} ({gain['near']['percent'][i]:.1f}%)"
+            for i, c in enumerate(gain["clicks"])))
     return 0
+
+
+def choose_samples(samples: list, limit: int | None, sample: int | None, seed: int, what: str) -> list:
+    """The images to evaluate: all, the first ``limit``, or ``sample`` drawn at random
+    (seeded, kept in split order)."""
+    if limit is not None and sample is not None:
+        raise ValueError("--limit (the first N images) and --sample (N images at random) exclude each other")
+    if not samples:
+        raise ValueError(f"no images in {what}")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit {limit} must be at least 1")
+        return samples[:limit]
+    if sample is not None:
+        if not 1 <= sample <= len(samples):
+            raise ValueError(f"--sample {sample} must be between 1 and the {len(samples)} images of {what}")
+        chosen = np.random.default_rng(seed).choice(len(samples), size=sample, replace=False)
+        return [samples[i] for i in sorted(chosen)]
+    return samples
 
