@@ -205,3 +205,72 @@ def test_write_measurements(tmp_path):
     rows = list(csv.DictReader(open(csv_path)))
     assert [r["name"] for r in rows] == ["SNA", "SNB", "ANB", "ODI", "APDI", "FHI", "FMA", "MW"]
     assert float(rows[0]["value"]) == pytest.approx(82) and rows[0]["class"] == "normal maxilla"
+
+
+# ------------------------------------------------------------------ model config and evaluate
+
+
+def test_model_config_names_the_measurement_set(tmp_path):
+    import json
+
+    from conftest import REPO_ROOT, tiny_config
+    from interactive_keypoints.config import ModelConfig, ModelFormatError
+
+    shipped = {p.parent.name: json.loads(p.read_text()).get("measurements") for p in (REPO_ROOT / "models").glob("*/model.json")}
+    assert shipped == {"aasce-spine-68": "aasce-cobb", "phantom-spine-68": "aasce-cobb", "isbi-ceph-19": "isbi-ceph"}
+    assert tiny_config().measurements == ""  # a model without one shows none
+    with pytest.raises(ModelFormatError, match="measurements must be one of"):
+        tiny_config(measurements="hips")
+    with pytest.raises(ModelFormatError, match="do not fit 68 keypoints"):
+        tiny_config(measurements="isbi-ceph")
+    assert ModelConfig.from_dict(tiny_config(measurements="aasce-cobb").to_dict()).measurements == "aasce-cobb"
+
+
+def test_fine_tunes_may_change_the_measurement_set_and_train_sets_it_per_dataset():
+    import argparse
+
+    from interactive_keypoints import train
+    from interactive_keypoints.data import get_dataset
+
+    assert "measurements" in train.NOT_ARCHITECTURE
+    args = argparse.Namespace(sigma=None, input=(128, 64), depth="compact", width=8, no_gating=False,
+                              gating_pool="max", dataset="phantom")  # fmt: skip
+    assert train.make_config(args, get_dataset("phantom", split="train", num_images=1)).measurements == "aasce-cobb"
+
+
+def test_evaluate_reports_cobb_angles_after_each_click(tmp_path, tiny_model):
+    import json
+
+    from interactive_keypoints import cli
+    from interactive_keypoints.model_io import save_model
+
+    tiny_model.config.measurements = "aasce-cobb"
+    save_model(tmp_path / "model", tiny_model)
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", "--model", str(tmp_path / "model"), "--dataset", "phantom", "--phantom-images", "2",
+                     "--max-clicks", "2", "--targets", "20", "--threads", "1", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "measurements.json").read_text())
+    assert report["names"] == ["Cobb MT", "Cobb PT", "Cobb TL"] and len(report["SMAPE_by_clicks"]) == 3
+    assert all(0 <= v <= 100 for v in report["SMAPE_by_clicks"]) and len(report["MAE_by_clicks"]["Cobb MT"]) == 3
+    rows = (out / "measurements_per_image.csv").read_text().splitlines()
+    assert rows[0] == "id,measurement,truth,clicks_0,clicks_1,clicks_2" and len(rows) == 1 + 2 * 3
+    assert (out / "measurements_vs_clicks.png").stat().st_size > 1000
+
+
+def test_evaluate_scores_ceph_classes_against_the_truths_classes():
+    from types import SimpleNamespace
+
+    from interactive_keypoints.data.common import KeypointSample
+    from interactive_keypoints.evaluate import summarise_measurements
+
+    truth = ceph() / 0.1
+    moved = truth.copy()
+    moved[10] += (25, 0)  # lower incisor 2.5 mm forward: MW 3 -> 0.5 mm, another class
+    sample = KeypointSample("case", truth, spacing=(0.1, 0.1), spacing_known=True, image_size=(2400, 1935))
+    result = SimpleNamespace(points_by_clicks=np.stack([moved, truth]))  # 0 clicks wrong, 1 click right
+    report = summarise_measurements([result], [sample], "isbi-ceph")
+    assert report["accuracy_by_clicks"]["MW"] == [0.0, 100.0]
+    assert report["accuracy_by_clicks"]["SNA"] == [100.0, 100.0]
+    assert report["MAE_by_clicks"]["MW"] == pytest.approx([2.5, 0.0])
+    assert report["mean_accuracy_by_clicks"] == pytest.approx([100 * 7 / 8, 100.0])
