@@ -63,7 +63,7 @@ POINT_LIST_SUFFIX = " keypoints"
 MEASUREMENTS_REFERENCE_ROLE = "InteractiveKeypoints.Measurements"
 MEASUREMENT_LINE_ROLE = "InteractiveKeypoints.MeasurementLine"
 MEASUREMENT_COLUMNS = ("Measurement", "Value", "Unit", "Class", "Landmarks")
-MEASUREMENT_LINE_COLOR = (0.3, 0.8, 1.0)
+MEASUREMENT_LINE_COLOR = (1.0, 0.25, 0.85)  # magenta: apart from both point colours
 DEFAULT_LOW_CONFIDENCE = 0.5
 
 # two colours: predicted points unselected (amber), user-fixed points selected (green)
@@ -679,7 +679,7 @@ class KeypointsMRMLLogic:
         for row, m in enumerate(records):
             table.AddEmptyRow()
             value = f"{m.value:.3f}" if m.unit == "ratio" else f"{m.value:.1f}"
-            cells = (m.name, value, m.unit, m.category, " ".join(node.GetNthControlPointLabel(k) for k in m.landmarks))
+            cells = (m.name, value, m.unit, m.category, ", ".join(node.GetNthControlPointLabel(k) for k in m.landmarks))
             for column, text in enumerate(cells):
                 table.SetCellText(row, column, text)
         table.SetLocked(True)  # a computed result: edits would be overwritten by the next drag
@@ -700,7 +700,9 @@ class KeypointsMRMLLogic:
             line = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode")
             line.CreateDefaultDisplayNodes()
             if line.GetDisplayNode() is not None:
+                line.GetDisplayNode().SetColor(*MEASUREMENT_LINE_COLOR)
                 line.GetDisplayNode().SetSelectedColor(*MEASUREMENT_LINE_COLOR)
+                line.GetDisplayNode().SetPropertiesLabelVisibility(False)  # the table names them
             line.SetLocked(True)  # drawn from the points: drag the points, not the line
             node.AddNodeReferenceID(MEASUREMENT_LINE_ROLE, line.GetID())
             lines.append(line)
