@@ -207,6 +207,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.batchButton.connect("clicked(bool)", self.onProcessFolder)
         self.ui.landmarkTable.connect("cellClicked(int,int)", self.onTableClicked)
         self.ui.landmarkTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.ui.measurementSelector.connect("currentIndexChanged(int)", self.onMeasurementSelected)
 
         self.refreshModelList()
         self.updateDependencyStatus()
@@ -272,6 +273,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._attachIfOurs(p.pointList, p.inputVolume)
         self.updateButtons()
         self.updateTable()
+        self.updateMeasurements()
 
     def _attachIfOurs(self, pointList, inputVolume) -> None:
         """A list made earlier or loaded from .mrk.json: listen to its drags again."""
@@ -457,6 +459,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
                 "added or deleted (one per landmark)."
             ).format(ms=1000 * latency, count=pointList.GetNumberOfControlPoints())
         self.updateTable()
+        self.updateMeasurements()
         self.updateButtons()
 
     def onLogicError(self, message) -> None:
@@ -516,6 +519,31 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
                     table.setItem(k, column, item)
                 item.setText(text)
                 item.setBackground(qt.QBrush(lowColor) if low else qt.QBrush())
+
+    def updateMeasurements(self) -> None:
+        """Show the point list's measurements table (the logic refills it) and its names."""
+        pointList = self._parameterNode.pointList if self._parameterNode else None
+        table = self.logic.measurement_table(pointList) if pointList is not None and self.logic.is_tracked(pointList) else None
+        self.ui.measurementsCollapsibleButton.setVisible(table is not None)
+        self.ui.measurementTable.setMRMLTableNode(table)
+        if table is None:
+            return
+        names = [""] + [table.GetCellText(row, 0) for row in range(table.GetNumberOfRows())]
+        selector = self.ui.measurementSelector
+        if [selector.itemText(i) for i in range(selector.count)] != names:
+            wasBlocked = selector.blockSignals(True)
+            current = selector.currentText
+            selector.clear()
+            selector.addItems(names)
+            selector.setCurrentIndex(max(0, names.index(current) if current in names else 0))
+            selector.blockSignals(wasBlocked)
+
+    def onMeasurementSelected(self, index=None) -> None:
+        pointList = self._parameterNode.pointList if self._parameterNode else None
+        if pointList is None or not self.logic.is_tracked(pointList) or self.logic.is_busy(pointList):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Cannot draw this measurement."), waitCursor=False):
+            self.logic.select_measurement(pointList, self.ui.measurementSelector.currentText)
 
     def onTableClicked(self, row, column) -> None:
         pointList = self._parameterNode.pointList

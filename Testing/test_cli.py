@@ -123,3 +123,25 @@ def test_subcommand_with_a_missing_module_is_not_registered(monkeypatch):
     monkeypatch.setitem(cli.SUBCOMMANDS, "ghost", ("interactive_keypoints.no_such_module", "not there"))
     assert "ghost" not in cli.available_subcommands()
     assert "demo" in cli.available_subcommands()
+
+
+def test_predict_writes_the_models_measurements_next_to_the_points(tmp_path, png):
+    import json
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(landmark_names=SPINE_LANDMARK_NAMES, measurements="aasce-cobb"))
+    folder = save_model(tmp_path / "cobb-model", model)
+    out = tmp_path / "results"
+    assert cli.main(["predict", str(png), "--model", str(folder), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "spine.csv", "spine.measurements.csv", "spine.measurements.json", "spine.mrk.json"]  # fmt: skip
+    records = json.loads((out / "spine.measurements.json").read_text())["measurements"]
+    assert [r["name"] for r in records] == ["Cobb MT", "Cobb PT", "Cobb TL"]
+    # the same points, measured again, give the same angles
+    from interactive_keypoints.measurements import cobb_angles
+
+    points = np.array([[float(r["x_px"]), float(r["y_px"])] for r in read_csv_rows(out / "spine.csv")])
+    height = sitk.ReadImage(str(png)).GetSize()[1]
+    assert [r["value"] for r in records] == pytest.approx([m.value for m in cobb_angles(points, image_height=height)], abs=1e-3)
+    rows = read_csv_rows(out / "spine.measurements.csv")
+    assert [r["name"] for r in rows] == ["Cobb MT", "Cobb PT", "Cobb TL"] and rows[0]["unit"] == "deg"

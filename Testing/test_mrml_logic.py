@@ -840,3 +840,99 @@ def test_process_folder_can_be_cancelled_between_images(logic, scene, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case1.csv", "case1.mrk.json"]
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+# -------------------------------------------------------------------- measurements
+
+
+@pytest.fixture
+def cobb_logic(scene, model, errors):
+    """The same tiny network, its model.json naming the AASCE Cobb angles."""
+    import dataclasses
+
+    cobb_model = model_io.KeypointModel(dataclasses.replace(model.config, measurements="aasce-cobb"), model.network)
+    logic = KeypointsMRMLLogic(scene=scene, model=cobb_model, device="cpu")
+    logic.on_error = errors.append
+    return logic
+
+
+def table_rows(table):
+    return [[table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())] for r in range(table.GetNumberOfRows())]
+
+
+def test_measurements_table_follows_drags_undo_and_redo(cobb_logic, volume):
+    from interactive_keypoints.measurements import cobb_angles
+
+    logic = cobb_logic
+    node = logic.detect(volume)
+    table = logic.measurement_table(node)
+    assert table.IsA("vtkMRMLTableNode") and node.GetNodeReference("InteractiveKeypoints.Measurements") is table
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == ["Measurement", "Value", "Unit", "Class", "Landmarks"]
+    initial = table_rows(table)
+    assert [row[0] for row in initial] == ["Cobb MT", "Cobb PT", "Cobb TL"] and initial[0][2] == "deg"
+    # the table holds what the engine computes from the model's points
+    height = volume.GetImageData().GetDimensions()[1]
+    expected = cobb_angles(logic.prediction(node).points, volume.GetSpacing()[:2], image_height=height)
+    assert [float(row[1]) for row in initial] == pytest.approx([m.value for m in expected], abs=0.05)
+    assert [m.value for m in logic.measurements(node)] == pytest.approx([m.value for m in expected], abs=1e-6)
+    assert initial[0][4].split(", ") == [SPINE_LANDMARK_NAMES[k] for k in expected[0].landmarks]
+
+    major_corner = expected[0].landmarks[1]  # a right corner of the major curve's upper vertebra
+    drag(node, major_corner, pixel_target(node, volume, major_corner, (0.0, -12.0)))
+    after_drag = table_rows(table)
+    assert after_drag != initial
+    assert [m.value for m in logic.measurements(node)] == pytest.approx([float(r[1]) for r in after_drag], abs=0.05)
+    logic.undo(node)
+    assert table_rows(table) == initial
+    logic.redo(node)
+    assert table_rows(table) == after_drag
+    assert logic.measurement_table(node) is table  # one table per list, updated in place
+
+
+def test_selected_measurement_is_drawn_as_lines_that_follow_the_points(cobb_logic, volume, scene):
+    logic = cobb_logic
+    node = logic.detect(volume)
+    logic.select_measurement(node, "Cobb MT")
+    lines = logic.measurement_lines(node)
+    assert len(lines) == 2 and all(line.IsA("vtkMRMLMarkupsLineNode") and line.GetLocked() for line in lines)
+
+    def drawn():
+        m = ijk_to_ras_matrix(volume)
+        return [ras_to_pixels(control_point_positions(line), m) for line in logic.measurement_lines(node)]
+
+    record = logic.measurements(node)[0]
+    np.testing.assert_allclose(drawn(), np.array(record.lines), atol=1e-6)
+    before = drawn()
+    k = record.landmarks[0]
+    drag(node, k, pixel_target(node, volume, k, (0.0, 10.0)))
+    np.testing.assert_allclose(drawn(), np.array(logic.measurements(node)[0].lines), atol=1e-6)
+    assert not np.allclose(drawn(), before)
+    with pytest.raises(ValueError, match="no measurement 'SNA'"):
+        logic.select_measurement(node, "SNA")
+    logic.select_measurement(node, "")
+    assert logic.measurement_lines(node) == [] and scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode") == 0
+
+
+def test_export_writes_the_measurements_next_to_the_points(cobb_logic, volume, tmp_path):
+    logic = cobb_logic
+    node = logic.detect(volume)
+    logic.export(node, tmp_path / "case.mrk.json")
+    data = json.loads((tmp_path / "case.measurements.json").read_text())
+    assert data["measurement_set"] == "aasce-cobb"
+    assert [m["value"] for m in data["measurements"]] == pytest.approx([m.value for m in logic.measurements(node)])
+    rows = list(csv.DictReader(open(tmp_path / "case.measurements.csv")))
+    assert [r["name"] for r in rows] == ["Cobb MT", "Cobb PT", "Cobb TL"]
+
+
+def test_a_model_without_a_measurement_set_shows_none(logic, volume, tmp_path):
+    node = logic.detect(volume)
+    assert logic.measurement_table(node) is None and logic.measurements(node) == []
+    logic.export(node, tmp_path / "case.mrk.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.mrk.json"]
+
+
+def test_measurements_of_points_given_as_pixels(cobb_logic, phantom, volume):
+    from interactive_keypoints.measurements import cobb_angles
+
+    height = volume.GetImageData().GetDimensions()[1]
+    got = cobb_logic.measurements(phantom.points, volume)
+    assert [m.value for m in got] == pytest.approx([m.value for m in cobb_angles(phantom.points, volume.GetSpacing()[:2], height)])

@@ -55,7 +55,7 @@ def tiny_model(tmp_path_factory):
     config = ModelConfig(
         num_keypoints=len(SPINE_LANDMARK_NAMES), input_size=(256, 128), landmark_names=SPINE_LANDMARK_NAMES,
         width=8, stage_modules=(1, 1, 1), stage_blocks=1, stem_blocks=1, ocr_mid_channels=32,
-        ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test",
+        ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test", measurements="aasce-cobb",
     )
     return save_model(tmp_path_factory.mktemp("model") / "tiny", build_model(config))
 
@@ -309,3 +309,57 @@ def test_tabs_have_separate_sessions(browser, base_url):
     screenshot(tab_b, "08-tab-b-dragged")
     tab_a.close()
     tab_b.close()
+
+
+# true once the view's streamed image has at least ``arg`` magenta pixels
+MAGENTA_PIXELS_JS = """min => {
+  const img = Array.from(document.querySelectorAll('img')).find(i => i.complete && i.naturalWidth > 100);
+  if (!img) return false;
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] > 200 && data[i + 1] < 130 && data[i + 2] > 160) count++;
+  }
+  return count >= min;
+}"""
+
+
+def measurement_table_text(page) -> list[str]:
+    return [row.inner_text() for row in page.locator("#ik-measurements tbody tr").all()]
+
+
+def test_measurements_table_changes_after_a_drag(browser, base_url):
+    page = open_session(browser, base_url, "measurements")
+    before = detect(page)
+    wait_for_debug(page, lambda d: len(d.get("measurements", [])) == 3)
+    rows_before = measurement_table_text(page)
+    assert [row.split()[:2] for row in rows_before] == [["Cobb", "MT"], ["Cobb", "PT"], ["Cobb", "TL"]]
+
+    # drag the most isolated corner of the major curve's end vertebrae: its tilt changes
+    names = [p["name"] for p in before["points"]]
+    major = read_debug(page)["measurements"][0]
+    corners = [names.index(name) for name in major["landmarks"].split(", ")]
+    (k,) = [i for i in isolated_points(before, 68) if i in corners][:1]
+    drag_point(page, before, k)
+    after = wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+    page.wait_for_function(
+        "before => Array.from(document.querySelectorAll('#ik-measurements tbody tr')).map(r => r.innerText).join('|')"
+        " !== before",
+        arg="|".join(rows_before),
+        timeout=60_000,
+    )
+    rows_after = measurement_table_text(page)
+    assert rows_after != rows_before and [r.split()[:2] for r in rows_after] == [["Cobb", "MT"], ["Cobb", "PT"], ["Cobb", "TL"]]
+
+    # choosing a measurement draws its two lines in the view
+    page.locator("#ik-measurement-select").click(force=True)  # the field overlay takes the click: open the menu
+    page.get_by_role("option", name="Cobb MT").click()
+    wait_for_debug(page, lambda d: d.get("measurement_lines") == 2)
+    # ... and the streamed view shows them (the logic draws them magenta)
+    page.wait_for_function(MAGENTA_PIXELS_JS, arg=50, timeout=60_000)
+    screenshot(page, "09-cobb-lines")
+    page.close()

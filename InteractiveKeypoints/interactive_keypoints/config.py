@@ -45,6 +45,8 @@ class ModelConfig:
     flip_pairs: list[tuple[int, int]] = field(default_factory=list)
     name: str = ""
     description: str = ""
+    # clinical measurements shown with the points: "aasce-cobb", "isbi-ceph" or "" (none)
+    measurements: str = ""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -70,6 +72,13 @@ class ModelConfig:
         for a, b in self.flip_pairs:
             if not (0 <= a < self.num_keypoints and 0 <= b < self.num_keypoints):
                 problems.append(f"flip pair ({a}, {b}) outside 0..{self.num_keypoints - 1}")
+        if self.measurements:
+            from .measurements import MEASUREMENT_SETS
+
+            if self.measurements not in MEASUREMENT_SETS:
+                problems.append(f"measurements must be one of {MEASUREMENT_SETS} or '', got {self.measurements!r}")
+            elif self.num_keypoints != {"aasce-cobb": 68, "isbi-ceph": 19}[self.measurements]:
+                problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
         if self.format_version > FORMAT_VERSION:
             problems.append(
                 f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})"

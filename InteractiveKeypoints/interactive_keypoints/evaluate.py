@@ -10,6 +10,10 @@ OUT/per_image.csv and two plots (MRE vs clicks, paper Fig. 4; NoC vs target, Fig
 the propagation gain (manual minus model MRE after 1, 2, 3, 5 clicks, on all landmarks and
 on those near the clicked ones; see :mod:`.propagation`) in metrics.json,
 OUT/propagation_gain.csv and OUT/propagation_gain.png.
+Where the model names a measurement set (model.json ``measurements``), also the clinical
+measurements after each click against those of the ground truth: OUT/measurements.json
+(Cobb SMAPE and MAE per angle, or ceph class accuracy per measurement),
+OUT/measurements_per_image.csv and OUT/measurements_vs_clicks.png.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from .data import dataset_options, disordered_label_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
 from .imaging import Radiograph
 from .inference import Predictor
-from .metrics import mre, mre_sd, noc, noc_summary, radial_errors, sdr
+from .measurements import measure
+from .metrics import cobb_smape, mre, mre_sd, noc, noc_summary, radial_errors, sdr
 from .model_io import KeypointModel, load_model
 from .propagation import gain_clicks, masked_mre, near_rule, near_set_by_clicks, propagation_gain
 from .session import KeypointSession
@@ -44,6 +49,7 @@ class RevisionCurves:
     errors_by_clicks: np.ndarray  # (C + 1, K) model-revision radial errors in px
     manual_errors_by_clicks: np.ndarray  # (C + 1, K) manual-revision radial errors in px
     model_clicks: np.ndarray  # (C,) landmark the model run's user clicked, in click order
+    points_by_clicks: np.ndarray | None = None  # (C + 1, K, 2) model-revision points, for measurements
 
 
 def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: int) -> RevisionCurves:
@@ -53,6 +59,7 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
     model_clicked = np.zeros(len(truth), bool)
     manual_clicked = np.zeros(len(truth), bool)
     errors, manual_errors = [radial_errors(start, truth)], [radial_errors(start, truth)]
+    points = [start]
     model_curve, manual_curve = [mre(start, truth)], [mre(start, truth)]
     model_clicks = []
     for _ in range(max_clicks):
@@ -61,6 +68,7 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
         model_clicks.append(k)
         model_points = session.refine({k: truth[k]}).points
         errors.append(radial_errors(model_points, truth))
+        points.append(model_points)
         model_curve.append(mre(model_points, truth))
 
         j = worst_keypoint(manual_points, truth, manual_clicked)
@@ -69,7 +77,7 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
         manual_errors.append(radial_errors(manual_points, truth))
         manual_curve.append(mre(manual_points, truth))
     return RevisionCurves(np.array(model_curve), np.array(manual_curve), np.array(errors),
-                          np.array(manual_errors), np.array(model_clicks, dtype=int))
+                          np.array(manual_errors), np.array(model_clicks, dtype=int), np.array(points))
 
 
 def sample_radiograph(sample: KeypointSample) -> Radiograph:
@@ -251,6 +259,99 @@ def write_plots(out: Path, results, max_clicks: int, unit: str, samples, noc_cli
     plt.close(fig)
 
 
+def sample_measurements(points, sample: KeypointSample, measurement_set: str):
+    """The measurements of one image's points, with the sample's spacing and height."""
+    spacing = sample.spacing if sample.spacing_known else None
+    height = sample.image_size[0] if sample.image_size else None
+    return measure(points, measurement_set, spacing=spacing, image_height=height)
+
+
+def summarise_measurements(results, samples, measurement_set: str) -> dict:
+    """Clinical measurements of the model's points after 0..C clicks against those of the
+    ground-truth points. Cobb angles: the challenge SMAPE (%) and the mean absolute error
+    (deg) per angle; ceph analysis: per measurement the percentage of images whose class
+    matches the ground truth's class (and the mean absolute error of its value)."""
+    truth = [sample_measurements(s.points, s, measurement_set) for s in samples]
+    names = [m.name for m in truth[0]]
+    true_values = np.array([[m.value for m in t] for t in truth])  # (N, M)
+    clicks = len(results[0].points_by_clicks)
+    predicted = [[sample_measurements(r.points_by_clicks[c], s, measurement_set) for c in range(clicks)]
+                 for r, s in zip(results, samples)]  # fmt: skip
+    values = np.array([[[m.value for m in at_click] for at_click in per_image] for per_image in predicted])  # (N, C+1, M)
+    abs_error = np.abs(values - true_values[:, None, :])
+    report = {
+        "measurement_set": measurement_set,
+        "names": names,
+        "units": [m.unit for m in truth[0]],
+        "MAE_by_clicks": {name: abs_error[:, :, j].mean(0).tolist() for j, name in enumerate(names)},
+    }
+    if measurement_set == "aasce-cobb":
+        report["SMAPE_by_clicks"] = [cobb_smape(values[:, c], true_values) for c in range(clicks)]
+    else:
+        true_classes = np.array([[m.category for m in t] for t in truth])
+        classes = np.array([[[m.category for m in at_click] for at_click in per_image] for per_image in predicted])
+        correct = classes == true_classes[:, None, :]
+        report["accuracy_by_clicks"] = {name: (100.0 * correct[:, :, j].mean(0)).tolist() for j, name in enumerate(names)}
+        report["mean_accuracy_by_clicks"] = (100.0 * correct.mean(axis=(0, 2))).tolist()
+    return report
+
+
+def write_measurement_outputs(out: Path, report: dict, results, samples) -> None:
+    """measurements_per_image.csv (values after every click, ground truth first) and a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, set_name = report["names"], report["measurement_set"]
+    clicks = len(results[0].points_by_clicks)
+    with open(out / "measurements_per_image.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "measurement", "truth"] + [f"clicks_{c}" for c in range(clicks)])
+        for r, s in zip(results, samples):
+            truth = sample_measurements(s.points, s, set_name)
+            by_click = [sample_measurements(r.points_by_clicks[c], s, set_name) for c in range(clicks)]
+            for j, name in enumerate(names):
+                writer.writerow([s.id, name, f"{truth[j].value:.4f}"] + [f"{m[j].value:.4f}" for m in by_click])
+
+    x = np.arange(clicks)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    if set_name == "aasce-cobb":
+        axes[0].plot(x, report["SMAPE_by_clicks"], "o-")
+        axes[0].set(xlabel="number of clicks", ylabel="SMAPE (%)", title="Cobb angle SMAPE vs clicks")
+        for name in names:
+            axes[1].plot(x, report["MAE_by_clicks"][name], "o-", label=name)
+        axes[1].set(xlabel="number of clicks", ylabel="mean absolute error (deg)", title="Cobb angle error vs clicks")
+    else:
+        for name in names:
+            axes[0].plot(x, report["accuracy_by_clicks"][name], "o-", label=name)
+        axes[0].set(xlabel="number of clicks", ylabel="classification accuracy (%)", title="ceph classes vs clicks")
+        axes[0].legend(fontsize=7)
+        for name, unit in zip(names, report["units"]):
+            if unit == "deg":
+                axes[1].plot(x, report["MAE_by_clicks"][name], "o-", label=name)
+        axes[1].set(xlabel="number of clicks", ylabel="mean absolute error (deg)", title="angle error vs clicks")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.set_xticks(x)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "measurements_vs_clicks.png", dpi=120)
+    plt.close(fig)
+
+
+def print_measurement_summary(report: dict) -> None:
+    if report["measurement_set"] == "aasce-cobb":
+        print("Cobb SMAPE by clicks (%): " + ", ".join(f"{v:.2f}" for v in report["SMAPE_by_clicks"]))
+    else:
+        print("ceph class accuracy by clicks (%, mean of 8): "
+              + ", ".join(f"{v:.1f}" for v in report["mean_accuracy_by_clicks"]))  # fmt: skip
+    for name, curve in report["MAE_by_clicks"].items():
+        print(f"  {name} MAE by clicks: " + ", ".join(f"{v:.2f}" for v in curve)
+              + ("" if "accuracy_by_clicks" not in report else
+                 "; accuracy %: " + ", ".join(f"{v:.1f}" for v in report["accuracy_by_clicks"][name])))  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model folder")
     parser.add_argument("--dataset", required=True, choices=["aasce", "isbi", "folder", "phantom"])
@@ -308,6 +409,10 @@ def run(args) -> int:
     gain = metrics["propagation_gain"]
     write_propagation_csv(out / "propagation_gain.csv", gain)
     write_propagation_plot(out / "propagation_gain.png", gain, args.unit)
+    if model.config.measurements:  # the model's clinical measurements against the ground truth's
+        measurement_report = summarise_measurements(results, samples, model.config.measurements)
+        (out / "measurements.json").write_text(json.dumps(measurement_report, indent=1))
+        write_measurement_outputs(out, measurement_report, results, samples)
     curve = metrics.get("MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks")["model"]
     print(f"{len(samples)} images; MRE by clicks ({args.unit}): " + ", ".join(f"{v:.2f}" for v in curve[:6]))
     print("NoC: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["NoC"].items()))
@@ -317,6 +422,8 @@ def run(args) -> int:
             f"{c} clicks: all {gain['all'][args.unit][i]:.2f} ({gain['all']['percent'][i]:.1f}%), "
             f"near {gain['near'][args.unit][i]:.2f} ({gain['near']['percent'][i]:.1f}%)"
             for i, c in enumerate(gain["clicks"])))
+    if model.config.measurements:
+        print_measurement_summary(measurement_report)
     return 0
 
 

@@ -78,3 +78,17 @@ def mre_sd(radial_errors_mm) -> tuple[float, float]:
     if errors.size == 0:
         raise ValueError("no radial errors given")
     return float(errors.mean()), float(errors.std())
+
+
+def cobb_smape(predicted_angles, true_angles) -> float:
+    """The AASCE 2019 challenge score: mean over images of sum|a - b| / sum(a + b) * 100 over
+    the three Cobb angles of an image (N, 3); an image whose angles are all 0 on both sides
+    counts as 0 %."""
+    pred = np.asarray(predicted_angles, dtype=np.float64)
+    truth = np.asarray(true_angles, dtype=np.float64)
+    if pred.shape != truth.shape or pred.ndim != 2 or pred.shape[0] == 0:
+        raise ValueError(f"expected two (N, 3) arrays of Cobb angles with N >= 1, got {pred.shape} and {truth.shape}")
+    total = (pred + truth).sum(axis=1)
+    diff = np.abs(pred - truth).sum(axis=1)
+    per_image = np.divide(diff, total, out=np.zeros_like(diff), where=total > 0)
+    return float(100.0 * per_image.mean())

@@ -26,6 +26,11 @@ the description is ``"user-fixed"`` or ``"predicted; confidence=0.93"`` (plus ``
 confidence"``), and the selected flag is on for user-fixed points (Slicer draws selected
 and unselected points in two colours).
 
+Clinical measurements (Cobb angles, ceph analysis; :mod:`.measurements`), when the model's
+``model.json`` names a set, are recomputed after every write of points (detect, refine,
+undo, redo, reset) into a table node referenced from the point list, and the lines of the
+selected measurement are drawn as locked markups lines.
+
 Engine modules that need torch are imported lazily: importing this module needs only
 numpy, vtk and slicer.
 """
@@ -55,6 +60,11 @@ LOW_CONFIDENCE_TAG = "low confidence"
 # node reference point list -> radiograph (a reference, so that it survives scene save/load)
 VOLUME_REFERENCE_ROLE = "InteractiveKeypoints.Volume"
 POINT_LIST_SUFFIX = " keypoints"
+# point list -> its measurements table / the line nodes drawn for the selected measurement
+MEASUREMENTS_REFERENCE_ROLE = "InteractiveKeypoints.Measurements"
+MEASUREMENT_LINE_ROLE = "InteractiveKeypoints.MeasurementLine"
+MEASUREMENT_COLUMNS = ("Measurement", "Value", "Unit", "Class", "Landmarks")
+MEASUREMENT_LINE_COLOR = (1.0, 0.25, 0.85)  # magenta: apart from both point colours
 DEFAULT_LOW_CONFIDENCE = 0.5
 
 # two colours: predicted points unselected (amber), user-fixed points selected (green)
@@ -339,6 +349,7 @@ class _Tracked:
     preview_steps: int = 0  # session steps made by previews of the current drag
     writing: bool = False  # re-entrancy guard: our own MRML writes fire events too
     latency: float | None = None  # seconds of the last computation
+    selected_measurement: str = ""  # name of the measurement whose lines are drawn
 
     @property
     def prediction(self):
@@ -655,14 +666,29 @@ class KeypointsMRMLLogic:
     # ------------------------------------------------------------------------ export
 
     def export(self, point_list_node, path) -> Path:
-        """Write the point list as ``.mrk.json`` (Slicer markups, LPS) or ``.csv``."""
+        """Write the point list as ``.mrk.json`` (Slicer markups, LPS) or ``.csv``; where the
+        model names a measurement set, also ``<stem>.measurements.json`` / ``.csv`` beside it."""
         path = Path(path)
         name = path.name.lower()
         if name.endswith(".json"):
-            return self._export_json(point_list_node, path)
-        if name.endswith(".csv"):
-            return self._export_csv(point_list_node, path)
-        raise ValueError(f"cannot export to {path}: use a .mrk.json or .csv file name")
+            written = self._export_json(point_list_node, path)
+        elif name.endswith(".csv"):
+            written = self._export_csv(point_list_node, path)
+        else:
+            raise ValueError(f"cannot export to {path}: use a .mrk.json or .csv file name")
+        self.export_measurements(point_list_node, path.with_name(_stem(path)))
+        return written
+
+    def export_measurements(self, point_list_node, stem) -> list[Path]:
+        """``<stem>.measurements.json`` and ``.csv`` of the list's current points; [] when the
+        model has no measurement set."""
+        from .measurements import write_measurements
+
+        measurement_set = self.measurement_set()
+        if not measurement_set:
+            return []
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        return write_measurements(stem, self.measurements(point_list_node), measurement_set)
 
     def _export_json(self, node, path: Path) -> Path:
         storage = node.GetStorageNode()
@@ -694,6 +720,111 @@ class KeypointsMRMLLogic:
         if volume is None:
             raise ValueError(f"point list {node.GetName()!r} has no radiograph volume to convert to pixels")
         return volume
+
+    # ------------------------------------------------------------------ measurements
+
+    def measurement_set(self) -> str:
+        """The chosen model's measurement set ("aasce-cobb", "isbi-ceph" or "" for none)."""
+        return self.model_config().measurements
+
+    def measurements(self, points, volume_node=None) -> list:
+        """The model's clinical measurements (``Measurement`` records) of a point list's
+        current positions, or of (K, 2) points in original pixels (``volume_node`` then
+        gives spacing and image height; without it lengths stay in pixels)."""
+        from .measurements import measure
+
+        measurement_set = self.measurement_set()
+        if isinstance(points, (np.ndarray, list, tuple)):
+            pixels, volume = np.asarray(points, dtype=float), volume_node
+        else:
+            volume = volume_node or self._volume_of(points)
+            pixels = ras_to_pixels(control_point_positions(points), ijk_to_ras_matrix(volume))
+        spacing = height = None
+        if volume is not None:
+            spacing = tuple(volume.GetSpacing()[:2])
+            height = volume.GetImageData().GetDimensions()[1] if volume.GetImageData() is not None else None
+        return measure(pixels, measurement_set, spacing=spacing, image_height=height)
+
+    def measurement_table(self, point_list_node):
+        """The list's measurements table node (created on first use), or None when the
+        model has no measurement set."""
+        if not self.measurement_set():
+            return None
+        table = point_list_node.GetNodeReference(MEASUREMENTS_REFERENCE_ROLE)
+        if table is None:
+            table = self.scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", self.scene.GenerateUniqueName(point_list_node.GetName() + " measurements")
+            )
+            point_list_node.SetNodeReferenceID(MEASUREMENTS_REFERENCE_ROLE, table.GetID())
+        return table
+
+    def select_measurement(self, point_list_node, name: str):
+        """Draw the lines of measurement ``name`` ("" hides them); they follow every update."""
+        tracked = self._get(point_list_node)
+        if name and name not in [m.name for m in self.measurements(point_list_node)]:
+            raise ValueError(f"no measurement {name!r} for point list {point_list_node.GetName()!r}")
+        tracked.selected_measurement = name
+        self._draw_measurement_lines(tracked, self.measurements(point_list_node) if name else [])
+
+    def measurement_lines(self, point_list_node) -> list:
+        """The line nodes drawn for the selected measurement."""
+        return [
+            point_list_node.GetNthNodeReference(MEASUREMENT_LINE_ROLE, i)
+            for i in range(point_list_node.GetNumberOfNodeReferences(MEASUREMENT_LINE_ROLE))
+        ]
+
+    def _update_measurements(self, tracked: _Tracked):
+        """Refill the table (and the selected lines) from the points just written."""
+        node = tracked.node
+        table = self.measurement_table(node)
+        if table is None or node.GetNumberOfControlPoints() != tracked.num_keypoints:
+            return
+        records = self.measurements(node, tracked.volume)
+        was_modifying = table.StartModify()
+        table.RemoveAllColumns()
+        for name in MEASUREMENT_COLUMNS:
+            column = vtk.vtkStringArray()
+            column.SetName(name)
+            table.AddColumn(column)
+        for row, m in enumerate(records):
+            table.AddEmptyRow()
+            value = f"{m.value:.3f}" if m.unit == "ratio" else f"{m.value:.1f}"
+            cells = (m.name, value, m.unit, m.category, ", ".join(node.GetNthControlPointLabel(k) for k in m.landmarks))
+            for column, text in enumerate(cells):
+                table.SetCellText(row, column, text)
+        table.SetLocked(True)  # a computed result: edits would be overwritten by the next drag
+        table.EndModify(was_modifying)
+        if tracked.selected_measurement:
+            self._draw_measurement_lines(tracked, records)
+
+    def _draw_measurement_lines(self, tracked: _Tracked, records):
+        node = tracked.node
+        chosen = next((m for m in records if m.name == tracked.selected_measurement), None)
+        segments = chosen.lines if chosen is not None else ()
+        lines = self.measurement_lines(node)
+        while len(lines) > len(segments):  # fewer lines than before: drop the extra ones
+            extra = lines.pop()
+            node.RemoveNthNodeReferenceID(MEASUREMENT_LINE_ROLE, len(lines))
+            self._remove_with_children(extra)
+        while len(lines) < len(segments):
+            line = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode")
+            line.CreateDefaultDisplayNodes()
+            if line.GetDisplayNode() is not None:
+                line.GetDisplayNode().SetColor(*MEASUREMENT_LINE_COLOR)
+                line.GetDisplayNode().SetSelectedColor(*MEASUREMENT_LINE_COLOR)
+                line.GetDisplayNode().SetPropertiesLabelVisibility(False)  # the table names them
+            line.SetLocked(True)  # drawn from the points: drag the points, not the line
+            node.AddNodeReferenceID(MEASUREMENT_LINE_ROLE, line.GetID())
+            lines.append(line)
+        for i, (line, segment) in enumerate(zip(lines, segments)):
+            ends = pixels_to_ras(np.array(segment), tracked.ijk_to_ras)
+            was_modifying = line.StartModify()
+            line.SetName(f"{node.GetName()} {chosen.name} {i + 1}")
+            line.SetAndObserveTransformNodeID(node.GetTransformNodeID())
+            line.RemoveAllControlPoints()
+            for end in ends:
+                line.AddControlPoint(*end)
+            line.EndModify(was_modifying)
 
     # ------------------------------------------------------------------------- batch
 
@@ -758,6 +889,8 @@ class KeypointsMRMLLogic:
             # a new list, never a user's list that happens to have the same name
             node = self.detect(volume, self.new_point_list(volume.GetName() + POINT_LIST_SUFFIX), blocking=True)
             outputs = [self.export(node, output_dir / (_stem(path) + suffix)) for suffix in (".mrk.json", ".csv")]
+            if self.measurement_set():
+                outputs += [output_dir / (_stem(path) + suffix) for suffix in (".measurements.json", ".measurements.csv")]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
         except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch
             if not isinstance(error, (ValueError, OSError)):
@@ -1011,6 +1144,7 @@ class KeypointsMRMLLogic:
                     node.SetNthControlPointPosition(k, *positions[k])
                 fixed = bool(prediction.fixed[k]) or k in tracked.pending
                 self._write_state(node, k, fixed, float(prediction.confidence[k]))
+        self._update_measurements(tracked)
         if self.on_updated is not None:
             self.on_updated(node)
 

@@ -1,7 +1,8 @@
 """``interactive-keypoints predict``: landmarks for radiographs, written as Slicer point lists.
 
 For each image: ``<stem>.mrk.json`` (opens in Slicer on top of the image) and ``<stem>.csv``,
-next to the image or in ``--out``; ``--overlay`` adds ``<stem>.png`` with the points drawn.
+next to the image or in ``--out``, plus ``<stem>.measurements.json`` / ``.csv`` (Cobb angles,
+ceph analysis) where the model's ``model.json`` names a measurement set; ``--overlay`` adds ``<stem>.png`` with the points drawn.
 A file that cannot be read is reported and skipped; the exit code is then 2.
 
 Heavy modules (torch, MONAI, SimpleITK) are imported inside functions: see cli.py.
@@ -67,9 +68,11 @@ def output_stem(image_path: Path, out_dir: Path | None) -> Path:
     return (out_dir or image_path.parent) / name
 
 
-def write_prediction(stem: Path, prediction, radiograph) -> list[Path]:
-    """``stem.mrk.json`` in the image's own geometry (so it overlays in Slicer) and ``stem.csv``."""
+def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = "") -> list[Path]:
+    """``stem.mrk.json`` in the image's own geometry (so it overlays in Slicer) and ``stem.csv``;
+    with a ``measurement_set``, also ``stem.measurements.json`` and ``stem.measurements.csv``."""
     from .markups import write_csv, write_markups_json
+    from .measurements import measure, write_measurements
 
     markups = write_markups_json(
         stem.with_name(stem.name + ".mrk.json"),
@@ -89,7 +92,12 @@ def write_prediction(stem: Path, prediction, radiograph) -> list[Path]:
         states=prediction.states(),
         confidence=prediction.confidence,
     )
-    return [markups, table]
+    written = [markups, table]
+    if measurement_set:
+        spacing = radiograph.spacing if radiograph.spacing_known else None
+        records = measure(prediction.points, measurement_set, spacing=spacing, image_height=radiograph.height)
+        written += write_measurements(stem, records, measurement_set)
+    return written
 
 
 def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
@@ -101,7 +109,7 @@ def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
     prediction = KeypointSession(model, radiograph, predictor=predictor).predict()
     elapsed_ms = 1000 * (time.perf_counter() - start)
     stem = output_stem(image_path, args.out)
-    written = write_prediction(stem, prediction, radiograph)
+    written = write_prediction(stem, prediction, radiograph, model.config.measurements)
     if args.overlay:
         from .overlay import save_overlay
 

@@ -147,6 +147,10 @@ def used_ids(split_record: dict) -> dict[str, list[str]]:
     return {part: [i for i in ids if i not in skipped.get(part, ())] for part, ids in split_record["ids"].items()}
 
 
+# the measurement set of each dataset's landmarks (the phantoms use the AASCE corner order)
+DATASET_MEASUREMENTS = {"aasce": "aasce-cobb", "phantom": "aasce-cobb", "isbi": "isbi-ceph"}
+
+
 def make_config(args, train) -> ModelConfig:
     sigma = args.sigma if args.sigma is not None else 7.5 * args.input[0] / 512
     depth = {} if args.depth == "compact" else dict(stage_modules=(1, 4, 3), stage_blocks=4, stem_blocks=4)
@@ -161,6 +165,7 @@ def make_config(args, train) -> ModelConfig:
         sigma=sigma,
         name=f"{args.dataset}-{train.num_keypoints}",
         description=f"trained with interactive-keypoints train on {args.dataset}",
+        measurements=DATASET_MEASUREMENTS.get(args.dataset, ""),
         **depth,
     )
 
@@ -255,7 +260,9 @@ def learning_rate(args, epoch: int) -> float:
 
 
 # ModelConfig fields a fine-tuning may change: names, heatmap target, intensity handling
-NOT_ARCHITECTURE = {"landmark_names", "sigma", "intensity", "flip_pairs", "name", "description", "format_version"}
+NOT_ARCHITECTURE = {
+    "landmark_names", "sigma", "intensity", "flip_pairs", "name", "description", "measurements", "format_version",
+}  # fmt: skip
 
 
 def initial_weights(folder: Path, config: ModelConfig) -> dict:

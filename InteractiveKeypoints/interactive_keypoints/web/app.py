@@ -87,6 +87,7 @@ class KeypointsWebApp(TrameApp):
 
         self._init_state()
         self.ui = build_ui(self)
+        self.state.change("ik_measurement_selected")(self._on_measurement_selected)
         self.view.get_view_node().AddObserver(vtkCommand.ModifiedEvent, self._on_view_changed)
         self.server.controller.on_server_ready.add(lambda **_: create_task(self._preload_model()))
         if load_sample:
@@ -103,6 +104,9 @@ class KeypointsWebApp(TrameApp):
         s.ik_message = ""
         s.ik_message_type = "error"
         s.ik_rows = []
+        s.ik_measurements = []  # rows of the logic's measurements table node (Cobb angles, ceph)
+        s.ik_measurement_names = []
+        s.ik_measurement_selected = ""
         s.ik_has_points = False
         s.ik_can_undo = False
         s.ik_can_redo = False
@@ -151,8 +155,32 @@ class KeypointsWebApp(TrameApp):
             for k in range(len(positions))
         ]
         self.state.ik_has_points = len(positions) > 0
+        self._refresh_measurements(node)
         self.state.ik_can_undo = self.logic.can_undo(node)
         self.state.ik_can_redo = self.logic.can_redo(node)
+
+    def _refresh_measurements(self, node):
+        """The page shows the MRML table the logic fills (the one Slicer shows)."""
+        table = self.logic.measurement_table(node) if self.logic.is_tracked(node) else None
+        rows = []
+        if table is not None:
+            columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+            rows = [
+                {column.lower(): table.GetCellText(r, c) for c, column in enumerate(columns)}
+                for r in range(table.GetNumberOfRows())
+            ]
+        self.state.ik_measurements = rows
+        self.state.ik_measurement_names = [row["measurement"] for row in rows]
+
+    def _on_measurement_selected(self, ik_measurement_selected="", **_):
+        """Draw the lines of the chosen measurement (they follow every later update)."""
+        if self.points is None or not self.logic.is_tracked(self.points) or self.logic.is_busy(self.points):
+            return
+        try:
+            self.logic.select_measurement(self.points, ik_measurement_selected or "")
+        except ValueError as error:
+            self.show_error(str(error))
+        self._refresh_debug()
 
     def _on_view_changed(self, *_):
         matrix = str(self.view.get_view_node().GetXYToRAS()) + str(self.view.render_window().GetSize())
@@ -179,6 +207,8 @@ class KeypointsWebApp(TrameApp):
                 }
                 for k in range(len(ras))
             ]
+        debug["measurements"] = list(self.state.ik_measurements or [])
+        debug["measurement_lines"] = len(self.logic.measurement_lines(node)) if node is not None else 0
         debug["busy"] = bool(self.state.ik_busy)
         self.state.ik_debug = json.dumps(debug)
 
@@ -217,6 +247,9 @@ class KeypointsWebApp(TrameApp):
             self.state.ik_image_size = f"{radiograph.width} x {radiograph.height} px"
             self.state.ik_export_stem = self.volume.GetName()
             self.state.ik_rows = []
+            self.state.ik_measurements = []
+            self.state.ik_measurement_names = []
+            self.state.ik_measurement_selected = ""
             self.state.ik_has_points = False
             self.state.ik_can_undo = self.state.ik_can_redo = False
             self._refresh_debug()

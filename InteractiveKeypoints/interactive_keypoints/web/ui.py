@@ -13,6 +13,12 @@ TABLE_HEADERS = [
     {"title": "State", "key": "state"},
     {"title": "Conf.", "key": "confidence", "align": "end"},
 ]
+MEASUREMENT_HEADERS = [
+    {"title": "Measurement", "key": "measurement"},
+    {"title": "Value", "key": "value", "align": "end"},
+    {"title": "Unit", "key": "unit"},
+    {"title": "Class", "key": "class"},
+]
 PREDICTED_COLOUR = "#33ccff"  # keep in step with KeypointsWebApp._style_points
 FIXED_COLOUR = "#ff9919"
 
@@ -110,6 +116,25 @@ def _side_panel(app, ctrl):
                 html.Span("- drag a point to fix it; the others follow. Limits: {{ ik_limits }}.")
             html.Div("autosaved to {{ ik_autosave }}", v_show=("ik_autosave",), classes="text-caption",
                      id="ik-autosave")
+        with html.Div(v_show=("ik_measurements.length",), classes="px-3 pb-2", id="ik-measurements-panel"):
+            v3.VDataTable(
+                id="ik-measurements",
+                headers=("ik_measurement_headers", MEASUREMENT_HEADERS),
+                items=("ik_measurements",),
+                item_value="measurement",
+                density="compact",
+                items_per_page=-1,
+                hide_default_footer=True,
+            )
+            v3.VSelect(
+                id="ik-measurement-select",
+                label="Draw the lines of",
+                v_model=("ik_measurement_selected",),
+                items=("[''].concat(ik_measurement_names)",),
+                density="compact",
+                hide_details=True,
+                classes="mt-1",
+            )
         v3.VDataTable(
             id="ik-table",
             headers=("ik_headers", TABLE_HEADERS),
@@ -119,6 +144,7 @@ def _side_panel(app, ctrl):
             items_per_page=-1,
             hide_default_footer=True,
             fixed_header=True,
-            height="calc(100vh - 330px)",
+            height=("ik_measurements.length ? 'calc(100vh - 330px - ' + (60 + 40 * ik_measurements.length) + 'px)' "
+                    ": 'calc(100vh - 330px)'",),
             no_data_text="No landmarks yet: press Detect.",
         )
