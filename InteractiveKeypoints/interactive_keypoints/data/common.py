@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..imaging import PRINT_RESOLUTION_IOS, load_radiograph
 
@@ -119,6 +118,8 @@ def record_skip(skipped: list[tuple[str, str]], dataset: str, sample_id: str, re
 
 def image_geometry(path: str | Path):
     """((H, W), spacing (sx, sy), origin (x, y), spacing_known) from the header only."""
+    import SimpleITK as sitk  # here, not at the top: reading a training pack must work without it
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
