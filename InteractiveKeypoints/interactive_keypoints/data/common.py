@@ -32,6 +32,10 @@ class KeypointSample:
     spacing_known: bool = False
     image_size: tuple[int, int] | None = None  # (H, W) of the original image
     image: np.ndarray | None = None  # (H, W) grey, only for in-memory datasets
+    # a training pack's image, already normalised and resized: (h, w) float32 at any size of
+    # the original's aspect, and the ModelConfig ``intensity`` it was normalised with
+    cache_image: np.ndarray | None = None
+    cache_intensity: dict | None = None
 
     def __post_init__(self):
         self.points = np.asarray(self.points, dtype=np.float64)
