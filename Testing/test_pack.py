@@ -18,9 +18,10 @@ from interactive_keypoints.model_io import load_model
 
 INPUT = (128, 64)
 CACHE_SCALE = 1.25
-# JPEG at quality 90 of the normalised cache, in units of the [-1, 1] range (2/255 per grey level)
-JPEG_MEAN_ERROR = 2 * 2 / 255
-JPEG_MAX_ERROR = 2 * 24 / 255
+# JPEG at quality 80 of the normalised cache, in units of the [-1, 1] range (2/255 per grey level)
+# (measured: 1.2 mean on real radiographs, 2.2 mean and 20 max on the noisy small phantoms)
+JPEG_MEAN_ERROR = 2 * 3 / 255
+JPEG_MAX_ERROR = 2 * 32 / 255
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_augmented_pack_items_keep_exact_coordinates(phantom_pack):
 def test_manifest_holds_the_geometry_and_loader_options(phantom_pack):
     manifest = read_manifest(phantom_pack)
     assert manifest["input_size"] == [128, 64] and manifest["cache_size"] == [160, 80]
-    assert manifest["image_format"]["type"] == "JPEG" and manifest["image_format"]["quality"] == 90
+    assert manifest["image_format"]["type"] == "JPEG" and manifest["image_format"]["quality"] == 80
     assert manifest["loader"] == {"split_seed": 0, "drop_disordered_labels": False, "phantom_images": 4}
     entry = manifest["splits"]["val"]["samples"][0]
     to_cache = np.array(entry["to_cache"])
@@ -96,6 +97,9 @@ def test_split_record_round_trips_with_skipped_labels(tmp_path):
     assert train_pack.skipped == train_files.skipped and val_pack.skipped == val_files.skipped
     assert train.used_ids(record_pack) == train.used_ids(record_files)
     assert_pack_reads_like_the_files(train_pack, train_files, INPUT)
+    # the morphology terms are selected from the same training labels and sizes
+    np.testing.assert_array_equal(train_pack.points_array(), train_files.points_array())
+    np.testing.assert_array_equal(train_pack.image_sizes(), train_files.image_sizes())
     # train's own load_splits records the same from the files and from the pack
     files_args = argparse.Namespace(pack=None, dataset="folder", data_root=root, split_seed=0, phantom_images=64,
                                     drop_disordered_labels=False, input=INPUT)
@@ -208,9 +212,9 @@ def test_pack_options_must_match_training(tmp_path, phantom_pack):
 def test_command_line_pack_and_its_errors(tmp_path, capsys):
     out = tmp_path / "cli-pack"
     assert cli.main(["pack", "--dataset", "phantom", "--phantom-images", "2", "--input", "64x32",
-                     "--cache-scale", "1.5", "--jpeg-quality", "80", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+                     "--cache-scale", "1.5", "--jpeg-quality", "95", "--out", str(out), "--quiet"]) == 0  # fmt: skip
     manifest = read_manifest(out)
-    assert manifest["cache_size"] == [96, 48] and manifest["image_format"]["quality"] == 80
+    assert manifest["cache_size"] == [96, 48] and manifest["image_format"]["quality"] == 95
     assert "2 train (0 skipped), 2 val (0 skipped)" in capsys.readouterr().out
     assert cli.main(["train", "--pack", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"), "--quiet"]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
