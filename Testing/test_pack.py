@@ -75,7 +75,8 @@ def test_manifest_holds_the_geometry_and_loader_options(phantom_pack):
     manifest = read_manifest(phantom_pack)
     assert manifest["input_size"] == [128, 64] and manifest["cache_size"] == [160, 80]
     assert manifest["image_format"]["type"] == "JPEG" and manifest["image_format"]["quality"] == 80
-    assert manifest["loader"] == {"split_seed": 0, "drop_disordered_labels": False, "phantom_images": 4}
+    assert manifest["loader"] == {"split_seed": 0, "drop_disordered_labels": False, "phantom_images": 4,
+                                  "options": {"num_images": 4, "seed": 0}}
     entry = manifest["splits"]["val"]["samples"][0]
     to_cache = np.array(entry["to_cache"])
     back = (np.array(entry["cache_points"]) - to_cache[:2, 2]) / np.diag(to_cache)[:2]

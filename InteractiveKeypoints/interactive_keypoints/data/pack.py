@@ -13,7 +13,7 @@ zoom augmentation (up to 1.2) detail to enlarge. Reading a pack needs numpy, tor
 MONAI only: SimpleITK and scipy are used while packing, never while reading.
 
 Manifest keys: ``format``, ``format_version``; ``dataset``, ``data_root``, ``loader``
-(``split_seed``, ``drop_disordered_labels``, ``options`` given to the loader); ``input_size``,
+(``split_seed``, ``drop_disordered_labels``, ``phantom_images``, ``options`` given to the loader); ``input_size``,
 ``cache_scale``, ``cache_size`` (H, W), ``intensity``; ``image_format`` (JPEG, quality, value
 mapping); ``landmark_names``, ``flip_pairs``, ``flip_allowed``; ``split_record`` (what
 training saves as split.json and compares on resume); ``limit``; ``splits``: for ``train`` and
@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import __version__
 from ..augment import resize_matrix, transform_points
-from . import DATASETS, training_splits
+from . import dataset_options, disordered_label_options, training_splits
 from .common import DatasetSplit, KeypointSample, label_problem
 from .training import DEFAULT_INTENSITY, KeypointTrainingDataset
 
@@ -42,7 +42,6 @@ PACK_FORMAT = "interactive-keypoints-pack"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IMAGE_FOLDER = "images"
-PACKED_SPLITS = ("train", "val")
 # the zoom augmentation enlarges up to 1.2x: a cache 1.25x the input keeps that detail
 DEFAULT_CACHE_SCALE = 1.25
 # JPEG quality of the normalised cache: 80 errs by 1.2 grey levels on average (90: 0.9, at 1.5x
@@ -79,7 +78,8 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
                  quality: int = DEFAULT_JPEG_QUALITY, intensity: dict | None = None, limit: int | None = None,
                  progress: bool = False) -> dict:
     """Write the train and val splits of a dataset as a pack in the new folder ``out``; returns
-    the manifest. ``limit`` packs only the first N samples of each split (tests, quick looks)."""
+    the manifest. ``limit`` packs only the first N samples of each split (tests, quick looks; the
+    split record still lists every id)."""
     from PIL import Image
 
     out = Path(out)
@@ -131,7 +131,9 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
         "dataset": name,
         "data_root": str(root) if root is not None else None,
         "loader": {"split_seed": split_seed, "drop_disordered_labels": bool(drop_disordered),
-                   "phantom_images": phantom_images if name == "phantom" else None},
+                   "phantom_images": phantom_images if name == "phantom" else None,
+                   "options": {**dataset_options(name, split_seed, phantom_images),
+                               **disordered_label_options(name, drop_disordered)}},
         "input_size": list(input_size),
         "cache_scale": float(cache_scale),
         "cache_size": list(cache.cache_size),
