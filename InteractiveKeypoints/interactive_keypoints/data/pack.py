@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import __version__
 from ..augment import resize_matrix, transform_points
@@ -80,8 +81,6 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
     """Write the train and val splits of a dataset as a pack in the new folder ``out``; returns
     the manifest. ``limit`` packs only the first N samples of each split (tests, quick looks; the
     split record still lists every id)."""
-    from PIL import Image
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise PackError(f"{out} exists and is not empty; give a new folder for the pack")
@@ -93,37 +92,15 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
     intensity = dict(intensity or DEFAULT_INTENSITY)
     train, val, split_record = training_splits(name, root, split_seed, phantom_images, drop_disordered)
     (out / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for data in (train, val):
-        if limit is not None:
-            data = DatasetSplit(data.name, data.split, data.samples[:limit], data.landmark_names, data.flip_pairs,
-                                data.flip_allowed, data.skipped)
-        # the very cache training builds from the files, made by the same code
-        cache = KeypointTrainingDataset(data, input_size, intensity, augment=False, cache=False, cache_scale=cache_scale)
-        samples = []
-        indices = range(len(data))
-        if progress:
-            from tqdm import tqdm
-
-            indices = tqdm(indices, desc=f"packing {data.split}")
-        for i in indices:
-            sample = data[i]
-            pixels = to_uint8(cache.cached_image(i)[0].numpy(), intensity)
-            file = f"{IMAGE_FOLDER}/{data.split}-{i:05d}.jpg"
-            Image.fromarray(pixels).save(out / file, format="JPEG", quality=int(quality), optimize=True)
-            to_cache = resize_matrix(sample.image_size, pixels.shape)
-            samples.append({
-                "id": sample.id,
-                "image": file,
-                "sha256": hashlib.sha256((out / file).read_bytes()).hexdigest(),
-                "image_size": list(sample.image_size),
-                "points": sample.points.tolist(),
-                "spacing": list(sample.spacing),
-                "spacing_known": bool(sample.spacing_known),
-                "to_cache": to_cache.tolist(),
-                "cache_points": np.round(transform_points(sample.points, to_cache), CACHE_POINT_DECIMALS).tolist(),
-            })  # fmt: skip
-        splits[data.split] = {"samples": samples, "skipped": [list(pair) for pair in data.skipped]}
+    # oneDNN keeps a primitive, with its buffers, per image shape: 5 GB after the 481 AASCE sizes
+    # (not torch.backends.mkldnn.flags: it also sets TF32 and warns about Intel GPUs)
+    onednn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        splits = {split.split: _pack_split(split, input_size, intensity, cache_scale, quality, out, limit, progress)
+                  for split in (train, val)}
+    finally:
+        torch.backends.mkldnn.enabled = onednn
     manifest = {
         "format": PACK_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -136,7 +113,7 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
                                **disordered_label_options(name, drop_disordered)}},
         "input_size": list(input_size),
         "cache_scale": float(cache_scale),
-        "cache_size": list(cache.cache_size),
+        "cache_size": list(KeypointTrainingDataset(train, input_size, cache_scale=cache_scale).cache_size),
         "intensity": intensity,
         "image_format": {"type": "JPEG", "mode": "L", "quality": int(quality),
                          "values": "uint8 v is the normalised value low + (high - low) * v / 255 of intensity.range"},
@@ -150,6 +127,42 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
     # written last: a folder without a manifest is never taken for a whole pack
     (out / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))  # compact: it holds every point
     return manifest
+
+
+def _pack_split(data: DatasetSplit, input_size, intensity: dict, cache_scale: float, quality: int, out: Path,
+                limit: int | None, progress: bool) -> dict:
+    """Write one split's images; its manifest entry."""
+    from PIL import Image
+
+    if limit is not None:
+        data = DatasetSplit(data.name, data.split, data.samples[:limit], data.landmark_names, data.flip_pairs,
+                            data.flip_allowed, data.skipped)
+    # the very cache training builds from the files, made by the same code
+    cache = KeypointTrainingDataset(data, input_size, intensity, augment=False, cache=False, cache_scale=cache_scale)
+    samples = []
+    indices = range(len(data))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"packing {data.split}")
+    for i in indices:
+        sample = data[i]
+        pixels = to_uint8(cache.cached_image(i)[0].numpy(), intensity)
+        file = f"{IMAGE_FOLDER}/{data.split}-{i:05d}.jpg"
+        Image.fromarray(pixels).save(out / file, format="JPEG", quality=int(quality), optimize=True)
+        to_cache = resize_matrix(sample.image_size, pixels.shape)
+        samples.append({
+            "id": sample.id,
+            "image": file,
+            "sha256": hashlib.sha256((out / file).read_bytes()).hexdigest(),
+            "image_size": list(sample.image_size),
+            "points": sample.points.tolist(),
+            "spacing": list(sample.spacing),
+            "spacing_known": bool(sample.spacing_known),
+            "to_cache": to_cache.tolist(),
+            "cache_points": np.round(transform_points(sample.points, to_cache), CACHE_POINT_DECIMALS).tolist(),
+        })  # fmt: skip
+    return {"samples": samples, "skipped": [list(pair) for pair in data.skipped]}
 
 
 # ---------------------------------------------------------------------- reading
