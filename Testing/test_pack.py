@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT, shared_dataset
 
 from interactive_keypoints import cli, train
@@ -19,9 +20,11 @@ from interactive_keypoints.model_io import load_model
 INPUT = (128, 64)
 CACHE_SCALE = 1.25
 # JPEG at quality 80 of the normalised cache, in units of the [-1, 1] range (2/255 per grey level)
-# (measured: 1.2 mean on real radiographs, 2.2 mean and 20 max on the noisy small phantoms)
+# (measured in grey levels: mean 1.3, 99th percentile 5.3, max 34 at the ruler and text of an
+# ISBI image; mean 2.2, 99th percentile 9, max 20 on the noisy small phantoms)
 JPEG_MEAN_ERROR = 2 * 3 / 255
-JPEG_MAX_ERROR = 2 * 32 / 255
+JPEG_P99_ERROR = 2 * 12 / 255
+JPEG_MAX_ERROR = 2 * 64 / 255
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,9 @@ def assert_pack_reads_like_the_files(packed: DatasetSplit, files: DatasetSplit, 
         cache_pack, cache_files = from_pack.cached_image(i), from_files.cached_image(i)
         assert cache_pack.shape == cache_files.shape
         error = (cache_pack - cache_files).abs()
-        assert error.mean() < JPEG_MEAN_ERROR and error.max() < JPEG_MAX_ERROR, (a.id, error.mean(), error.max())
+        p99 = torch.quantile(error.flatten(), 0.99)
+        assert error.mean() < JPEG_MEAN_ERROR and p99 < JPEG_P99_ERROR and error.max() < JPEG_MAX_ERROR, (
+            a.id, error.mean(), p99, error.max())
 
 
 def test_phantom_pack_reads_like_the_generated_images(phantom_pack):
