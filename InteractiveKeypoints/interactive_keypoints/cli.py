@@ -18,6 +18,7 @@ from . import __version__
 SUBCOMMANDS = {
     "demo": ("interactive_keypoints.demo", "run the model on a generated phantom radiograph and simulate one correction"),
     "predict": ("interactive_keypoints.predict", "place landmarks on radiographs; write .mrk.json and .csv"),
+    "pack": ("interactive_keypoints.pack", "pack a dataset's train/val images and labels for training elsewhere"),
     "train": ("interactive_keypoints.train", "train a model"),
     "evaluate": ("interactive_keypoints.evaluate", "evaluate a model with simulated user corrections"),
     "serve": ("interactive_keypoints.web.launcher", "serve the browser app"),
@@ -29,6 +30,7 @@ USER_ERRORS = [
     ("interactive_keypoints.config", "ModelFormatError"),
     ("interactive_keypoints.session", "OutsideImageError"),
     ("interactive_keypoints.markups", "MarkupsError"),
+    ("interactive_keypoints.data.pack", "PackError"),
 ]
 USER_ERROR_EXIT = 2
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.transforms import (
     Compose,
@@ -94,6 +93,8 @@ def load_radiograph(source, spacing=None) -> Radiograph:
 
 
 def _load_file(path: Path) -> Radiograph:
+    import SimpleITK as sitk  # here, not at the top: reading a training pack must work without it
+
     name = str(path)
     if not path.exists():
         raise ImageError(f"image file not found: {name}")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
-from .data import KeypointTrainingDataset, dataset_options, disordered_label_options, get_dataset, get_split_ids
+from .data import KeypointTrainingDataset, training_splits
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .imaging import to_original
 from .inference import fast_dtype, pick_device
@@ -53,7 +53,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, choices=["aasce", "isbi", "folder", "phantom"])
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=["aasce", "isbi", "folder", "phantom"])
+    source.add_argument("--pack", type=Path, help="a training pack (interactive-keypoints pack) instead of --dataset; "
+                                                  "--split-seed and --drop-disordered-labels must be the pack's")
     data.add_argument("--data-root", type=Path, help="the dataset's own top folder")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
@@ -128,16 +131,15 @@ def broadcast_flag(flag: bool, world: int) -> bool:
 
 # ------------------------------------------------------------------ data & config
 def load_splits(args):
-    options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
-    drop = disordered_label_options(args.dataset, args.drop_disordered_labels)
-    train = get_dataset(args.dataset, args.data_root, "train", **options, **drop)
-    val = get_dataset(args.dataset, args.data_root, "val", **options)
-    split_record = {
-        "dataset": args.dataset,
-        "split_seed": args.split_seed,
-        "ids": get_split_ids(args.dataset, args.data_root, **options),
-        "skipped": {"train": train.skipped, "val": val.skipped},
-    }
+    if args.pack is None:
+        return training_splits(args.dataset, args.data_root, args.split_seed, args.phantom_images,
+                               args.drop_disordered_labels)
+    from .data.pack import load_pack_splits
+
+    if args.data_root is not None:
+        raise ValueError("--pack holds the data: give --pack or --data-root, not both")
+    train, val, split_record = load_pack_splits(args.pack, args.input, args.split_seed, args.drop_disordered_labels)
+    args.dataset = split_record["dataset"]  # the model is named after it
     return train, val, split_record
 
 

@@ -18,7 +18,7 @@ DATASETS = ("aasce", "isbi", "folder", "phantom")
 __all__ = [
     "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
     "dataset_options", "disordered_label_options", "get_dataset", "get_split_ids", "label_problem",
-    "load_grey_image", "read_image_size",
+    "load_grey_image", "read_image_size", "training_splits",
 ]  # fmt: skip
 
 
@@ -66,3 +66,20 @@ def get_split_ids(name: str, root: str | Path | None = None, **options) -> dict[
     if name == "phantom":
         return synthetic.split_ids(**options)
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+
+
+def training_splits(name: str, root: str | Path | None = None, split_seed: int = 0, phantom_images: int = 16,
+                    drop_disordered: bool = False) -> tuple[DatasetSplit, DatasetSplit, dict]:
+    """(train, val, split record) as training uses them; the record is saved with the model and
+    compared on resume. Disordered labels are dropped from training only (validation keeps them)."""
+    options = dataset_options(name, split_seed, phantom_images)
+    drop = disordered_label_options(name, drop_disordered)
+    train = get_dataset(name, root, "train", **options, **drop)
+    val = get_dataset(name, root, "val", **options)
+    split_record = {
+        "dataset": name,
+        "split_seed": split_seed,
+        "ids": get_split_ids(name, root, **options),
+        "skipped": {"train": train.skipped, "val": val.skipped},
+    }
+    return train, val, split_record

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from .common import (
     DatasetSplit,
@@ -35,6 +34,8 @@ FOLDERS = {"train": "training", "val": "training", "test": "test"}
 
 def read_label(path: str | Path) -> np.ndarray:
     """The (68, 2) float (x, y) array stored under ``p2`` in a label .mat file."""
+    import scipy.io  # here, not at the top: reading a training pack must work without scipy
+
     try:
         mat = scipy.io.loadmat(str(path))
     except (OSError, ValueError, scipy.io.matlab.MatReadError) as e:

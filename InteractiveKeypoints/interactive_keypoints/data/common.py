@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..imaging import PRINT_RESOLUTION_IOS, load_radiograph
 
@@ -33,6 +32,10 @@ class KeypointSample:
     spacing_known: bool = False
     image_size: tuple[int, int] | None = None  # (H, W) of the original image
     image: np.ndarray | None = None  # (H, W) grey, only for in-memory datasets
+    # a training pack's image, already normalised and resized: (h, w) float32 at any size of
+    # the original's aspect, and the ModelConfig ``intensity`` it was normalised with
+    cache_image: np.ndarray | None = None
+    cache_intensity: dict | None = None
 
     def __post_init__(self):
         self.points = np.asarray(self.points, dtype=np.float64)
@@ -119,6 +122,8 @@ def record_skip(skipped: list[tuple[str, str]], dataset: str, sample_id: str, re
 
 def image_geometry(path: str | Path):
     """((H, W), spacing (sx, sy), origin (x, y), spacing_known) from the header only."""
+    import SimpleITK as sitk  # here, not at the top: reading a training pack must work without it
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -5,7 +5,6 @@ Each split uses its own range of phantom seeds, so splits never share an image.
 
 from __future__ import annotations
 
-from ..phantom import SPINE_FLIP_PAIRS, SPINE_LANDMARK_NAMES, make_spine_phantom
 from .common import DatasetSplit, KeypointSample, keep_valid
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
@@ -16,6 +15,8 @@ def split_ids(num_images: int = 16, seed: int = 0) -> dict[str, list[str]]:
 
 
 def load(split: str = "train", num_images: int = 16, seed: int = 0, height: int = 512, width: int = 256) -> DatasetSplit:
+    from ..phantom import SPINE_FLIP_PAIRS, SPINE_LANDMARK_NAMES, make_spine_phantom  # needs scipy: only here
+
     if split not in SPLIT_SEED_OFFSETS:
         raise ValueError(f"phantom data has splits {sorted(SPLIT_SEED_OFFSETS)}, not {split!r}")
     samples = []

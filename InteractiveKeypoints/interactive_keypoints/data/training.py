@@ -6,6 +6,9 @@ uses (``imaging.preprocess_transform``), and kept in memory. The resize is the
 align_corners=False pixel-edge mapping, so coordinates stay exact through the cache:
 original -> cache -> input composes to the original -> input mapping of ``imaging.to_input``.
 
+A sample that carries a ``cache_image`` (read from a training pack, see ``pack.py``) is
+used as it is: the pack holds exactly this cache, made once where the image files are.
+
 Use ``monai.data.DataLoader``: it reseeds the random transforms in every worker (a plain
 torch DataLoader gives all workers the same augmentations). Call :meth:`preload` before
 starting workers so that forked workers share one cache instead of each decoding again.
@@ -54,11 +57,18 @@ class KeypointTrainingDataset(Dataset):
         return len(self.data)
 
     def cached_image(self, index: int) -> torch.Tensor:
-        """(1, h, w) normalised image at ``cache_size``."""
+        """(1, h, w) normalised image at ``cache_size`` (or a packed sample's own cache)."""
         if index in self._cache:
             return self._cache[index]
-        grey = load_grey_image(self.data[index])
-        image = preprocess_transform(self.cache_size, self.intensity)(grey[np.newaxis])
+        sample = self.data[index]
+        if sample.cache_image is not None:  # made once by ``pack``: nothing to decode
+            if sample.cache_intensity != self.intensity:
+                raise ValueError(f"{sample.id}: its packed image is normalised as {sample.cache_intensity}, "
+                                 f"the model expects {self.intensity}; pack the dataset again")
+            image = torch.from_numpy(np.asarray(sample.cache_image, dtype=np.float32))[np.newaxis]
+        else:
+            grey = load_grey_image(sample)
+            image = preprocess_transform(self.cache_size, self.intensity)(grey[np.newaxis])
         if self.use_cache:
             self._cache[index] = image
         return image
