@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(the paper's inference rule)")
     clicks.add_argument("--clicked-loss-weight", type=float, default=1.0,
                         help="heatmap-loss weight of clicked keypoints relative to unclicked ones")
+    clicks.add_argument("--hint-scale-init", type=float, default=None,
+                        help="set the hint-fusion scale |s| before training (RITM's 0.05 suits a pretrained "
+                             "backbone; from scratch the hints then stay too faint to learn from); default: keep")
     clicks.add_argument("--occlusion-prob", type=float, default=0.0,
                         help="probability of blanking a square around a random keypoint (clicks become informative)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
@@ -341,6 +344,9 @@ def train(args) -> Path:
         if is_main:
             print(f"transferred {len(fits)} tensors from {args.transfer_from}; {len(fresh)} start fresh "
                   f"(first: {', '.join(fresh[:4])})", flush=True)
+    if args.hint_scale_init is not None and not args.resume:
+        with torch.no_grad():
+            model.network.hint_fusion.scale.fill_(args.hint_scale_init)
     network = model.network.to(device)
     fast = not args.no_fast
     dtype = fast_dtype(device, fast)
