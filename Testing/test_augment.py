@@ -116,3 +116,26 @@ def test_no_flip_when_not_allowed():
     pipeline = Compose(geometry_transforms((128, 64), PAIRS, flip_allowed=False))
     pipeline.set_random_state(seed=0)
     assert not any("flipped" in pipeline({"image": np.zeros((1, 200, 100)), "points": POINTS.copy()}) for _ in range(10))
+
+
+def test_occlusion_blanks_a_square_around_a_visible_keypoint():
+    from interactive_keypoints.augment import RandOccludeKeypointd
+
+    rng = np.random.default_rng(0)
+    for seed in range(20):
+        image = torch.ones(1, 64, 32)
+        points = rng.uniform([0, 0], [31, 63], (6, 2))
+        visible = np.array([True] * 5 + [False])
+        occlude = RandOccludeKeypointd(prob=1.0, min_size=0.2, max_size=0.3, fill=-1.0)
+        occlude.set_random_state(seed=seed)
+        out = occlude({"image": image, "points": points, "visible": visible})["image"]
+        blank = (out == -1.0)[0]
+        assert blank.any() and (out[~blank[None]] == 1.0).all()
+        rows, cols = np.nonzero(blank.numpy())
+        assert rows.max() - rows.min() + 1 <= np.ceil(0.3 * 64) + 1  # at most the largest side
+        # the square covers one of the visible keypoints (never only the invisible one)
+        inside = [(round(y) in range(rows.min(), rows.max() + 1)) and (round(x) in range(cols.min(), cols.max() + 1))
+                  for x, y in points[:5]]
+        assert any(inside)
+    untouched = RandOccludeKeypointd(prob=0.0)({"image": image, "points": points, "visible": visible})["image"]
+    assert (untouched == image).all()

@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+from contextlib import nullcontext
 import dataclasses
 import json
 import os
@@ -276,3 +277,72 @@ def test_simulated_user_clicks_the_worst_point_each_time(trained, phantom):
     assert fixed.sum() == 3
     np.testing.assert_array_equal(session.prediction.points[fixed], phantom.points[fixed])
     assert curves.errors_by_clicks.shape == (4, 68)
+
+
+def test_heatmap_loss_channel_weights():
+    import torch
+
+    from interactive_keypoints.losses import heatmap_loss
+
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 8, 8)
+    out = {"logits": torch.randn(2, 3, 8, 8), "aux_logits": torch.randn(2, 3, 8, 8)}
+    plain = heatmap_loss(out, target)
+    assert torch.allclose(heatmap_loss(out, target, channel_weight=torch.ones(2, 3)), plain)
+    weight = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    changed = {k: v.clone() for k, v in out.items()}
+    changed["logits"][0, 1] += 5.0  # a channel with weight 0 does not count
+    assert torch.allclose(heatmap_loss(changed, target, channel_weight=weight), heatmap_loss(out, target, channel_weight=weight))
+    assert not torch.allclose(heatmap_loss(changed, target), plain)
+
+
+@pytest.mark.parametrize("mode, extra_updates", [("eval", 0), ("train", 2)])
+def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_updates):
+    """The simulated user's no-grad passes run BatchNorm in eval mode (as the paper's and
+    RITM's code): only the graded pass moves the running statistics."""
+    import torch
+    from torch import nn
+
+    from interactive_keypoints.data import KeypointTrainingDataset, get_dataset
+    from interactive_keypoints.model_io import build_model
+    from interactive_keypoints.morphology import select_morphology
+
+    args = argparse.Namespace(no_fast=True, iterative_max=2, click_pass_bn=mode, train_prev="all",
+                              clicked_loss_weight=1.0, morphology_weight=0.01)
+    split = get_dataset("phantom-hidden", split="train", num_images=2)
+    model = build_model(train.make_config(train_arguments(["--dataset", "phantom-hidden", "--width", "8", "--input", "64x64",
+                                                           "--ocr-channels", "32", "16", "--out", "x"]), split))
+    data = KeypointTrainingDataset(split, (64, 64), augment=False)
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    selection = select_morphology(split.points_array(), split.image_sizes(), "off", 0, 0)
+    network = model.network.train()
+    bn = next(m for m in network.modules() if isinstance(m, nn.BatchNorm2d))
+
+    class TwoPasses:  # the number of no-grad passes the step draws: always 2
+        def integers(self, low, high):
+            return 2
+
+        def __getattr__(self, name):
+            return getattr(np.random.default_rng(0), name)
+
+    before = int(bn.num_batches_tracked)
+    train.training_step(network, batch, TwoPasses(), model.config, selection, args, torch.device("cpu"), nullcontext)
+    assert int(bn.num_batches_tracked) - before == 1 + extra_updates
+    assert network.training
+
+
+def train_arguments(argv):
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_previous_prediction_only_in_clicked_channels():
+    import torch
+
+    prev = torch.rand(2, 3, 4, 4)
+    clicked = torch.tensor([[True, False, False], [False, False, True]])
+    assert torch.equal(train.previous_input(prev, clicked, "all"), prev)
+    masked = train.previous_input(prev, clicked, "clicked")
+    assert torch.equal(masked[0, 0], prev[0, 0]) and torch.equal(masked[1, 2], prev[1, 2])
+    assert masked[0, 1:].abs().sum() == 0 and masked[1, :2].abs().sum() == 0

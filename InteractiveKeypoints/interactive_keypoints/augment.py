@@ -213,6 +213,46 @@ class ApplyGeometryd(Transform):
         return d
 
 
+class RandOccludeKeypointd(RandomizableTransform):
+    """With probability ``prob``, blank a square around one random visible keypoint.
+
+    The points under the patch can then only be found from their neighbours or from a
+    click: a training image on which clicks carry information, as they do on the hard
+    parts of unseen images. The square's side is U(``min_size``, ``max_size``) times the
+    image height, its centre jittered by up to a quarter side; it is filled with ``fill``.
+    Run after :class:`ApplyGeometryd` (needs ``visible`` and output-frame points).
+    """
+
+    def __init__(self, prob: float = 0.5, min_size: float = 0.1, max_size: float = 0.25, fill: float = 0.0):
+        RandomizableTransform.__init__(self, prob)
+        self.min_size, self.max_size, self.fill = float(min_size), float(max_size), float(fill)
+        self.box: tuple[int, int, int, int] | None = None
+
+    def randomize(self, data) -> None:
+        super().randomize(None)
+        self.box = None
+        candidates = np.flatnonzero(data["visible"])
+        if not self._do_transform or len(candidates) == 0:
+            return
+        h, w = data["image"].shape[-2:]
+        centre = np.asarray(data["points"][self.R.choice(candidates)], dtype=np.float64)
+        side = self.R.uniform(self.min_size, self.max_size) * h
+        centre = centre + self.R.uniform(-0.25, 0.25, 2) * side
+        x0, y0 = np.floor(centre - side / 2).astype(int)
+        x1, y1 = np.ceil(centre + side / 2).astype(int)
+        self.box = (max(y0, 0), min(y1, h), max(x0, 0), min(x1, w))
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(d)
+        if self.box is not None:
+            y0, y1, x0, x1 = self.box
+            image = torch.as_tensor(d["image"]).clone()
+            image[..., y0:y1, x0:x1] = self.fill
+            d["image"] = image
+        return d
+
+
 def _plain_tensor(image) -> torch.Tensor:
     """A float32 torch tensor without MONAI metadata (collates and prints like any tensor)."""
     if hasattr(image, "as_tensor"):
@@ -246,10 +286,13 @@ def intensity_augmentations(prob: float = 0.5) -> list:
 
 
 def training_transforms(output_size, flip_pairs=(), flip_allowed: bool = True, augment: bool = True,
-                        fill: float = 0.0, seed: int | None = 0) -> Compose:
-    """The per-sample pipeline: geometry (one resample) then brightness/contrast."""
+                        fill: float = 0.0, seed: int | None = 0, occlusion_prob: float = 0.0) -> Compose:
+    """The per-sample pipeline: geometry (one resample), then occlusion around a keypoint
+    (``occlusion_prob``, 0 = off) and brightness/contrast."""
     steps = geometry_transforms(output_size, flip_pairs, flip_allowed, augment, fill)
     if augment:
+        if occlusion_prob > 0:
+            steps.append(RandOccludeKeypointd(occlusion_prob, fill=fill))
         steps += intensity_augmentations()
     pipeline = Compose(steps)
     if seed is not None:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .clicks import worst_keypoint
-from .data import dataset_options, disordered_label_options, get_dataset
+from .data import DATASETS, dataset_options, disordered_label_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
 from .imaging import Radiograph
 from .inference import Predictor
@@ -354,7 +354,7 @@ def print_measurement_summary(report: dict) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model folder")
-    parser.add_argument("--dataset", required=True, choices=["aasce", "isbi", "folder", "phantom"])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-root", type=Path)
     parser.add_argument("--split", default="val")
     parser.add_argument("--split-seed", type=int, default=0)

@@ -9,11 +9,21 @@ from .heatmaps import local_soft_argmax
 from .morphology import MorphologySelection, morphology_loss
 
 
-def heatmap_loss(outputs: dict, target: torch.Tensor, aux_weight: float = 1.0) -> torch.Tensor:
-    """Plain BCE between sigmoid(logits) and the Gaussian target, main + aux (paper L_g)."""
-    main = F.binary_cross_entropy_with_logits(outputs["logits"].float(), target)
-    aux = F.binary_cross_entropy_with_logits(outputs["aux_logits"].float(), target)
-    return main + aux_weight * aux
+def heatmap_loss(outputs: dict, target: torch.Tensor, aux_weight: float = 1.0,
+                 channel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain BCE between sigmoid(logits) and the Gaussian target, main + aux (paper L_g).
+
+    ``channel_weight`` (B, K): a weighted mean over keypoint channels instead of the plain
+    mean (all ones gives the plain mean), e.g. less weight on clicked keypoints, whose
+    heatmap the click already gives away.
+    """
+    def bce(logits):
+        if channel_weight is None:
+            return F.binary_cross_entropy_with_logits(logits.float(), target)
+        per_channel = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean((2, 3))
+        return (per_channel * channel_weight).sum() / channel_weight.sum()
+
+    return bce(outputs["logits"]) + aux_weight * bce(outputs["aux_logits"])
 
 
 def morphology_term(

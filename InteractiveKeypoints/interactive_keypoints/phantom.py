@@ -285,6 +285,54 @@ def _smooth_weights(n, knots) -> np.ndarray:
     return w / w.sum(axis=1, keepdims=True)
 
 
+# ------------------------------------------------------------- propagation task
+
+HIDDEN_TASK_VERTEBRAE = 4
+
+
+def hidden_vertebra_names(vertebrae: int = HIDDEN_TASK_VERTEBRAE) -> list[str]:
+    return [f"V{v + 1}-{c}" for v in range(vertebrae) for c in CORNERS]
+
+
+def make_hidden_vertebra_phantom(seed: int, size: int = 128, vertebrae: int = HIDDEN_TASK_VERTEBRAE) -> PhantomSample:
+    """A task on which a click is informative: a short stack of vertebral bodies, one of
+    which is not drawn and is displaced sideways by a random amount.
+
+    From the image alone the hidden body's corners cannot be found (its neighbours say
+    only roughly where it is in y); one click on any of its corners fixes the other three.
+    A model that ignores hints stays off by the displacement, so a test can tell whether
+    training taught the hint path anything (Testing/test_propagation.py).
+    """
+    rng = np.random.default_rng(seed)
+    pitch = size * 0.8 / vertebrae  # vertebra + disc
+    body_h, body_w = pitch * rng.uniform(0.55, 0.7), size * rng.uniform(0.25, 0.32)
+    centre_x = size * rng.uniform(0.4, 0.6) + rng.normal(0.0, size * 0.02, vertebrae).cumsum()
+    top = size * 0.1 + rng.uniform(-0.05, 0.05) * size
+    corners = np.empty((vertebrae, 4, 2))
+    for v in range(vertebrae):
+        y0 = top + v * pitch
+        tilt = np.deg2rad(rng.normal(0.0, 4.0))
+        half = 0.5 * body_w * np.array([np.cos(tilt), np.sin(tilt)])
+        centre = np.array([centre_x[v], y0 + 0.5 * body_h])
+        down = 0.5 * body_h * np.array([-np.sin(tilt), np.cos(tilt)])
+        corners[v] = [centre - half - down, centre + half - down, centre - half + down, centre + half + down]
+    hidden = int(rng.integers(vertebrae))
+    shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.22) * size
+    corners[hidden, :, 0] += shift
+    corners[hidden, :, 0] = np.clip(corners[hidden, :, 0], 2.0, size - 3.0)
+
+    image = np.full((size, size), rng.uniform(0.05, 0.15), np.float32)
+    bone, cortex = rng.uniform(0.35, 0.5), rng.uniform(0.1, 0.2)
+    for v in range(vertebrae):
+        if v != hidden:
+            _draw_vertebra(image, corners[v], bone, cortex)
+    image = ndimage.gaussian_filter(image, 0.7)
+    image += rng.normal(0.0, 0.02, image.shape).astype(np.float32)
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return PhantomSample(image=image, points=corners.reshape(-1, 2), spacing=(1.0, 1.0),
+                         names=hidden_vertebra_names(vertebrae))
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
-from .data import KeypointTrainingDataset, training_splits
+from .data import DATASETS, KeypointTrainingDataset, training_splits
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .imaging import to_original
 from .inference import fast_dtype, pick_device
@@ -54,7 +54,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=["aasce", "isbi", "folder", "phantom"])
+    source.add_argument("--dataset", choices=DATASETS)
     source.add_argument("--pack", type=Path, help="a training pack (interactive-keypoints pack) instead of --dataset; "
                                                   "--split-seed and --drop-disordered-labels must be the pack's")
     data.add_argument("--data-root", type=Path, help="the dataset's own top folder")
@@ -69,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--depth", choices=["compact", "full"], default="compact",
                        help="compact: HRNet-small stages; full: the paper's HRNetV2 (1/4/3 modules)")
     model.add_argument("--input", type=parse_size, default=(256, 128), help="network input HxW")
+    model.add_argument("--ocr-channels", type=int, nargs=2, default=(256, 128), metavar=("MID", "KEY"),
+                       help="OCR head sizes (the paper's 256 128; smaller for tiny test models)")
     model.add_argument("--sigma", type=float, default=None, help="heatmap sigma in input px (default: 7.5 at 512 px high, scaled)")
     model.add_argument("--no-gating", action="store_true", help="ablation: no interaction-guided gating")
     model.add_argument("--gating-pool", choices=["max", "avg"], default="max")
@@ -85,6 +87,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--min-lr", type=float, default=1e-5)
     run.add_argument("--patience", type=int, default=50, help="early stopping on validation MRE (epochs)")
     run.add_argument("--iterative-max", type=int, default=2, help="extra no-grad click passes (0..N, uniform)")
+    clicks = parser.add_argument_group("interaction (how simulated clicks teach the hint path)")
+    clicks.add_argument("--click-pass-bn", choices=["eval", "train"], default="eval",
+                        help="BatchNorm mode of the no-grad click passes: eval (as the paper's and RITM's code; "
+                             "running statistics see only graded passes) or train")
+    clicks.add_argument("--train-prev", choices=["all", "clicked"], default="all",
+                        help="previous prediction fed in training: all channels (paper) or only clicked ones "
+                             "(the paper's inference rule)")
+    clicks.add_argument("--clicked-loss-weight", type=float, default=1.0,
+                        help="heatmap-loss weight of clicked keypoints relative to unclicked ones")
+    clicks.add_argument("--hint-scale-init", type=float, default=None,
+                        help="set the hint-fusion scale |s| before training (RITM's 0.05 suits a pretrained "
+                             "backbone; from scratch the hints then stay too faint to learn from); default: keep")
+    clicks.add_argument("--occlusion-prob", type=float, default=0.0,
+                        help="probability of blanking a square around a random keypoint (clicks become informative)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
     run.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     run.add_argument("--seed", type=int, default=0)
@@ -165,6 +181,8 @@ def make_config(args, train) -> ModelConfig:
         gating=not args.no_gating,
         gating_pool=args.gating_pool,
         sigma=sigma,
+        ocr_mid_channels=args.ocr_channels[0],
+        ocr_key_channels=args.ocr_channels[1],
         name=f"{args.dataset}-{train.num_keypoints}",
         description=f"trained with interactive-keypoints train on {args.dataset}",
         measurements=DATASET_MEASUREMENTS.get(args.dataset, ""),
@@ -217,21 +235,38 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     b, k = points.shape[:2]
     clicked = torch.from_numpy(np.stack([sample_click_mask(rng, k) for _ in range(b)])).to(device) & visible
     prev = torch.zeros(b, k, *size, device=device)
-    for _ in range(int(rng.integers(0, args.iterative_max + 1))):
-        with torch.no_grad(), autocast():
-            out = network(images, gaussian_heatmaps(points, size, config.sigma, clicked), prev)
-        prev = torch.sigmoid(out["logits"].float())
-        predicted, _ = decode_heatmaps(prev)
-        worst = worst_keypoints(predicted, points, clicked | ~visible)
-        has_worst = worst >= 0
-        clicked[has_worst, worst[has_worst]] = True
+    passes = int(rng.integers(0, args.iterative_max + 1))
+    if passes and args.click_pass_bn == "eval":
+        network.eval()  # the simulated user's passes must not move the BatchNorm running statistics
+    try:
+        for _ in range(passes):
+            with torch.no_grad(), autocast():
+                out = network(images, gaussian_heatmaps(points, size, config.sigma, clicked),
+                              previous_input(prev, clicked, args.train_prev))
+            prev = torch.sigmoid(out["logits"].float())
+            predicted, _ = decode_heatmaps(prev)
+            worst = worst_keypoints(predicted, points, clicked | ~visible)
+            has_worst = worst >= 0
+            clicked[has_worst, worst[has_worst]] = True
+    finally:
+        network.train()
     with autocast():
-        out = (graded_network or network)(images, gaussian_heatmaps(points, size, config.sigma, clicked), prev)
+        out = (graded_network or network)(images, gaussian_heatmaps(points, size, config.sigma, clicked),
+                                          previous_input(prev, clicked, args.train_prev))
     target = gaussian_heatmaps(points, size, config.sigma, visible)
-    loss_heatmap = heatmap_loss(out, target)
+    weight = None
+    if args.clicked_loss_weight != 1.0:
+        weight = torch.where(clicked, args.clicked_loss_weight, 1.0).to(torch.float32)
+    loss_heatmap = heatmap_loss(out, target, channel_weight=weight)
     loss_morph = morphology_term(out["logits"], points, visible, selection,
                                  args.morphology_weight, args.morphology_weight)
     return loss_heatmap, loss_morph
+
+
+def previous_input(prev: torch.Tensor, clicked: torch.Tensor, channels: str) -> torch.Tensor:
+    """The previous prediction as the network sees it: every channel (training as in the
+    paper) or only the clicked ones (the paper's inference rule, session.py)."""
+    return prev if channels == "all" else prev * clicked[..., None, None].to(prev.dtype)
 
 
 @torch.no_grad()
@@ -318,6 +353,9 @@ def train(args) -> Path:
         if is_main:
             print(f"transferred {len(fits)} tensors from {args.transfer_from}; {len(fresh)} start fresh "
                   f"(first: {', '.join(fresh[:4])})", flush=True)
+    if args.hint_scale_init is not None and not args.resume:
+        with torch.no_grad():
+            model.network.hint_fusion.scale.fill_(args.hint_scale_init)
     network = model.network.to(device)
     fast = not args.no_fast
     dtype = fast_dtype(device, fast)
@@ -339,7 +377,8 @@ def train(args) -> Path:
             print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)")
     ddp = DistributedDataParallel(network) if world > 1 else network
 
-    train_data = KeypointTrainingDataset(train_split, config.input_size, config.intensity, augment=True, seed=args.seed)
+    train_data = KeypointTrainingDataset(train_split, config.input_size, config.intensity, augment=True, seed=args.seed,
+                                         occlusion_prob=args.occlusion_prob)
     val_data = KeypointTrainingDataset(val_split, config.input_size, config.intensity, augment=False)
     train_data.preload()
     val_loader = torch.utils.data.DataLoader(val_data, batch_size=8, shuffle=False, num_workers=0)

@@ -13,7 +13,7 @@ from . import aasce, folder, isbi, synthetic
 from .common import DatasetNotFoundError, DatasetSplit, KeypointSample, label_problem, load_grey_image, read_image_size
 from .training import KeypointTrainingDataset
 
-DATASETS = ("aasce", "isbi", "folder", "phantom")
+DATASETS = ("aasce", "isbi", "folder", "phantom", "phantom-hidden")
 
 __all__ = [
     "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
@@ -26,7 +26,7 @@ def dataset_options(name: str, split_seed: int = 0, phantom_images: int = 16) ->
     """The loader options that the train / evaluate command lines set."""
     if name in ("aasce", "folder"):
         return {"seed": split_seed}
-    if name == "phantom":
+    if name in synthetic.TASKS:
         return {"num_images": phantom_images, "seed": split_seed}
     return {}
 
@@ -45,8 +45,8 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
     """One split of a dataset. Options go to the loader: AASCE ``num_val``, ``seed``;
     ISBI ``annotators``; folder ``val_fraction``, ``seed``; phantom ``num_images``, ``seed``,
     ``height``, ``width`` (no root)."""
-    if name == "phantom":
-        return synthetic.load(split, **options)
+    if name in synthetic.TASKS:
+        return synthetic.load(split, task=name, **options)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     if root is None:
@@ -63,7 +63,7 @@ def get_split_ids(name: str, root: str | Path | None = None, **options) -> dict[
         return {split: isbi.split_ids(split) for split in isbi.SPLITS}
     if name == "folder":
         return folder.split_ids(root, **options)
-    if name == "phantom":
+    if name in synthetic.TASKS:
         return synthetic.split_ids(**options)
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
 

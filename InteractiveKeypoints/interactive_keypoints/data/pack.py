@@ -35,7 +35,7 @@ import torch
 
 from .. import __version__
 from ..augment import resize_matrix, transform_points
-from . import dataset_options, disordered_label_options, training_splits
+from . import dataset_options, disordered_label_options, synthetic, training_splits
 from .common import DatasetSplit, KeypointSample, label_problem
 from .training import DEFAULT_INTENSITY, KeypointTrainingDataset
 
@@ -108,7 +108,7 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
         "dataset": name,
         "data_root": str(root) if root is not None else None,
         "loader": {"split_seed": split_seed, "drop_disordered_labels": bool(drop_disordered),
-                   "phantom_images": phantom_images if name == "phantom" else None,
+                   "phantom_images": phantom_images if name in synthetic.TASKS else None,
                    "options": {**dataset_options(name, split_seed, phantom_images),
                                **disordered_label_options(name, drop_disordered)}},
         "input_size": list(input_size),
