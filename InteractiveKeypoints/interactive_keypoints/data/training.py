@@ -6,9 +6,10 @@ uses (``imaging.preprocess_transform``), and kept in memory. The resize is the
 align_corners=False pixel-edge mapping, so coordinates stay exact through the cache:
 original -> cache -> input composes to the original -> input mapping of ``imaging.to_input``.
 
-Use ``monai.data.DataLoader``: it reseeds the random transforms in every worker (a plain
-torch DataLoader gives all workers the same augmentations). Call :meth:`preload` before
-starting workers so that forked workers share one cache instead of each decoding again.
+Augmentation randomness is a function of (seed, epoch, index) alone (:meth:`item`): an
+item comes out the same whichever DataLoader worker makes it, however many workers there
+are, and after a resume. ``dataset[i]`` is ``item(i, dataset.epoch)``. Call :meth:`preload`
+before starting workers so that forked workers share one cache instead of each decoding again.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class KeypointTrainingDataset(Dataset):
         self.intensity = dict(intensity or DEFAULT_INTENSITY)
         self.cache_size = tuple(max(1, round(v * cache_scale)) for v in self.input_size)
         self.use_cache = cache
+        self.seed = seed
+        self.epoch = 0  # the epoch ``dataset[i]`` augments for
         self._cache: dict[int, torch.Tensor] = {}
         low = float(self.intensity.get("range", (-1.0, 1.0))[0])
         # outside the source image reads as the black level of the normalised range
@@ -67,7 +70,17 @@ class KeypointTrainingDataset(Dataset):
         for i in range(len(self)):
             self.cached_image(i)
 
+    def item_seed(self, index: int, epoch: int) -> int:
+        return int(np.random.SeedSequence([self.seed or 0, epoch, index]).generate_state(1)[0])
+
     def __getitem__(self, index: int) -> dict:
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, epoch: int) -> dict:
+        """Sample ``index`` as augmented in ``epoch``. Reseeds the (per-process) transform
+        chain, so not for threads sharing one dataset; worker processes each have a copy."""
+        if self.seed is not None:
+            self.transform.set_random_state(seed=self.item_seed(index, epoch))
         sample = self.data[index]
         image = self.cached_image(index)
         to_cache = resize_matrix(sample.image_size, tuple(image.shape[-2:]))
