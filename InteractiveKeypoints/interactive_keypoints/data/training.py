@@ -100,3 +100,31 @@ class KeypointTrainingDataset(Dataset):
             "flipped": bool(d.get("flipped", False)),
             "id": sample.id,
         }
+
+
+class EpochItems(Dataset):
+    """``dataset`` indexed by (epoch, index) keys, so that DataLoader workers, which hold
+    copies of the dataset made once, still augment for the epoch the main process is in."""
+
+    def __init__(self, dataset: KeypointTrainingDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key
+        return self.dataset.item(int(index), int(epoch))
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batch sampler of :class:`EpochItems` keys; set ``batches`` before iterating the loader."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
