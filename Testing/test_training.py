@@ -303,3 +303,15 @@ def test_validation_follows_the_evaluation_protocol():
     assert metrics["mre3_px"] == pytest.approx(np.mean([c.model[3] for c in curves]), abs=1e-3)
     assert metrics["manual3_px"] == pytest.approx(np.mean([c.manual[3] for c in curves]), abs=1e-3)
     assert metrics["mre3_px"] < metrics["mre0_px"]
+
+
+def test_bf16_autocast_path_trains_and_validates(tmp_path, monkeypatch):
+    # the dtype CUDA gets, forced on this CPU (emulated where there is no native bf16)
+    monkeypatch.setattr(train, "fast_dtype", lambda device, fast, training=False: torch.bfloat16 if fast else None)
+    out = tmp_path / "bf16"
+    assert run_train(out, "--epochs", "1", "--max-steps", "1") == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["fast_path"] == "torch.bfloat16"
+    row = next(csv.DictReader(open(out / "training_log.csv")))
+    assert all(np.isfinite(float(row[c])) for c in ["loss", "val_mre_px", "val_mre3_px", "propagation_gain_px"])
+    assert all(t.dtype == torch.float32 for t in load_model(out).network.state_dict().values() if t.is_floating_point())
