@@ -209,8 +209,8 @@ def test_augmented_items_keep_exact_coordinates(phantoms):
     data = KeypointTrainingDataset(phantoms, (128, 64), augment=True, seed=3)
     perm = flip_permutation(68, phantoms.flip_pairs)
     flips = 0
-    for _ in range(6):
-        item = data[0]
+    for epoch in range(6):
+        item = data.item(0, epoch)
         expected = transform_points(phantoms[0].points, item["orig_to_input"].numpy())
         if item["flipped"]:
             flips += 1
@@ -219,10 +219,21 @@ def test_augmented_items_keep_exact_coordinates(phantoms):
             assert (item["points"][0::4, 0] < item["points"][1::4, 0]).all()
         np.testing.assert_allclose(item["points"].numpy(), expected, atol=1e-4)
         assert item["image"].shape == (1, 128, 64) and item["image"].dtype == torch.float32
+    assert flips > 0
     assert len(data._cache) == 1  # decoded once
     loader = torch.utils.data.DataLoader(data, batch_size=2)
     batch = next(iter(loader))
     assert batch["image"].shape == (2, 1, 128, 64) and batch["points"].shape == (2, 68, 2)
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_only(phantoms):
+    data = KeypointTrainingDataset(phantoms, (128, 64), augment=True, seed=3)
+    first = data.item(1, epoch=4)
+    data.item(0, epoch=2)  # whatever was drawn in between
+    torch.testing.assert_close(data.item(1, epoch=4)["image"], first["image"])
+    assert not torch.equal(data.item(1, epoch=5)["image"], first["image"])
+    data.epoch = 4
+    torch.testing.assert_close(data[1]["points"], first["points"])
 
 
 def ordered_spine_label() -> np.ndarray:

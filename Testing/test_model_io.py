@@ -117,3 +117,33 @@ def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tin
     assert default == str(models / "aasce-spine-68")
     assert found == [str(models / "aasce-spine-68"), str(models / "other-model")]
     assert not torch_imported
+
+
+def test_large_weights_are_sharded_under_the_limit_and_load_back(tmp_path, tiny_model):
+    from interactive_keypoints.model_io import WEIGHTS_INDEX_FILE, has_weights
+
+    folder = tmp_path / "m"
+    save_model(folder, tiny_model)  # a single file first: sharding must replace it
+    limit = 3_100_000  # above the largest tensor (2.99 MB), below the 10.4 MB whole
+    save_model(folder, tiny_model, max_shard_bytes=limit)
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 4 and not (folder / WEIGHTS_FILE).exists() and has_weights(folder)
+    assert all(p.stat().st_size <= limit for p in shards)
+    assert shards[0].name == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((folder / WEIGHTS_INDEX_FILE).read_text())
+    assert set(index["weight_map"]) == set(tiny_model.network.state_dict())
+    torch.testing.assert_close(outputs(load_model(folder)), outputs(tiny_model))
+    save_model(folder, tiny_model)  # and back to one file: no stale shards left to confuse a reader
+    assert (folder / WEIGHTS_FILE).is_file() and not list(folder.glob("model-*")) and not (folder / WEIGHTS_INDEX_FILE).exists()
+
+
+def test_a_missing_or_foreign_shard_is_refused(tmp_path, tiny_model):
+    folder = tmp_path / "m"
+    save_model(folder, tiny_model, max_shard_bytes=3_100_000)
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    shards[0].write_bytes(shards[1].read_bytes())  # the wrong tensors under the first shard's name
+    with pytest.raises(ModelFormatError, match="other tensors than"):
+        load_model(folder)
+    shards[1].unlink()
+    with pytest.raises(ModelFormatError, match="names the shard"):
+        load_model(folder)

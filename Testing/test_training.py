@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT, shared_dataset
 from safetensors.torch import load_file
 
@@ -36,7 +37,8 @@ def trained(tmp_path_factory):
 
 def test_train_writes_a_model_folder_the_session_loads(trained, phantom):
     for name in ["model.safetensors", "model.json", "morphology.json", "split.json", "training_log.csv",
-                 "checkpoint.safetensors", "checkpoint.json", "train_summary.json"]:
+                 "checkpoint.safetensors", "checkpoint.json", "train_summary.json", "train_config.json",
+                 "val_metrics.json"]:
         assert (trained / name).is_file(), name
     model = load_model(trained)
     assert model.config.num_keypoints == 68 and model.config.landmark_names[0] == "T1-top-left"
@@ -124,6 +126,14 @@ def test_cosine_schedule_decays_from_lr_to_min_lr():
     assert rates[0] == pytest.approx(1e-3) and rates[10] == pytest.approx(1e-5)
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert train.learning_rate(argparse.Namespace(lr=1e-3, lr_schedule="constant"), 7) == 1e-3
+
+
+def test_cosine_schedule_runs_over_the_time_budget_when_there_is_one():
+    args = argparse.Namespace(lr=1e-3, min_lr=1e-5, epochs=300, lr_schedule="cosine", max_minutes=10)
+    assert train.learning_rate(args, 0, elapsed_s=0) == pytest.approx(1e-3)
+    assert train.learning_rate(args, 1, elapsed_s=300) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert train.learning_rate(args, 2, elapsed_s=600) == pytest.approx(1e-5)
+    assert train.learning_rate(args, 2, elapsed_s=900) == pytest.approx(1e-5)
 
 
 @pytest.mark.parametrize("flags", [["--no-gating", "--morphology", "off"], ["--gating-pool", "avg", "--morphology", "high"]])
@@ -346,3 +356,95 @@ def test_previous_prediction_only_in_clicked_channels():
     masked = train.previous_input(prev, clicked, "clicked")
     assert torch.equal(masked[0, 0], prev[0, 0]) and torch.equal(masked[1, 2], prev[1, 2])
     assert masked[0, 1:].abs().sum() == 0 and masked[1, :2].abs().sum() == 0
+
+
+def test_the_gpu_code_path_on_cpu_with_workers_resumes_exactly_and_shards_weights(tmp_path):
+    # the CUDA path less its CUDA-only switches (fused Adam, pinned memory): 2 workers, resumed, against
+    # 0 workers straight through; one thread each, as float sums depend on the thread count
+    straight_out, out = tmp_path / "straight", tmp_path / "workers"
+    assert run_train(straight_out, "--epochs", "2", "--threads", "1", "--workers", "0") == 0
+    fast = ["--device", "cpu", "--threads", "1", "--workers", "2", "--max-shard-mb", "2.5"]
+    assert run_train(out, "--epochs", "1", *fast) == 0
+    assert run_train(out, "--epochs", "2", "--resume", *fast) == 0
+    straight = load_file(straight_out / "checkpoint.safetensors")
+    again = load_file(out / "checkpoint.safetensors")
+    assert straight.keys() == again.keys()
+    for key in straight:
+        assert (straight[key] == again[key]).all(), key
+    columns = ["loss", "loss_heatmap", "loss_morphology", "val_mre_px", "val_mre3_px"]
+    rows = [[{c: r[c] for c in columns} for r in csv.DictReader(open(folder / "training_log.csv"))]
+            for folder in (straight_out, out)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3 and not (out / "model.safetensors").exists()
+    assert all(p.stat().st_size <= 2_500_000 for p in shards)
+    loaded = load_model(out).network.state_dict()
+    reference = load_model(straight_out).network.state_dict()
+    assert all((loaded[key] == reference[key]).all() for key in reference)
+    config = train.config_from_json(json.loads((out / "train_config.json").read_text()))
+    assert config.workers == 2 and config.max_shard_mb == 2.5 and config.input == (128, 64) and config.resume
+
+
+def test_train_config_round_trips_through_json_and_the_command_line(tmp_path):
+    parser = train.build_parser()
+    argv = [*TINY, "--out", str(tmp_path / "m"), "--lr", "0.0003", "--no-gating", "--init-from", str(tmp_path),
+            "--select-on", "mre3", "--val-every", "5"]
+    config = train.train_config(parser.parse_args(argv))
+    assert isinstance(config, train.TrainConfig)
+    assert config.input == (128, 64) and config.init_from == tmp_path and config.lr == 0.0003 and config.no_gating
+    assert config.epochs == 300 and config.workers == 0  # defaults are fields too
+    assert train.config_from_json(json.loads(json.dumps(train.config_to_json(config)))) == config
+    command = train.command_line(config)
+    assert command.startswith("interactive-keypoints train --dataset phantom ")
+    assert train.train_config(parser.parse_args(command.split()[2:])) == config
+    with pytest.raises(ValueError, match="unknown options"):
+        train.config_from_json({**train.config_to_json(config), "colour": "red"})
+
+
+def test_validation_every_n_epochs_checkpoint_at_the_end_and_time_budget(tmp_path):
+    out = tmp_path / "sparse"
+    assert run_train(out, "--epochs", "3", "--val-every", "2", "--checkpoint-every", "0", "--select-on", "mre3") == 0
+    rows = list(csv.DictReader(open(out / "training_log.csv")))
+    validated = [np.isfinite(float(r["val_mre_px"])) for r in rows]
+    assert validated == [False, True, True]  # every second epoch and the last
+    assert json.loads((out / "checkpoint.json").read_text())["epoch"] == 3
+    best = json.loads((out / "val_metrics.json").read_text())
+    assert best["select_on"] == "mre3" and best["epoch"] in (1, 2)
+    assert best["propagation_gain_px"] == pytest.approx(best["manual3_px"] - best["mre3_px"])
+    # a budget shorter than one epoch: that epoch is the last, validated, its weights written
+    timed = tmp_path / "timed"
+    assert run_train(timed, "--epochs", "50", "--max-minutes", "0.0001", "--lr-schedule", "cosine") == 0
+    rows = list(csv.DictReader(open(timed / "training_log.csv")))
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["val_mre_px"]))
+    assert (timed / "model.safetensors").is_file() and (timed / "val_metrics.json").is_file()
+
+
+def test_validation_follows_the_evaluation_protocol():
+    # the batched 0/3-click validation gives the MREs of evaluate.simulate_revision (session rule) on a trained model
+    from interactive_keypoints.data import get_dataset
+    from interactive_keypoints.data.training import KeypointTrainingDataset
+
+    model = load_model(REPO_ROOT / "models" / "phantom-spine-68")
+    samples = get_dataset("phantom", None, "val", num_images=2, seed=0)
+    data = KeypointTrainingDataset(samples, model.config.input_size, model.config.intensity, augment=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    metrics = train.validation_metrics(model.network, loader, model.config, torch.device("cpu"))
+    curves = [evaluate.simulate_revision(KeypointSession(model, evaluate.sample_radiograph(s), optimized=False),
+                                         s.points, 3) for s in samples.samples]
+    assert metrics["images"] == 2 and metrics["clicks"] == 3
+    assert metrics["mre0_px"] == pytest.approx(np.mean([c.model[0] for c in curves]), abs=1e-3)
+    assert metrics["mre3_px"] == pytest.approx(np.mean([c.model[3] for c in curves]), abs=1e-3)
+    assert metrics["manual3_px"] == pytest.approx(np.mean([c.manual[3] for c in curves]), abs=1e-3)
+    assert metrics["mre3_px"] < metrics["mre0_px"]
+
+
+def test_bf16_autocast_path_trains_and_validates(tmp_path, monkeypatch):
+    # the dtype CUDA gets, forced on this CPU (emulated where there is no native bf16)
+    monkeypatch.setattr(train, "fast_dtype", lambda device, fast, training=False: torch.bfloat16 if fast else None)
+    out = tmp_path / "bf16"
+    assert run_train(out, "--epochs", "1", "--max-steps", "1") == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["fast_path"] == "torch.bfloat16"
+    row = next(csv.DictReader(open(out / "training_log.csv")))
+    assert all(np.isfinite(float(row[c])) for c in ["loss", "val_mre_px", "val_mre3_px", "propagation_gain_px"])
+    assert all(t.dtype == torch.float32 for t in load_model(out).network.state_dict().values() if t.is_floating_point())

@@ -3,6 +3,10 @@
 On CPUs with native bf16 (AVX512-BF16 / AMX) a bf16 copy of the network with BatchNorm
 folded, in channels_last, is several times faster than fp32 and decodes to the same
 keypoints within a fraction of a pixel (see bench/latency.py). CUDA uses fp16, others fp32.
+
+Training autocasts to bf16 instead (CUDA with bf16, CPUs with native bf16): fp16 has no
+exponent range for the small loss gradients at the logits (without a loss scaler they
+flush to zero), bf16 has fp32's range.
 """
 
 from __future__ import annotations
@@ -61,10 +65,13 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & info[1])
 
 
-def fast_dtype(device: torch.device, optimized: bool) -> torch.dtype | None:
+def fast_dtype(device: torch.device, optimized: bool, training: bool = False) -> torch.dtype | None:
+    """The reduced precision to run in on ``device``; None: float32."""
     if not optimized:
         return None
     if device.type == "cuda":
+        if training:  # older GPUs without bf16 train in fp32 rather than underflow in fp16
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
         return torch.float16
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16

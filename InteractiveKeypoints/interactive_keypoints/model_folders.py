@@ -20,6 +20,7 @@ from pathlib import Path
 from .config import ModelFormatError
 
 WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"  # weights in shards (model_io)
 CONFIG_FILE = "model.json"
 MODELS_ENV = "INTERACTIVE_KEYPOINTS_MODELS"  # another models folder
 DEFAULT_MODEL_NAME = "aasce-spine-68"  # trained on real radiographs: the default everywhere
@@ -45,7 +46,7 @@ def models_dirs(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 
 def is_model_folder(folder) -> bool:
     folder = Path(folder)
-    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    return (folder / CONFIG_FILE).is_file() and ((folder / WEIGHTS_FILE).is_file() or (folder / WEIGHTS_INDEX_FILE).is_file())
 
 
 def shipped_models(preference=PREFERRED_MODEL_NAMES, package_dir: Path = PACKAGE_DIR) -> list[Path]:

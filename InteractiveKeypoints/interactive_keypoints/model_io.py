@@ -2,6 +2,10 @@
 
 No pickle anywhere: weights are safetensors, everything else is JSON. Weights may be
 stored in fp16/bf16 to keep git small; loading upcasts them to fp32.
+
+Weights larger than ``max_shard_bytes`` are split into ``model-00001-of-0000N.safetensors``
+shards plus ``model.safetensors.index.json`` (tensor name -> shard file, the Hugging Face
+layout), so that no file in git exceeds the limit. ``load_model`` reads either form.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ from .model_folders import (  # noqa: F401
     PHANTOM_MODEL_NAME,
     REPO_MODELS_DIR,
     WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
     default_model_dir,
     models_dirs,
     shipped_models,
 )
+
+SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"
+MAX_SHARD_BYTES = 15_000_000  # 15 MB per file: small enough for any git host without LFS
 
 
 @dataclass
@@ -47,19 +55,106 @@ def build_model(config: ModelConfig) -> KeypointModel:
     return KeypointModel(config, InteractiveKeypointNet(config))
 
 
-def save_model(folder: str | Path, model: KeypointModel, dtype: torch.dtype = torch.float32, extra_files: dict | None = None):
-    """Write the model folder. ``extra_files`` maps file names to JSON-able objects."""
+def save_model(folder: str | Path, model: KeypointModel, dtype: torch.dtype = torch.float32, extra_files: dict | None = None,
+               max_shard_bytes: int | None = MAX_SHARD_BYTES):
+    """Write the model folder. ``extra_files`` maps file names to JSON-able objects.
+
+    Weights above ``max_shard_bytes`` (None: no limit) go into shards plus an index."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {
         name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in model.network.state_dict().items()
     }
-    save_file(state, folder / WEIGHTS_FILE, metadata={"format": "interactive-keypoints", "format_version": str(model.config.format_version)})
+    save_weights(folder, state, {"format": "interactive-keypoints", "format_version": str(model.config.format_version)},
+                 max_shard_bytes)
     model.config.save(folder / CONFIG_FILE)
     for name, content in (extra_files or {}).items():
         (folder / name).write_text(json.dumps(content, indent=2) + "\n")
     return folder
+
+
+def _file_bytes(tensors: dict) -> int:
+    """Size of a safetensors file holding ``tensors``, header included (bounded from above)."""
+    header = sum(len(name) + 128 for name in tensors) + 256  # dtype, shape and offsets per entry; metadata
+    return header + sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def shard_groups(state: dict, max_shard_bytes: int | None) -> list[dict]:
+    """``state`` split in order into groups whose files stay under ``max_shard_bytes``
+    (a single tensor larger than that gets a shard of its own)."""
+    if max_shard_bytes is None or _file_bytes(state) <= max_shard_bytes:
+        return [state]
+    groups, current = [], {}
+    for name, tensor in state.items():
+        if current and _file_bytes({**current, name: tensor}) > max_shard_bytes:
+            groups.append(current)
+            current = {}
+        current[name] = tensor
+    return groups + [current]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder as they are on disk: the single file or the shards + index."""
+    return sorted(folder.glob("model-*-of-*.safetensors")) + [
+        p for p in (folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE) if p.is_file()
+    ]
+
+
+def save_weights(folder: Path, state: dict, metadata: dict, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> list[Path]:
+    """Write ``state`` as one file or as shards + index; files of the other layout are removed."""
+    groups = shard_groups(state, max_shard_bytes)
+    names = [WEIGHTS_FILE] if len(groups) == 1 else [SHARD_PATTERN.format(i + 1, len(groups)) for i in range(len(groups))]
+    for name, group in zip(names, groups):
+        tmp = folder / (name + ".tmp")
+        save_file(group, tmp, metadata=metadata)
+        os.replace(tmp, folder / name)
+    written = [folder / name for name in names]
+    if len(groups) > 1:
+        index = {"metadata": {**metadata, "total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": {tensor: name for name, group in zip(names, groups) for tensor in group}}
+        (folder / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        written.append(folder / WEIGHTS_INDEX_FILE)
+    for stale in set(weight_files(folder)) - set(written):  # e.g. a single file after training wrote shards
+        stale.unlink()
+    return written
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / WEIGHTS_FILE).is_file() or (folder / WEIGHTS_INDEX_FILE).is_file()
+
+
+def _read_safetensors(path: Path) -> dict:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFormatError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def load_weights(folder: Path) -> tuple[dict, Path]:
+    """(state dict, the file that names the weights) from the single file or the shards + index."""
+    single, index_path = folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE
+    if single.is_file():
+        return _read_safetensors(single), single
+    if not index_path.is_file():
+        raise ModelFormatError(f"model folder {folder} has no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE} and its shards)")
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFormatError(f"{index_path} is not a valid weight index: {e!r}") from None
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or not (folder / shard).is_file():
+            raise ModelFormatError(f"{index_path} names the shard {shard!r}, which is not in {folder}")
+    state = {}
+    for shard in shards:
+        tensors = _read_safetensors(folder / shard)
+        listed = {name for name, file in weight_map.items() if file == shard}
+        if set(tensors) != listed:
+            raise ModelFormatError(f"{folder / shard} holds other tensors than {index_path} lists for it "
+                                   f"({len(tensors)} vs {len(listed)})")
+        state.update(tensors)
+    return state, index_path
 
 
 def load_model(folder: str | Path, device: str | torch.device | None = "cpu") -> KeypointModel:
@@ -68,13 +163,7 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
     if not folder.is_dir():
         raise ModelFormatError(f"model folder {folder} does not exist")
     config = ModelConfig.load(folder / CONFIG_FILE)
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ModelFormatError(f"model folder {folder} has no {WEIGHTS_FILE}")
-    try:
-        state = load_file(weights_path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFormatError(f"{weights_path} is not a readable safetensors file: {e}") from None
+    state, weights_path = load_weights(folder)
 
     network = InteractiveKeypointNet(config)
     expected = network.state_dict()

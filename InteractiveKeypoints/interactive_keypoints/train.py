@@ -4,18 +4,32 @@
         --width 18 --input 256x128 --out runs/aasce
     torchrun --nproc_per_node 2 -m interactive_keypoints.train ...   # DistributedDataParallel
 
-Writes a model folder (model.safetensors + model.json + morphology.json + split.json),
-a CSV log, and a checkpoint (safetensors + JSON, no pickle) that resumes exactly at an
-epoch boundary: weights, optimiser, epoch, best score, RNG seeds and the split.
+Writes a model folder (fp16 weights, sharded above 15 MB, + model.json + morphology.json +
+split.json + train_config.json + val_metrics.json), a CSV log, and a checkpoint
+(safetensors + JSON, no pickle) that resumes exactly at an epoch boundary: weights,
+optimiser, epoch, best score, RNG seeds and the split.
+
+Everything random derives from (seed, epoch, ...): augmentation from (seed, epoch, sample
+index), so any --workers count gives the same batches; clicks from (seed, epoch, rank).
+
+On CUDA the fast path (off with --no-fast) autocasts to bf16, uses channels_last, cuDNN
+autotuning, fused Adam, pinned memory and asynchronous copies, and syncs with the GPU
+once per epoch. On CPU it is bf16 only where the CPU has native bf16, else fp32.
+
+--max-minutes is a wall-clock budget that counts validation and checkpoints: training stops
+after the last epoch that fits (validated, best weights written), and a cosine schedule
+then decays over the budget (progress = elapsed / budget) instead of over --epochs.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
+import shlex
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,16 +44,21 @@ from tqdm import tqdm
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
 from .data import DATASETS, KeypointTrainingDataset, training_splits
+from .data.training import EpochBatchSampler, EpochItems
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
-from .imaging import to_original
-from .inference import fast_dtype, pick_device
+from .inference import cpu_info, fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
-from .model_io import build_model, load_model, save_model
+from .model_io import MAX_SHARD_BYTES, build_model, load_model, save_model
 from .morphology import select_morphology
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
 LOG_FILE = "training_log.csv"
+TRAIN_CONFIG_FILE = "train_config.json"
+VAL_METRICS_FILE = "val_metrics.json"
+LOG_COLUMNS = ["epoch", "step", "loss", "loss_heatmap", "loss_morphology", "val_mre_px", "best_val_mre_px", "lr",
+               "images_per_s", "elapsed_s", "val_mre3_px", "val_manual3_px", "propagation_gain_px"]
+VALIDATION_CLICKS = 3
 
 
 # ------------------------------------------------------------------ arguments
@@ -118,6 +137,90 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="start from the tensors of this model folder whose name and shape match "
                             "(another dataset's model: backbone yes, K-sized hint and head layers no)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_throughput_arguments(parser)
+
+
+def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    speed = parser.add_argument_group("throughput, validation and output")
+    speed.add_argument("--workers", type=int, default=0,
+                       help="DataLoader worker processes (persistent); results do not depend on the number")
+    speed.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    speed.add_argument("--select-on", choices=["mre0", "mre3"], default="mre0",
+                       help=f"keep the weights with the best val MRE at 0 clicks or after {VALIDATION_CLICKS}")
+    speed.add_argument("--checkpoint-every", type=int, default=1,
+                       help="write the resumable checkpoint every N epochs; 0: only at the end")
+    speed.add_argument("--max-shard-mb", type=float, default=MAX_SHARD_BYTES / 1e6,
+                       help="split the model weights into files of at most this many MB")
+
+
+# ------------------------------------------------------------------ the configuration as data
+def _config_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interactive-keypoints train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+# One field per argument of the parser, with its default: the parser stays the one place an
+# option is declared (and documented), the config is what is saved and passed around.
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(a.dest, object, dataclasses.field(default=a.default)) for a in _config_actions(build_parser())]
+)
+TrainConfig.__doc__ = "Every argument of ``interactive-keypoints train``, as data (see ``build_parser``)."
+
+
+def train_config(args) -> TrainConfig:
+    """A TrainConfig from parsed arguments (extra attributes, e.g. the CLI's, are ignored)."""
+    if isinstance(args, TrainConfig):
+        return args
+    return TrainConfig(**{f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(TrainConfig)})
+
+
+def config_to_json(config: TrainConfig) -> dict:
+    def plain(value):
+        return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def config_from_json(data: dict) -> TrainConfig:
+    """The inverse of :func:`config_to_json`; fields added since the file was written get their default."""
+    actions = {a.dest: a for a in _config_actions(build_parser())}
+    unknown = sorted(set(data) - set(actions))
+    if unknown:
+        raise ValueError(f"{TRAIN_CONFIG_FILE}: unknown options {', '.join(unknown)} (written by another version?)")
+
+    def typed(action, value):
+        if value is None:
+            return None
+        if action.type is Path or isinstance(action.default, Path):
+            return Path(value)
+        return tuple(value) if isinstance(value, list) else value
+    return TrainConfig(**{name: typed(actions[name], value) for name, value in data.items()})
+
+
+def config_arguments(config: TrainConfig) -> list[str]:
+    """The command-line arguments that give ``config``: required ones and those off their default."""
+    arguments = []
+    for action in _config_actions(build_parser()):
+        value = getattr(config, action.dest)
+        if value == action.default and not action.required:
+            continue
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            arguments.append(flag)
+        else:
+            text = "x".join(str(v) for v in value) if action.type is parse_size else str(value)
+            arguments += [flag, text]
+    return arguments
+
+
+def command_line(config: TrainConfig) -> str:
+    """The shell command that trains with ``config`` (for model cards)."""
+    return shlex.join(["interactive-keypoints", "train", *config_arguments(config)])
 
 
 # ------------------------------------------------------------------ distributed
@@ -137,10 +240,11 @@ def setup_distributed(device_pref: str):
     return rank, world, device
 
 
-def broadcast_flag(flag: bool, world: int) -> bool:
+def broadcast_flag(flag: bool, world: int, device=None) -> bool:
     if world == 1:
         return flag
-    t = torch.tensor([int(flag)])
+    # NCCL moves CUDA tensors only
+    t = torch.tensor([int(flag)], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -270,29 +374,68 @@ def previous_input(prev: torch.Tensor, clicked: torch.Tensor, channels: str) -> 
 
 
 @torch.no_grad()
-def validation_mre(network, loader, config, device) -> float:
-    """Mean radial error at 0 clicks, in original pixels, eval mode (BN running stats)."""
+def validation_metrics(network, loader, config, device, autocast=nullcontext, channels_last: bool = False,
+                       clicks: int = VALIDATION_CLICKS) -> dict:
+    """Mean radial errors in original pixels, eval mode (BN running stats), batched on the device.
+
+    ``mre0_px``: no clicks. ``mre3_px``: model revision after ``clicks`` simulated clicks, as
+    ``evaluate.simulate_revision`` with the session's test-time rule: each click puts the worst
+    not-yet-clicked keypoint at its true position, the model re-runs with the click heatmaps
+    and its previous output in the clicked channels only, and clicked points count as exact.
+    ``manual3_px``: the 0-click prediction with only the clicked points set to the truth.
+    ``propagation_gain_px`` = manual - model: what re-running the model adds to the clicks.
+    """
     network.eval()
-    errors = []
     k, size = config.num_keypoints, config.input_size
+    clicks = min(clicks, k)
+    totals, images_seen = torch.zeros(3, device=device), 0
     for batch in loader:
-        images = batch["image"].to(device)
-        zeros = torch.zeros(images.shape[0], k, *size, device=device)
-        probs = torch.sigmoid(network(images, zeros, zeros)["logits"].float())
-        points_in, _ = decode_heatmaps(probs)
-        for i in range(images.shape[0]):
-            h, w = batch["orig_size"][i].tolist()
-            pred = to_original(points_in[i].cpu().numpy(), (h, w), size)
-            errors.append(np.linalg.norm(pred - batch["orig_points"][i].numpy(), axis=-1).mean())
+        images = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        truth_in = batch["points"].to(device, non_blocking=True)  # no augmentation: the labels in input px
+        truth = batch["orig_points"].to(device, torch.float32, non_blocking=True)
+        to_orig = torch.linalg.inv(batch["orig_to_input"]).to(device, torch.float32)  # (B, 3, 3)
+        b = images.shape[0]
+        clicked = torch.zeros(b, k, dtype=torch.bool, device=device)
+        probs = torch.zeros(b, k, *size, device=device)
+        for step in range(clicks + 1):
+            hints = gaussian_heatmaps(truth_in, size, config.sigma, clicked)
+            prev = probs * clicked[..., None, None]
+            with autocast():
+                logits = network(images, hints, prev)["logits"]
+            probs = torch.sigmoid(logits.float())
+            points_in, _ = decode_heatmaps(probs)
+            points = points_in @ to_orig[:, :2, :2].transpose(1, 2) + to_orig[:, None, :2, 2]
+            points = torch.where(clicked[..., None], truth, points)
+            errors = torch.linalg.vector_norm(points - truth, dim=-1)  # (B, K)
+            if step == 0:
+                start_errors = errors
+            if step < clicks:
+                worst = worst_keypoints(points, truth, clicked)
+                clicked[torch.arange(b, device=device), worst] = True
+        # the manual user sets the `clicks` largest errors of the start to zero
+        manual = start_errors.sum(1) - start_errors.topk(clicks, dim=1).values.sum(1)
+        totals += torch.stack([start_errors.mean(1).sum(), errors.mean(1).sum(), (manual / k).sum()])
+        images_seen += b
     network.train()
-    return float(np.mean(errors))
+    mre0, mre3, manual3 = (totals / max(images_seen, 1)).tolist()  # the one sync
+    return {"mre0_px": mre0, "mre3_px": mre3, "manual3_px": manual3, "propagation_gain_px": manual3 - mre3,
+            "clicks": clicks, "images": images_seen}
 
 
-def learning_rate(args, epoch: int) -> float:
-    """The rate of one epoch; a function of the epoch alone, so resuming keeps the schedule."""
+def learning_rate(args, epoch: int, elapsed_s: float | None = None) -> float:
+    """The rate of one epoch; a function of the epoch alone, so resuming keeps the schedule.
+
+    With --max-minutes the cosine runs over the time budget instead: progress = elapsed / budget
+    (``elapsed_s``; resuming keeps it too, the elapsed time is in the checkpoint)."""
     if args.lr_schedule == "constant":
         return args.lr
-    progress = min(epoch / max(args.epochs, 1), 1.0)
+    budget_s = 60 * args.max_minutes if getattr(args, "max_minutes", None) else None
+    if budget_s and elapsed_s is not None:
+        progress = min(elapsed_s / budget_s, 1.0)
+    else:
+        progress = min(epoch / max(args.epochs, 1), 1.0)
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
@@ -327,8 +470,83 @@ def parameter_fingerprint(network) -> float:
     return float(sum(p.detach().double().sum().item() for p in network.parameters()))
 
 
+# ------------------------------------------------------------------ speed and bookkeeping
+def setup_fast_path(network, device, fast: bool):
+    """(network, autocast factory, dtype or None): bf16 autocast where the device has it,
+    channels_last, cuDNN autotuning on CUDA (fixed input size: the tuned kernels are reused)."""
+    dtype = fast_dtype(device, fast, training=True)
+    if fast:
+        network = network.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+    return network, autocast, dtype
+
+
+def make_optimizer(network, args, device):
+    # the fused kernel updates all parameters in a few launches instead of several per tensor
+    return torch.optim.Adam(network.parameters(), lr=args.lr, fused=device.type == "cuda")
+
+
+def epoch_batches(args, epoch: int, num_items: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
+    """The (epoch, index) keys of this rank's batches: one shared permutation per (seed, epoch),
+    an equal share per rank (DDP needs equal step counts), incomplete batches dropped."""
+    order = np.random.default_rng([args.seed, epoch]).permutation(num_items)
+    share = len(order) // world
+    order = order[rank::world][:share]
+    return [[(epoch, int(i)) for i in order[i:i + args.batch_size]]
+            for i in range(0, share - args.batch_size + 1, args.batch_size)]
+
+
+def make_loaders(train_data, val_data, args, device):
+    """Training and validation loaders; workers persist over epochs, their own RNG unused
+    (the augmentation is seeded per item) and the global torch RNG left alone."""
+    workers = max(0, args.workers)
+    common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                  generator=torch.Generator().manual_seed(args.seed))
+    sampler = EpochBatchSampler()
+    train_loader = torch.utils.data.DataLoader(EpochItems(train_data), batch_sampler=sampler, **common)
+    val_loader = torch.utils.data.DataLoader(val_data, batch_size=args.batch_size, shuffle=False, **common)
+    return train_loader, sampler, val_loader
+
+
+def to_device(batch: dict, device) -> dict:
+    """The training tensors of a batch on the device, copied asynchronously (pinned on CUDA)."""
+    return {key: value.to(device, non_blocking=True) if key in ("image", "points", "visible") else value
+            for key, value in batch.items()}
+
+
+def device_description(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        info = cpu_info()
+        return f"CPU {info[0] if info else 'unknown'}, {torch.get_num_threads()} threads"
+    return device.type
+
+
+def keep_log_rows_before(log_path: Path, epoch: int) -> None:
+    """On resume: drop the rows of epochs after the checkpoint (they will be trained again)."""
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epoch]
+    if len(kept) != len(rows):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
+def epoch_line(epoch, images_per_s, loss, metrics, elapsed_s) -> str:
+    if metrics is None:
+        val = "val -"
+    else:
+        val = (f"val MRE {metrics['mre0_px']:.2f} px, {metrics['mre3_px']:.2f} after {metrics['clicks']} clicks "
+               f"(gain {metrics['propagation_gain_px']:+.2f})")
+    return f"epoch {epoch}: {images_per_s:.1f} img/s loss {loss:.4f} {val} {elapsed_s:.0f} s"
+
+
 # ------------------------------------------------------------------ main loop
 def train(args) -> Path:
+    args = train_config(args)
     rank, world, device = setup_distributed(args.device)
     if args.threads:  # e.g. two runs side by side: oversubscribed OpenMP threads spin and crawl
         torch.set_num_threads(args.threads)
@@ -356,16 +574,12 @@ def train(args) -> Path:
     if args.hint_scale_init is not None and not args.resume:
         with torch.no_grad():
             model.network.hint_fusion.scale.fill_(args.hint_scale_init)
-    network = model.network.to(device)
     fast = not args.no_fast
-    dtype = fast_dtype(device, fast)
-    if fast:
-        network = network.to(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    network, autocast, dtype = setup_fast_path(model.network.to(device), device, fast)
+    optimizer = make_optimizer(network, args, device)
 
     state = {"epoch": 0, "step": 0, "best_mre": math.inf, "best_epoch": -1, "epochs_without_improvement": 0,
-             "split": split_record, "seed": args.seed, "elapsed_s": 0.0,
+             "split": split_record, "seed": args.seed, "elapsed_s": 0.0, "select_on": args.select_on,
              "init_from": str(args.init_from) if args.init_from else None,
              "transfer_from": str(args.transfer_from) if args.transfer_from else None}
     if args.resume and (out / CHECKPOINT_STATE).is_file():
@@ -374,83 +588,111 @@ def train(args) -> Path:
             raise ValueError("the checkpoint was trained on a different split; resume with the same --split-seed, "
                              "data and --drop-disordered-labels")
         if is_main:
-            print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)")
+            print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)", flush=True)
     ddp = DistributedDataParallel(network) if world > 1 else network
 
     train_data = KeypointTrainingDataset(train_split, config.input_size, config.intensity, augment=True, seed=args.seed,
                                          occlusion_prob=args.occlusion_prob)
     val_data = KeypointTrainingDataset(val_split, config.input_size, config.intensity, augment=False)
-    train_data.preload()
-    val_loader = torch.utils.data.DataLoader(val_data, batch_size=8, shuffle=False, num_workers=0)
+    train_data.preload()  # before the workers fork: they share the decoded images
+    val_data.preload()
+    train_loader, sampler, val_loader = make_loaders(train_data, val_data, args, device)
+    max_shard_bytes = int(args.max_shard_mb * 1e6)
     if is_main:
         config.save(out / "model.json")
         selection.save(out / "morphology.json")
         (out / "split.json").write_text(json.dumps(split_record, indent=1))
+        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config_to_json(args), indent=1) + "\n")
 
     log_path = out / LOG_FILE
-    if is_main and not (args.resume and log_path.exists()):
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "step", "loss", "loss_heatmap", "loss_morphology", "val_mre_px",
-                                    "best_val_mre_px", "lr", "images_per_s", "elapsed_s"])
+    if is_main:
+        if args.resume and log_path.exists():
+            keep_log_rows_before(log_path, state["epoch"])
+        else:
+            with open(log_path, "w", newline="") as f:
+                csv.writer(f).writerow(LOG_COLUMNS)
 
     start_time = time.time() - state["elapsed_s"]
-    stop = False
+    budget_s = 60 * args.max_minutes if args.max_minutes is not None else None
+    by_time = budget_s is not None and args.lr_schedule == "cosine"
+    val_s = 0.0  # the last validation's duration: part of what another epoch costs
+    stop, first_epoch = False, True
     while state["epoch"] < args.epochs and not stop:
         epoch = state["epoch"]
         # everything random in an epoch derives from (seed, epoch, rank): resuming is exact
         rng = np.random.default_rng([args.seed, epoch, rank])
-        train_data.transform.set_random_state(seed=int(rng.integers(2**31)))
-        # one shared permutation, an equal share per rank (DDP needs equal step counts)
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_data))
-        share = len(order) // world
-        order = order[rank::world][:share]
-        batches = [order[i:i + args.batch_size] for i in range(0, share - args.batch_size + 1, args.batch_size)]
+        sampler.batches = epoch_batches(args, epoch, len(train_data), rank, world)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, epoch)
+            group["lr"] = learning_rate(args, epoch, time.time() - start_time if by_time else None)
         network.train()
-        sums = np.zeros(3)
-        seen, epoch_start = 0, time.time()
-        for indices in tqdm(batches, desc=f"epoch {epoch}", disable=args.quiet or not is_main, leave=False):
-            batch = torch.utils.data.default_collate([train_data[int(i)] for i in indices])
-            loss_h, loss_m = training_step(network, batch, rng, config, selection, args, device, autocast, ddp)
+        sums = torch.zeros(3, device=device)  # loss, heatmap, morphology: summed on the device, no sync per step
+        seen, steps, epoch_start = 0, 0, time.time()
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", disable=args.quiet or not is_main, leave=False):
+            if by_time:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(args, epoch, time.time() - start_time)
+            loss_h, loss_m = training_step(network, to_device(batch, device), rng, config, selection, args, device,
+                                           autocast, ddp)
             loss = loss_h + loss_m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += [loss.item(), loss_h.item(), loss_m.item()]
-            seen += len(indices)
+            sums += torch.stack([t.detach().float() for t in (loss, loss_h, loss_m)])
+            seen += len(batch["id"])
+            steps += 1
             state["step"] += 1
             if args.max_steps is not None and state["step"] >= args.max_steps:
                 stop = True
                 break
-        images_per_s = seen * world / max(time.time() - epoch_start, 1e-9)
+        mean_losses = (sums / max(steps, 1)).tolist()  # the epoch's one sync with the device
+        train_s = time.time() - epoch_start
+        images_per_s = seen * world / max(train_s, 1e-9)
         state["epoch"] = epoch + 1
-        state["elapsed_s"] = time.time() - start_time
+        elapsed = time.time() - start_time
+        # the last epoch: by count, by steps, or because another one (with validation) would overrun the budget
+        final = stop or state["epoch"] >= args.epochs or (budget_s is not None and elapsed + train_s + 2 * val_s > budget_s)
+        final = broadcast_flag(final, world, device)
 
-        val_mre = validation_mre(network, val_loader, config, device) if is_main else math.nan
-        improved = is_main and val_mre < state["best_mre"]
-        if is_main:
-            if improved:
-                state.update(best_mre=val_mre, best_epoch=epoch, epochs_without_improvement=0)
-                save_model(out, model, dtype=getattr(torch, args.save_dtype))
+        metrics = None
+        if is_main and (final or state["epoch"] % max(args.val_every, 1) == 0):
+            val_start = time.time()
+            metrics = validation_metrics(network, val_loader, config, device, autocast, channels_last=fast)
+            val_s = time.time() - val_start
+            score = metrics["mre0_px" if args.select_on == "mre0" else "mre3_px"]
+            if score < state["best_mre"]:
+                state.update(best_mre=score, best_epoch=epoch, epochs_without_improvement=0)
+                save_model(out, model, dtype=getattr(torch, args.save_dtype), max_shard_bytes=max_shard_bytes)
+                (out / VAL_METRICS_FILE).write_text(json.dumps(
+                    {"epoch": epoch, "select_on": args.select_on, **metrics}, indent=1) + "\n")
             else:
-                state["epochs_without_improvement"] += 1
-            n = max(len(batches), 1)
-            with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow([epoch, state["step"], *(np.round(sums / n, 6)), round(val_mre, 3),
-                                        round(state["best_mre"], 3), optimizer.param_groups[0]["lr"], round(images_per_s, 2), round(state["elapsed_s"], 1)])
-            if not args.quiet:
-                print(f"epoch {epoch}: loss {sums[0] / n:.4f} val MRE {val_mre:.2f} px "
-                      f"(best {state['best_mre']:.2f} @ {state['best_epoch']}) {images_per_s:.2f} img/s", flush=True)
-            save_checkpoint(out, network, optimizer, state)
+                state["epochs_without_improvement"] = epoch - state["best_epoch"]
         out_of_patience = state["epochs_without_improvement"] >= args.patience
-        out_of_time = args.max_minutes is not None and state["elapsed_s"] > 60 * args.max_minutes
-        stop = broadcast_flag(stop or out_of_patience or out_of_time, world)
+        stop = broadcast_flag(final or out_of_patience, world, device)
+        state["elapsed_s"] = time.time() - start_time
+        if is_main:
+            m = metrics or {}
+            nan = math.nan
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([epoch, state["step"], *np.round(mean_losses, 6), round(m.get("mre0_px", nan), 3),
+                                        round(state["best_mre"], 3), optimizer.param_groups[0]["lr"],
+                                        round(images_per_s, 2), round(state["elapsed_s"], 1),
+                                        *(round(m.get(key, nan), 3) for key in ("mre3_px", "manual3_px", "propagation_gain_px"))])
+            print(epoch_line(epoch, images_per_s, mean_losses[0], metrics, state["elapsed_s"]), flush=True)
+            if first_epoch:
+                peak = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
+                print(f"device {device_description(device)}, torch {torch.__version__}, "
+                      f"autocast {dtype or 'off (float32)'}{peak}", flush=True)
+            if stop or (args.checkpoint_every > 0 and state["epoch"] % args.checkpoint_every == 0):
+                save_checkpoint(out, network, optimizer, state)
+        first_epoch = False
 
     summary = {"epochs": state["epoch"], "steps": state["step"], "best_val_mre_px": state["best_mre"],
-               "best_epoch": state["best_epoch"], "init_from": state.get("init_from"),
+               "best_epoch": state["best_epoch"], "select_on": args.select_on, "init_from": state.get("init_from"),
                "transfer_from": state.get("transfer_from"), "elapsed_s": round(state["elapsed_s"], 1), "world_size": world,
-               "device": str(device), "fast_path": dtype is not None and str(dtype)}
+               "device": str(device), "device_name": device_description(device), "torch": torch.__version__,
+               "fast_path": dtype is not None and str(dtype), "workers": args.workers, "command": command_line(args)}
+    if device.type == "cuda":
+        summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if world > 1:
         fingerprints = [None] * world
         dist.all_gather_object(fingerprints, parameter_fingerprint(network))
@@ -471,10 +713,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="interactive-keypoints train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ uses (``imaging.preprocess_transform``), and kept in memory. The resize is the
 align_corners=False pixel-edge mapping, so coordinates stay exact through the cache:
 original -> cache -> input composes to the original -> input mapping of ``imaging.to_input``.
 
+Augmentation randomness is a function of (seed, epoch, index) alone (:meth:`item`): an
+item comes out the same whichever DataLoader worker makes it, however many workers there
+are, and after a resume. ``dataset[i]`` is ``item(i, dataset.epoch)``. Call :meth:`preload`
+before starting workers so that forked workers share one cache instead of each decoding again.
+
 A sample that carries a ``cache_image`` (read from a training pack, see ``pack.py``) is
 used as it is: the pack holds exactly this cache, made once where the image files are.
-
-Use ``monai.data.DataLoader``: it reseeds the random transforms in every worker (a plain
-torch DataLoader gives all workers the same augmentations). Call :meth:`preload` before
-starting workers so that forked workers share one cache instead of each decoding again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class KeypointTrainingDataset(Dataset):
         self.intensity = dict(intensity or DEFAULT_INTENSITY)
         self.cache_size = tuple(max(1, round(v * cache_scale)) for v in self.input_size)
         self.use_cache = cache
+        self.seed = seed
+        self.epoch = 0  # the epoch ``dataset[i]`` augments for
         self._cache: dict[int, torch.Tensor] = {}
         low = float(self.intensity.get("range", (-1.0, 1.0))[0])
         # outside the source image reads as the black level of the normalised range
@@ -79,7 +82,17 @@ class KeypointTrainingDataset(Dataset):
         for i in range(len(self)):
             self.cached_image(i)
 
+    def item_seed(self, index: int, epoch: int) -> int:
+        return int(np.random.SeedSequence([self.seed or 0, epoch, index]).generate_state(1)[0])
+
     def __getitem__(self, index: int) -> dict:
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, epoch: int) -> dict:
+        """Sample ``index`` as augmented in ``epoch``. Reseeds the (per-process) transform
+        chain, so not for threads sharing one dataset; worker processes each have a copy."""
+        if self.seed is not None:
+            self.transform.set_random_state(seed=self.item_seed(index, epoch))
         sample = self.data[index]
         image = self.cached_image(index)
         to_cache = resize_matrix(sample.image_size, tuple(image.shape[-2:]))
@@ -99,3 +112,31 @@ class KeypointTrainingDataset(Dataset):
             "flipped": bool(d.get("flipped", False)),
             "id": sample.id,
         }
+
+
+class EpochItems(Dataset):
+    """``dataset`` indexed by (epoch, index) keys, so that DataLoader workers, which hold
+    copies of the dataset made once, still augment for the epoch the main process is in."""
+
+    def __init__(self, dataset: KeypointTrainingDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key
+        return self.dataset.item(int(index), int(epoch))
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batch sampler of :class:`EpochItems` keys; set ``batches`` before iterating the loader."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
