@@ -11,6 +11,7 @@ layout), so that no file in git exceeds the limit. ``load_model`` reads either f
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
