@@ -20,8 +20,10 @@ from aiohttp import web
 from interactive_keypoints.web.launcher import READY_MARK, Launcher
 
 FAKE_SESSION = f"""
-import argparse, asyncio, time
+import argparse, asyncio, signal, sys, time
 from aiohttp import web
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # like a trame server: a clean exit when asked
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)

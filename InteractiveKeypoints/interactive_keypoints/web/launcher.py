@@ -39,6 +39,7 @@ SPARE_SESSIONS = 1
 RECONNECT_GRACE_S = 5.0
 IDLE_TIMEOUT_S = 300
 START_TIMEOUT_S = 180
+KILL_AFTER_S = 5.0  # a session asked to end that is still shutting down after this is killed (points are autosaved)
 SESSION_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.app")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
                "content-encoding"}
@@ -90,6 +91,7 @@ class Launcher:
         self.sessions: dict[str, Session] = {}  # ended ones stay, for the "has ended" page
         self.started_count = 0  # processes started, ever (tests check the limit with it)
         self._client: aiohttp.ClientSession | None = None
+        self._stopping = False  # no spares are started while shutting down
 
     # -------------------------------------------------------------- sessions
 
@@ -125,7 +127,8 @@ class Launcher:
         return session
 
     def _top_up_spares(self):
-        while len(self.spares()) < self.spare_sessions and len(self.live_sessions()) < self.max_sessions:
+        while (not self._stopping and len(self.spares()) < self.spare_sessions
+               and len(self.live_sessions()) < self.max_sessions):
             self._reserve(for_tab=False)
 
     async def _start(self, session: Session) -> int:
@@ -198,6 +201,7 @@ class Launcher:
         session.ended = True  # counted out now: its memory is being given back
         if session.process is not None and session.process.returncode is None:
             session.process.terminate()
+            asyncio.get_running_loop().call_later(KILL_AFTER_S, _kill_if_running, session.process)
 
     def client_connected(self, session: Session):
         session.clients += 1
@@ -215,13 +219,14 @@ class Launcher:
         self._top_up_spares()
 
     async def stop_all(self, *_):
-        for session in self.sessions.values():
+        self._stopping = True
+        for session in list(self.sessions.values()):
             self._cancel_end(session)
             if session.starting is not None and not session.starting.done():
                 session.starting.cancel()
             if session.process is not None and session.process.returncode is None:
                 session.process.terminate()
-        for session in self.sessions.values():
+        for session in list(self.sessions.values()):
             if session.process is None:
                 continue
             try:
@@ -324,6 +329,12 @@ async def _pump(source, destination):
             await destination.close()
 
 
+def _kill_if_running(process: asyncio.subprocess.Process):
+    if process.returncode is None:
+        log.warning("a session did not exit within %g s of being asked to; killed it", KILL_AFTER_S)
+        process.kill()
+
+
 async def _redirect_with_slash(request):
     raise web.HTTPFound(f"/s/{request.match_info['sid']}/")
 
@@ -379,7 +390,7 @@ def main(argv=None):
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     session_args = []
     if args.max_file_mb is not None:
