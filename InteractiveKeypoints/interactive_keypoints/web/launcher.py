@@ -38,7 +38,8 @@ MAX_SESSIONS = 4  # each session holds a model and a render window (~0.5-1 GB)
 SPARE_SESSIONS = 1
 RECONNECT_GRACE_S = 5.0
 IDLE_TIMEOUT_S = 300
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 300  # from the process start; a loaded 2-core machine has needed 90 s
+START_SLOTS = 2  # processes starting at once: a start is mostly single-threaded imports, more only slow each other
 KILL_AFTER_S = 5.0  # a session asked to end that is still shutting down after this is killed (points are autosaved)
 SESSION_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.app")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
@@ -92,6 +93,7 @@ class Launcher:
         self.started_count = 0  # processes started, ever (tests check the limit with it)
         self._client: aiohttp.ClientSession | None = None
         self._stopping = False  # no spares are started while shutting down
+        self._start_slots = asyncio.Semaphore(START_SLOTS)  # first come (tabs before their top-up spare)
 
     # -------------------------------------------------------------- sessions
 
@@ -111,7 +113,12 @@ class Launcher:
         session = Session(session_id, self.autosave_root / session_id, for_tab=for_tab)
         self.sessions[session_id] = session
         session.starting = asyncio.get_running_loop().create_task(self._start(session))
+        session.starting.add_done_callback(lambda task: self._report_failed_start(session, task))
         return session
+
+    def _report_failed_start(self, session: Session, task: asyncio.Task):
+        if not task.cancelled() and task.exception() is not None and not session.for_tab:
+            log.error("spare session %s could not start: %s", session.id, task.exception())  # a tab's is logged there
 
     def _claim(self) -> Session | None:
         """A spare (a started one first), else a new session if the limit allows; None: refused."""
@@ -123,6 +130,8 @@ class Launcher:
         else:
             return None
         session.for_tab = True
+        if session.ready:
+            self._end_later(session, self.idle_timeout, "no tab connected to it")
         self._top_up_spares()
         return session
 
@@ -137,22 +146,25 @@ class Launcher:
         if self.model_dir:
             command += ["--model", str(self.model_dir)]
         command += self.session_args
-        began = time.monotonic()
-        session.process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        self.started_count += 1
-        try:
-            session.port = await asyncio.wait_for(self._read_port(session), START_TIMEOUT_S)
-        except (asyncio.TimeoutError, RuntimeError) as error:
-            session.ended = True
-            if session.process.returncode is None:
-                session.process.kill()
-            if isinstance(error, asyncio.TimeoutError):
-                raise RuntimeError(f"the session server did not start within {START_TIMEOUT_S} s") from None
-            raise
+        queued = time.monotonic()
+        async with self._start_slots:
+            began = time.monotonic()
+            session.process = await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            self.started_count += 1
+            try:
+                session.port = await asyncio.wait_for(self._read_port(session), START_TIMEOUT_S)
+            except (asyncio.TimeoutError, RuntimeError) as error:
+                session.ended = True
+                if session.process.returncode is None:
+                    session.process.kill()
+                if isinstance(error, asyncio.TimeoutError):
+                    raise RuntimeError(f"the session server did not start within {START_TIMEOUT_S} s") from None
+                raise
         asyncio.get_running_loop().create_task(self._drain(session))
-        log.info("session %s listening after %.1f s (%s)", session.id, time.monotonic() - began, self._census())
+        log.info("session %s listening after %.1f s (%.1f s queued) (%s)", session.id, time.monotonic() - began,
+                 began - queued, self._census())
         if session.for_tab:
             self._end_later(session, self.idle_timeout, "no tab connected to it")
         return session.port
