@@ -73,6 +73,7 @@ def base_url(tiny_model, tmp_path_factory):
     autosave = tmp_path_factory.mktemp("autosave")
     args = ["--host", "127.0.0.1", "--port", str(port), "--model", str(tiny_model), "--autosave-dir", str(autosave),
             "--max-sessions", "6", "--idle-timeout", "120", "--reconnect-grace", str(RECONNECT_GRACE_S),
+            "--start-timeout", "600",
             "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
             "--slow-inference", str(SLOW_INFERENCE_S)]
     # the launcher answers 404 on an unknown path as soon as it listens (no session started)

@@ -130,6 +130,23 @@ def test_a_spare_is_ready_before_the_visit_and_replaced(session_command, tmp_pat
     asyncio.run(scenario())
 
 
+def test_a_spare_waits_until_the_tabs_sessions_have_started(session_command, tmp_path):
+    """On a small machine a spare starting alongside would slow the start a tab is waiting for."""
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
+                        session_command=session_command(1.5))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            first, second = asyncio.create_task(visit(client, base)), asyncio.create_task(visit(client, base))
+            await asyncio.sleep(0.5)
+            assert len(launcher.sessions) == 2 and not launcher.spares()  # the first took the starting spare
+            assert sorted(status for status, _ in await asyncio.gather(first, second)) == [302, 302]
+            await wait_until(lambda: len(launcher.spares()) == 1, 10)  # topped up once they are ready
+            assert launcher.started_count == 3
+
+    asyncio.run(scenario())
+
+
 def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
     launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0, reconnect_grace=1.5,

@@ -38,7 +38,7 @@ MAX_SESSIONS = 4  # each session holds a model and a render window (~0.5-1 GB)
 SPARE_SESSIONS = 1
 RECONNECT_GRACE_S = 5.0
 IDLE_TIMEOUT_S = 300
-START_TIMEOUT_S = 300  # from the process start; a loaded 2-core machine has needed 90 s
+START_TIMEOUT_S = 300  # from the process start; a loaded 2-core machine has needed 90-220 s
 START_SLOTS = 2  # processes starting at once: a start is mostly single-threaded imports, more only slow each other
 KILL_AFTER_S = 5.0  # a session asked to end that is still shutting down after this is killed (points are autosaved)
 SESSION_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.app")
@@ -76,7 +76,8 @@ class Session:
 class Launcher:
     def __init__(self, model_dir=None, autosave_root=None, max_sessions: int = MAX_SESSIONS,
                  idle_timeout: float = IDLE_TIMEOUT_S, session_args=(), spare_sessions: int = SPARE_SESSIONS,
-                 reconnect_grace: float = RECONNECT_GRACE_S, session_command=SESSION_COMMAND):
+                 reconnect_grace: float = RECONNECT_GRACE_S, session_command=SESSION_COMMAND,
+                 start_timeout: float = START_TIMEOUT_S):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, not {max_sessions}")
         if spare_sessions < 0:
@@ -87,6 +88,7 @@ class Launcher:
         self.spare_sessions = spare_sessions
         self.idle_timeout = idle_timeout
         self.reconnect_grace = reconnect_grace
+        self.start_timeout = start_timeout
         self.session_command = list(session_command)
         self.session_args = list(session_args)  # passed on to every session (limits)
         self.sessions: dict[str, Session] = {}  # ended ones stay, for the "has ended" page
@@ -113,12 +115,16 @@ class Launcher:
         session = Session(session_id, self.autosave_root / session_id, for_tab=for_tab)
         self.sessions[session_id] = session
         session.starting = asyncio.get_running_loop().create_task(self._start(session))
-        session.starting.add_done_callback(lambda task: self._report_failed_start(session, task))
+        session.starting.add_done_callback(lambda task: self._started(session, task))
         return session
 
-    def _report_failed_start(self, session: Session, task: asyncio.Task):
-        if not task.cancelled() and task.exception() is not None and not session.for_tab:
+    def _started(self, session: Session, task: asyncio.Task):
+        if task.cancelled():
+            return
+        if task.exception() is not None and not session.for_tab:
             log.error("spare session %s could not start: %s", session.id, task.exception())  # a tab's is logged there
+            return  # not replaced at once: a failing start would be retried in a loop
+        self._top_up_spares()
 
     def _claim(self) -> Session | None:
         """A spare (a started one first), else a new session if the limit allows; None: refused."""
@@ -136,6 +142,8 @@ class Launcher:
         return session
 
     def _top_up_spares(self):
+        if any(s.for_tab and s.port is None for s in self.live_sessions()):
+            return  # a spare starting now would slow the tabs' starts; topped up when they are done
         while (not self._stopping and len(self.spares()) < self.spare_sessions
                and len(self.live_sessions()) < self.max_sessions):
             self._reserve(for_tab=False)
@@ -154,13 +162,13 @@ class Launcher:
             )
             self.started_count += 1
             try:
-                session.port = await asyncio.wait_for(self._read_port(session), START_TIMEOUT_S)
+                session.port = await asyncio.wait_for(self._read_port(session), self.start_timeout)
             except (asyncio.TimeoutError, RuntimeError) as error:
                 session.ended = True
                 if session.process.returncode is None:
                     session.process.kill()
                 if isinstance(error, asyncio.TimeoutError):
-                    raise RuntimeError(f"the session server did not start within {START_TIMEOUT_S} s") from None
+                    raise RuntimeError(f"the session server did not start within {self.start_timeout:g} s") from None
                 raise
         asyncio.get_running_loop().create_task(self._drain(session))
         log.info("session %s listening after %.1f s (%.1f s queued) (%s)", session.id, time.monotonic() - began,
@@ -318,6 +326,7 @@ class Launcher:
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
         app.router.add_get("/", self.new_session)
+        app.router.add_get("/favicon.ico", _no_icon)  # browsers ask for it on the launcher's own pages
         app.router.add_get("/s/{sid}", _redirect_with_slash)
         app.router.add_post("/s/{sid}/paraview/", self.connection_info)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self.forward)
@@ -347,6 +356,10 @@ def _kill_if_running(process: asyncio.subprocess.Process):
         process.kill()
 
 
+async def _no_icon(_request):
+    return web.Response(status=204)
+
+
 async def _redirect_with_slash(request):
     raise web.HTTPFound(f"/s/{request.match_info['sid']}/")
 
@@ -360,10 +373,11 @@ def _page(status: int, title: str, body: str) -> web.Response:
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model_dir=None, autosave_dir=None,
           max_sessions: int = MAX_SESSIONS, idle_timeout: int = IDLE_TIMEOUT_S, session_args=(),
-          spare_sessions: int = SPARE_SESSIONS, reconnect_grace: float = RECONNECT_GRACE_S):
+          spare_sessions: int = SPARE_SESSIONS, reconnect_grace: float = RECONNECT_GRACE_S,
+          start_timeout: float = START_TIMEOUT_S):
     """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise."""
     launcher = Launcher(model_dir, autosave_dir, max_sessions, idle_timeout, session_args,
-                        spare_sessions=spare_sessions, reconnect_grace=reconnect_grace)
+                        spare_sessions=spare_sessions, reconnect_grace=reconnect_grace, start_timeout=start_timeout)
     print(f"InteractiveKeypoints: open http://{host}:{port}/ (one session per browser tab)", flush=True)
     web.run_app(launcher.make_app(), host=host, port=port, print=None)
 
@@ -383,6 +397,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconnect-grace", type=float, default=RECONNECT_GRACE_S,
                         help="seconds a session is kept after its last tab disconnected, for a reload "
                              f"(default {RECONNECT_GRACE_S:g})")
+    parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S,
+                        help=f"seconds a session may take to start (default {START_TIMEOUT_S})")
     parser.add_argument("--idle-timeout", type=int, default=IDLE_TIMEOUT_S,
                         help=f"seconds a session waits for its first tab (default {IDLE_TIMEOUT_S})")
     parser.add_argument("--max-file-mb", type=float, default=None, help="largest image file accepted (default 64)")
@@ -413,7 +429,8 @@ def run(args) -> int:
         session_args += ["--slow-inference", str(args.slow_inference)]
     try:
         serve(args.host, args.port, args.model, args.autosave_dir, args.max_sessions, args.idle_timeout, session_args,
-              spare_sessions=args.spare_sessions, reconnect_grace=args.reconnect_grace)
+              spare_sessions=args.spare_sessions, reconnect_grace=args.reconnect_grace,
+              start_timeout=args.start_timeout)
     except ValueError as error:
         print(f"interactive-keypoints serve: {error}", file=sys.stderr)
         return 2
