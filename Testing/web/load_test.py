@@ -66,17 +66,17 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.every_s = root, every_s
         self.samples: list[tuple[float, int, int, int]] = []  # time, processes, RSS, PSS (KiB)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             pids = process_tree(self.root)
             sizes = [memory_kib(pid) for pid in pids]
             self.samples.append((time.monotonic(), len(pids), sum(r for r, _ in sizes), sum(p for _, p in sizes)))
-            self._stop.wait(self.every_s)
+            self._halt.wait(self.every_s)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def peak_gb(self, since: float = 0.0) -> tuple[float, float]:
