@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,8 @@ MAX_FILE_MB = 1.0  # small stated limits so the bad-input checks need only small
 MAX_MEGAPIXELS = 2.0
 DROP_TOLERANCE_VIEW_PX = 2.0
 SLOW_INFERENCE_S = 1.5  # every model run takes this much longer, so a quick second drag lands during one
+RECONNECT_GRACE_S = 3.0
+SESSION_GONE_WITHIN_S = 15.0  # after its tab closed (#19)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -67,7 +72,8 @@ def base_url(tiny_model, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     autosave = tmp_path_factory.mktemp("autosave")
     args = ["--host", "127.0.0.1", "--port", str(port), "--model", str(tiny_model), "--autosave-dir", str(autosave),
-            "--max-sessions", "6", "--idle-timeout", "120",
+            "--max-sessions", "6", "--idle-timeout", "120", "--reconnect-grace", str(RECONNECT_GRACE_S),
+            "--start-timeout", "600",
             "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
             "--slow-inference", str(SLOW_INFERENCE_S)]
     # the launcher answers 404 on an unknown path as soon as it listens (no session started)
@@ -75,15 +81,28 @@ def base_url(tiny_model, tmp_path_factory):
         yield url
 
 
+CONSOLE_ERRORS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def browser(base_url):
     with chromium_context() as context:
+        context.on("console", lambda m: CONSOLE_ERRORS.append(f"{m.page.url if m.page else '?'}: {m.text}")
+                   if m.type == "error" else None)
+        context.on("weberror", lambda e: CONSOLE_ERRORS.append(f"page error: {e.error}"))
         yield context
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors():
+    """Every page of every test must run without a console error (a 405 was one, #19)."""
+    CONSOLE_ERRORS.clear()
+    yield
+    assert not CONSOLE_ERRORS, "console errors:\n" + "\n".join(CONSOLE_ERRORS)
 
 
 def open_session(browser, base_url, name: str):
     page = browser.new_page()
-    page.on("console", lambda m: print(f"[{name} console] {m.text}") if m.type == "error" else None)
     page.goto(base_url + "/", timeout=240_000)
     assert "/s/" in page.url, f"the launcher did not give a session: {page.url}"
     wait_until_rendered(page)
@@ -363,3 +382,42 @@ def test_measurements_table_changes_after_a_drag(browser, base_url):
     page.wait_for_function(MAGENTA_PIXELS_JS, arg=50, timeout=60_000)
     screenshot(page, "09-cobb-lines")
     page.close()
+
+def session_processes(session_id: str) -> list[int]:
+    """Pids of the session servers started for ``session_id`` (its autosave folder names it)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process has just exited
+            continue
+        if b"interactive_keypoints.web.app" in argv and any(session_id.encode() in a for a in argv):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_closed_tab_ends_its_session(browser, base_url):
+    page = open_session(browser, base_url, "closed")
+    session_url = page.url
+    session_id = session_url.split("/s/")[1].split("/")[0]
+    assert session_processes(session_id), "precondition: the session's process is found"
+    page.reload()  # a reload is not a closed tab: same session
+    wait_until_rendered(page)
+    assert page.url == session_url and session_processes(session_id)
+
+    page.close()
+    closed = time.monotonic()
+    while session_processes(session_id):
+        assert time.monotonic() - closed < SESSION_GONE_WITHIN_S, "the session outlived its closed tab"
+        time.sleep(0.25)
+    print(f"session process gone {time.monotonic() - closed:.1f} s after its tab closed "
+          f"(grace {RECONNECT_GRACE_S:g} s)")
+    assert status_of(session_url) == 410

@@ -2,11 +2,17 @@
 
 trame keeps one state per server process and shares it with every connected client, so
 two tabs on one trame server would see and move each other's points. The launcher
-therefore starts a separate session server (:func:`.app.run_session`) for every visit of
-``/``, redirects the tab to ``/s/<id>/`` and forwards that path (HTTP and websocket) to
-the session's own loopback port. Reloading ``/s/<id>/`` reconnects to the same session;
-a session with no tab exits after ``--idle-timeout`` seconds, and its points are
-autosaved under ``--autosave-dir``.
+therefore gives every visit of ``/`` a separate session server (:func:`.app.run_session`),
+redirects the tab to ``/s/<id>/`` and forwards that path (HTTP and websocket) to the
+session's own loopback port.
+
+Sessions are counted from the moment they are reserved (before their process starts), so
+``--max-sessions`` holds however many visits arrive together; a refused visit is logged.
+``--spare-sessions`` processes are started ahead of the visits that will take them (a
+session needs several seconds to import its libraries and load the model). The launcher
+sees every tab's websocket: a session whose last tab disconnected ends after
+``--reconnect-grace`` seconds (a reload reconnects within them), and a session no tab ever
+connects to ends after ``--idle-timeout``. Points are autosaved under ``--autosave-dir``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +35,13 @@ log = logging.getLogger(__name__)
 
 READY_MARK = "IK_SESSION_READY"  # a session prints it with its port once it listens
 MAX_SESSIONS = 4  # each session holds a model and a render window (~0.5-1 GB)
-START_TIMEOUT_S = 180
+SPARE_SESSIONS = 1
+RECONNECT_GRACE_S = 5.0
+IDLE_TIMEOUT_S = 300
+START_TIMEOUT_S = 300  # from the process start; a loaded 2-core machine has needed 90-220 s
+START_SLOTS = 2  # processes starting at once: a start is mostly single-threaded imports, more only slow each other
+KILL_AFTER_S = 5.0  # a session asked to end that is still shutting down after this is killed (points are autosaved)
+SESSION_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.app")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
                "content-encoding"}
 
@@ -41,51 +54,128 @@ def default_autosave_root() -> Path:
 @dataclass
 class Session:
     id: str
-    process: asyncio.subprocess.Process
+    autosave_dir: Path
+    process: asyncio.subprocess.Process | None = None
     port: int | None = None
-    autosave_dir: Path | None = None
+    starting: asyncio.Task | None = None  # start the process and read its port
+    for_tab: bool = False  # False while it is a spare
+    clients: int = 0  # open websockets through the launcher
+    end_timer: asyncio.TimerHandle | None = None
+    ended: bool = False
     output: list[str] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None
+        return not self.ended and (self.process is None or self.process.returncode is None)
+
+    @property
+    def ready(self) -> bool:
+        return self.alive and self.port is not None
 
 
 class Launcher:
     def __init__(self, model_dir=None, autosave_root=None, max_sessions: int = MAX_SESSIONS,
-                 idle_timeout: int = 300, session_args=()):
+                 idle_timeout: float = IDLE_TIMEOUT_S, session_args=(), spare_sessions: int = SPARE_SESSIONS,
+                 reconnect_grace: float = RECONNECT_GRACE_S, session_command=SESSION_COMMAND,
+                 start_timeout: float = START_TIMEOUT_S):
+        if max_sessions < 1:
+            raise ValueError(f"--max-sessions must be at least 1, not {max_sessions}")
+        if spare_sessions < 0:
+            raise ValueError(f"--spare-sessions cannot be negative ({spare_sessions})")
         self.model_dir = model_dir
         self.autosave_root = Path(autosave_root) if autosave_root else default_autosave_root()
         self.max_sessions = max_sessions
+        self.spare_sessions = spare_sessions
         self.idle_timeout = idle_timeout
+        self.reconnect_grace = reconnect_grace
+        self.start_timeout = start_timeout
+        self.session_command = list(session_command)
         self.session_args = list(session_args)  # passed on to every session (limits)
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # ended ones stay, for the "has ended" page
+        self.started_count = 0  # processes started, ever (tests check the limit with it)
+        self._client: aiohttp.ClientSession | None = None
+        self._stopping = False  # no spares are started while shutting down
+        self._start_slots = asyncio.Semaphore(START_SLOTS)  # first come (tabs before their top-up spare)
 
     # -------------------------------------------------------------- sessions
 
     def live_sessions(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.alive]
 
-    async def start_session(self) -> Session:
-        session_id = secrets.token_urlsafe(12)
-        autosave_dir = self.autosave_root / session_id
-        command = [sys.executable, "-m", "interactive_keypoints.web.app", "--host", "127.0.0.1", "--port", "0",
-                   "--autosave-dir", str(autosave_dir), "--idle-timeout", str(self.idle_timeout)]
+    def spares(self) -> list[Session]:
+        return [s for s in self.live_sessions() if not s.for_tab]
+
+    def _census(self) -> str:
+        live = self.live_sessions()
+        return f"{len(live) - len(self.spares())} for tabs + {len(self.spares())} spare of {self.max_sessions}"
+
+    def _reserve(self, for_tab: bool) -> Session:
+        """Register a session and start its process. No await: count and registration are one step."""
+        session_id = secrets.token_hex(12)  # lower case: trame's client lower-cases the websocket URL
+        session = Session(session_id, self.autosave_root / session_id, for_tab=for_tab)
+        self.sessions[session_id] = session
+        session.starting = asyncio.get_running_loop().create_task(self._start(session))
+        session.starting.add_done_callback(lambda task: self._started(session, task))
+        return session
+
+    def _started(self, session: Session, task: asyncio.Task):
+        if task.cancelled():
+            return
+        if task.exception() is not None and not session.for_tab:
+            log.error("spare session %s could not start: %s", session.id, task.exception())  # a tab's is logged there
+            return  # not replaced at once: a failing start would be retried in a loop
+        self._top_up_spares()
+
+    def _claim(self) -> Session | None:
+        """A spare (a started one first), else a new session if the limit allows; None: refused."""
+        spares = sorted(self.spares(), key=lambda s: not s.ready)
+        if spares:
+            session = spares[0]
+        elif len(self.live_sessions()) < self.max_sessions:
+            session = self._reserve(for_tab=True)
+        else:
+            return None
+        session.for_tab = True
+        if session.ready:
+            self._end_later(session, self.idle_timeout, "no tab connected to it")
+        self._top_up_spares()
+        return session
+
+    def _top_up_spares(self):
+        if any(s.for_tab and s.port is None for s in self.live_sessions()):
+            return  # a spare starting now would slow the tabs' starts; topped up when they are done
+        while (not self._stopping and len(self.spares()) < self.spare_sessions
+               and len(self.live_sessions()) < self.max_sessions):
+            self._reserve(for_tab=False)
+
+    async def _start(self, session: Session) -> int:
+        command = [*self.session_command, "--host", "127.0.0.1", "--port", "0",
+                   "--autosave-dir", str(session.autosave_dir), "--idle-timeout", str(self.idle_timeout)]
         if self.model_dir:
             command += ["--model", str(self.model_dir)]
         command += self.session_args
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        session = Session(session_id, process, autosave_dir=autosave_dir)
-        self.sessions[session_id] = session
-        try:
-            session.port = await asyncio.wait_for(self._read_port(session), START_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            process.kill()
-            raise RuntimeError(f"the session server did not start within {START_TIMEOUT_S} s") from None
+        queued = time.monotonic()
+        async with self._start_slots:
+            began = time.monotonic()
+            session.process = await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            self.started_count += 1
+            try:
+                session.port = await asyncio.wait_for(self._read_port(session), self.start_timeout)
+            except (asyncio.TimeoutError, RuntimeError) as error:
+                session.ended = True
+                if session.process.returncode is None:
+                    session.process.kill()
+                if isinstance(error, asyncio.TimeoutError):
+                    raise RuntimeError(f"the session server did not start within {self.start_timeout:g} s") from None
+                raise
         asyncio.get_running_loop().create_task(self._drain(session))
-        return session
+        log.info("session %s listening after %.1f s (%.1f s queued) (%s)", session.id, time.monotonic() - began,
+                 began - queued, self._census())
+        if session.for_tab:
+            self._end_later(session, self.idle_timeout, "no tab connected to it")
+        return session.port
 
     async def _read_port(self, session: Session) -> int:
         while True:
@@ -96,8 +186,8 @@ class Launcher:
                 raise RuntimeError(f"the session server exited with {session.process.returncode}:\n{tail}")
             text = line.decode(errors="replace")
             session.output.append(text)
-            if text.startswith(READY_MARK):
-                return int(text.split("port=")[1])
+            if READY_MARK in text:  # wslink may write its own start message on the same line
+                return int(text.split(f"{READY_MARK} port=")[1].split()[0])
 
     async def _drain(self, session: Session):
         """Keep reading the child's output (a full pipe would block it); log problems."""
@@ -106,40 +196,106 @@ class Launcher:
             if "ERROR" in text or "Traceback" in text:
                 log.warning("session %s: %s", session.id, text)
         await session.process.wait()
-        log.info("session %s ended (%s)", session.id, session.process.returncode)
+        was_spare, session.ended = not session.for_tab, True
+        self._cancel_end(session)
+        log.info("session %s exited with %s (%s)", session.id, session.process.returncode, self._census())
+        if was_spare and session.process.returncode == 0:
+            self._top_up_spares()  # a spare that timed out idle; a crashing one is not restarted in a loop
+
+    # ------------------------------------------------- ending unused sessions
+
+    def _end_later(self, session: Session, delay: float, reason: str):
+        self._cancel_end(session)
+        session.end_timer = asyncio.get_running_loop().call_later(delay, self._end_unused, session, reason, delay)
+
+    def _cancel_end(self, session: Session):
+        if session.end_timer is not None:
+            session.end_timer.cancel()
+            session.end_timer = None
+
+    def _end_unused(self, session: Session, reason: str, delay: float):
+        session.end_timer = None
+        if session.clients or not session.alive:
+            return
+        log.info("session %s ended: %s for %g s", session.id, reason, delay)
+        session.ended = True  # counted out now: its memory is being given back
+        if session.process is not None and session.process.returncode is None:
+            session.process.terminate()
+            asyncio.get_running_loop().call_later(KILL_AFTER_S, _kill_if_running, session.process)
+
+    def client_connected(self, session: Session):
+        session.clients += 1
+        self._cancel_end(session)
+
+    def client_disconnected(self, session: Session):
+        session.clients -= 1
+        if session.clients == 0 and session.alive:
+            log.info("session %s: its last tab disconnected; ending in %g s unless it reconnects",
+                     session.id, self.reconnect_grace)
+            self._end_later(session, self.reconnect_grace, "its tab did not reconnect")
+
+    async def on_startup(self, _app):
+        self._client = aiohttp.ClientSession(auto_decompress=False)
+        self._top_up_spares()
 
     async def stop_all(self, *_):
-        for session in self.live_sessions():
-            session.process.terminate()
-        for session in self.sessions.values():
+        self._stopping = True
+        for session in list(self.sessions.values()):
+            self._cancel_end(session)
+            if session.starting is not None and not session.starting.done():
+                session.starting.cancel()
+            if session.process is not None and session.process.returncode is None:
+                session.process.terminate()
+        for session in list(self.sessions.values()):
+            if session.process is None:
+                continue
             try:
                 await asyncio.wait_for(session.process.wait(), 20)
             except asyncio.TimeoutError:
                 session.process.kill()
+        if self._client is not None:
+            await self._client.close()
 
     # -------------------------------------------------------------- handlers
 
     async def new_session(self, request: web.Request) -> web.StreamResponse:
-        if len(self.live_sessions()) >= self.max_sessions:
+        session = self._claim()
+        if session is None:
+            log.warning("refused a visit from %s: %s sessions live (--max-sessions %d)",
+                        request.remote, len(self.live_sessions()), self.max_sessions)
             return _page(503, "Too many open sessions",
                          f"This server runs at most {self.max_sessions} sessions at a time (one per browser tab). "
-                         "Close a tab you no longer need and its session ends after the idle timeout, "
+                         "Close a tab you no longer need (its session ends a few seconds later), "
                          "or start the server with a larger --max-sessions.")
+        log.info("session %s given to a tab (%s)", session.id, self._census())
         try:
-            session = await self.start_session()
+            await asyncio.shield(session.starting)  # a visitor who gives up does not stop the start
         except RuntimeError as error:
-            log.error("could not start a session: %s", error)
-            return _page(500, "The session could not start", str(error))
+            log.error("could not start session %s: %s", session.id, error)
+            return _page(500, "The session could not start", html.escape(str(error)))
         raise web.HTTPFound(f"/s/{session.id}/")
+
+    def _ended_page(self, session: Session | None) -> web.Response:
+        saved = ""
+        if session is not None and any(session.autosave_dir.glob("*")):
+            saved = f" Your last points were saved in {html.escape(str(session.autosave_dir))}."
+        return _page(410, "This session has ended",
+                     f"The session ended after its tab was closed or left idle.{saved} "
+                     "<a href='/'>Start a new session</a>.")
+
+    async def connection_info(self, request: web.Request) -> web.Response:
+        """trame's page asks where its websocket is (the wslink launcher protocol) before connecting."""
+        session = self.sessions.get(request.match_info["sid"])
+        if session is None or not session.alive:
+            return web.json_response({"error": "This session has ended; open the server's address again."},
+                                     status=410)
+        # the page puts its own scheme and host in place of USE_HOST (and wss: under https)
+        return web.json_response({"sessionURL": f"ws://USE_HOST/s/{session.id}/ws"})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         session = self.sessions.get(request.match_info["sid"])
-        if session is None or not session.alive:
-            saved = ""
-            if session is not None and session.autosave_dir and any(session.autosave_dir.glob("*")):
-                saved = f" Your last points were saved in {session.autosave_dir}."
-            return _page(410, "This session has ended",
-                         f"The session closed after being idle.{saved} <a href='/'>Start a new session</a>.")
+        if session is None or not session.ready:
+            return self._ended_page(session)
         tail = request.match_info.get("tail", "")
         if request.headers.get("upgrade", "").lower() == "websocket":
             return await self._forward_websocket(request, session, tail)
@@ -148,28 +304,33 @@ class Launcher:
     async def _forward_http(self, request, session, tail):
         url = f"http://127.0.0.1:{session.port}/{tail}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        async with aiohttp.ClientSession(auto_decompress=False) as client:
-            async with client.request(request.method, url, params=request.query, headers=headers,
-                                      data=await request.read(), allow_redirects=False) as upstream:
-                body = await upstream.read()
-                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
-                if upstream.headers.get("content-encoding"):
-                    out_headers["Content-Encoding"] = upstream.headers["content-encoding"]
-                return web.Response(status=upstream.status, body=body, headers=out_headers)
+        async with self._client.request(request.method, url, params=request.query, headers=headers,
+                                        data=await request.read(), allow_redirects=False) as upstream:
+            body = await upstream.read()
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+            if upstream.headers.get("content-encoding"):
+                out_headers["Content-Encoding"] = upstream.headers["content-encoding"]
+            return web.Response(status=upstream.status, body=body, headers=out_headers)
 
     async def _forward_websocket(self, request, session, tail):
         browser_ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await browser_ws.prepare(request)
-        async with aiohttp.ClientSession() as client:
-            async with client.ws_connect(f"ws://127.0.0.1:{session.port}/{tail}", max_msg_size=0) as server_ws:
+        self.client_connected(session)
+        try:
+            async with self._client.ws_connect(f"ws://127.0.0.1:{session.port}/{tail}", max_msg_size=0) as server_ws:
                 await asyncio.gather(_pump(browser_ws, server_ws), _pump(server_ws, browser_ws))
+        finally:
+            self.client_disconnected(session)
         return browser_ws
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
         app.router.add_get("/", self.new_session)
-        app.router.add_get("/s/{sid}", lambda r: _redirect_with_slash(r))
+        app.router.add_get("/favicon.ico", _no_icon)  # browsers ask for it on the launcher's own pages
+        app.router.add_get("/s/{sid}", _redirect_with_slash)
+        app.router.add_post("/s/{sid}/paraview/", self.connection_info)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self.forward)
+        app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.stop_all)
         return app
 
@@ -189,6 +350,16 @@ async def _pump(source, destination):
             await destination.close()
 
 
+def _kill_if_running(process: asyncio.subprocess.Process):
+    if process.returncode is None:
+        log.warning("a session did not exit within %g s of being asked to; killed it", KILL_AFTER_S)
+        process.kill()
+
+
+async def _no_icon(_request):
+    return web.Response(status=204)
+
+
 async def _redirect_with_slash(request):
     raise web.HTTPFound(f"/s/{request.match_info['sid']}/")
 
@@ -201,9 +372,12 @@ def _page(status: int, title: str, body: str) -> web.Response:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, model_dir=None, autosave_dir=None,
-          max_sessions: int = MAX_SESSIONS, idle_timeout: int = 300, session_args=()):
+          max_sessions: int = MAX_SESSIONS, idle_timeout: int = IDLE_TIMEOUT_S, session_args=(),
+          spare_sessions: int = SPARE_SESSIONS, reconnect_grace: float = RECONNECT_GRACE_S,
+          start_timeout: float = START_TIMEOUT_S):
     """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise."""
-    launcher = Launcher(model_dir, autosave_dir, max_sessions, idle_timeout, session_args)
+    launcher = Launcher(model_dir, autosave_dir, max_sessions, idle_timeout, session_args,
+                        spare_sessions=spare_sessions, reconnect_grace=reconnect_grace, start_timeout=start_timeout)
     print(f"InteractiveKeypoints: open http://{host}:{port}/ (one session per browser tab)", flush=True)
     web.run_app(launcher.make_app(), host=host, port=port, print=None)
 
@@ -215,9 +389,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--autosave-dir", default=None,
                         help=f"where sessions autosave their points (default {default_autosave_root()})")
-    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
-    parser.add_argument("--idle-timeout", type=int, default=300,
-                        help="seconds a session without an open tab is kept (reload within it resumes)")
+    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
+                        help=f"sessions (browser tabs) at a time, spares included (default {MAX_SESSIONS})")
+    parser.add_argument("--spare-sessions", type=int, default=SPARE_SESSIONS,
+                        help="sessions started before a tab asks for one, so it opens at once "
+                             f"(default {SPARE_SESSIONS}; each holds memory while it waits)")
+    parser.add_argument("--reconnect-grace", type=float, default=RECONNECT_GRACE_S,
+                        help="seconds a session is kept after its last tab disconnected, for a reload "
+                             f"(default {RECONNECT_GRACE_S:g})")
+    parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S,
+                        help=f"seconds a session may take to start (default {START_TIMEOUT_S})")
+    parser.add_argument("--idle-timeout", type=int, default=IDLE_TIMEOUT_S,
+                        help=f"seconds a session waits for its first tab (default {IDLE_TIMEOUT_S})")
     parser.add_argument("--max-file-mb", type=float, default=None, help="largest image file accepted (default 64)")
     parser.add_argument("--max-megapixels", type=float, default=None, help="largest image accepted (default 30)")
     parser.add_argument("--slow-inference", type=float, default=None, help=argparse.SUPPRESS)  # tests, demos
@@ -235,7 +418,7 @@ def main(argv=None):
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     session_args = []
     if args.max_file_mb is not None:
@@ -244,5 +427,11 @@ def run(args) -> int:
         session_args += ["--max-megapixels", str(args.max_megapixels)]
     if args.slow_inference is not None:
         session_args += ["--slow-inference", str(args.slow_inference)]
-    serve(args.host, args.port, args.model, args.autosave_dir, args.max_sessions, args.idle_timeout, session_args)
+    try:
+        serve(args.host, args.port, args.model, args.autosave_dir, args.max_sessions, args.idle_timeout, session_args,
+              spare_sessions=args.spare_sessions, reconnect_grace=args.reconnect_grace,
+              start_timeout=args.start_timeout)
+    except ValueError as error:
+        print(f"interactive-keypoints serve: {error}", file=sys.stderr)
+        return 2
     return 0

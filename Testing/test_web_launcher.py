@@ -1,0 +1,221 @@
+"""The launcher's session bookkeeping, with stand-in sessions (no trame, no model, no browser).
+
+A stand-in session is a small aiohttp server that announces its port like the real one,
+so these tests check the limit under simultaneous visits, the end of a session after its
+last tab disconnected, and the connection info the page asks for, in a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from interactive_keypoints.web.launcher import READY_MARK, Launcher
+
+FAKE_SESSION = f"""
+import argparse, asyncio, signal, sys, time
+from aiohttp import web
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # like a trame server: a clean exit when asked
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int)
+args, _ = parser.parse_known_args()
+time.sleep({{delay}})  # a real session imports its libraries and loads the model first
+
+
+async def websocket(request):
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(message.data)
+    return ws
+
+
+async def main():
+    app = web.Application()
+    app.router.add_get("/", lambda r: web.Response(text="stand-in session"))
+    app.router.add_get("/ws", websocket)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print("{READY_MARK} port=%d" % site._server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def session_command(tmp_path):
+    def command(delay_s: float = 0.5):
+        script = tmp_path / f"fake_session_{delay_s:g}.py"
+        script.write_text(FAKE_SESSION.replace("{delay}", repr(delay_s)))
+        return [sys.executable, str(script)]
+
+    return command
+
+
+@asynccontextmanager
+async def running(launcher: Launcher):
+    runner = web.AppRunner(launcher.make_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as client:
+            yield f"http://127.0.0.1:{port}", client
+    finally:
+        await runner.cleanup()  # ends every session (on_shutdown)
+
+
+async def visit(client, base) -> tuple[int, str]:
+    async with client.get(base + "/", allow_redirects=False) as response:
+        return response.status, response.headers.get("Location", "")
+
+
+async def wait_until(condition, timeout_s: float) -> float:
+    """Seconds until ``condition()`` held; fails after ``timeout_s``."""
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < timeout_s, f"not within {timeout_s} s"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - began
+
+
+@pytest.mark.parametrize("spares", [0, 1])
+def test_the_limit_holds_when_visits_arrive_together(session_command, tmp_path, caplog, spares):
+    caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=spares,
+                        session_command=session_command(0.5))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            answers = await asyncio.gather(*(visit(client, base) for _ in range(8)))
+            statuses = sorted(status for status, _ in answers)
+            assert statuses == [302] * 3 + [503] * 5
+            assert len({location for status, location in answers if status == 302}) == 3
+            assert launcher.started_count <= 3
+            assert len(launcher.live_sessions()) <= 3
+
+    asyncio.run(scenario())
+    refusals = [r for r in caplog.records if "refused a visit" in r.getMessage()]
+    assert len(refusals) == 5 and all(r.levelno == logging.WARNING for r in refusals)
+    assert launcher.started_count <= 3
+
+
+def test_a_spare_is_ready_before_the_visit_and_replaced(session_command, tmp_path):
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
+                        session_command=session_command(0.5))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            await wait_until(lambda: any(s.ready for s in launcher.spares()), 30)
+            spare = launcher.spares()[0]
+            status, location = await visit(client, base)
+            assert (status, location) == (302, f"/s/{spare.id}/")
+            assert len(launcher.spares()) == 1 and launcher.spares()[0] is not spare  # the next one starts
+            async with client.get(base + location) as response:
+                assert response.status == 200 and await response.text() == "stand-in session"
+
+    asyncio.run(scenario())
+
+
+def test_a_spare_waits_until_the_tabs_sessions_have_started(session_command, tmp_path):
+    """On a small machine a spare starting alongside would slow the start a tab is waiting for."""
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
+                        session_command=session_command(1.5))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            first, second = asyncio.create_task(visit(client, base)), asyncio.create_task(visit(client, base))
+            await asyncio.sleep(0.5)
+            assert len(launcher.sessions) == 2 and not launcher.spares()  # the first took the starting spare
+            assert sorted(status for status, _ in await asyncio.gather(first, second)) == [302, 302]
+            await wait_until(lambda: len(launcher.spares()) == 1, 10)  # topped up once they are ready
+            assert launcher.started_count == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0, reconnect_grace=1.5,
+                        session_command=session_command(0.2))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            status, location = await visit(client, base)
+            assert status == 302
+            session = launcher.sessions[location.split("/")[2]]
+
+            async with client.ws_connect(base + location + "ws") as ws:  # the tab's websocket
+                await ws.send_str("hello")
+                assert (await ws.receive()).data == "hello"
+            # a reload: the tab comes back within the grace period and keeps its session
+            await asyncio.sleep(0.5)
+            async with client.ws_connect(base + location + "ws") as ws:
+                await asyncio.sleep(2.0)  # longer than the grace period, while connected
+                assert session.alive and session.process.returncode is None
+                await ws.send_str("still here")
+                assert (await ws.receive()).data == "still here"
+            # the tab is closed: the session ends, its process exits, the page says so
+            seconds = await wait_until(lambda: session.process.returncode is not None, 15)
+            print(f"session process gone {seconds:.1f} s after its tab closed (grace 1.5 s)")
+            async with client.get(base + location) as response:
+                assert response.status == 410
+            assert len(launcher.live_sessions()) == 0
+            assert (await visit(client, base))[0] == 302  # its place is free again
+
+    asyncio.run(scenario())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("last tab disconnected" in m for m in messages)
+    assert any("ended: its tab did not reconnect" in m for m in messages)
+
+
+def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(session_command, tmp_path):
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0, idle_timeout=1,
+                        session_command=session_command(0.2))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            status, location = await visit(client, base)
+            session = launcher.sessions[location.split("/")[2]]
+            await wait_until(lambda: session.process.returncode is not None, 15)
+            assert (await visit(client, base))[0] == 302
+
+    asyncio.run(scenario())
+
+
+def test_the_page_is_told_its_websocket_address(session_command, tmp_path):
+    """trame's page POSTs to ./paraview/ first (a 405 there was a console error on every page)."""
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0,
+                        session_command=session_command(0.2))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            _, location = await visit(client, base)
+            session_id = location.split("/")[2]
+            assert session_id == session_id.lower()  # the page lower-cases the address it is given
+            async with client.post(base + location + "paraview/", json={"application": "trame"}) as response:
+                assert response.status == 200
+                assert (await response.json())["sessionURL"] == f"ws://USE_HOST/s/{session_id}/ws"
+            async with client.post(base + "/s/unknown/paraview/", json={}) as response:
+                assert response.status == 410 and "ended" in (await response.json())["error"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("option, value", [("max_sessions", 0), ("spare_sessions", -1)])
+def test_bad_limits_are_refused_by_name(option, value):
+    with pytest.raises(ValueError, match=option.replace("_", "-")):
+        Launcher(**{option: value})

@@ -1,0 +1,283 @@
+"""Several users at once: N browser tabs open the app together, Detect, and drag points.
+
+    python Testing/web/load_test.py --tabs 1 2 4 6 [--model DIR] [--drags 3]
+
+For each N a fresh ``interactive-keypoints serve`` (loopback, a free port, --max-sessions
+max(N, 4)) is started; once its spare session listens, N separate browser contexts of
+headless Chromium open ``/`` at the same moment, press Detect and drag different points.
+Printed (p50 over the tabs or drags, seconds): ready (``/`` to a rendered view), detect
+(click to points shown), drag -> updated (mouse up to the refined points shown), and the
+server's process tree memory (sum of RSS, and of PSS, which counts a shared page once),
+sampled every 0.5 s. Asserted, not timed: every tab gets its own session, sees 68 points
+and only its own corrections, no console errors, and every session process is gone
+within 15 s of its tab closing. Everything runs on 127.0.0.1 and stops by itself
+(--run-timeout per N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, running_server  # noqa: E402
+
+SESSION_GONE_WITHIN_S = 15.0
+
+
+# ------------------------------------------------------------------ memory
+
+
+def process_tree(root: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sorted(tree)
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; (0, 0) once it has gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0, 0
+    values = {line.split(":")[0]: int(line.split()[1]) for line in rollup.splitlines()[1:] if line.endswith("kB")}
+    return values.get("Rss", 0), values.get("Pss", 0)
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, root: int, every_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.root, self.every_s = root, every_s
+        self.samples: list[tuple[float, int, int, int]] = []  # time, processes, RSS, PSS (KiB)
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            pids = process_tree(self.root)
+            sizes = [memory_kib(pid) for pid in pids]
+            self.samples.append((time.monotonic(), len(pids), sum(r for r, _ in sizes), sum(p for _, p in sizes)))
+            self._halt.wait(self.every_s)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
+
+    def peak_gb(self, since: float = 0.0) -> tuple[float, float]:
+        chosen = [s for s in self.samples if s[0] >= since] or self.samples
+        return max(s[2] for s in chosen) / 2**20, max(s[3] for s in chosen) / 2**20
+
+
+# ------------------------------------------------------------------ one tab
+
+
+async def read_debug(page) -> dict:
+    import json
+
+    return json.loads(await page.locator("#ik-debug").text_content() or "{}")
+
+
+async def wait_for_debug(page, predicate, timeout_s: float = 300, poll_s: float = 0.1) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        debug = await read_debug(page)
+        if predicate(debug):
+            return debug
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s; last debug: {debug}")
+        await asyncio.sleep(poll_s)
+
+
+async def view_to_page(page, view_xy, view_size):
+    box = await page.locator("#ik-view img, img").first.bounding_box()
+    return (box["x"] + view_xy[0] * box["width"] / view_size[0],
+            box["y"] + (view_size[1] - view_xy[1]) * box["height"] / view_size[1])
+
+
+async def drag(page, start, end, steps: int = 15):
+    await page.mouse.move(start[0] - 2, start[1] - 2)
+    await asyncio.sleep(0.15)
+    await page.mouse.move(*start)  # hovering highlights the point so the press grabs it
+    await asyncio.sleep(0.25)
+    await page.mouse.down()
+    await asyncio.sleep(0.1)
+    for i in range(1, steps + 1):
+        f = i / steps
+        await page.mouse.move(start[0] + (end[0] - start[0]) * f, start[1] + (end[1] - start[1]) * f)
+        await asyncio.sleep(0.03)
+    await asyncio.sleep(0.2)
+    await page.mouse.up()
+
+
+def spread_points(debug, count: int, skip: int) -> list[int]:
+    """Points far from their neighbours; tab ``skip`` starts further down the list (its own points)."""
+    import numpy as np
+
+    xy = np.array([p["view_xy"] for p in debug["points"]])
+    distance = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(distance, np.inf)
+    order = [int(k) for k in np.argsort(-distance.min(axis=1))]
+    return order[skip * count:(skip + 1) * count]
+
+
+async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: asyncio.Event, errors: list) -> dict:
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    page.on("console", lambda m: errors.append(f"tab {tab}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"tab {tab}: {e}"))
+    await start_signal.wait()
+    began = time.monotonic()
+    await page.goto(base_url + "/", timeout=600_000)
+    assert "/s/" in page.url, f"tab {tab} got no session: {page.url}"
+    await page.wait_for_selector("#ik-detect", timeout=600_000)
+    await page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 100)",
+        timeout=600_000)
+    await wait_for_debug(page, lambda d: d.get("view_size", [0, 0])[0] > 0)
+    ready = time.monotonic() - began
+
+    began = time.monotonic()
+    await page.click("#ik-detect")
+    debug = await wait_for_debug(page, lambda d: len(d.get("points", [])) == 68 and not d["busy"])
+    detect = time.monotonic() - began
+
+    updated = []
+    mine = spread_points(debug, drags, tab)
+    for k in mine:
+        start = await view_to_page(page, debug["points"][k]["view_xy"], debug["view_size"])
+        centre = await view_to_page(page, [sum(p["view_xy"][i] for p in debug["points"]) / 68 for i in (0, 1)],
+                                    debug["view_size"])
+        towards = [25 if c >= s else -25 for s, c in zip(start, centre)]  # the drop stays on the image
+        await drag(page, start, (start[0] + towards[0], start[1] + 1.4 * towards[1]))
+        released = time.monotonic()
+        debug = await wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+        updated.append(time.monotonic() - released)
+    fixed = {k for k, p in enumerate(debug["points"]) if p["state"] == "user-fixed"}
+    assert fixed == set(mine), f"tab {tab} sees fixed points {sorted(fixed)}, its own are {sorted(mine)}"
+    return {"page": page, "context": context, "url": page.url, "ready": ready, "detect": detect,
+            "updated": updated}
+
+
+def session_processes(session_id: str) -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"interactive_keypoints.web.app" in argv and any(session_id.encode() in a for a in argv):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+# ------------------------------------------------------------------ one N
+
+
+async def run_tabs(base_url: str, tabs: int, drags: int) -> tuple[list[dict], float]:
+    from playwright.async_api import async_playwright
+
+    errors: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            start_signal = asyncio.Event()
+            runs = [asyncio.create_task(one_tab(browser, base_url, t, drags, start_signal, errors))
+                    for t in range(tabs)]
+            await asyncio.sleep(1.0)  # the contexts exist: the visits leave together
+            start_signal.set()
+            results = await asyncio.gather(*runs)
+            assert len({r["url"] for r in results}) == tabs, "two tabs shared a session"
+            assert not errors, "console errors:\n" + "\n".join(errors)
+            for r in results:
+                await r["context"].close()
+            closed = time.monotonic()
+            ids = [r["url"].split("/s/")[1].split("/")[0] for r in results]
+            while any(session_processes(i) for i in ids):
+                assert time.monotonic() - closed < SESSION_GONE_WITHIN_S, "sessions outlived their closed tabs"
+                await asyncio.sleep(0.25)
+            gone = time.monotonic() - closed
+        finally:
+            await browser.close()
+    return results, gone
+
+
+def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_dir: Path) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = log_dir / f"load-{tabs}-tabs-server.log"
+    with tempfile.TemporaryDirectory(prefix="ik-load-") as autosave:
+        args = ["--host", "127.0.0.1", "--port", str(port), "--autosave-dir", autosave,
+                "--max-sessions", str(max(tabs, 4)), "--start-timeout", str(run_timeout)]
+        if model:
+            args += ["--model", model]
+        with running_server(args, log_path, ready_url=f"{url}/s/none/", ready_statuses=(410,)) as server:
+            deadline = time.monotonic() + run_timeout
+            while "listening after" not in log_path.read_text():  # the spare session is up
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no spare session started; see {log_path}")
+                time.sleep(0.5)
+            sampler = MemorySampler(server.pid)
+            sampler.start()
+            began = time.monotonic()
+            try:
+                results, gone = asyncio.run(asyncio.wait_for(run_tabs(url, tabs, drags), run_timeout))
+            finally:
+                sampler.stop()
+            rss, pss = sampler.peak_gb(since=began)
+    return {
+        "tabs": tabs,
+        "ready": statistics.median(r["ready"] for r in results),
+        "detect": statistics.median(r["detect"] for r in results),
+        "updated": statistics.median(u for r in results for u in r["updated"]),
+        "rss": rss,
+        "pss": pss,
+        "gone": gone,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tabs", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--drags", type=int, default=3, help="drags per tab (each a different point)")
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    parser.add_argument("--run-timeout", type=float, default=900, help="seconds allowed for each N")
+    args = parser.parse_args()
+    if any(n < 1 or n > 8 for n in args.tabs):
+        parser.error(f"--tabs must be between 1 and 8 (loopback load on a small machine), not {args.tabs}")
+    log_dir = HERE.parent / "artifacts" / "web"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for tabs in args.tabs:
+        try:
+            row = measure(tabs, args.drags, args.model, args.run_timeout, log_dir)
+        except (asyncio.TimeoutError, TimeoutError):
+            print(f"{tabs} tabs: not done within --run-timeout {args.run_timeout:g} s; larger runs skipped", flush=True)
+            break
+        rows.append(row)
+        print(f"{tabs} tabs: ready {row['ready']:.1f} s, detect {row['detect']:.2f} s, "
+              f"drag->updated {row['updated']:.2f} s, peak RSS {row['rss']:.2f} GB (PSS {row['pss']:.2f} GB), "
+              f"sessions gone {row['gone']:.1f} s after the tabs closed", flush=True)
+    print("\n| tabs | ready | detect | drag -> updated | RSS (PSS), peak |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tabs']} | {r['ready']:.1f} | {r['detect']:.2f} | {r['updated']:.2f} | "
+              f"{r['rss']:.2f} GB ({r['pss']:.2f} GB) |")
+
+
+if __name__ == "__main__":
+    main()
