@@ -17,11 +17,14 @@ from interactive_keypoints.data import get_dataset
 from interactive_keypoints.model_io import load_model
 from interactive_keypoints.session import KeypointSession
 
-# a tiny network and a budget of a few CPU minutes (2 cores)
+# A tiny network and the project's default recipe. The hint path starts to carry the click
+# after ~1100 steps (epoch ~33 of 32 steps; measured 2026-11-27: propagation gain after 3
+# clicks 0.00 px at epoch 27, 0.85 at 35, 0.95 at 37), so 40 epochs: several CPU minutes.
 RECIPE = ["--dataset", "phantom-hidden", "--phantom-images", "256", "--width", "8", "--input", "64x64",
           "--ocr-channels", "32", "16", "--sigma", "3", "--batch-size", "8", "--lr", "2e-3",
-          "--patience", "100", "--quiet"]  # fmt: skip
-EPOCHS = "16"
+          "--patience", "100", "--val-every", "4", "--select-on", "mre3", "--checkpoint-every", "0",
+          "--quiet"]  # fmt: skip
+EPOCHS = "40"
 
 
 def neighbour_errors_after_one_click(model, samples) -> tuple[float, float]:
@@ -43,16 +46,13 @@ def neighbour_errors_after_one_click(model, samples) -> tuple[float, float]:
     return float(np.mean(before)), float(np.mean(after))
 
 
-def test_the_hidden_vertebra_is_unknowable_from_the_image():
-    # the task is what it claims: the hidden body is far from where its neighbours put it
+def test_the_hidden_vertebra_is_displaced_from_where_its_neighbours_put_it():
+    # the task is what it claims: one body per image sits well off the line of the others
     val = get_dataset("phantom-hidden", split="val", num_images=32)
-    offsets = []
     for sample in val.samples:
-        corners = sample.points.reshape(-1, 4, 2)
-        centres_x = corners[..., 0].mean(1)
-        deviation = np.abs(centres_x - np.median(centres_x))
-        offsets.append(deviation.max() / (128 * 0.15))
-    assert min(offsets) > 0.8
+        centres_x = sample.points.reshape(-1, 4, 2)[..., 0].mean(1)
+        off_line = [abs(centres_x[v] - np.delete(centres_x, v).mean()) for v in range(len(centres_x))]
+        assert max(off_line) > 0.1 * 128  # 128 px phantoms; the displacement is 15-22 % of the width
 
 
 @pytest.mark.slow
