@@ -227,14 +227,11 @@ def test_model_config_names_the_measurement_set(tmp_path):
 
 
 def test_fine_tunes_may_change_the_measurement_set_and_train_sets_it_per_dataset():
-    import argparse
-
     from interactive_keypoints import train
     from interactive_keypoints.data import get_dataset
 
     assert "measurements" in train.NOT_ARCHITECTURE
-    args = argparse.Namespace(sigma=None, input=(128, 64), depth="compact", width=8, no_gating=False,
-                              gating_pool="max", dataset="phantom")  # fmt: skip
+    args = train.build_parser().parse_args(["--dataset", "phantom", "--input", "128x64", "--width", "8", "--out", "x"])
     assert train.make_config(args, get_dataset("phantom", split="train", num_images=1)).measurements == "aasce-cobb"
 
 
