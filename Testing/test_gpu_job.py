@@ -69,6 +69,18 @@ def test_paper_scale_train_commands_are_valid_train_arguments(tmp_path):
         assert run.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES and run.max_steps is None
 
 
+def test_job_names_a_missing_module_and_trains_nothing(tmp_path):
+    blocker = tmp_path / "no_monai"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['monai'] = None\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PACKAGE_ROOT)]))
+    result = subprocess.run([sys.executable, "-m", "interactive_keypoints.gpu_job", str(tmp_path), str(tmp_path / "out")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "not importable: monai" in result.stdout and "--find-links .whl" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_rehearsal_without_simpleitk_then_join(tmp_path):
     from interactive_keypoints.data.pack import pack_dataset

@@ -180,24 +180,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def returned_files(name: str, model_dir: Path, out: Path) -> list[Path]:
-    """Copy one model's weight files and an archive of its JSON/CSV files to OUT as NAME.*."""
+def files_to_return(name: str, model_dir: Path, scratch: Path) -> dict[str, Path]:
+    """{name in OUT: file} for one model: its weight files and an archive of its JSON/CSV files."""
     from .model_io import WEIGHTS_INDEX_FILE, weight_files
 
     if not (model_dir / "model.json").is_file():
-        return []
-    written = []
-    for weights in weight_files(model_dir):
-        if weights.name != WEIGHTS_INDEX_FILE:  # the index is JSON: it travels in the archive
-            written.append(out / f"{name}.{weights.name}")
-            shutil.copyfile(weights, written[-1])
+        return {}
+    # the index is JSON: it travels in the archive
+    chosen = {f"{name}.{p.name}": p for p in weight_files(model_dir) if p.name != WEIGHTS_INDEX_FILE}
     # checkpoint.json describes weights that stay behind
     records = sorted(p for p in model_dir.iterdir() if p.suffix in (".json", ".csv") and p.name != "checkpoint.json")
-    archive = out / f"{name}{ARCHIVE_SUFFIX}"
+    archive = scratch / f"{name}{ARCHIVE_SUFFIX}"
     with tarfile.open(archive, "w:gz") as tar:
         for record in records:
             tar.add(record, arcname=record.name)
-    return written + [archive]
+    return {**chosen, archive.name: archive}
 
 
 def best_figures(name: str, model_dir: Path) -> str:
@@ -216,7 +213,7 @@ def check_returned(files: list[Path]) -> None:
     """Refuse what would not come back whole (SHA256SUMS, written last, is the one more file)."""
     if len(files) + 1 > MAX_RETURNED_FILES:
         raise SystemExit(f"{len(files) + 1} files for OUT, at most {MAX_RETURNED_FILES} come back: "
-                         f"{', '.join(p.name for p in files)} and {SUMS_FILE}")
+                         f"{', '.join(str(p) for p in files)} and {SUMS_FILE}")
     for path in files:
         if path.stat().st_size > MAX_RETURNED_BYTES:
             raise SystemExit(f"{path} is {path.stat().st_size} bytes: over the {MAX_RETURNED_BYTES} that come back")
@@ -255,13 +252,15 @@ def run_job(args) -> int:
                     for job in MODEL_JOBS}
         codes = run_side_by_side(commands, deadline, log)
         say("exit codes: " + ", ".join(f"{k} {v}" for k, v in codes.items()))
-        files = []
+        chosen = {}
         for job in MODEL_JOBS:
-            files += returned_files(job.name, scratch / job.name, out)
+            chosen.update(files_to_return(job.name, scratch / job.name, scratch))
             say(best_figures(job.name, scratch / job.name))
+        check_returned([*chosen.values(), out / LOG_FILE])  # before anything more lands in OUT
         say(f"wall time {time.time() - start:.0f} s")
-    files.append(out / LOG_FILE)
-    check_returned(files)
+    for name, source in chosen.items():
+        shutil.copyfile(source, out / name)
+    files = [out / name for name in chosen] + [out / LOG_FILE]
     sums = [f"{sha256(p)}  {p.name}" for p in files]
     (out / SUMS_FILE).write_text("\n".join(sums) + "\n")
     for path, line in zip(files, sums):
