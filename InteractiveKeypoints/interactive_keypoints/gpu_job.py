@@ -1,0 +1,359 @@
+"""One GPU job: train the AASCE and ISBI models side by side from their packs, return only what
+must come back (issue #14); and the ``--join`` step that checks and loads them back on CPU.
+
+    python -m interactive_keypoints.gpu_job .gpu OUT [--minutes 7.5] [--max-steps N] [--device auto]
+    python -m interactive_keypoints.gpu_job --join OUT models/trained
+
+PACKS_DIR holds one pack per model, found by its folder name: ``aasce-*`` and ``isbi-*`` (made
+with ``interactive-keypoints pack``). The job installs nothing and needs no network: it checks
+that torch, numpy, Pillow, safetensors, tqdm and MONAI import (MONAI's wheel can travel in
+``.whl/``: ``pip install --no-index --find-links .whl monai``); SimpleITK is not needed.
+
+Models (same family: the paper's full-depth HRNetV2, width 18, gated, OCR head): AASCE at
+512 x 256 (12.5 M parameters, ~25 MB in fp16: two shards) and ISBI at 640 x 512 (the
+aspect of its 1935 x 2400 images and 2.5x the pixels of 512 x 256, for its 2 mm targets).
+Both use the recipe ``--occlusion-prob 0.5 --hint-scale-init 1.0 --select-on mre3`` and Adam
+at 1e-3 with a cosine decay over the time budget. ``--tiny`` swaps in width-8 compact models
+at the packs' own input size for a CPU rehearsal.
+
+Everything is written to a scratch folder; OUT receives at most 8 files: per model its weight
+files (<= 15 MB each) and one ``NAME.files.tar.gz`` of its JSON and CSV files, the job's log,
+and ``SHA256SUMS`` (``sha256sum -c`` format). The training runs end by their own time budget;
+a run that overstays it is stopped, so the copy to OUT always happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_FILE = "gpu_job.log"
+SUMS_FILE = "SHA256SUMS"
+ARCHIVE_SUFFIX = ".files.tar.gz"
+MAX_RETURNED_FILES = 8
+MAX_RETURNED_BYTES = 16 * 2**20
+# what a module needs to train from a pack (SimpleITK and scipy only make packs)
+REQUIRED_MODULES = {"torch": "torch", "numpy": "numpy", "PIL": "Pillow", "safetensors": "safetensors",
+                    "tqdm": "tqdm", "monai": "monai"}
+RECIPE = ["--occlusion-prob", "0.5", "--hint-scale-init", "1.0", "--select-on", "mre3",
+          "--lr", "1e-3", "--lr-schedule", "cosine"]
+# start-up (imports, reading the pack) before a run's budget starts, and the copy after it
+RESERVE_MINUTES = 1.0
+# the budget is checked between epochs; a run is stopped this long after it should have ended
+OVERSTAY_S = 45
+PRINT_EVERY_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    name: str  # also the prefix of its pack folder and of its files in OUT
+    input_size: str
+    architecture: tuple[str, ...]
+
+
+MODEL_JOBS = (
+    ModelJob("aasce", "512x256", ("--width", "18", "--depth", "full")),
+    ModelJob("isbi", "640x512", ("--width", "18", "--depth", "full")),
+)
+TINY_ARCHITECTURE = ("--width", "8", "--depth", "compact", "--ocr-channels", "16", "8", "--batch-size", "2")
+
+
+# ------------------------------------------------------------------ checks before anything runs
+def missing_modules() -> list[str]:
+    missing = []
+    for module, distribution in REQUIRED_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            missing.append(f"{distribution} ({e})")
+    return missing
+
+
+def find_pack(packs_dir: Path, name: str) -> Path:
+    found = sorted(p for p in packs_dir.glob(f"{name}-*") if (p / "manifest.json").is_file())
+    if len(found) != 1:
+        raise SystemExit(f"{packs_dir}: expected one pack folder {name}-* with a manifest.json, found "
+                         f"{[p.name for p in found] or 'none'}")
+    return found[0]
+
+
+def environment_lines(device: str) -> list[str]:
+    import torch
+
+    lines = [f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+             f"python {sys.version.split()[0]}, {os.cpu_count()} CPU cores"]
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        props = torch.cuda.get_device_properties(0)
+        lines.insert(0, f"GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability "
+                        f"{props.major}.{props.minor}")
+    else:
+        lines.insert(0, "no GPU: device cpu")
+    return lines
+
+
+# ------------------------------------------------------------------ the training runs
+def train_command(job: ModelJob, pack: Path, out: Path, args, workers: int, threads: int) -> list[str]:
+    input_size = json.loads((pack / "manifest.json").read_text())["input_size"] if args.tiny else None
+    command = [sys.executable, "-m", "interactive_keypoints.train", "--pack", str(pack),
+               "--input", "x".join(map(str, input_size)) if input_size else job.input_size,
+               *(TINY_ARCHITECTURE if args.tiny else job.architecture), *RECIPE,
+               # the time budget ends the run, not an epoch count or early stopping
+               "--epochs", "100000", "--patience", "100000",
+               "--max-minutes", f"{args.minutes - RESERVE_MINUTES:.2f}", "--checkpoint-every", "0",
+               "--workers", str(workers), "--threads", str(threads), "--device", args.device,
+               "--seed", str(args.seed), "--out", str(out), "--quiet"]
+    if args.max_steps is not None:
+        command += ["--max-steps", str(args.max_steps)]
+    if args.tiny:
+        command += ["--max-shard-mb", str(args.tiny_shard_mb)]
+    return command
+
+
+def shown(line: str) -> bool:
+    """Train's own lines worth showing: the first epochs, every few, and all that are not epochs."""
+    if not line.startswith("epoch "):
+        return True
+    epoch = int(line.split(":", 1)[0].split()[1])
+    return epoch < 3 or epoch % PRINT_EVERY_EPOCHS == 0
+
+
+def run_side_by_side(commands: dict[str, list[str]], deadline: float, log) -> dict[str, int]:
+    """Run the commands at once, each line to the log and the chosen ones to stdout; stop any
+    still running at ``deadline`` (its best weights are already on disk). Exit codes by name."""
+    lock = threading.Lock()
+
+    def emit(name: str, line: str, to_stdout: bool) -> None:
+        with lock:
+            log.write(f"[{name}] {line}\n")
+            log.flush()
+            if to_stdout:
+                print(f"[{name}] {line}", flush=True)
+
+    def pump(name: str, stream) -> None:
+        for raw in stream:
+            line = raw.rstrip()
+            if line:
+                emit(name, line, shown(line))
+
+    processes, readers = {}, []
+    for name, command in commands.items():
+        emit(name, "$ " + " ".join(command), False)
+        processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           start_new_session=True)
+        readers.append(threading.Thread(target=pump, args=(name, processes[name].stdout), daemon=True))
+        readers[-1].start()
+    for name, process in processes.items():
+        try:
+            process.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            emit(name, "over its time budget: stopped (its best weights so far are kept)", True)
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    return {name: process.returncode for name, process in processes.items()}
+
+
+# ------------------------------------------------------------------ what comes back
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_to_return(name: str, model_dir: Path, scratch: Path) -> dict[str, Path]:
+    """{name in OUT: file} for one model: its weight files and an archive of its JSON/CSV files."""
+    from .model_io import WEIGHTS_INDEX_FILE, weight_files
+
+    if not (model_dir / "model.json").is_file():
+        return {}
+    # the index is JSON: it travels in the archive
+    chosen = {f"{name}.{p.name}": p for p in weight_files(model_dir) if p.name != WEIGHTS_INDEX_FILE}
+    # checkpoint.json describes weights that stay behind
+    records = sorted(p for p in model_dir.iterdir() if p.suffix in (".json", ".csv") and p.name != "checkpoint.json")
+    archive = scratch / f"{name}{ARCHIVE_SUFFIX}"
+    with tarfile.open(archive, "w:gz") as tar:
+        for record in records:
+            tar.add(record, arcname=record.name)
+    return {**chosen, archive.name: archive}
+
+
+def best_figures(name: str, model_dir: Path) -> str:
+    metrics_path, summary_path = model_dir / "val_metrics.json", model_dir / "train_summary.json"
+    if not metrics_path.is_file():
+        return f"{name}: no validated weights"
+    m = json.loads(metrics_path.read_text())
+    s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    peak = f", peak {s['peak_memory_gib']} GiB" if "peak_memory_gib" in s else ""
+    return (f"{name}: best epoch {m['epoch']} of {s.get('epochs', '?')} ({s.get('elapsed_s', '?')} s{peak}): "
+            f"val MRE {m['mre0_px']:.2f} px at 0 clicks, {m['mre3_px']:.2f} after {m['clicks']} "
+            f"(manual {m['manual3_px']:.2f}, propagation gain {m['propagation_gain_px']:+.2f})")
+
+
+def check_returned(files: list[Path]) -> None:
+    """Refuse what would not come back whole (SHA256SUMS, written last, is the one more file)."""
+    if len(files) + 1 > MAX_RETURNED_FILES:
+        raise SystemExit(f"{len(files) + 1} files for OUT, at most {MAX_RETURNED_FILES} come back: "
+                         f"{', '.join(str(p) for p in files)} and {SUMS_FILE}")
+    for path in files:
+        if path.stat().st_size > MAX_RETURNED_BYTES:
+            raise SystemExit(f"{path} is {path.stat().st_size} bytes: over the {MAX_RETURNED_BYTES} that come back")
+
+
+def run_job(args) -> int:
+    packs_dir, out = Path(args.packs_dir), Path(args.out_dir)
+    missing = missing_modules()
+    if missing:
+        print("cannot train, not importable: " + "; ".join(missing) +
+              "\n(nothing is installed from the network: pip install --no-index --find-links .whl monai)", flush=True)
+        return 2
+    packs = {job.name: find_pack(packs_dir, job.name) for job in MODEL_JOBS}
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty")
+    start = time.time()
+    deadline = start + 60 * args.minutes - 60 * RESERVE_MINUTES / 2 + OVERSTAY_S
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_job-", dir=args.scratch))
+    cores = os.cpu_count() or 2
+    # two runs share the cores: half each for loader workers + the main thread
+    per_run = max(1, cores // len(MODEL_JOBS))
+    workers = 0 if args.device == "cpu" else max(0, per_run - 2)
+    threads = max(1, min(per_run, 2 if workers else per_run))
+    with open(out / LOG_FILE, "w") as log:
+        def say(line: str) -> None:
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+
+        for line in environment_lines(args.device):
+            say(line)
+        say(f"job: {args.minutes} min, packs {', '.join(f'{k}={v}' for k, v in packs.items())}, scratch {scratch}, "
+            f"{workers} loader workers and {threads} threads per run" + (", tiny rehearsal models" if args.tiny else ""))
+        commands = {job.name: train_command(job, packs[job.name], scratch / job.name, args, workers, threads)
+                    for job in MODEL_JOBS}
+        codes = run_side_by_side(commands, deadline, log)
+        say("exit codes: " + ", ".join(f"{k} {v}" for k, v in codes.items()))
+        chosen = {}
+        for job in MODEL_JOBS:
+            chosen.update(files_to_return(job.name, scratch / job.name, scratch))
+            say(best_figures(job.name, scratch / job.name))
+        check_returned([*chosen.values(), out / LOG_FILE])  # before anything more lands in OUT
+        say(f"wall time {time.time() - start:.0f} s")
+    for name, source in chosen.items():
+        shutil.copyfile(source, out / name)
+    files = [out / name for name in chosen] + [out / LOG_FILE]
+    sums = [f"{sha256(p)}  {p.name}" for p in files]
+    (out / SUMS_FILE).write_text("\n".join(sums) + "\n")
+    for path, line in zip(files, sums):
+        print(f"{line}  {path.stat().st_size} bytes")
+    print(f"{sha256(out / SUMS_FILE)}  {SUMS_FILE}  {(out / SUMS_FILE).stat().st_size} bytes")
+    if not args.keep_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0 if all(code == 0 for code in codes.values()) and len(files) > 1 else 1
+
+
+# ------------------------------------------------------------------ back on CPU
+def verified_files(returned: Path) -> list[Path]:
+    """The files SHA256SUMS lists, each checked; refuses any it does not list but OUT holds."""
+    listed = {}
+    for line in (returned / SUMS_FILE).read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        if Path(name).name != name:
+            raise ValueError(f"{SUMS_FILE}: {name!r} is not a plain file name")
+        listed[name] = digest
+    for name, digest in listed.items():
+        actual = sha256(returned / name)
+        if actual != digest:
+            raise ValueError(f"{returned / name}: sha256 {actual}, {SUMS_FILE} says {digest}")
+    unlisted = sorted(p.name for p in returned.iterdir() if p.name not in listed and p.name != SUMS_FILE)
+    if unlisted:
+        raise ValueError(f"{returned}: files not in {SUMS_FILE}: {', '.join(unlisted)}")
+    return [returned / name for name in listed]
+
+
+def unpack_records(archive: Path, folder: Path) -> list[str]:
+    """Extract the archive's plain JSON/CSV files into ``folder`` (nothing else is accepted)."""
+    names = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or Path(member.name).name != member.name or \
+                    Path(member.name).suffix not in (".json", ".csv"):
+                raise ValueError(f"{archive}: unexpected member {member.name!r}")
+            (folder / member.name).write_bytes(tar.extractfile(member).read())
+            names.append(member.name)
+    return names
+
+
+def join(returned: str | Path, models_dir: str | Path) -> dict[str, Path]:
+    """Check the returned files, rebuild each model folder under ``models_dir`` and load it."""
+    from .model_io import load_model
+
+    returned, models_dir = Path(returned), Path(models_dir)
+    files = verified_files(returned)
+    folders = {}
+    for archive in (p for p in files if p.name.endswith(ARCHIVE_SUFFIX)):
+        name = archive.name[: -len(ARCHIVE_SUFFIX)]
+        folder = models_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        unpack_records(archive, folder)
+        for weights in (p for p in files if p.name.startswith(name + ".") and p.suffix == ".safetensors"):
+            shutil.copyfile(weights, folder / weights.name[len(name) + 1:])
+        model = load_model(folder)
+        parameters = sum(p.numel() for p in model.network.parameters())
+        print(f"{name}: loaded {folder} ({model.config.num_keypoints} keypoints, input "
+              f"{'x'.join(map(str, model.config.input_size))}, width {model.config.width}, {parameters / 1e6:.2f} M parameters)")
+        folders[name] = folder
+    if not folders:
+        raise ValueError(f"{returned}: no model archive (*{ARCHIVE_SUFFIX})")
+    return folders
+
+
+# ------------------------------------------------------------------ command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m interactive_keypoints.gpu_job", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("packs_dir", type=Path, help="folder with the aasce-* and isbi-* packs (with --join: OUT)")
+    parser.add_argument("out_dir", type=Path, help="empty folder for what comes back (with --join: models folder)")
+    parser.add_argument("--join", action="store_true", help="check returned files and rebuild + load the models")
+    parser.add_argument("--minutes", type=float, default=7.5, help="the whole job's wall-clock budget")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps (rehearsal)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="rehearsal: width-8 compact models at the packs' input")
+    parser.add_argument("--tiny-shard-mb", type=float, default=3.0, help="with --tiny: shard size (to exercise shards)")
+    parser.add_argument("--scratch", type=Path, default=None, help="where the runs write (default: the temp folder)")
+    parser.add_argument("--keep-scratch", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.join:
+        join(args.packs_dir, args.out_dir)
+        return 0
+    if args.minutes <= 2 * RESERVE_MINUTES:
+        raise SystemExit(f"--minutes must exceed {2 * RESERVE_MINUTES}")
+    return run_job(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The GPU job (interactive_keypoints.gpu_job) rehearsed on CPU, and its join step."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from interactive_keypoints import gpu_job
+from interactive_keypoints.model_io import load_model
+
+PACKAGE_ROOT = Path(gpu_job.__file__).resolve().parent.parent
+
+
+def write_sums(folder: Path) -> None:
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(folder.iterdir())]
+    (folder / gpu_job.SUMS_FILE).write_text("\n".join(lines) + "\n")
+
+
+def test_verified_files_refuses_a_changed_or_unlisted_file(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(b"weights")
+    write_sums(tmp_path)
+    assert [p.name for p in gpu_job.verified_files(tmp_path)] == ["a.safetensors"]
+    (tmp_path / "a.safetensors").write_bytes(b"weightz")
+    with pytest.raises(ValueError, match="sha256"):
+        gpu_job.verified_files(tmp_path)
+    (tmp_path / "a.safetensors").write_bytes(b"weights")
+    (tmp_path / "extra.bin").write_bytes(b"?")
+    with pytest.raises(ValueError, match="not in SHA256SUMS"):
+        gpu_job.verified_files(tmp_path)
+
+
+def test_unpack_records_takes_only_plain_json_and_csv(tmp_path):
+    (tmp_path / "model.json").write_text("{}")
+    good, bad = tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        tar.add(tmp_path / "model.json", arcname="model.json")
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(tmp_path / "model.json", arcname="../model.json")
+    (tmp_path / "unpacked").mkdir()
+    assert gpu_job.unpack_records(good, tmp_path / "unpacked") == ["model.json"]
+    with pytest.raises(ValueError, match="unexpected member"):
+        gpu_job.unpack_records(bad, tmp_path / "unpacked")
+
+
+def test_shown_keeps_first_and_every_tenth_epoch_and_other_lines():
+    lines = [f"epoch {e}: 1.0 img/s" for e in range(25)] + ["device CPU"]
+    assert [line for line in lines if gpu_job.shown(line)] == [
+        "epoch 0: 1.0 img/s", "epoch 1: 1.0 img/s", "epoch 2: 1.0 img/s", "epoch 10: 1.0 img/s",
+        "epoch 20: 1.0 img/s", "device CPU"]
+
+
+def test_paper_scale_train_commands_are_valid_train_arguments(tmp_path):
+    from interactive_keypoints import train
+
+    args = gpu_job.build_parser().parse_args([str(tmp_path), str(tmp_path / "out")])
+    parsed = {job.name: train.build_parser().parse_args(
+        gpu_job.train_command(job, tmp_path / f"{job.name}-pack", tmp_path / job.name, args, 6, 2)[3:])
+        for job in gpu_job.MODEL_JOBS}
+    assert parsed["aasce"].input == (512, 256) and parsed["isbi"].input == (640, 512)
+    for run in parsed.values():
+        assert (run.width, run.depth, run.occlusion_prob, run.hint_scale_init, run.select_on) == (18, "full", 0.5, 1.0, "mre3")
+        assert (run.lr, run.lr_schedule) == (1e-3, "cosine")
+        # the runs end by their budget, inside the job's, leaving time for start-up and the copy
+        assert run.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES and run.max_steps is None
+
+
+def test_job_names_a_missing_module_and_trains_nothing(tmp_path):
+    blocker = tmp_path / "no_monai"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['monai'] = None\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PACKAGE_ROOT)]))
+    result = subprocess.run([sys.executable, "-m", "interactive_keypoints.gpu_job", str(tmp_path), str(tmp_path / "out")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "not importable: monai" in result.stdout and "--find-links .whl" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_rehearsal_without_simpleitk_then_join(tmp_path):
+    from interactive_keypoints.data.pack import pack_dataset
+
+    packs = tmp_path / "packs"
+    pack_dataset("phantom", None, (128, 64), packs / "aasce-phantom", phantom_images=8, progress=False)
+    shutil.copytree(packs / "aasce-phantom", packs / "isbi-phantom")  # one pack serves both runs
+    blocker = tmp_path / "no_simpleitk"  # the GPU machine has no SimpleITK: prove the job needs none
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['SimpleITK'] = None\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PACKAGE_ROOT)]))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "interactive_keypoints.gpu_job", str(packs), str(out), "--tiny", "--max-steps", "2",
+         "--device", "cpu", "--minutes", "4", "--scratch", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "no GPU: device cpu" and lines[1].startswith("torch ")
+    assert any(line.startswith("aasce: best epoch 0") for line in lines)
+
+    returned = sorted(p.name for p in out.iterdir())
+    assert len(returned) <= gpu_job.MAX_RETURNED_FILES
+    assert {"aasce.files.tar.gz", "isbi.files.tar.gz", "gpu_job.log", "SHA256SUMS"} <= set(returned)
+    assert "aasce.model-00001-of-00002.safetensors" in returned  # sharded, as the real models will be
+    for name in returned:
+        assert (out / name).stat().st_size <= gpu_job.MAX_RETURNED_BYTES
+        assert any(line.startswith(hashlib.sha256((out / name).read_bytes()).hexdigest()) for line in lines)
+
+    folders = gpu_job.join(out, tmp_path / "models")
+    assert sorted(folders) == ["aasce", "isbi"]
+    for folder in folders.values():
+        assert {"model.safetensors.index.json", "val_metrics.json", "training_log.csv", "split.json"} <= \
+            {p.name for p in folder.iterdir()}
+        assert load_model(folder).config.width == 8
