@@ -44,9 +44,14 @@ def models_dirs(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     return unique
 
 
-def is_model_folder(folder) -> bool:
+def has_weights(folder) -> bool:
+    """Weights in one file or in shards with their index (model_io writes either)."""
     folder = Path(folder)
-    return (folder / CONFIG_FILE).is_file() and ((folder / WEIGHTS_FILE).is_file() or (folder / WEIGHTS_INDEX_FILE).is_file())
+    return (folder / WEIGHTS_FILE).is_file() or (folder / WEIGHTS_INDEX_FILE).is_file()
+
+
+def is_model_folder(folder) -> bool:
+    return (Path(folder) / CONFIG_FILE).is_file() and has_weights(folder)
 
 
 def shipped_models(preference=PREFERRED_MODEL_NAMES, package_dir: Path = PACKAGE_DIR) -> list[Path]:

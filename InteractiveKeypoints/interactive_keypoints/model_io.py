@@ -32,6 +32,7 @@ from .model_folders import (  # noqa: F401
     WEIGHTS_FILE,
     WEIGHTS_INDEX_FILE,
     default_model_dir,
+    has_weights,
     models_dirs,
     shipped_models,
 )
@@ -119,10 +120,6 @@ def save_weights(folder: Path, state: dict, metadata: dict, max_shard_bytes: int
     for stale in set(weight_files(folder)) - set(written):  # e.g. a single file after training wrote shards
         stale.unlink()
     return written
-
-
-def has_weights(folder: Path) -> bool:
-    return (folder / WEIGHTS_FILE).is_file() or (folder / WEIGHTS_INDEX_FILE).is_file()
 
 
 def _read_safetensors(path: Path) -> dict:
