@@ -230,9 +230,10 @@ def test_user_points_are_never_lost(browser, base_url, tmp_path):
     # may still run: the logic queues the second drop; both drops must be kept
     (b,) = [k for k in isolated_points(settled, 2) if k != a][:1]
     drop_b = drag_point(page, settled, b)
-    # the server has taken the drop once it is busy (or b is fixed): catch the slowed model's run
-    # as soon as the page shows it, not only once b's new state has reached the page too
-    busy_at_second_drag = wait_for_debug(page, lambda d: d["busy"] or d["points"][b]["state"] == "user-fixed")["busy"]
+    # wait until the server has started the model on b's drop (b shows as fixed a moment before
+    # the run starts, so its state alone cannot tell); busy then says the run still goes on
+    runs_before = settled["runs_started"]
+    busy_at_second_drag = wait_for_debug(page, lambda d: d["busy"] or d["runs_started"] > runs_before)["busy"]
     drop_a = drag_point(page, settled, a, offset=(-30, 40))
     done = wait_for_debug(
         page,

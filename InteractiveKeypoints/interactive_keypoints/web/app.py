@@ -84,6 +84,7 @@ class KeypointsWebApp(TrameApp):
         self.volume = None
         self.points = None
         self._last_xy_to_ras = None
+        self._runs_started = 0  # model runs begun (debug): tells "not started yet" from "already done"
 
         self._init_state()
         self.ui = build_ui(self)
@@ -130,6 +131,7 @@ class KeypointsWebApp(TrameApp):
 
     def _on_busy(self, _node, busy: bool):
         with self.state:
+            self._runs_started += bool(busy)
             self.state.ik_busy = bool(busy)
             self._refresh_debug()
 
@@ -210,6 +212,7 @@ class KeypointsWebApp(TrameApp):
         debug["measurements"] = list(self.state.ik_measurements or [])
         debug["measurement_lines"] = len(self.logic.measurement_lines(node)) if node is not None else 0
         debug["busy"] = bool(self.state.ik_busy)
+        debug["runs_started"] = self._runs_started
         self.state.ik_debug = json.dumps(debug)
 
     def _autosave(self, node):
