@@ -14,6 +14,14 @@ Where the model names a measurement set (model.json ``measurements``), also the 
 measurements after each click against those of the ground truth: OUT/measurements.json
 (Cobb SMAPE and MAE per angle, or ceph class accuracy per measurement),
 OUT/measurements_per_image.csv and OUT/measurements_vs_clicks.png.
+
+``--user guided``: instead of the oracle, a user who has no oracle looks at the point the
+model ranks first for review (:func:`.review.rank_for_review`, score ``--review-score``),
+corrects it if its error is above ``--guided-tolerance`` and otherwise confirms it (a
+click either way). ``--user oracle guided`` runs both and compares them in
+metrics.json ``users`` and OUT/users_mre_vs_clicks.png; the first user listed gives the
+classic outputs. ``--click-noise SD``: the user's clicks land with Gaussian error of SD
+(in ``--unit``), seeded by ``--click-seed``.
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ from .measurements import measure
 from .metrics import cobb_smape, mre, mre_sd, noc, noc_summary, radial_errors, sdr
 from .model_io import KeypointModel, load_model
 from .propagation import gain_clicks, masked_mre, near_rule, near_set_by_clicks, propagation_gain
+from .review import SCORES, available_score, load_selection, rank_for_review
 from .session import KeypointSession
+
+USERS = ("oracle", "guided")
 
 
 @dataclass
@@ -50,10 +61,72 @@ class RevisionCurves:
     manual_errors_by_clicks: np.ndarray  # (C + 1, K) manual-revision radial errors in px
     model_clicks: np.ndarray  # (C,) landmark the model run's user clicked, in click order
     points_by_clicks: np.ndarray | None = None  # (C + 1, K, 2) model-revision points, for measurements
+    confirmed: np.ndarray | None = None  # (C,) guided user: True where the click confirmed rather than corrected
 
 
-def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: int) -> RevisionCurves:
-    """Click the worst not-yet-clicked point at its true position, ``max_clicks`` times."""
+def exact_clicks(index: int, xy: np.ndarray) -> np.ndarray:
+    """The user puts landmark ``index`` exactly at ``xy`` (the protocol's clicks)."""
+    return xy
+
+
+def noisy_clicks(truth: np.ndarray, sd_px: float, image_size, seed) -> callable:
+    """Clicks that land with Gaussian error of ``sd_px`` per axis, kept inside the (H, W)
+    image: one offset per landmark drawn up front from ``seed``, so the same landmark lands
+    at the same place whichever run (model or manual revision, oracle or guided) clicks it."""
+    offsets = np.random.default_rng(seed).normal(0.0, sd_px, size=np.shape(truth))
+    h, w = image_size
+
+    def place(index: int, xy: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(xy, float) + offsets[index], [-0.5, -0.5], [w - 0.5, h - 0.5])
+
+    return place
+
+
+def next_for_review(prediction) -> int:
+    """The guided user's choice: the model's first-ranked unfixed point. It sees only the
+    prediction, never the truth."""
+    ranking = rank_for_review(prediction)
+    if not ranking:
+        raise ValueError("every keypoint is already fixed: there is no keypoint left to review")
+    return ranking[0]
+
+
+def simulate_guided(session: KeypointSession, truth: np.ndarray, max_clicks: int, tolerance_px: float,
+                    place=exact_clicks, choose=next_for_review) -> RevisionCurves:
+    """A user without an oracle, ``max_clicks`` times: take the point ``choose`` picks from
+    the prediction alone; if its error is above ``tolerance_px`` put it at its true position
+    (through ``place``), else confirm it where it is. Ground truth only decides correct vs
+    confirm. Manual revision: the same user going down the first prediction's ranking with
+    no re-run of the model."""
+    first = session.predict()
+    start = first.points
+    manual_points = start.copy()
+    manual_order = rank_for_review(first)
+    errors, manual_errors = [radial_errors(start, truth)], [radial_errors(start, truth)]
+    points, clicks, confirmed = [start], [], []
+    prediction = first
+    for step in range(max_clicks):
+        k = choose(prediction)
+        clicks.append(k)
+        wrong = np.linalg.norm(prediction.points[k] - truth[k]) > tolerance_px
+        confirmed.append(not wrong)
+        prediction = session.refine({k: place(k, truth[k])}) if wrong else session.confirm(k)
+        errors.append(radial_errors(prediction.points, truth))
+        points.append(prediction.points)
+
+        j = manual_order[step]
+        if np.linalg.norm(manual_points[j] - truth[j]) > tolerance_px:
+            manual_points[j] = place(j, truth[j])
+        manual_errors.append(radial_errors(manual_points, truth))
+    errors, manual_errors = np.array(errors), np.array(manual_errors)
+    return RevisionCurves(errors.mean(-1), manual_errors.mean(-1), errors, manual_errors,
+                          np.array(clicks, dtype=int), np.array(points), np.array(confirmed, dtype=bool))
+
+
+def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: int,
+                      place=exact_clicks) -> RevisionCurves:
+    """Click the worst not-yet-clicked point at its true position (through ``place``),
+    ``max_clicks`` times."""
     start = session.predict().points
     model_points, manual_points = start.copy(), start.copy()
     model_clicked = np.zeros(len(truth), bool)
@@ -66,14 +139,14 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
         k = worst_keypoint(model_points, truth, model_clicked)
         model_clicked[k] = True
         model_clicks.append(k)
-        model_points = session.refine({k: truth[k]}).points
+        model_points = session.refine({k: place(k, truth[k])}).points
         errors.append(radial_errors(model_points, truth))
         points.append(model_points)
         model_curve.append(mre(model_points, truth))
 
         j = worst_keypoint(manual_points, truth, manual_clicked)
         manual_clicked[j] = True
-        manual_points[j] = truth[j]
+        manual_points[j] = place(j, truth[j])
         manual_errors.append(radial_errors(manual_points, truth))
         manual_curve.append(mre(manual_points, truth))
     return RevisionCurves(np.array(model_curve), np.array(manual_curve), np.array(errors),
@@ -84,13 +157,31 @@ def sample_radiograph(sample: KeypointSample) -> Radiograph:
     return Radiograph(load_grey_image(sample), sample.spacing, sample.spacing_known, path=str(sample.image_path or sample.id))
 
 
-def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, prev_mode="fixed", progress=True):
-    """RevisionCurves for every sample, sharing one inference copy of the network."""
+def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, prev_mode="fixed", progress=True,
+                   user: str = "oracle", review_score: str | None = None, tolerance: float = 0.0,
+                   click_noise: float = 0.0, click_seed: int = 0, unit: str = "px"):
+    """RevisionCurves for every sample, sharing one inference copy of the network.
+
+    ``user``: ``oracle`` (the protocol) or ``guided`` (see :func:`simulate_guided`, with
+    ``tolerance`` and ``review_score``). ``click_noise``: SD of the clicks' error;
+    ``tolerance`` and ``click_noise`` are in ``unit`` (mm: divided by each image's spacing).
+    Image n's click noise is seeded by (``click_seed``, n).
+    """
+    if user not in USERS:
+        raise ValueError(f"unknown user {user!r}; expected one of {USERS}")
     predictor = Predictor(model, device)
     results = []
-    for sample in tqdm(samples, desc="evaluate", disable=not progress):
-        session = KeypointSession(model, sample_radiograph(sample), prev_mode=prev_mode, predictor=predictor)
-        results.append(simulate_revision(session, sample.points, max_clicks))
+    for n, sample in enumerate(tqdm(samples, desc=f"evaluate ({user})", disable=not progress)):
+        session = KeypointSession(model, sample_radiograph(sample), prev_mode=prev_mode, predictor=predictor,
+                                  review_score=review_score)
+        px_per_unit = 1.0 / sample.spacing[0] if unit == "mm" else 1.0
+        place = exact_clicks
+        if click_noise > 0:
+            place = noisy_clicks(sample.points, click_noise * px_per_unit, session.radiograph.size, (click_seed, n))
+        if user == "oracle":
+            results.append(simulate_revision(session, sample.points, max_clicks, place))
+        else:
+            results.append(simulate_guided(session, sample.points, max_clicks, tolerance * px_per_unit, place))
     return results
 
 
@@ -259,6 +350,44 @@ def write_plots(out: Path, results, max_clicks: int, unit: str, samples, noc_cli
     plt.close(fig)
 
 
+def summarise_users(results_by_user: dict, samples, max_clicks: int, targets, unit: str, noc_clicks: int | None,
+                    landmark_names=None) -> dict:
+    """metrics.json ``users``: per simulated user its MRE by clicks (px, and mm where known),
+    NoC / FR (model and manual revision); for the guided user also the share of its clicks
+    that were confirmations, by click."""
+    keys = ("MRE_by_clicks", "MRE_by_clicks_mm", "NoC", "FR", "NoC_manual")
+    out = {}
+    for user, results in results_by_user.items():
+        metrics = summarise(results, samples, max_clicks, targets, unit, noc_clicks, landmark_names)
+        out[user] = {key: metrics[key] for key in keys if key in metrics}
+        if results[0].confirmed is not None:
+            confirmed = np.stack([r.confirmed for r in results])
+            out[user]["confirmed_percent_by_click"] = (100.0 * confirmed.mean(0)).tolist()
+    return out
+
+
+def write_users_plot(path: Path, users: dict, unit: str) -> None:
+    """Model-revision MRE by clicks of each simulated user (oracle vs guided)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "MRE_by_clicks_mm" if unit == "mm" else "MRE_by_clicks"
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for (user, entry), style in zip(users.items(), ("o-", "s-", "^-")):
+        curve = entry[key]["model"]
+        ax.plot(np.arange(len(curve)), curve, style, label=f"{user} user, model revision")
+        ax.plot(np.arange(len(curve)), entry[key]["manual"], style[0] + ":", alpha=0.6, label=f"{user} user, manual")
+    ax.set(xlabel="number of clicks (corrections + confirmations)", ylabel=f"MRE ({unit})",
+           title="MRE vs clicks: oracle vs guided user")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def sample_measurements(points, sample: KeypointSample, measurement_set: str):
     """The measurements of one image's points, with the sample's spacing and height."""
     spacing = sample.spacing if sample.spacing_known else None
@@ -374,6 +503,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate N images drawn at random from the split (seeded by --sample-seed; "
                              "metrics.json records the ids)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of --sample")
+    parser.add_argument("--user", nargs="+", choices=USERS, default=["oracle"],
+                        help="simulated user(s): oracle clicks the worst point (the protocol); guided checks the "
+                             "point the model ranks first and corrects or confirms it. Several: compared in "
+                             "metrics.json 'users'; the first gives the other outputs")
+    parser.add_argument("--review-score", choices=SCORES, default=None,
+                        help="the guided user's ranking score (default: the session's default for the model)")
+    parser.add_argument("--guided-tolerance", type=float, default=None,
+                        help="the guided user corrects a point whose error is above this (in --unit; "
+                             "default: the smallest --targets), else confirms it")
+    parser.add_argument("--click-noise", type=float, default=0.0,
+                        help="SD of the Gaussian error of every click, in --unit (px, or mm)")
+    parser.add_argument("--click-seed", type=int, default=0, help="seed of --click-noise")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, all cores)")
     parser.add_argument("--out", type=Path, required=True)
@@ -393,11 +534,31 @@ def run(args) -> int:
         raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")
     samples = choose_samples(split.samples, args.limit, args.sample, args.sample_seed,
                              f"{args.dataset} split {args.split!r}")
-    results = evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, progress=not args.quiet)
+    if args.click_noise < 0:
+        raise ValueError(f"--click-noise {args.click_noise} must be 0 or more")
+    users = list(dict.fromkeys(args.user))
+    tolerance = min(args.targets) if args.guided_tolerance is None else args.guided_tolerance
+    results_by_user = {
+        user: evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, not args.quiet, user,
+                             args.review_score, tolerance, args.click_noise, args.click_seed, args.unit)
+        for user in users
+    }
+    results = results_by_user[users[0]]
     metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks,
                         split.landmark_names)
     metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
                    skipped=split.skipped)
+    protocol = users == ["oracle"] and args.click_noise == 0  # today's protocol: metrics.json unchanged
+    if not protocol:
+        metrics["users"] = summarise_users(results_by_user, samples, args.max_clicks, args.targets, args.unit,
+                                           args.noc_clicks, split.landmark_names)
+        metrics["user"] = users[0]
+        metrics["click_noise"] = {"sd": args.click_noise, "unit": args.unit, "seed": args.click_seed}
+        if "guided" in users:
+            metrics["guided"] = {"review_score": review_score_name(model, args.review_score),
+                                 "tolerance": tolerance, "unit": args.unit,
+                                 "rule": "check the first-ranked unfixed point; correct it if its error is above "
+                                         "the tolerance, else confirm it; each is one click"}
     if args.sample is not None:
         metrics["sample"] = {"size": args.sample, "seed": args.sample_seed, "of": len(split.samples),
                              "ids": [s.id for s in samples]}
@@ -424,7 +585,22 @@ def run(args) -> int:
             for i, c in enumerate(gain["clicks"])))
     if model.config.measurements:
         print_measurement_summary(measurement_report)
+    if not protocol:
+        write_users_plot(out / "users_mre_vs_clicks.png", metrics["users"], args.unit)
+        key = "MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks"
+        print(f"click noise SD {args.click_noise:g} {args.unit}" + (
+            f"; guided: score {metrics['guided']['review_score']}, tolerance {tolerance:g} {args.unit}"
+            if "guided" in users else ""))
+        for user, entry in metrics["users"].items():
+            print(f"{user:>6} MRE by clicks ({args.unit}): " + ", ".join(f"{v:.2f}" for v in entry[key]["model"])
+                  + " | NoC " + ", ".join(f"{k} {v:.2f}" for k, v in entry["NoC"].items())
+                  + " | FR " + ", ".join(f"{k} {v:.1f}%" for k, v in entry["FR"].items()))
     return 0
+
+
+def review_score_name(model: KeypointModel, requested: str | None) -> str:
+    """The review score a session of ``model`` uses when asked for ``requested``."""
+    return available_score(requested, load_selection(model.folder))
 
 
 def choose_samples(samples: list, limit: int | None, sample: int | None, seed: int, what: str) -> list:

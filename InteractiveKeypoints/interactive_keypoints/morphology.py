@@ -3,6 +3,8 @@
 Selection (paper eq. 2-3): over the training labels, normalised per axis (x / W, y / H),
 the standard deviation of every pairwise distance and the circular standard deviation
 S = sqrt(-ln(R^2)) of every angle (a, vertex, b) between the rays vertex->a and vertex->b.
+The selected relations' means are recorded too (``pair_mean``, ``triplet_mean``), for the
+review score that compares a prediction with the typical shape.
 The least variable ones ("low", the paper) are the anatomy's stable relations; "high",
 "adjacent" (each vertebra's edges and corner angles) and "off" are ablations.
 """
@@ -127,6 +129,28 @@ def angle_circular_std(points_norm, triplets, chunk: int = 20000) -> np.ndarray:
     return out
 
 
+def relation_means(points_norm, pairs, triplets) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over images of each pair's distance (P,) and circular mean of each triplet's
+    signed angle in radians (T,): the typical shape that review scores compare a
+    prediction with (see :mod:`.review`)."""
+    p = np.asarray(points_norm, dtype=np.float64)
+    pairs, triplets = np.asarray(pairs).reshape(-1, 2), np.asarray(triplets).reshape(-1, 3)
+    pair_mean = np.linalg.norm(p[:, pairs[:, 0]] - p[:, pairs[:, 1]], axis=-1).mean(axis=0)
+    dot, cross = ray_angles(p, triplets)
+    theta = np.arctan2(cross, dot)
+    triplet_mean = np.arctan2(np.sin(theta).mean(axis=0), np.cos(theta).mean(axis=0))
+    return pair_mean.reshape(len(pairs)), triplet_mean.reshape(len(triplets))
+
+
+def with_means(selection: MorphologySelection, points, sizes) -> MorphologySelection:
+    """The same selection with ``pair_mean`` / ``triplet_mean`` of training labels ``points``
+    (N, K, 2) original pixels, ``sizes`` (N, 2) (H, W) added to its stats: for model folders
+    written before the means were recorded."""
+    pair_mean, triplet_mean = relation_means(normalise_points(points, sizes), selection.pairs, selection.triplets)
+    stats = dict(selection.stats, pair_mean=pair_mean.tolist(), triplet_mean=triplet_mean.tolist())
+    return MorphologySelection(selection.pairs, selection.triplets, selection.variant, selection.num_keypoints, stats)
+
+
 def vertebra_quads(num_keypoints: int) -> np.ndarray:
     """(V, 4) corner indices (top-left, top-right, bottom-left, bottom-right) per vertebra."""
     if num_keypoints % 4:
@@ -185,7 +209,9 @@ def select_morphology(points, sizes, variant: str = "low", n_pairs: int = 70, n_
         keep_p = _pick(pair_std, n_pairs, distance_threshold, highest)
         keep_t = _pick(triplet_std, n_triplets, angle_threshold, highest)
         pairs, pair_std, triplets, triplet_std = pairs[keep_p], pair_std[keep_p], triplets[keep_t], triplet_std[keep_t]
-    stats = dict(base, pair_std=pair_std.tolist(), triplet_std=triplet_std.tolist())
+    pair_mean, triplet_mean = relation_means(norm, pairs, triplets)
+    stats = dict(base, pair_std=pair_std.tolist(), triplet_std=triplet_std.tolist(),
+                 pair_mean=pair_mean.tolist(), triplet_mean=triplet_mean.tolist())
     return MorphologySelection(pairs, triplets, variant, k, stats)
 
 

@@ -7,8 +7,12 @@ Inference rule (paper, sec. 2.1 and the reference protocol):
   as in training);
 - fixed points are returned exactly where the user put them; the others move freely.
 
-Every refine/unfix/reset is one step on an undo stack that holds the whole state, so
-undo restores every point, not only the moved one.
+Every refine/confirm/unfix/reset is one step on an undo stack that holds the whole state,
+so undo restores every point, not only the moved one.
+
+Every prediction carries a "check next" score per landmark (:mod:`.review`): higher means
+look at it first; fixed points score -inf. ``confirm`` fixes a point where it is, like a
+refine with zero move.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .heatmaps import decode_logits_locally, gaussian_heatmaps
 from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
 from .inference import Predictor
 from .model_io import KeypointModel
+from .review import available_score, load_selection, review_scores
 
 
 class OutsideImageError(ValueError):
@@ -42,6 +47,13 @@ class Prediction:
     fixed: np.ndarray  # (K,) bool: placed by the user
     names: list[str]
     spacing: tuple[float, float] = (1.0, 1.0)
+    # (K,) "check next" score (see review.py), higher = check first; -inf for fixed points.
+    # None when built without one: every free point scores 0.
+    review_score: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.review_score is None:
+            object.__setattr__(self, "review_score", np.where(np.asarray(self.fixed, bool), -np.inf, 0.0))
 
     @property
     def points_mm(self) -> np.ndarray:
@@ -67,14 +79,19 @@ class KeypointSession:
         optimized: bool = True,
         prev_mode: str = "fixed",
         predictor: Predictor | None = None,
+        review_score: str | None = None,
     ):
         """``image``: a Radiograph, an array or a file path. ``predictor``: share one
-        across sessions of the same model (it holds the inference copy of the network)."""
+        across sessions of the same model (it holds the inference copy of the network).
+        ``review_score``: the "check next" score of :mod:`.review` (None: the default where
+        the model folder's morphology allows it, else ``low-confidence``)."""
         if prev_mode not in ("fixed", "all"):
             raise ValueError(f"prev_mode must be 'fixed' or 'all', got {prev_mode!r}")
         self.model = model
         self.config = model.config
         self.prev_mode = prev_mode
+        self._morphology = load_selection(model.folder)
+        self.review_score_name = available_score(review_score, self._morphology)
         self.radiograph: Radiograph = image if isinstance(image, Radiograph) else load_radiograph(image, spacing)
         if spacing is not None and isinstance(image, Radiograph):
             self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)
@@ -119,6 +136,12 @@ class KeypointSession:
         with self._exclusive():
             self._push(self._infer(fixed, previous=self._history[self._position]))
         return self.prediction
+
+    def confirm(self, index) -> Prediction:
+        """Fix point ``index`` where it is now and re-infer: a refine with zero move (undoable)."""
+        current = self.predict()
+        index = self._checked_index(index)
+        return self.refine({index: current.points[index].copy()})
 
     def unfix(self, indices) -> Prediction:
         """Let user-fixed points move again and re-infer."""
@@ -217,5 +240,8 @@ class KeypointSession:
             points[c] = fixed[int(c)]
             confidence[c] = 1.0
             is_fixed[c] = True
-        prediction = Prediction(points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing)
+        score = review_scores(self.review_score_name, points, confidence, logits[0], self.radiograph.size, is_fixed,
+                              self._morphology)
+        prediction = Prediction(points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing,
+                                score)
         return _Step(prediction, logits[0])

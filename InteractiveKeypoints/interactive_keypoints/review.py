@@ -1,0 +1,163 @@
+"""Which point to check next: a per-landmark "check next" score from the model itself.
+
+A clinician has no oracle that points at the worst landmark; they must find it. Every
+prediction carries a score per landmark (higher = check first) and :func:`rank_for_review`
+orders the points that are not yet fixed by it. Candidate scores, one function each:
+
+- ``low-confidence``: 1 - heatmap peak (the model's own certainty at its chosen point);
+- ``spread``: radius of the heatmap's upper half around the peak, in original pixels (a
+  broad or two-peaked response means the model hesitates between places);
+- ``morphology``: how far the point's distances and angles to the others lie from the
+  training labels' typical shape, in standard deviations, over the least-variable
+  relations of the model folder's ``morphology.json`` (the morphology loss's selection,
+  with its means);
+- ``combined``: the sum of the per-image standardised ``low-confidence`` and
+  ``morphology`` scores.
+
+Fixed points (placed or confirmed by the user) score -inf and are never ranked.
+``evaluate --user guided --review-score NAME`` measures each; the model cards report which wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .morphology import MorphologySelection, normalise_points, ray_angles
+
+SCORES = ("low-confidence", "spread", "morphology", "combined")
+DEFAULT_SCORE = "combined"  # the best on the AASCE validation sample; see the model cards
+NEEDS_MORPHOLOGY = ("morphology", "combined")
+
+
+# ------------------------------------------------------------------ the scores
+
+
+def low_confidence(confidence) -> np.ndarray:
+    """1 - heatmap peak, (K,)."""
+    return 1.0 - np.asarray(confidence, dtype=np.float64)
+
+
+def heatmap_spread(logits: torch.Tensor, image_size) -> np.ndarray:
+    """(K, h, w) logits -> (K,) spread in original pixels of a (H, W) image.
+
+    The root mean square distance from the peak of the heatmap above half its peak height,
+    weighted by the height above that half: one sharp peak gives about sigma, two peaks
+    far apart give about half their distance.
+    """
+    probs = torch.sigmoid(logits.float())
+    k, h, w = probs.shape
+    flat = probs.reshape(k, -1)
+    peak, index = flat.max(dim=1)
+    weight = (flat - peak[:, None] / 2).clamp(min=0)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    scale_y, scale_x = image_size[0] / h, image_size[1] / w  # heatmap -> original pixels, per axis
+    dx = (xs.reshape(1, -1) - (index % w)[:, None].float()) * scale_x
+    dy = (ys.reshape(1, -1) - (index // w)[:, None].float()) * scale_y
+    spread = torch.sqrt((weight * (dx * dx + dy * dy)).sum(1) / weight.sum(1).clamp(min=1e-12))
+    return spread.double().numpy()
+
+
+def relation_disagreement(points, image_size, selection: MorphologySelection) -> tuple[np.ndarray, np.ndarray]:
+    """Per selected pair and triplet, |value - training mean| / training SD, (P,), (T,).
+
+    Distances in per-axis normalised coordinates (x / W, y / H) as in :mod:`.morphology`;
+    angle differences wrapped to [-pi, pi]. SDs are floored at 1e-6 (a relation constant
+    in the training labels).
+    """
+    if "pair_mean" not in selection.stats or "triplet_mean" not in selection.stats:
+        raise ValueError("this morphology.json has no pair_mean / triplet_mean (written before the review scores); "
+                         "add them with morphology.with_means and the model's training labels")
+    norm = normalise_points(np.asarray(points, dtype=np.float64)[None], [image_size])[0]
+    pairs, triplets = selection.pairs, selection.triplets
+    distance = np.linalg.norm(norm[pairs[:, 0]] - norm[pairs[:, 1]], axis=-1)
+    pair_z = np.abs(distance - np.asarray(selection.stats["pair_mean"])) / np.maximum(selection.stats["pair_std"], 1e-6)
+    dot, cross = ray_angles(norm, triplets)
+    difference = np.angle(np.exp(1j * (np.arctan2(cross, dot) - np.asarray(selection.stats["triplet_mean"]))))
+    triplet_z = np.abs(difference) / np.maximum(selection.stats["triplet_std"], 1e-6)
+    return pair_z, triplet_z
+
+
+def morphology_disagreement(points, image_size, selection: MorphologySelection) -> np.ndarray:
+    """(K,) mean disagreement (in SDs) of the selected relations each landmark takes part
+    in; 0 for a landmark in none. ``points`` (K, 2) original pixels of a (H, W) image."""
+    pair_z, triplet_z = relation_disagreement(points, image_size, selection)
+    k = selection.num_keypoints
+    total, count = np.zeros(k), np.zeros(k)
+    for members, z in ((selection.pairs, pair_z), (selection.triplets, triplet_z)):
+        for column in members.T:
+            np.add.at(total, column, z)
+            np.add.at(count, column, 1)
+    return np.divide(total, count, out=np.zeros(k), where=count > 0)
+
+
+def standardised(values, among) -> np.ndarray:
+    """(values - mean) / SD over the entries where ``among`` is True (SD 0 -> 1)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not among.any():
+        return np.zeros_like(values)
+    mean, sd = values[among].mean(), values[among].std()
+    return (values - mean) / (sd if sd > 0 else 1.0)
+
+
+def review_scores(name: str, points, confidence, logits, image_size, fixed, selection=None) -> np.ndarray:
+    """Score ``name`` of one prediction, (K,); -inf at ``fixed`` points.
+
+    ``points`` (K, 2) original pixels, ``confidence`` (K,) heatmap peaks, ``logits``
+    (K, h, w) the pass's low-resolution logits, ``image_size`` (H, W), ``fixed`` (K,) bool,
+    ``selection`` the model's morphology (for ``morphology`` and ``combined``).
+    """
+    fixed = np.asarray(fixed, dtype=bool)
+    if name not in SCORES:
+        raise ValueError(f"unknown review score {name!r}; expected one of {SCORES}")
+    if name in NEEDS_MORPHOLOGY and selection is None:
+        raise ValueError(f"the {name!r} review score needs the model folder's morphology.json")
+    if name == "low-confidence":
+        score = low_confidence(confidence)
+    elif name == "spread":
+        score = heatmap_spread(logits, image_size)
+    elif name == "morphology":
+        score = morphology_disagreement(points, image_size, selection)
+    else:
+        free = ~fixed
+        score = standardised(low_confidence(confidence), free) + standardised(
+            morphology_disagreement(points, image_size, selection), free)
+    return np.where(fixed, -np.inf, score)
+
+
+# ------------------------------------------------------------------ model statistics and ranking
+
+
+def load_selection(model_folder) -> MorphologySelection | None:
+    """The model folder's morphology selection if it has one with means, else None."""
+    if model_folder is None or not (Path(model_folder) / "morphology.json").is_file():
+        return None
+    selection = MorphologySelection.load(Path(model_folder) / "morphology.json")
+    if selection.empty or "pair_mean" not in selection.stats:
+        return None
+    return selection
+
+
+def available_score(requested: str | None, selection: MorphologySelection | None) -> str:
+    """The score a session uses: ``requested``, or with None the default when the model's
+    morphology allows it, else ``low-confidence``. A requested score the model cannot give
+    is an error, never a silent substitute."""
+    if requested is None:
+        return DEFAULT_SCORE if selection is not None or DEFAULT_SCORE not in NEEDS_MORPHOLOGY else "low-confidence"
+    if requested not in SCORES:
+        raise ValueError(f"unknown review score {requested!r}; expected one of {SCORES}")
+    if requested in NEEDS_MORPHOLOGY and selection is None:
+        raise ValueError(f"the {requested!r} review score needs a morphology.json with pair_mean / triplet_mean "
+                         "in the model folder")
+    return requested
+
+
+def rank_for_review(prediction) -> list[int]:
+    """Indices of the points not yet fixed, most suspicious (highest ``review_score``)
+    first; ties keep landmark order. Fixed points are left out."""
+    score = np.asarray(prediction.review_score, dtype=np.float64)
+    free = np.flatnonzero(~np.asarray(prediction.fixed, dtype=bool))
+    order = np.argsort(-score[free], kind="stable")
+    return [int(k) for k in free[order]]
