@@ -3,8 +3,9 @@
 Selection (paper eq. 2-3): over the training labels, normalised per axis (x / W, y / H),
 the standard deviation of every pairwise distance and the circular standard deviation
 S = sqrt(-ln(R^2)) of every angle (a, vertex, b) between the rays vertex->a and vertex->b.
-The selected relations' means are recorded too (``pair_mean``, ``triplet_mean``), for the
-review score that compares a prediction with the typical shape.
+The selected relations' means, and each landmark's steadiest neighbour offsets, are recorded
+too (see :func:`review_statistics`), for the review scores that compare a prediction with
+the typical shape.
 The least variable ones ("low", the paper) are the anatomy's stable relations; "high",
 "adjacent" (each vertebra's edges and corner angles) and "off" are ablations.
 """
@@ -142,12 +143,43 @@ def relation_means(points_norm, pairs, triplets) -> tuple[np.ndarray, np.ndarray
     return pair_mean.reshape(len(pairs)), triplet_mean.reshape(len(triplets))
 
 
-def with_means(selection: MorphologySelection, points, sizes) -> MorphologySelection:
-    """The same selection with ``pair_mean`` / ``triplet_mean`` of training labels ``points``
-    (N, K, 2) original pixels, ``sizes`` (N, 2) (H, W) added to its stats: for model folders
-    written before the means were recorded."""
-    pair_mean, triplet_mean = relation_means(normalise_points(points, sizes), selection.pairs, selection.triplets)
-    stats = dict(selection.stats, pair_mean=pair_mean.tolist(), triplet_mean=triplet_mean.tolist())
+NEIGHBOURS = 6  # steadiest partners per landmark in the review statistics
+
+
+def neighbour_offsets(points_norm, per_landmark: int = NEIGHBOURS) -> dict:
+    """Review statistics that cover every landmark: for each, the ``per_landmark`` others
+    whose offset to it varies least over the training labels (N, K, 2, normalised); the
+    union of those pairs (i < j) with the mean (2,) and covariance (xx, xy, yy) of the
+    offset p_j - p_i. The loss's selection alone can leave a landmark with one weak
+    relation; this gives each several local ones."""
+    p = np.asarray(points_norm, dtype=np.float64)
+    k = p.shape[1]
+    offsets = p[:, None, :, :] - p[:, :, None, :]  # (N, K, K, 2): p_j - p_i
+    spread = offsets.var(axis=0).sum(-1)
+    np.fill_diagonal(spread, np.inf)
+    partners = np.argsort(spread, axis=1, kind="stable")[:, : min(per_landmark, k - 1)]
+    pairs = sorted({(min(i, j), max(i, j)) for i in range(k) for j in partners[i]})
+    pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    d = offsets[:, pairs[:, 0], pairs[:, 1]]  # (N, P, 2)
+    centred = d - d.mean(0)
+    cov = np.stack([(centred[..., 0] ** 2).mean(0), (centred[..., 0] * centred[..., 1]).mean(0),
+                    (centred[..., 1] ** 2).mean(0)], axis=-1)
+    return {"neighbour_pairs": pairs.tolist(), "neighbour_mean": d.mean(0).tolist(), "neighbour_cov": cov.tolist()}
+
+
+def review_statistics(points_norm, pairs, triplets) -> dict:
+    """The stats that the review scores (:mod:`.review`) read: the selected relations'
+    means and every landmark's steadiest neighbour offsets."""
+    pair_mean, triplet_mean = relation_means(points_norm, pairs, triplets)
+    return dict(pair_mean=pair_mean.tolist(), triplet_mean=triplet_mean.tolist(), **neighbour_offsets(points_norm))
+
+
+def with_review_stats(selection: MorphologySelection, points, sizes) -> MorphologySelection:
+    """The same selection with the review statistics of training labels ``points`` (N, K, 2)
+    original pixels, ``sizes`` (N, 2) (H, W) added to its stats: for model folders written
+    before they were recorded."""
+    stats = dict(selection.stats, **review_statistics(normalise_points(points, sizes), selection.pairs,
+                                                      selection.triplets))
     return MorphologySelection(selection.pairs, selection.triplets, selection.variant, selection.num_keypoints, stats)
 
 
@@ -196,9 +228,10 @@ def select_morphology(points, sizes, variant: str = "low", n_pairs: int = 70, n_
         raise ValueError(f"need (N >= 2, K, 2) training labels, got shape {points.shape}")
     num_images, k = points.shape[:2]
     base = {"num_images": int(num_images), "normalisation": "x / W, y / H"}
-    if variant == "off":
-        return MorphologySelection(np.zeros((0, 2)), np.zeros((0, 3)), "off", k, base)
     norm = normalise_points(points, sizes)
+    if variant == "off":  # no loss term, but the review scores still get their statistics
+        none_p, none_t = np.zeros((0, 2), np.int64), np.zeros((0, 3), np.int64)
+        return MorphologySelection(none_p, none_t, "off", k, dict(base, **review_statistics(norm, none_p, none_t)))
     if variant == "adjacent":
         pairs, triplets = adjacent_relations(k)
         pair_std, triplet_std = distance_std(norm, pairs), angle_circular_std(norm, triplets)
@@ -209,9 +242,8 @@ def select_morphology(points, sizes, variant: str = "low", n_pairs: int = 70, n_
         keep_p = _pick(pair_std, n_pairs, distance_threshold, highest)
         keep_t = _pick(triplet_std, n_triplets, angle_threshold, highest)
         pairs, pair_std, triplets, triplet_std = pairs[keep_p], pair_std[keep_p], triplets[keep_t], triplet_std[keep_t]
-    pair_mean, triplet_mean = relation_means(norm, pairs, triplets)
     stats = dict(base, pair_std=pair_std.tolist(), triplet_std=triplet_std.tolist(),
-                 pair_mean=pair_mean.tolist(), triplet_mean=triplet_mean.tolist())
+                 **review_statistics(norm, pairs, triplets))
     return MorphologySelection(pairs, triplets, variant, k, stats)
 
 

@@ -10,9 +10,13 @@ orders the points that are not yet fixed by it. Candidate scores, one function e
 - ``morphology``: how far the point's distances and angles to the others lie from the
   training labels' typical shape, in standard deviations, over the least-variable
   relations of the model folder's ``morphology.json`` (the morphology loss's selection,
-  with its means);
+  with its means); a landmark can take part in a single, insensitive relation;
+- ``neighbours``: the Mahalanobis distance of the point's offsets to its steadiest
+  neighbours (6 per landmark, also recorded in ``morphology.json``) from their training
+  mean and covariance, averaged over the offsets it takes part in: a displaced point
+  breaks all of its own, a neighbour only one of several;
 - ``combined``: the sum of the per-image standardised ``low-confidence`` and
-  ``morphology`` scores.
+  ``neighbours`` scores.
 
 Fixed points (placed or confirmed by the user) score -inf and are never ranked.
 ``evaluate --user guided --review-score NAME`` measures each; the model cards report which wins.
@@ -27,9 +31,9 @@ import torch
 
 from .morphology import MorphologySelection, normalise_points, ray_angles
 
-SCORES = ("low-confidence", "spread", "morphology", "combined")
+SCORES = ("low-confidence", "spread", "morphology", "neighbours", "combined")
 DEFAULT_SCORE = "combined"  # the best on the AASCE validation sample; see the model cards
-NEEDS_MORPHOLOGY = ("morphology", "combined")
+NEEDS_MORPHOLOGY = ("morphology", "neighbours", "combined")
 
 
 # ------------------------------------------------------------------ the scores
@@ -67,9 +71,7 @@ def relation_disagreement(points, image_size, selection: MorphologySelection) ->
     angle differences wrapped to [-pi, pi]. SDs are floored at 1e-6 (a relation constant
     in the training labels).
     """
-    if "pair_mean" not in selection.stats or "triplet_mean" not in selection.stats:
-        raise ValueError("this morphology.json has no pair_mean / triplet_mean (written before the review scores); "
-                         "add them with morphology.with_means and the model's training labels")
+    _check_review_stats(selection)
     norm = normalise_points(np.asarray(points, dtype=np.float64)[None], [image_size])[0]
     pairs, triplets = selection.pairs, selection.triplets
     distance = np.linalg.norm(norm[pairs[:, 0]] - norm[pairs[:, 1]], axis=-1)
@@ -91,6 +93,33 @@ def morphology_disagreement(points, image_size, selection: MorphologySelection) 
             np.add.at(total, column, z)
             np.add.at(count, column, 1)
     return np.divide(total, count, out=np.zeros(k), where=count > 0)
+
+
+def neighbour_disagreement(points, image_size, selection: MorphologySelection) -> np.ndarray:
+    """(K,) mean Mahalanobis distance of the offsets p_j - p_i (normalised per axis) each
+    landmark takes part in, from the training offsets' mean and covariance (floored at
+    1e-10 per axis, a pixel of a 10 000 pixel image, squared)."""
+    _check_review_stats(selection)
+    pairs = np.asarray(selection.stats["neighbour_pairs"], dtype=np.int64).reshape(-1, 2)
+    norm = normalise_points(np.asarray(points, dtype=np.float64)[None], [image_size])[0]
+    d = norm[pairs[:, 1]] - norm[pairs[:, 0]] - np.asarray(selection.stats["neighbour_mean"]).reshape(-1, 2)
+    xx, xy, yy = np.asarray(selection.stats["neighbour_cov"]).reshape(-1, 3).T
+    xx, yy = xx + 1e-10, yy + 1e-10
+    det = xx * yy - xy * xy
+    z = np.sqrt(np.maximum(yy * d[:, 0] ** 2 - 2 * xy * d[:, 0] * d[:, 1] + xx * d[:, 1] ** 2, 0) / det)
+    k = selection.num_keypoints
+    total, count = np.zeros(k), np.zeros(k)
+    for column in pairs.T:
+        np.add.at(total, column, z)
+        np.add.at(count, column, 1)
+    return np.divide(total, count, out=np.zeros(k), where=count > 0)
+
+
+def _check_review_stats(selection: MorphologySelection) -> None:
+    missing = [key for key in ("pair_mean", "triplet_mean", "neighbour_pairs") if key not in selection.stats]
+    if missing:
+        raise ValueError(f"this morphology.json has no {', '.join(missing)} (written before the review scores); "
+                         "add them with morphology.with_review_stats and the model's training labels")
 
 
 def standardised(values, among) -> np.ndarray:
@@ -120,10 +149,12 @@ def review_scores(name: str, points, confidence, logits, image_size, fixed, sele
         score = heatmap_spread(logits, image_size)
     elif name == "morphology":
         score = morphology_disagreement(points, image_size, selection)
+    elif name == "neighbours":
+        score = neighbour_disagreement(points, image_size, selection)
     else:
         free = ~fixed
         score = standardised(low_confidence(confidence), free) + standardised(
-            morphology_disagreement(points, image_size, selection), free)
+            neighbour_disagreement(points, image_size, selection), free)
     return np.where(fixed, -np.inf, score)
 
 
@@ -131,13 +162,11 @@ def review_scores(name: str, points, confidence, logits, image_size, fixed, sele
 
 
 def load_selection(model_folder) -> MorphologySelection | None:
-    """The model folder's morphology selection if it has one with means, else None."""
+    """The model folder's morphology selection if it has the review statistics, else None."""
     if model_folder is None or not (Path(model_folder) / "morphology.json").is_file():
         return None
     selection = MorphologySelection.load(Path(model_folder) / "morphology.json")
-    if selection.empty or "pair_mean" not in selection.stats:
-        return None
-    return selection
+    return selection if "neighbour_pairs" in selection.stats else None
 
 
 def available_score(requested: str | None, selection: MorphologySelection | None) -> str:
@@ -149,8 +178,8 @@ def available_score(requested: str | None, selection: MorphologySelection | None
     if requested not in SCORES:
         raise ValueError(f"unknown review score {requested!r}; expected one of {SCORES}")
     if requested in NEEDS_MORPHOLOGY and selection is None:
-        raise ValueError(f"the {requested!r} review score needs a morphology.json with pair_mean / triplet_mean "
-                         "in the model folder")
+        raise ValueError(f"the {requested!r} review score needs a morphology.json with the review statistics "
+                         "(pair_mean, triplet_mean, neighbour_pairs) in the model folder")
     return requested
 
 
