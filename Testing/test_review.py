@@ -58,35 +58,45 @@ def test_ranking_leaves_fixed_points_out_and_orders_by_score():
     assert review.rank_for_review(Prediction(np.zeros((4, 2)), np.ones(4), fixed, list("abcd"))) == [0, 2, 3]
 
 
-def test_low_confidence_and_combined_put_the_unsure_displaced_point_first(phantom_selection):
-    points = spine_corners(np.random.default_rng(8), HEIGHT, WIDTH).reshape(-1, 2)
-    points[30] += (0.0, 12.0)
-    confidence = np.full(68, 0.9)
-    confidence[30] = 0.3
-    for name in ("low-confidence", "combined"):
-        prediction = prediction_with_score(points, confidence, np.zeros(68), name, phantom_selection)
-        assert review.rank_for_review(prediction)[0] == 30, name
+def bump(x, y, height=0.95, h=64, w=32):
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    return height * torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 1.5**2))
+
+
+def heatmap_logits(probs):
+    return torch.logit(torch.stack(probs).clamp(1e-4, 1 - 1e-4))
 
 
 def test_heatmap_spread_is_larger_for_two_peaks_than_one():
-    h, w = 64, 32
-    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
-
-    def bump(x, y):
-        return torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 1.5**2))
-
-    probs = torch.stack([0.95 * bump(10, 20), 0.95 * bump(10, 20) + 0.9 * bump(20, 50)]).clamp(1e-4, 1 - 1e-4)
-    spread = review.heatmap_spread(torch.logit(probs), (640, 320))  # 10 original px per heatmap px
+    logits = heatmap_logits([bump(10, 20), bump(10, 20) + bump(20, 50, 0.9)])
+    spread = review.heatmap_spread(logits, (640, 320))  # 10 original px per heatmap px
     assert spread[1] > 5 * spread[0]
     assert 5 < spread[0] < 40  # about sigma, in original pixels
 
 
+def test_low_confidence_and_combined_put_an_unsure_hesitating_point_first():
+    # 6 landmarks with sharp, high peaks; landmark 4 lower and split between two places
+    maps = [bump(5 + 4 * k, 10 + 8 * k) for k in range(6)]
+    maps[4] = bump(21, 42, 0.6) + bump(10, 55, 0.5)
+    logits = heatmap_logits(maps)
+    confidence = torch.sigmoid(logits).flatten(1).max(1).values.numpy()
+    for name in ("low-confidence", "spread", "combined"):
+        score = review.review_scores(name, np.zeros((6, 2)), confidence, logits, (640, 320), np.zeros(6, bool))
+        prediction = Prediction(np.zeros((6, 2)), confidence, np.zeros(6, bool), list("abcdef"), review_score=score)
+        assert review.rank_for_review(prediction)[0] == 4, name
+    fixed = np.zeros(6, bool)
+    fixed[4] = True
+    score = review.review_scores("combined", np.zeros((6, 2)), confidence, logits, (640, 320), fixed)
+    assert score[4] == -np.inf and np.isfinite(np.delete(score, 4)).all()
+
+
 def test_scores_that_need_morphology_are_refused_without_it():
-    with pytest.raises(ValueError, match="morphology"):
-        review.available_score("morphology", None)
+    for name in review.NEEDS_MORPHOLOGY:
+        with pytest.raises(ValueError, match="morphology"):
+            review.available_score(name, None)
     with pytest.raises(ValueError, match="unknown review score"):
         review.available_score("entropy", None)
-    assert review.available_score(None, None) == "low-confidence"
+    assert review.available_score(None, None) not in review.NEEDS_MORPHOLOGY
 
 
 def test_selection_records_means_and_with_review_stats_backfills_them(phantom_selection):
@@ -128,7 +138,7 @@ def test_shipped_phantom_model_has_review_scores_and_ranks_a_moved_point_first(p
     for moved in (3, 33, 60):
         points = prediction.points.copy()
         points[moved] += (15.0, 8.0)
-        for name in ("neighbours", "combined"):
+        for name in ("neighbours",):
             shifted = prediction_with_score(points, prediction.confidence, prediction.fixed, name, selection)
             assert review.rank_for_review(shifted)[0] == moved, (name, moved)
 
@@ -162,9 +172,11 @@ def test_confirm_is_a_refine_with_zero_move_and_is_undoable(tiny_model, phantom,
 
 
 def test_every_step_carries_a_review_score_with_fixed_points_at_minus_infinity(tiny_session):
-    assert tiny_session.review_score_name == "low-confidence"  # the tiny model has no morphology.json
+    # the tiny model has no morphology.json: a score that needs none
+    assert tiny_session.review_score_name == review.available_score(None, None)
+    assert tiny_session.review_score_name not in review.NEEDS_MORPHOLOGY
     first = tiny_session.predict()
-    np.testing.assert_allclose(first.review_score, 1 - first.confidence)
+    assert np.isfinite(first.review_score).all()
     moved = tiny_session.refine({2: (100.0, 200.0), 9: (120.0, 260.0)})
     assert np.isneginf(moved.review_score[[2, 9]]).all() and np.isfinite(np.delete(moved.review_score, [2, 9])).all()
     unfixed = tiny_session.unfix([2])
@@ -248,3 +260,12 @@ def test_evaluate_runs_oracle_and_guided_with_click_noise_reproducibly(tmp_path)
     assert first["guided"]["review_score"] == review.DEFAULT_SCORE and first["guided"]["tolerance"] == 2
     assert len(first["users"]["guided"]["MRE_by_clicks"]["model"]) == 3
     assert (tmp_path / "a" / "users_mre_vs_clicks.png").is_file()
+
+
+def test_a_session_uses_the_review_score_it_is_asked_for(tiny_model, phantom):
+    session = KeypointSession(tiny_model, Radiograph(phantom.image, phantom.spacing, True), optimized=False,
+                              review_score="low-confidence")
+    first = session.predict()
+    np.testing.assert_allclose(first.review_score, 1 - first.confidence)
+    with pytest.raises(ValueError, match="morphology"):  # the tiny model has no morphology.json
+        KeypointSession(tiny_model, Radiograph(phantom.image, phantom.spacing, True), review_score="neighbours")

@@ -15,8 +15,8 @@ orders the points that are not yet fixed by it. Candidate scores, one function e
   neighbours (6 per landmark, also recorded in ``morphology.json``) from their training
   mean and covariance, averaged over the offsets it takes part in: a displaced point
   breaks all of its own, a neighbour only one of several;
-- ``combined``: the sum of the per-image standardised ``low-confidence`` and
-  ``neighbours`` scores.
+- ``combined``: the sum of the per-image standardised ``low-confidence`` and ``spread``
+  scores.
 
 Fixed points (placed or confirmed by the user) score -inf and are never ranked.
 ``evaluate --user guided --review-score NAME`` measures each; the model cards report which wins.
@@ -32,8 +32,8 @@ import torch
 from .morphology import MorphologySelection, normalise_points, ray_angles
 
 SCORES = ("low-confidence", "spread", "morphology", "neighbours", "combined")
-DEFAULT_SCORE = "combined"  # the best on the AASCE validation sample; see the model cards
-NEEDS_MORPHOLOGY = ("morphology", "neighbours", "combined")
+DEFAULT_SCORE = "spread"  # the fewest guided clicks (NoC10@20) on an AASCE validation sample; see the model cards
+NEEDS_MORPHOLOGY = ("morphology", "neighbours")
 
 
 # ------------------------------------------------------------------ the scores
@@ -136,7 +136,7 @@ def review_scores(name: str, points, confidence, logits, image_size, fixed, sele
 
     ``points`` (K, 2) original pixels, ``confidence`` (K,) heatmap peaks, ``logits``
     (K, h, w) the pass's low-resolution logits, ``image_size`` (H, W), ``fixed`` (K,) bool,
-    ``selection`` the model's morphology (for ``morphology`` and ``combined``).
+    ``selection`` the model's morphology (for ``morphology`` and ``neighbours``).
     """
     fixed = np.asarray(fixed, dtype=bool)
     if name not in SCORES:
@@ -153,8 +153,7 @@ def review_scores(name: str, points, confidence, logits, image_size, fixed, sele
         score = neighbour_disagreement(points, image_size, selection)
     else:
         free = ~fixed
-        score = standardised(low_confidence(confidence), free) + standardised(
-            neighbour_disagreement(points, image_size, selection), free)
+        score = standardised(low_confidence(confidence), free) + standardised(heatmap_spread(logits, image_size), free)
     return np.where(fixed, -np.inf, score)
 
 
