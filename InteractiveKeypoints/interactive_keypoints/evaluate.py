@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def exact_clicks(index: int, xy: np.ndarray) -> np.ndarray:
     return xy
 
 
-def noisy_clicks(truth: np.ndarray, sd_px: float, image_size, seed) -> callable:
+def noisy_clicks(truth: np.ndarray, sd_px: float, image_size, seed) -> Callable[[int, np.ndarray], np.ndarray]:
     """Clicks that land with Gaussian error of ``sd_px`` per axis, kept inside the (H, W)
     image: one offset per landmark drawn up front from ``seed``, so the same landmark lands
     at the same place whichever run (model or manual revision, oracle or guided) clicks it."""
