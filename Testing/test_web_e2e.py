@@ -42,6 +42,7 @@ DROP_TOLERANCE_VIEW_PX = 2.0
 SLOW_INFERENCE_S = 1.5  # every model run takes this much longer, so a quick second drag lands during one
 RECONNECT_GRACE_S = 3.0
 SESSION_GONE_WITHIN_S = 15.0  # after its tab closed (#19)
+HOLD_FILE: Path | None = None  # while this file exists, the server's model runs wait (set by base_url)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -71,11 +72,13 @@ def base_url(tiny_model, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     autosave = tmp_path_factory.mktemp("autosave")
+    global HOLD_FILE
+    HOLD_FILE = tmp_path_factory.mktemp("hold") / "hold-inference"
     args = ["--host", "127.0.0.1", "--port", str(port), "--model", str(tiny_model), "--autosave-dir", str(autosave),
             "--max-sessions", "6", "--idle-timeout", "120", "--reconnect-grace", str(RECONNECT_GRACE_S),
             "--start-timeout", "600",
             "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-            "--slow-inference", str(SLOW_INFERENCE_S)]
+            "--slow-inference", str(SLOW_INFERENCE_S), "--hold-inference-while", str(HOLD_FILE)]
     # the launcher answers 404 on an unknown path as soon as it listens (no session started)
     with running_server(args, ARTIFACTS / "server.log", ready_url=f"{url}/s/none/", ready_statuses=(410,)):
         yield url
@@ -227,20 +230,26 @@ def test_user_points_are_never_lost(browser, base_url, tmp_path):
     settled = wait_for_debug(page, lambda d: d["points"][a]["state"] == "user-fixed" and not d["busy"])
 
     # drag b, and drag the (user-fixed, so unmoving) point a again while b's refinement
-    # may still run: the logic queues the second drop; both drops must be kept
+    # runs: the logic queues the second drop; both drops must be kept
     (b,) = [k for k in isolated_points(settled, 2) if k != a][:1]
-    drop_b = drag_point(page, settled, b)
-    # wait until the server has started the model on b's drop (b shows as fixed a moment before
-    # the run starts, so its state alone cannot tell); busy then says the run still goes on
-    runs_before = settled["runs_started"]
-    busy_at_second_drag = wait_for_debug(page, lambda d: d["busy"] or d["runs_started"] > runs_before)["busy"]
-    drop_a = drag_point(page, settled, a, offset=(-30, 40))
+    HOLD_FILE.touch()  # b's run waits until the second drag is done, however loaded the machine is
+    try:
+        drop_b = drag_point(page, settled, b)
+        # the model has started on b's drop (b shows as fixed a moment before the run starts)
+        runs_before = settled["runs_started"]
+        wait_for_debug(page, lambda d: d["busy"] and d["runs_started"] > runs_before)
+        drop_a = drag_point(page, settled, a, offset=(-30, 40))
+        # the server has taken the second drop while b's run still waits
+        held = wait_for_debug(page, lambda d: np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a))
+                              <= DROP_TOLERANCE_VIEW_PX)
+        assert held["busy"] and held["runs_started"] == runs_before + 1
+    finally:
+        HOLD_FILE.unlink(missing_ok=True)
     done = wait_for_debug(
         page,
         lambda d: d["points"][b]["state"] == "user-fixed" and not d["busy"]
         and np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a)) <= DROP_TOLERANCE_VIEW_PX,
     )
-    assert busy_at_second_drag, "precondition: the second drag should start while the model runs"
     assert np.linalg.norm(view_xy(done)[b] - drop_b) <= DROP_TOLERANCE_VIEW_PX
     assert done["points"][a]["state"] == "user-fixed"
     kept = pixels(done)

@@ -59,7 +59,8 @@ def _no_view_ui(*_args):
 
 class KeypointsWebApp(TrameApp):
     def __init__(self, server=None, model_dir=None, autosave_dir=None, load_sample: bool = True,
-                 max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0):
+                 max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0,
+                 hold_inference_while: str | None = None):
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
@@ -73,7 +74,8 @@ class KeypointsWebApp(TrameApp):
         self.view = self.slicer_app.view_manager.get_slice_views()[0]
 
         self.logic = KeypointsMRMLLogic(scene=scene, model_folder=model_dir)
-        self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s)
+        self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s,
+                                    hold_path=hold_inference_while)
         self.logic.on_error = self.show_error
         self.logic.on_updated = self._on_points_updated
         self.logic.on_busy = self._on_busy
@@ -402,6 +404,7 @@ def run_session(argv=None):
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
     parser.add_argument("--slow-inference", type=float, default=0.0,
                         help="add this many seconds to every model run (demos and tests of drags during inference)")
+    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests: runs wait for this file to go
     args, _ = parser.parse_known_args(argv)
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
     # uploads arrive over the websocket: let a file of the stated limit through
@@ -412,7 +415,7 @@ def run_session(argv=None):
     server = get_server(name="interactive-keypoints", client_type="vue3")
     app = build_app(server, model_dir=args.model, autosave_dir=args.autosave_dir,
                     max_file_bytes=int(args.max_file_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-                    slow_inference_s=args.slow_inference)
+                    slow_inference_s=args.slow_inference, hold_inference_while=args.hold_inference_while)
     _announce_port(app)
     app.server.start(
         host=args.host,

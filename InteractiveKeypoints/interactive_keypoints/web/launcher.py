@@ -404,6 +404,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-file-mb", type=float, default=None, help="largest image file accepted (default 64)")
     parser.add_argument("--max-megapixels", type=float, default=None, help="largest image accepted (default 30)")
     parser.add_argument("--slow-inference", type=float, default=None, help=argparse.SUPPRESS)  # tests, demos
+    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,6 +428,8 @@ def run(args) -> int:
         session_args += ["--max-megapixels", str(args.max_megapixels)]
     if args.slow_inference is not None:
         session_args += ["--slow-inference", str(args.slow_inference)]
+    if args.hold_inference_while is not None:
+        session_args += ["--hold-inference-while", str(args.hold_inference_while)]
     try:
         serve(args.host, args.port, args.model, args.autosave_dir, args.max_sessions, args.idle_timeout, session_args,
               spare_sessions=args.spare_sessions, reconnect_grace=args.reconnect_grace,

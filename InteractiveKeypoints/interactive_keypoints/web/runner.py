@@ -9,14 +9,17 @@ that touches MRML.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 
-def _outcome(compute, delay_s: float = 0.0):
+def _outcome(compute, delay_s: float = 0.0, hold_path: str | None = None):
     try:
         if delay_s:
             time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
+        while hold_path and os.path.exists(hold_path):
+            time.sleep(0.05)  # tests: the run lasts until the test removes this file, however loaded the machine
         return compute()
     except Exception as error:  # noqa: BLE001 - handed to finish, which reports it
         return error
@@ -25,16 +28,17 @@ def _outcome(compute, delay_s: float = 0.0):
 class AsyncioRunner:
     """``runner(compute, finish)`` for the logic; one computation at a time."""
 
-    def __init__(self, after_finish=None, delay_s: float = 0.0):
+    def __init__(self, after_finish=None, delay_s: float = 0.0, hold_path: str | None = None):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
         self._after_finish = after_finish  # e.g. push the trame state to the browser
         self.delay_s = float(delay_s)
+        self.hold_path = hold_path
         self.in_flight = 0
 
     def __call__(self, compute, finish):
         loop = asyncio.get_running_loop()  # the logic is driven from the loop thread
         self.in_flight += 1
-        future = loop.run_in_executor(self._executor, _outcome, compute, self.delay_s)
+        future = loop.run_in_executor(self._executor, _outcome, compute, self.delay_s, self.hold_path)
         future.add_done_callback(lambda done: self._finish(finish, done.result()))
 
     def _finish(self, finish, outcome):
