@@ -37,6 +37,7 @@ class ModelConfig:
     hint_channels: int = 16
     gating: bool = True
     gating_pool: str = "max"  # "max" (paper) or "avg" (ablation)
+    gate_channels: int = 256  # the gate's conv width (paper: 256); narrow it for small demo models
     # heatmaps: Gaussian sigma in network-input pixels
     sigma: float = 7.5
     # intensity normalisation of the grey image before the network
@@ -67,6 +68,8 @@ class ModelConfig:
             )
         if len(self.input_size) != 2 or any(v % 32 for v in self.input_size):
             problems.append(f"input_size {self.input_size} must be (H, W), multiples of 32")
+        if self.gate_channels < 1:
+            problems.append(f"gate_channels must be positive, got {self.gate_channels}")
         if self.gating_pool not in ("max", "avg"):
             problems.append(f"gating_pool must be 'max' or 'avg', got {self.gating_pool!r}")
         for a, b in self.flip_pairs:
