@@ -668,13 +668,15 @@ def _pipInstall(requirements: list) -> bool:
     ):
         return False
     try:
-        import slicer.packaging  # Slicer >= 5.11
+        # "from slicer import": "import slicer.packaging" here would make slicer a local name,
+        # unbound at the confirmation above
+        from slicer import packaging  # Slicer >= 5.11
     except ImportError:
         slicer.util.pip_install(requirements)
         return True
     # already confirmed above; pip_ensure shows the progress and offers a restart when an
     # updated package was already imported
-    slicer.packaging.pip_ensure(requirements, prompt_install=False, requester="InteractiveKeypoints")
+    packaging.pip_ensure(requirements, prompt_install=False, requester="InteractiveKeypoints")
     return True
 
 
