@@ -1,9 +1,9 @@
 """A runner for ``KeypointsMRMLLogic`` inside an asyncio server (trame).
 
-The logic hands us ``compute`` (touches only the engine session, no MRML) and ``finish``
-(writes into MRML). Inference runs on one worker thread so the websocket loop keeps
-serving mouse events; ``finish`` comes back on the event-loop thread, the only thread
-that touches MRML.
+It satisfies :class:`interactive_keypoints.mrml_logic.runners.Runner`: the logic hands us
+``compute`` (touches only the engine session, no MRML) and ``finish`` (writes into MRML).
+Inference runs on one worker thread so the websocket loop keeps serving mouse events;
+``finish`` comes back on the event-loop thread, the only thread that touches MRML.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..mrml_logic.runners import Compute, Finish, Outcome, outcome_of
 
-def _outcome(compute, delay_s: float = 0.0):
-    try:
-        if delay_s:
-            time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
-        return compute()
-    except Exception as error:  # noqa: BLE001 - handed to finish, which reports it
-        return error
+
+def _outcome(compute: Compute, delay_s: float = 0.0) -> Outcome:
+    if delay_s:
+        time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
+    return outcome_of(compute)
 
 
 class AsyncioRunner:
-    """``runner(compute, finish)`` for the logic; one computation at a time."""
+    """A :class:`~interactive_keypoints.mrml_logic.runners.Runner` for the logic: one
+    computation at a time on a worker thread, ``finish`` on the event-loop thread."""
 
     def __init__(self, after_finish=None, delay_s: float = 0.0):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
@@ -31,7 +31,7 @@ class AsyncioRunner:
         self.delay_s = float(delay_s)
         self.in_flight = 0
 
-    def __call__(self, compute, finish):
+    def __call__(self, compute: Compute, finish: Finish) -> None:
         loop = asyncio.get_running_loop()  # the logic is driven from the loop thread
         self.in_flight += 1
         future = loop.run_in_executor(self._executor, _outcome, compute, self.delay_s)
