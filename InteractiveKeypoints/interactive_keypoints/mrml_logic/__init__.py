@@ -29,6 +29,7 @@ Where things are (everything public is importable from this package):
 * :mod:`.states` -- point states in the list (descriptions, selected colour);
 * :mod:`.coordinates` -- pixels <-> RAS; :mod:`.volumes` -- volumes <-> radiographs;
 * :mod:`.measurement_display` -- the measurements table and lines;
+* :mod:`.guidance` -- which point to check next (the engine's ranking), its ring in the views;
 * :mod:`.files` -- export, image loading, batch detection of a folder.
 
 Engine modules that need torch are imported lazily: importing this package needs only
@@ -38,6 +39,7 @@ numpy, vtk and slicer.
 from .coordinates import control_point_positions, ijk_to_ras_matrix, inside_image, pixels_to_ras, ras_to_pixels
 from .dragging import CLICK_TOLERANCE_PX
 from .files import IMAGE_SUFFIXES, POINT_LIST_SUFFIX
+from .guidance import NEXT_POINT_COLOR, NEXT_POINT_ROLE
 from .logic import KeypointsMRMLLogic
 from .measurement_display import (
     MEASUREMENT_COLUMNS,
@@ -74,6 +76,7 @@ from .volumes import (
 __all__ = [
     "CLICK_TOLERANCE_PX", "DEFAULT_LOW_CONFIDENCE", "FIXED_COLOR", "IMAGE_SUFFIXES", "LOW_CONFIDENCE_TAG",
     "MEASUREMENTS_REFERENCE_ROLE", "MEASUREMENT_COLUMNS", "MEASUREMENT_LINE_COLOR", "MEASUREMENT_LINE_ROLE",
+    "NEXT_POINT_COLOR", "NEXT_POINT_ROLE",
     "PHANTOM_VOLUME_NAME", "POINT_LIST_SUFFIX", "PREDICTED_COLOR", "STATE_FIXED", "STATE_PREDICTED",
     "VOLUME_REFERENCE_ROLE", "KeypointsMRMLLogic", "LogicBusyError", "Runner", "ThreadedRunner", "TrackedList",
     "VolumeSnapshot", "add_phantom_volume", "add_volume_from_radiograph", "control_point_positions",

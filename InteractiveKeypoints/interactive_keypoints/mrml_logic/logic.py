@@ -18,6 +18,7 @@ import vtk
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
 from .dragging import DragTracking
 from .files import POINT_LIST_SUFFIX, ExportAndBatch
+from .guidance import ReviewGuidance
 from .measurement_display import MeasurementDisplay
 from .runners import Runner, run_inline
 from .running import LogicBusyError, ModelRunning
@@ -28,7 +29,7 @@ from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, snapshot_volume
 log = logging.getLogger(__name__)
 
 
-class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ExportAndBatch):
+class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewGuidance, ExportAndBatch):
     """Keypoint detection and interactive correction on MRML point lists.
 
     Console use (inside Slicer, ``scene`` defaults to ``slicer.mrmlScene``)::
@@ -286,6 +287,26 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ExportA
         self._mark_fixed(tracked, fixes)
         self.update(point_list_node, blocking)
 
+    def confirm(self, point_list_node, index: int, blocking: bool = True):
+        """Accept point ``index`` where it is: it becomes user-fixed and the model re-runs
+        (a drop without a move; undoable). While the model runs, a non-blocking confirm is
+        queued like a drop and a blocking one raises ``LogicBusyError``. A point that is
+        already fixed is left alone."""
+        tracked = self._get(point_list_node)
+        k = int(index)
+        if not 0 <= k < tracked.num_keypoints:
+            raise ValueError(
+                f"point list {point_list_node.GetName()!r} has no landmark {index}: use 0..{tracked.num_keypoints - 1}"
+            )
+        if blocking and tracked.busy:
+            raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
+        if k in tracked.pending or (tracked.prediction is not None and tracked.prediction.fixed[k]):
+            return
+        fixes = {k: tracked.pixel_of(k)}  # where the user sees it, also while a run may move it
+        tracked.pending.update(fixes)
+        self._mark_fixed(tracked, fixes)
+        self.update(point_list_node, blocking)
+
     def update(self, point_list_node, blocking: bool = False):
         """Run the model with the queued drops (the Update button when auto-refine is off)."""
         tracked = self._get(point_list_node)
@@ -343,11 +364,13 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ExportA
         """Write a prediction into the point list, then its measurements; tell the GUI."""
         tracked.write_prediction(prediction, self.low_confidence)
         self._update_measurements(tracked)
+        self._update_next_marker(tracked)
         if self.on_updated is not None:
             self.on_updated(tracked.node)
 
     def _mark_fixed(self, tracked: TrackedList, fixes: dict):
         tracked.write_fixed(fixes, self.low_confidence)
+        self._update_next_marker(tracked)
         if self.on_updated is not None:
             self.on_updated(tracked.node)
 
