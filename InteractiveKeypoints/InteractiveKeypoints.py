@@ -427,7 +427,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self._runOnPointList(lambda pointList: self.logic.unfix(pointList, landmarks, blocking=False))
 
     def onNext(self) -> None:
-        """Centre the views on the landmark to check next, ring it and select its row."""
+        """Centre the views on the landmark to check next, give it a halo and select its row."""
 
         def showNext(pointList):
             k = self.logic.next_point(pointList)

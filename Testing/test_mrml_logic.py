@@ -968,7 +968,7 @@ def review_engine(monkeypatch):
     return rank_for_review
 
 
-def test_next_point_is_the_top_ranked_unfixed_point_ringed_in_the_views(logic, volume, review_engine):
+def test_next_point_is_the_top_ranked_unfixed_point_with_a_halo_in_the_views(logic, volume, review_engine):
     node = logic.detect(volume)
     ranking = review_engine(logic.prediction(node))
     k = logic.next_point(node)
@@ -982,7 +982,7 @@ def test_next_point_is_the_top_ranked_unfixed_point_ringed_in_the_views(logic, v
     np.testing.assert_allclose(control_point_positions(marker)[0], control_point_positions(node)[k], atol=1e-9)
     assert marker.GetLocked()  # not picked by the views: drags reach the point beneath
     display = marker.GetDisplayNode()
-    assert display.GetGlyphType() == display.Circle2D
+    assert display.GetGlyphType() == display.Circle2D and display.GetOpacity() < 1  # a halo, point visible
     assert display.GetColor() not in (node.GetDisplayNode().GetColor(), node.GetDisplayNode().GetSelectedColor())
     assert point_states(node)[0] == ["predicted"] * K  # the highlight is not a state change
 

@@ -29,7 +29,7 @@ Where things are (everything public is importable from this package):
 * :mod:`.states` -- point states in the list (descriptions, selected colour);
 * :mod:`.coordinates` -- pixels <-> RAS; :mod:`.volumes` -- volumes <-> radiographs;
 * :mod:`.measurement_display` -- the measurements table and lines;
-* :mod:`.guidance` -- which point to check next (the engine's ranking), its ring in the views;
+* :mod:`.guidance` -- which point to check next (the engine's ranking), its halo in the views;
 * :mod:`.files` -- export, image loading, batch detection of a folder.
 
 Engine modules that need torch are imported lazily: importing this package needs only

@@ -3,9 +3,9 @@
 The engine scores every landmark of a prediction (``Prediction.review_score``, higher =
 check first) and ranks the unfixed ones (:func:`interactive_keypoints.review.rank_for_review`).
 Here that ranking meets the point list: points the user has dropped but the model has not
-run on yet count as fixed, the suggested point is ringed by a marker node (a locked
-one-point list in its own colour, so the selected flag keeps meaning user-fixed), and the
-slice views can be centred on it. Confirming a point is a correction, in :mod:`.logic`.
+run on yet count as fixed, the suggested point gets a halo: a marker node (a locked
+one-point list, a larger translucent disc in its own colour; the selected flag keeps
+meaning user-fixed), and the slice views can be centred on it. Confirming a point is a correction, in :mod:`.logic`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from .coordinates import control_point_positions
 from .tracked import TrackedList
 from .volumes import remove_with_children
 
-# point list -> the marker node that rings the suggested point
+# point list -> the marker node that puts a halo around the suggested point
 NEXT_POINT_ROLE = "InteractiveKeypoints.NextPoint"
 NEXT_POINT_COLOR = (1.0, 0.2, 0.2)  # red: apart from the point, hover and measurement colours
-NEXT_POINT_GLYPH_FACTOR = 2.5  # ring diameter / point diameter: the point shows inside the ring
+NEXT_POINT_GLYPH_FACTOR = 3.5  # halo diameter / point diameter
+# slice views fill every 2-D glyph (vtkSlicerMarkupsWidgetRepresentation2D): translucent,
+# so the point beneath stays visible
+NEXT_POINT_OPACITY = 0.55
 
 
 class ReviewGuidance:
@@ -47,8 +50,8 @@ class ReviewGuidance:
         return ranked + [k for k in range(point_list_node.GetNumberOfControlPoints()) if k not in set(ranked)]
 
     def next_point(self, point_list_node) -> int | None:
-        """The unfixed point to check next (the top of the ranking), ringed in the views;
-        None, and no ring, when every point is fixed."""
+        """The unfixed point to check next (the top of the ranking), with a halo in the views;
+        None, and no halo, when every point is fixed."""
         tracked = self._get(point_list_node)
         ranked = _ranked(tracked)
         tracked.suggested = ranked[0] if ranked else None
@@ -61,7 +64,7 @@ class ReviewGuidance:
         return tracked.suggested if tracked is not None else None
 
     def next_point_marker(self, point_list_node):
-        """The marker node that rings the suggested point, or None."""
+        """The marker node that puts a halo around the suggested point, or None."""
         return point_list_node.GetNodeReference(NEXT_POINT_ROLE)
 
     def jump_to_point(self, point_list_node, index: int):
@@ -74,7 +77,7 @@ class ReviewGuidance:
         slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *world, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
     def _update_next_marker(self, tracked: TrackedList):
-        """Keep the ring on the suggested point; drop the suggestion once it is fixed."""
+        """Keep the halo on the suggested point; drop the suggestion once it is fixed."""
         if tracked.suggested is not None and tracked.suggested in _held(tracked):
             tracked.suggested = None  # confirmed or moved: the user has checked it
         marker = self.next_point_marker(tracked.node)
@@ -100,7 +103,8 @@ class ReviewGuidance:
         if display is not None:
             display.SetColor(*NEXT_POINT_COLOR)
             display.SetSelectedColor(*NEXT_POINT_COLOR)
-            display.SetGlyphType(display.Circle2D)  # a ring: the point inside stays visible
+            display.SetGlyphType(display.Circle2D)
+            display.SetOpacity(NEXT_POINT_OPACITY)
             if points_display is not None:
                 display.SetGlyphScale(NEXT_POINT_GLYPH_FACTOR * points_display.GetGlyphScale())
                 display.SetGlyphSize(NEXT_POINT_GLYPH_FACTOR * points_display.GetGlyphSize())

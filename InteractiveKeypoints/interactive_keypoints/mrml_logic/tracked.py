@@ -35,7 +35,7 @@ class TrackedList:
     writing: bool = False  # re-entrancy guard: our own MRML writes fire events too
     latency: float | None = None  # seconds of the last computation
     selected_measurement: str = ""  # name of the measurement whose lines are drawn
-    suggested: int | None = None  # the point next_point() ringed, until it is fixed
+    suggested: int | None = None  # the point next_point() gave a halo, until it is fixed
 
     @property
     def prediction(self):
