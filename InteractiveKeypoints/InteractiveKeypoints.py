@@ -11,6 +11,7 @@ what is missing.
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -51,6 +52,12 @@ HOMEPAGE = "https://github.com/InteractiveKeypoints/SlicerInteractiveKeypoints"
 # so this wait is when the inference thread runs. GUI events are handled between waits.
 POLL_INTERVAL_MS = 1
 POLL_WAIT_S = 0.02
+# single keys, as the Segment Editor's (Z, Y, Space); neither is a slice view key
+NEXT_KEY = "N"
+CONFIRM_KEY = "C"
+# landmark table: the landmark index of a row (rows are reordered when sorted by score)
+LANDMARK_ROLE = qt.Qt.UserRole
+SCORE_COLUMN = 3
 
 
 _unmetRequirements = None  # cached: checked at every button update, refreshed after installs
@@ -169,6 +176,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._pollTimer = None  # made in setup(); cleanup() must work if setup() failed before
         self._shortcuts = []
         self._attachRefused = set()
+        self._sortByScore = False  # the landmark table: by check-next score, or landmark order
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -202,11 +210,14 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.redoButton.connect("clicked(bool)", self.onRedo)
         self.ui.unfixButton.connect("clicked(bool)", self.onUnfix)
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
+        self.ui.nextButton.connect("clicked(bool)", self.onNext)
+        self.ui.confirmButton.connect("clicked(bool)", self.onConfirm)
         self.ui.exportJsonButton.connect("clicked(bool)", lambda: self.onExport(".mrk.json"))
         self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport(".csv"))
         self.ui.batchButton.connect("clicked(bool)", self.onProcessFolder)
         self.ui.landmarkTable.connect("cellClicked(int,int)", self.onTableClicked)
         self.ui.landmarkTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.ui.landmarkTable.horizontalHeader().connect("sectionClicked(int)", self.onTableHeaderClicked)
         self.ui.measurementSelector.connect("currentIndexChanged(int)", self.onMeasurementSelected)
 
         self.refreshModelList()
@@ -411,9 +422,34 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._runOnPointList(self.logic.reset)
 
     def onUnfix(self) -> None:
-        rows = sorted({index.row() for index in self.ui.landmarkTable.selectionModel().selectedRows()})
-        if rows:
-            self._runOnPointList(lambda pointList: self.logic.unfix(pointList, rows, blocking=False))
+        landmarks = self._selectedLandmarks()
+        if landmarks:
+            self._runOnPointList(lambda pointList: self.logic.unfix(pointList, landmarks, blocking=False))
+
+    def onNext(self) -> None:
+        """Centre the views on the landmark to check next, give it a halo and select its row."""
+
+        def showNext(pointList):
+            k = self.logic.next_point(pointList)
+            if k is None:
+                self.ui.statusLabel.text = _("Every landmark is fixed: nothing left to check.")
+                return
+            # centred, as the Markups module's "jump to point" does
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), k, True)
+            self.updateTable()
+            self._selectLandmarkRow(k)
+
+        self._runOnPointList(showNext)
+
+    def onConfirm(self) -> None:
+        """Fix the landmarks selected in the table (after Next: the suggested one) where they
+        are; while the model runs they are queued like drops."""
+        pointList = self._pointList()
+        landmarks = self._selectedLandmarks()
+        if not landmarks and pointList is not None and self.logic.suggested_point(pointList) is not None:
+            landmarks = [self.logic.suggested_point(pointList)]
+        for k in landmarks:
+            self._runOnPointList(lambda pointList, k=k: self.logic.confirm(pointList, k, blocking=False))
 
     def _installShortcuts(self) -> None:
         if self._shortcuts:
@@ -423,7 +459,13 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             return
         # the platform's standard keys (Redo: Ctrl+Y on Windows, Ctrl+Shift+Z elsewhere),
         # as the Segment Editor installs them
-        for keys, slot in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
+        keysAndSlots = (
+            (qt.QKeySequence.Undo, self.onUndo),
+            (qt.QKeySequence.Redo, self.onRedo),
+            (NEXT_KEY, self.onNext),
+            (CONFIRM_KEY, self.onConfirm),
+        )
+        for keys, slot in keysAndSlots:
             shortcut = qt.QShortcut(qt.QKeySequence(keys), mainWindow)
             shortcut.connect("activated()", slot)
             self._shortcuts.append(shortcut)
@@ -493,6 +535,8 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.redoButton.enabled = idle and self.logic.can_redo(pointList)
         self.ui.unfixButton.enabled = idle
         self.ui.resetButton.enabled = idle
+        self.ui.nextButton.enabled = pointList is not None
+        self.ui.confirmButton.enabled = pointList is not None  # queued like a drop while the model runs
         hasPoints = self._parameterNode.pointList is not None
         self.ui.exportJsonButton.enabled = hasPoints
         self.ui.exportCsvButton.enabled = hasPoints
@@ -505,20 +549,53 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             table.setRowCount(0)
             return
         states, confidence = point_states(pointList)
+        tracked = self.logic.is_tracked(pointList)
+        scores = self.logic.review_scores(pointList) if tracked else None
+        order = self.logic.review_order(pointList) if tracked and self._sortByScore else range(len(states))
         table.setRowCount(len(states))
         lowColor = qt.QColor(255, 200, 200)
-        for k, state in enumerate(states):
+        for row, k in enumerate(order):
             description = pointList.GetNthControlPointDescription(k)
             low = is_low_confidence(description)
             conf = "" if confidence[k] != confidence[k] else f"{confidence[k]:.2f}"  # NaN -> ""
-            texts = (pointList.GetNthControlPointLabel(k), state + (" (check)" if low else ""), conf)
+            score = "" if scores is None or not math.isfinite(scores[k]) else f"{scores[k]:.2f}"  # fixed: -inf
+            texts = (pointList.GetNthControlPointLabel(k), states[k] + (" (check)" if low else ""), conf, score)
             for column, text in enumerate(texts):
-                item = table.item(k, column)
+                item = table.item(row, column)
                 if item is None:
                     item = qt.QTableWidgetItem()
-                    table.setItem(k, column, item)
+                    table.setItem(row, column, item)
                 item.setText(text)
+                item.setData(LANDMARK_ROLE, k)
                 item.setBackground(qt.QBrush(lowColor) if low else qt.QBrush())
+        header = table.horizontalHeader()
+        header.setSortIndicatorShown(self._sortByScore)
+        if self._sortByScore:
+            header.setSortIndicator(SCORE_COLUMN, qt.Qt.DescendingOrder)
+
+    def onTableHeaderClicked(self, column) -> None:
+        """The check-next header sorts by score (highest first); any other, landmark order."""
+        self._sortByScore = column == SCORE_COLUMN
+        selected = self._selectedLandmarks()
+        self.updateTable()
+        for k in selected[:1]:
+            self._selectLandmarkRow(k)
+
+    def _landmarkOfRow(self, row) -> int:
+        item = self.ui.landmarkTable.item(row, 0)
+        return int(item.data(LANDMARK_ROLE)) if item is not None else row
+
+    def _selectedLandmarks(self) -> list:
+        rows = {index.row() for index in self.ui.landmarkTable.selectionModel().selectedRows()}
+        return sorted(self._landmarkOfRow(row) for row in rows)
+
+    def _selectLandmarkRow(self, k) -> None:
+        table = self.ui.landmarkTable
+        for row in range(table.rowCount):
+            if self._landmarkOfRow(row) == k:
+                table.selectRow(row)
+                table.scrollToItem(table.item(row, 0))
+                return
 
     def updateMeasurements(self) -> None:
         """Show the point list's measurements table (the logic refills it) and its names."""
@@ -547,8 +624,9 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def onTableClicked(self, row, column) -> None:
         pointList = self._parameterNode.pointList
-        if pointList is not None and row < pointList.GetNumberOfControlPoints():
-            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), row, True)
+        k = self._landmarkOfRow(row)
+        if pointList is not None and k < pointList.GetNumberOfControlPoints():
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), k, True)
 
     # ------------------------------------------------------------------------- export
 

@@ -222,6 +222,34 @@ def test_drag_refines_and_the_dropped_point_stays(browser, base_url, tmp_path):
     page.close()
 
 
+def test_next_then_confirm_fixes_the_suggested_point_and_undo_reverts_it(browser, base_url):
+    page = open_session(browser, base_url, "review")
+    before = detect(page)
+    assert before["next"] == -1 and page.locator("#ik-confirm").is_disabled()  # nothing suggested yet
+
+    page.click("#ik-next")
+    suggested = wait_for_debug(page, lambda d: d["next"] >= 0)
+    k = suggested["next"]
+    # the view is centred on it
+    wait_for_debug(page, lambda d: np.linalg.norm(np.subtract(d["points"][k]["view_xy"], np.divide(d["view_size"], 2)))
+                   <= DROP_TOLERANCE_VIEW_PX)
+    assert before["points"][k]["name"] in page.locator("#ik-next-name").inner_text()
+    assert "ik-next-row" in (page.locator("#ik-table tbody tr").nth(k).get_attribute("class") or "")
+    screenshot(page, "05-next-point")
+
+    page.click("#ik-confirm")
+    confirmed = wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+    np.testing.assert_allclose(pixels(confirmed)[k], pixels(before)[k], atol=0.05)  # fixed where it was
+    assert confirmed["next"] == -1  # checked: no suggestion until Next again
+    row = page.locator("#ik-table tbody tr").nth(k).inner_text()
+    assert "user-fixed" in row
+
+    page.click("#ik-undo")
+    undone = wait_for_debug(page, lambda d: d["points"][k]["state"] == "predicted" and not d["busy"])
+    np.testing.assert_allclose(pixels(undone), pixels(before), atol=0.05)
+    page.close()
+
+
 def test_user_points_are_never_lost(browser, base_url, tmp_path):
     page = open_session(browser, base_url, "robust")
     first = detect(page)

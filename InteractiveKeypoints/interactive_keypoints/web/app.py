@@ -113,6 +113,7 @@ class KeypointsWebApp(TrameApp):
         s.ik_has_points = False
         s.ik_can_undo = False
         s.ik_can_redo = False
+        s.ik_next = -1  # the landmark Next suggested, until it is fixed; -1: none
         s.ik_debug = "{}"
         s.ik_server_path = ""
         s.ik_export_stem = "landmarks"
@@ -147,6 +148,8 @@ class KeypointsWebApp(TrameApp):
         positions = mrml_logic.control_point_positions(node)
         pixels = mrml_logic.ras_to_pixels(positions, mrml_logic.ijk_to_ras_matrix(self.volume))
         states, confidence = mrml_logic.point_states(node)
+        tracked = self.logic.is_tracked(node)
+        scores = self.logic.review_scores(node) if tracked else None
         self.state.ik_rows = [
             {
                 "index": k,
@@ -155,10 +158,14 @@ class KeypointsWebApp(TrameApp):
                 "y": round(float(pixels[k, 1]), 1),
                 "state": states[k],
                 "confidence": "" if np.isnan(confidence[k]) else f"{confidence[k]:.2f}",
+                # a number (sorts as one); None for fixed points (-inf: never suggested)
+                "score": None if scores is None or not np.isfinite(scores[k]) else round(float(scores[k]), 2),
             }
             for k in range(len(positions))
         ]
         self.state.ik_has_points = len(positions) > 0
+        suggested = self.logic.suggested_point(node) if tracked else None
+        self.state.ik_next = -1 if suggested is None else int(suggested)
         self._refresh_measurements(node)
         self.state.ik_can_undo = self.logic.can_undo(node)
         self.state.ik_can_redo = self.logic.can_redo(node)
@@ -213,6 +220,7 @@ class KeypointsWebApp(TrameApp):
             ]
         debug["measurements"] = list(self.state.ik_measurements or [])
         debug["measurement_lines"] = len(self.logic.measurement_lines(node)) if node is not None else 0
+        debug["next"] = int(self.state.ik_next)
         debug["busy"] = bool(self.state.ik_busy)
         debug["runs_started"] = self._runs_started
         self.state.ik_debug = json.dumps(debug)
@@ -257,6 +265,7 @@ class KeypointsWebApp(TrameApp):
             self.state.ik_measurement_selected = ""
             self.state.ik_has_points = False
             self.state.ik_can_undo = self.state.ik_can_redo = False
+            self.state.ik_next = -1
             self._refresh_debug()
 
     def _remove_current(self):
@@ -359,6 +368,26 @@ class KeypointsWebApp(TrameApp):
 
     def reset(self):
         self._with_points(self.logic.reset)
+
+    def next_point(self):
+        """Centre the view on the landmark to check next; the logic gives it a halo."""
+
+        def show_next(node):
+            k = self.logic.next_point(node)
+            if k is None:
+                self.show_info("every landmark is fixed: nothing left to check")
+            else:
+                self.logic.jump_to_point(node, k)
+
+        self._with_points(show_next)
+
+    def confirm(self):
+        """Fix the suggested landmark where it is (queued like a drop while the model runs)."""
+        index = int(self.state.ik_next)
+        if index < 0:
+            self.show_error("press Next first: it picks the landmark to confirm")
+            return
+        self._with_points(lambda node: self.logic.confirm(node, index, blocking=False))
 
     def unfix(self, index):
         # re-runs the model: on the inference thread, the result arrives via on_updated
