@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..mrml_logic.runners import Compute, Finish, Outcome, outcome_of
 
+
 def _outcome(compute: Compute, delay_s: float = 0.0, hold_path: str | None = None) -> Outcome:
     if delay_s:
         time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
