@@ -38,6 +38,10 @@ class ModelConfig:
     gating: bool = True
     gating_pool: str = "max"  # "max" (paper) or "avg" (ablation)
     gate_channels: int = 256  # the gate's conv width (paper: 256); narrow it for small demo models
+    # correction field (correction_field.py): unfixed points follow the residuals at the clicks;
+    # length as a fraction of the landmarks' extent, 0 = off (the paper's rule: the network alone)
+    correction_length: float = 0.0
+    correction_noise: float = 0.3
     # heatmaps: Gaussian sigma in network-input pixels
     sigma: float = 7.5
     # intensity normalisation of the grey image before the network
@@ -68,6 +72,9 @@ class ModelConfig:
             )
         if len(self.input_size) != 2 or any(v % 32 for v in self.input_size):
             problems.append(f"input_size {self.input_size} must be (H, W), multiples of 32")
+        if self.correction_length < 0 or self.correction_noise <= 0:
+            problems.append(f"correction_length must be >= 0 and correction_noise > 0, got "
+                            f"{self.correction_length} and {self.correction_noise}")
         if self.gate_channels < 1:
             problems.append(f"gate_channels must be positive, got {self.gate_channels}")
         if self.gating_pool not in ("max", "avg"):

@@ -84,12 +84,15 @@ def sample_radiograph(sample: KeypointSample) -> Radiograph:
     return Radiograph(load_grey_image(sample), sample.spacing, sample.spacing_known, path=str(sample.image_path or sample.id))
 
 
-def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, prev_mode="fixed", progress=True):
-    """RevisionCurves for every sample, sharing one inference copy of the network."""
+def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, prev_mode="fixed", progress=True,
+                   correction_length: float | None = None):
+    """RevisionCurves for every sample, sharing one inference copy of the network.
+    ``correction_length``: override the model's correction field (0 = the network alone)."""
     predictor = Predictor(model, device)
     results = []
     for sample in tqdm(samples, desc="evaluate", disable=not progress):
-        session = KeypointSession(model, sample_radiograph(sample), prev_mode=prev_mode, predictor=predictor)
+        session = KeypointSession(model, sample_radiograph(sample), prev_mode=prev_mode, predictor=predictor,
+                                  correction_length=correction_length)
         results.append(simulate_revision(session, sample.points, max_clicks))
     return results
 
@@ -369,6 +372,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", choices=["px", "mm"], default="px", help="unit of --targets")
     parser.add_argument("--prev-mode", choices=["fixed", "all"], default="fixed",
                         help="previous prediction in fixed channels only (paper) or all channels")
+    parser.add_argument("--correction-length", type=float, default=None,
+                        help="correction field length, fraction of the landmarks' extent (default: the model's; "
+                             "0 = the network alone moves the points, the paper's rule)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--sample", type=int, default=None,
                         help="evaluate N images drawn at random from the split (seeded by --sample-seed; "
@@ -393,11 +399,13 @@ def run(args) -> int:
         raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")
     samples = choose_samples(split.samples, args.limit, args.sample, args.sample_seed,
                              f"{args.dataset} split {args.split!r}")
-    results = evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, progress=not args.quiet)
+    results = evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, progress=not args.quiet,
+                             correction_length=args.correction_length)
     metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks,
                         split.landmark_names)
+    correction_length = model.config.correction_length if args.correction_length is None else args.correction_length
     metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
-                   skipped=split.skipped)
+                   correction_length=correction_length, skipped=split.skipped)
     if args.sample is not None:
         metrics["sample"] = {"size": args.sample, "seed": args.sample_seed, "of": len(split.samples),
                              "ids": [s.id for s in samples]}
