@@ -126,7 +126,8 @@ def test_bad_images_are_refused_with_a_clear_error(tiny_model, tmp_path):
 
 
 def test_shipped_phantom_model_finds_the_landmarks_of_an_unseen_phantom():
-    from interactive_keypoints.model_io import REPO_MODELS_DIR, load_model
+    from interactive_keypoints.model_folders import REPO_MODELS_DIR
+    from interactive_keypoints.model_io import load_model
     from interactive_keypoints.phantom import make_spine_phantom
 
     folder = REPO_MODELS_DIR / "phantom-spine-68"

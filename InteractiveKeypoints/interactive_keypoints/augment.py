@@ -22,6 +22,8 @@ from monai.transforms import (
     Transform,
 )
 
+from .conventions import inside_image
+
 GEOMETRY = "geometry"  # (3, 3) float64: source pixel (x, y, 1) -> output pixel
 OUTPUT_SIZE = "output_size"  # (H, W) of the output image
 
@@ -207,8 +209,7 @@ class ApplyGeometryd(Transform):
         d[self.image_key] = _plain_tensor(image)
         points = transform_points(d[self.points_key], matrix)
         d[self.points_key] = points
-        h, w = output_size
-        d["visible"] = (points[:, 0] >= -0.5) & (points[:, 0] <= w - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] <= h - 0.5)
+        d["visible"] = inside_image(points, output_size)
         d["to_output"] = matrix
         return d
 
