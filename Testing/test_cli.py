@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import tiny_config
 from interactive_keypoints import cli
 from interactive_keypoints.conventions import SPINE
 from interactive_keypoints.markups import read_markups_points
 from interactive_keypoints.model_io import build_model, save_model
+from interactive_keypoints.tiny_model import tiny_config
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ def test_predict_writes_markups_and_csv_next_to_the_image(model_dir, png, phanto
     assert all(r["x_mm"] == "" for r in rows)
 
 
+@pytest.mark.slow
 def test_predict_into_out_folder_with_overlay(model_dir, png, tmp_path):
     out = tmp_path / "results"
     assert cli.main(["predict", str(png), "--model", str(model_dir), "--out", str(out), "--overlay"]) == 0
@@ -83,6 +84,7 @@ def test_unknown_device_is_a_usage_error(png, model_dir):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_demo_simulates_one_correction_and_writes_everything(model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]) == 0
@@ -132,6 +134,7 @@ def test_every_subcommand_names_a_module_with_a_command_line():
         assert {"add_arguments", "run"} <= defined, f"{name}: {module_name} lacks add_arguments or run"
 
 
+@pytest.mark.slow
 def test_predict_writes_the_models_measurements_next_to_the_points(tmp_path, png):
     import json
 

@@ -129,6 +129,8 @@ def test_isbi_mean_of_doctors_and_missing_split(tmp_path):
     np.testing.assert_allclose(train[0].points[:, 0], 11.0)
     assert train[0].spacing == (0.1, 0.1) and train[0].spacing_known
     assert not train.flip_allowed and train.landmark_names[0] == "sella"
+    junior = get_dataset("isbi", tmp_path, "train", annotators=("junior",))  # one doctor's labels alone
+    np.testing.assert_allclose(junior[0].points[:, 0], 12.0)
     with pytest.raises(DatasetNotFoundError, match="test2.*missing"):
         get_dataset("isbi", tmp_path, "test2")
 

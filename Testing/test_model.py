@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from conftest import tiny_config
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.heatmaps import gaussian_heatmaps
 from interactive_keypoints.inference import Predictor, fold_batchnorm
 from interactive_keypoints.model import InteractiveKeypointNet
 from interactive_keypoints.model_io import build_model
+from interactive_keypoints.tiny_model import tiny_config
 
 
 def trainable_parameters(module):

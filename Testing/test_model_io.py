@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
 from interactive_keypoints.config import ModelConfig, ModelFormatError
 from interactive_keypoints.model_io import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
+from interactive_keypoints.tiny_model import tiny_config
 
 
 def outputs(model):

@@ -41,8 +41,7 @@ class KeypointTrainingDataset(Dataset):
     """
 
     def __init__(self, data: DatasetSplit, input_size, intensity: dict | None = None, augment: bool = True,
-                 cache: bool = True, cache_scale: float = 1.0, seed: int | None = 0, transform=None,
-                 occlusion_prob: float = 0.0):
+                 cache: bool = True, cache_scale: float = 1.0, seed: int | None = 0, occlusion_prob: float = 0.0):
         self.data = data
         self.input_size = tuple(int(v) for v in input_size)
         self.intensity = dict(intensity or DEFAULT_INTENSITY)
@@ -53,7 +52,7 @@ class KeypointTrainingDataset(Dataset):
         self._cache: dict[int, torch.Tensor] = {}
         low = float(self.intensity.get("range", (-1.0, 1.0))[0])
         # outside the source image reads as the black level of the normalised range
-        self.transform = transform or training_transforms(
+        self.transform = training_transforms(
             self.input_size, data.flip_pairs, data.flip_allowed, augment=augment, fill=low, seed=seed,
             occlusion_prob=occlusion_prob,
         )
