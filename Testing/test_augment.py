@@ -12,7 +12,6 @@ from interactive_keypoints.augment import (
     ResizeGeometryd,
     flip_permutation,
     geometry_transforms,
-    resize_matrix,
     training_transforms,
     transform_points,
 )
@@ -46,8 +45,8 @@ def bilinear(image, xy):
     return (patch * np.array([[(1 - fy) * (1 - fx), (1 - fy) * fx], [fy * (1 - fx), fy * fx]])).sum(axis=(1, 2))
 
 
-def test_resize_matrix_matches_imaging_mapping():
-    m = resize_matrix((200, 100), (128, 64))
+def test_resize_matrix_is_the_imaging_mapping():
+    m = imaging.resize_matrix((200, 100), (128, 64))
     np.testing.assert_allclose(transform_points(POINTS, m), imaging.to_input(POINTS, (200, 100), (128, 64)))
 
 

@@ -32,6 +32,7 @@ from monai.transforms import (
 )
 
 from .conventions import inside_image
+from .imaging import resize_matrix
 
 GEOMETRY = "geometry"  # (3, 3) float64: source pixel (x, y, 1) -> output pixel
 OUTPUT_SIZE = "output_size"  # (H, W) of the output image
@@ -44,14 +45,6 @@ def transform_points(points, matrix) -> np.ndarray:
     """Apply a (3, 3) (x, y) pixel matrix to (..., 2) points."""
     points = np.asarray(points, dtype=np.float64)
     return points @ matrix[:2, :2].T + matrix[:2, 2]
-
-
-def resize_matrix(source_size, output_size) -> np.ndarray:
-    """Whole-image resize with the align_corners=False convention (pixel edges map to edges):
-    x_out = (x + 0.5) * W_out / W - 0.5, the same mapping as ``imaging.to_input``."""
-    (h, w), (h_out, w_out) = source_size, output_size
-    sx, sy = w_out / w, h_out / h
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
 def about_centre(linear: np.ndarray, size) -> np.ndarray:

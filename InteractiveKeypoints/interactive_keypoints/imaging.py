@@ -264,6 +264,12 @@ def _scale(original_size, input_size) -> np.ndarray:
     return np.array([w_in / w, h_in / h], dtype=float)
 
 
+def resize_matrix(original_size, input_size) -> np.ndarray:
+    """:func:`to_input` as a (3, 3) matrix on (x, y, 1), to compose with other maps."""
+    sx, sy = _scale(original_size, input_size)
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
 def to_input(points, original_size, input_size) -> np.ndarray:
     """Original-pixel (x, y) -> network-input pixels; points (..., 2), sizes (H, W)."""
     points = np.asarray(points, dtype=float)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..augment import resize_matrix, training_transforms
-from ..imaging import preprocess_transform
+from ..augment import training_transforms, transform_points
+from ..imaging import preprocess_transform, resize_matrix
 from .common import DatasetSplit, load_grey_image
 
 DEFAULT_INTENSITY = {"mode": "minmax", "range": [-1.0, 1.0]}
@@ -95,7 +95,7 @@ class KeypointTrainingDataset(Dataset):
         sample = self.data[index]
         image = self.cached_image(index)
         to_cache = resize_matrix(sample.image_size, tuple(image.shape[-2:]))
-        points = sample.points @ to_cache[:2, :2].T + to_cache[:2, 2]
+        points = transform_points(sample.points, to_cache)
         d = self.transform({"image": image, "points": points})
         h, w = sample.image_size
         image = d["image"]
