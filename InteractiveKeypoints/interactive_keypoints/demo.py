@@ -52,17 +52,14 @@ def simulate_one_correction(model, sample, device) -> DemoResult:
 
 
 def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dict[str, Path]:
-    import numpy as np
-    import SimpleITK as sitk
-
+    from .conventions import POINTS_CSV, POINTS_JSON, output_path
     from .markups import write_csv, write_markups_json
     from .metrics import mre
     from .overlay import save_overlay
+    from .phantom import write_png
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    paths["image"] = out / "phantom.png"
-    sitk.WriteImage(sitk.GetImageFromArray(np.round(sample.image * 255).astype(np.uint8)), str(paths["image"]))
+    paths = {"image": write_png(sample.image, out / "phantom.png")}
     truth, spacing, k = result.truth, result.spacing, result.corrected
     for key, prediction, moves in (
         ("before", result.before, None),
@@ -81,10 +78,10 @@ def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dic
     # phantom.png carries no spacing, so the markups use the geometry Slicer gives the PNG
     # (1 mm pixels, origin 0) and overlay it exactly; the CSV has the true mm as well.
     paths["markups"] = write_markups_json(
-        out / "keypoints.mrk.json", after.points, after.names, states=after.states(), confidence=after.confidence, node_name="phantom"
+        output_path(out / "keypoints", POINTS_JSON), after.points, after.names, states=after.states(), confidence=after.confidence, node_name="phantom"
     )
     paths["csv"] = write_csv(
-        out / "keypoints.csv", after.names, after.points, spacing=spacing, states=after.states(), confidence=after.confidence
+        output_path(out / "keypoints", POINTS_CSV), after.names, after.points, spacing=spacing, states=after.states(), confidence=after.confidence
     )
     return paths
 

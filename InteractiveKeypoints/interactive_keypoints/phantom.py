@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .conventions import SPINE, SPINE_VERTEBRAE, USER_FIXED, spine_template
+from .conventions import POINTS_JSON, SPINE, SPINE_VERTEBRAE, USER_FIXED, spine_template
 
 # Physical height of the phantom film; pixels are square.
 FIELD_OF_VIEW_MM = 420.0
@@ -333,14 +333,21 @@ def make_hidden_vertebra_phantom(seed: int, size: int = 128, vertebrae: int = HI
 # --------------------------------------------------------------------------- datasets
 
 
+def write_png(image: np.ndarray, path) -> Path:
+    """A phantom image ([0, 1] float) as an 8-bit grey PNG, which stores no spacing: Slicer
+    and SimpleITK load it with 1 mm pixels at origin 0."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.round(image * 255).astype(np.uint8)), str(path))
+    return Path(path)
+
+
 def write_phantom_dataset(folder, n: int, seed: int = 0, height: int = 1024, width: int = 512) -> list[Path]:
     """Write ``n`` phantoms as a generic landmark folder: PNG + ``.mrk.json`` each + ``landmarks.json``.
 
     PNG stores no spacing, so the markups use the geometry the PNG loads with
     (spacing 1, origin 0), exactly like Slicer would show it. Returns the image paths.
     """
-    import SimpleITK as sitk
-
     from .markups import write_markups_json
 
     folder = Path(folder)
@@ -353,11 +360,9 @@ def write_phantom_dataset(folder, n: int, seed: int = 0, height: int = 1024, wid
     for i in range(n):
         sample = make_spine_phantom(seed + i, height, width)
         stem = f"phantom_{seed + i:05d}"
-        png = folder / f"{stem}.png"
-        pixels = np.round(sample.image * 255).astype(np.uint8)
-        sitk.WriteImage(sitk.GetImageFromArray(pixels), str(png))
+        png = write_png(sample.image, folder / f"{stem}.png")
         write_markups_json(
-            folder / f"{stem}.mrk.json",
+            folder / (stem + POINTS_JSON),
             sample.points,
             sample.names,
             states=[USER_FIXED] * len(sample.names),
