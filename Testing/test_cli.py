@@ -37,6 +37,7 @@ def read_csv_rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_predict_writes_markups_and_csv_next_to_the_image(model_dir, png, phantom):
     assert cli.main(["predict", str(png), "--model", str(model_dir), "--device", "cpu"]) == 0
     markups = read_markups_points(png.with_name("spine.mrk.json"))
@@ -60,6 +61,7 @@ def test_predict_into_out_folder_with_overlay(model_dir, png, tmp_path):
     assert sitk.ReadImage(str(out / "spine.png")).GetSize()[0] > 100
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_reported_and_the_others_still_run(model_dir, png, tmp_path, capsys):
     corrupt = tmp_path / "images" / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")

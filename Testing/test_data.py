@@ -196,6 +196,7 @@ def test_phantom_splits_do_not_overlap(phantoms):
     assert phantoms.num_keypoints == 68 and phantoms[0].image_size == (256, 128)
 
 
+@pytest.mark.slow
 def test_training_item_without_augmentation_equals_inference_preprocessing(phantoms):
     data = KeypointTrainingDataset(phantoms, (128, 64), augment=False)
     item = data[1]

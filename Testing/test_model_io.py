@@ -19,6 +19,7 @@ def outputs(model):
         return model.network.eval()(torch.randn(1, 1, h, w), torch.zeros(1, k, h, w), torch.zeros(1, k, h, w))["logits"]
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_weights_and_config(tmp_path, tiny_model):
     tiny_model.config.landmark_names = [f"P{i}" for i in range(68)]
     save_model(tmp_path / "m", tiny_model)
@@ -119,6 +120,7 @@ def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tin
     assert not torch_imported
 
 
+@pytest.mark.slow
 def test_large_weights_are_sharded_under_the_limit_and_load_back(tmp_path, tiny_model):
     from interactive_keypoints.model_folders import WEIGHTS_INDEX_FILE, has_weights
 

@@ -66,6 +66,7 @@ def test_phantom_pack_reads_like_the_generated_images(phantom_pack):
         assert_pack_reads_like_the_files(load_pack(phantom_pack, split), files, INPUT)
 
 
+@pytest.mark.slow
 def test_augmented_pack_items_keep_exact_coordinates(phantom_pack):
     packed = load_pack(phantom_pack, "train")
     data = KeypointTrainingDataset(packed, INPUT, augment=True, seed=3)
