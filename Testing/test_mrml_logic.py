@@ -42,6 +42,9 @@ from interactive_keypoints.phantom import make_spine_phantom  # noqa: E402
 from interactive_keypoints.imaging import load_radiograph  # noqa: E402
 from interactive_keypoints.tiny_model import tiny_model  # noqa: E402
 
+# each test builds a scene and runs the model through the logic: out of the fast tier
+pytestmark = pytest.mark.slow
+
 SPINE_LANDMARK_NAMES = list(SPINE.names)
 K = len(SPINE_LANDMARK_NAMES)
 MARKUPS = slicer.vtkMRMLMarkupsNode
@@ -181,7 +184,6 @@ def test_detect_places_one_labelled_point_per_landmark(logic, volume):
     assert not any(node.GetNthControlPointSelected(k) for k in range(K))
 
 
-@pytest.mark.slow
 def test_detect_reuses_the_point_list_of_the_volume(logic, volume, scene):
     first = logic.detect(volume)
     second = logic.detect(volume)
@@ -198,7 +200,6 @@ def test_rgb_volume_is_converted_to_grey(logic, scene, phantom):
     assert node.GetNumberOfControlPoints() == K
 
 
-@pytest.mark.slow
 def test_the_sample_data_phantom_is_a_one_slice_radiograph_the_model_runs_on(logic, scene):
     volume = add_phantom_volume(scene, seed=4)
     assert volume.GetName() == PHANTOM_VOLUME_NAME
@@ -272,7 +273,6 @@ def test_a_plain_click_neither_fixes_the_point_nor_runs_the_model(logic, volume)
     assert len(runner.jobs) == 1 and point_states(node)[0][12] == "user-fixed"
 
 
-@pytest.mark.slow
 def test_the_number_of_points_is_locked_and_unlocked_only_for_a_rewrite(logic, volume, scene):
     # a list of the user's with another count, already locked: detect rewrites it
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "phantom keypoints")
@@ -311,7 +311,6 @@ def test_undo_restores_every_point_and_redo_reapplies(logic, volume):
     np.testing.assert_allclose(control_point_positions(node), after_two, atol=1e-9)
 
 
-@pytest.mark.slow
 def test_unfix_and_reset(logic, volume):
     node = logic.detect(volume)
     initial = control_point_positions(node)
@@ -342,7 +341,6 @@ def test_drag_outside_the_image_is_refused_without_damage(logic, volume, errors)
     assert point_states(node)[0] == ["predicted"] * K
 
 
-@pytest.mark.slow
 def test_console_refine_outside_raises_and_changes_nothing(logic, volume):
     node = logic.detect(volume)
     before = control_point_positions(node)
@@ -387,7 +385,6 @@ def test_drag_during_inference_is_queued_and_the_latest_drop_wins(logic, volume)
     assert prediction.fixed[20] and prediction.fixed[50]
 
 
-@pytest.mark.slow
 def test_refine_while_dragging_previews_and_counts_as_one_undo_step(logic, volume):
     node = logic.detect(volume)
     logic.refine_while_dragging = True
@@ -441,7 +438,6 @@ def test_auto_refine_off_queues_drops_until_update(logic, volume):
     assert moved(np.delete(after, 15, 0), np.delete(before, 15, 0), tol=0.5).any()
 
 
-@pytest.mark.slow
 def test_threaded_runner_applies_results_on_poll(logic, volume):
     node = logic.detect(volume)
     runner = ThreadedRunner()
@@ -622,7 +618,6 @@ def test_mrk_json_round_trip_keeps_labels_states_and_positions(logic, volume, tm
     np.testing.assert_allclose(control_point_positions(loaded), ras, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_csv_export_has_pixels_mm_state_and_confidence(logic, volume, phantom, tmp_path):
     node = logic.detect(volume)
     drag(node, 2, pixel_target(node, volume, 2, (1.0, 1.0)))
@@ -637,7 +632,6 @@ def test_csv_export_has_pixels_mm_state_and_confidence(logic, volume, phantom, t
     assert 0.0 <= float(rows[3]["confidence"]) <= 1.0
 
 
-@pytest.mark.slow
 def test_low_confidence_points_are_flagged(logic, volume):
     node = logic.detect(volume)
     confidence = logic.prediction(node).confidence
@@ -654,7 +648,6 @@ def test_export_refuses_unknown_extensions(logic, volume, tmp_path):
         logic.export(node, tmp_path / "case.txt")
 
 
-@pytest.mark.slow
 def test_attach_to_a_reloaded_list_keeps_its_fixed_points(logic, volume, scene, tmp_path):
     node = logic.detect(volume)
     target = pixel_target(node, volume, 33, (5.0, 5.0))
@@ -675,7 +668,6 @@ def test_attach_to_a_reloaded_list_keeps_its_fixed_points(logic, volume, scene, 
 
 
 
-@pytest.mark.slow
 def test_non_blocking_attach_leaves_the_weights_to_the_worker(logic, model, volume, scene, tmp_path, monkeypatch):
     # re-opening a saved case in the GUI: the count check reads model.json only
     node = logic.detect(volume)
@@ -713,7 +705,6 @@ def test_non_blocking_attach_leaves_the_weights_to_the_worker(logic, model, volu
 # --------------------------------------------------------------------------- batch
 
 
-@pytest.mark.slow
 def test_process_folder_writes_results_and_reports_bad_files(logic, scene, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -742,7 +733,6 @@ def test_process_folder_writes_results_and_reports_bad_files(logic, scene, tmp_p
 # -------------------------------------------------------------------- node removal
 
 
-@pytest.mark.slow
 def test_a_point_list_deleted_by_the_user_releases_its_session(logic, volume, scene, errors):
     node = logic.detect(volume)
     other = logic.detect(volume, logic.new_point_list("second"))
@@ -791,7 +781,6 @@ print(json.dumps({"torch_on_gui_thread": torch_on_gui_thread, "points": node.Get
 """
 
 
-@pytest.mark.slow
 def test_first_non_blocking_detect_does_not_import_torch_on_the_calling_thread(model, tmp_path):
     """A fresh interpreter (the GUI thread of a new Slicer session): detect(blocking=False)
     returns before anything imports torch; the model load and image conversion run in the job."""
@@ -898,7 +887,6 @@ def test_measurements_table_follows_drags_undo_and_redo(cobb_logic, volume):
     assert logic.measurement_table(node) is table  # one table per list, updated in place
 
 
-@pytest.mark.slow
 def test_selected_measurement_is_drawn_as_lines_that_follow_the_points(cobb_logic, volume, scene):
     logic = cobb_logic
     node = logic.detect(volume)
