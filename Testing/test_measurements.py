@@ -93,6 +93,7 @@ def test_bad_input_is_named():
     assert measure(np.zeros((5, 2)), "") == []
 
 
+@pytest.mark.slow
 def test_cobb_angles_match_the_aasce_training_labels():
     """The three angles of every usable training label against the dataset's angles.csv."""
     from interactive_keypoints.data import get_dataset
@@ -263,8 +264,9 @@ def test_write_measurements(tmp_path):
 def test_model_config_names_the_measurement_set(tmp_path):
     import json
 
-    from conftest import REPO_ROOT, tiny_config
+    from conftest import REPO_ROOT
     from interactive_keypoints.config import ModelConfig, ModelFormatError
+    from interactive_keypoints.tiny_model import tiny_config
 
     shipped = {p.parent.name: json.loads(p.read_text()).get("measurements") for p in (REPO_ROOT / "models").glob("*/model.json")}
     assert shipped == {"aasce-spine-68": "aasce-cobb", "phantom-spine-68": "aasce-cobb", "isbi-ceph-19": "isbi-ceph"}
@@ -285,6 +287,7 @@ def test_fine_tunes_may_change_the_measurement_set_and_train_sets_it_per_dataset
     assert train.make_config(args, get_dataset("phantom", split="train", num_images=1)).measurements == "aasce-cobb"
 
 
+@pytest.mark.slow
 def test_evaluate_reports_cobb_angles_after_each_click(tmp_path, tiny_model):
     import json
 

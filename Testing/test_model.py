@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from conftest import tiny_config
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.heatmaps import gaussian_heatmaps
 from interactive_keypoints.inference import Predictor, fold_batchnorm
 from interactive_keypoints.model import InteractiveKeypointNet
 from interactive_keypoints.model_io import build_model
+from interactive_keypoints.tiny_model import tiny_config
 
 
 def trainable_parameters(module):
@@ -46,6 +46,7 @@ def hints(config, batch=2, clicked=(3, 7)):
     return clicks, prev
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides", [{}, {"gating": False}, {"gating_pool": "avg"}, {"in_channels": 3}, {"gate_channels": 32}]
 )
@@ -59,6 +60,7 @@ def test_forward_shapes(overrides):
     assert (network.gate is None) == (not config.gating)
 
 
+@pytest.mark.slow
 def test_gradients_reach_gating_and_hint_fusion():
     torch.manual_seed(0)
     config = tiny_config(num_keypoints=12)
@@ -102,6 +104,7 @@ def test_sparse_hints_equal_dense_hints():
     torch.testing.assert_close(none_clicked, dense_zero, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batchnorm_folding_keeps_outputs():
     torch.manual_seed(0)
     config = tiny_config(num_keypoints=12)

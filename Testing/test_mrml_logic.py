@@ -19,11 +19,11 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 torch = pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
-from interactive_keypoints.config import ModelFormatError, compact_config  # noqa: E402
+from interactive_keypoints.config import ModelFormatError  # noqa: E402
 from interactive_keypoints import model_io  # noqa: E402
 from interactive_keypoints.inference import Predictor  # noqa: E402
 from interactive_keypoints.imaging import ImageError  # noqa: E402
-from interactive_keypoints.model_io import build_model, save_model  # noqa: E402
+from interactive_keypoints.model_io import save_model  # noqa: E402
 from interactive_keypoints.mrml_logic import (  # noqa: E402
     PHANTOM_VOLUME_NAME,
     KeypointsMRMLLogic,
@@ -37,9 +37,15 @@ from interactive_keypoints.mrml_logic import (  # noqa: E402
     point_states,
     ras_to_pixels,
 )
-from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES, make_spine_phantom  # noqa: E402
+from interactive_keypoints.conventions import SPINE  # noqa: E402
+from interactive_keypoints.phantom import make_spine_phantom  # noqa: E402
 from interactive_keypoints.imaging import load_radiograph  # noqa: E402
+from interactive_keypoints.tiny_model import tiny_model  # noqa: E402
 
+# each test builds a scene and runs the model through the logic: out of the fast tier
+pytestmark = pytest.mark.slow
+
+SPINE_LANDMARK_NAMES = list(SPINE.names)
 K = len(SPINE_LANDMARK_NAMES)
 MARKUPS = slicer.vtkMRMLMarkupsNode
 
@@ -49,14 +55,7 @@ MARKUPS = slicer.vtkMRMLMarkupsNode
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    km = build_model(compact_config(
-            K, input_size=(128, 64), width=8, ocr_mid_channels=32, ocr_key_channels=16,
-            landmark_names=SPINE_LANDMARK_NAMES,
-        ))
-    with torch.no_grad():
-        km.network.hint_fusion.scale.fill_(20.0)  # make clicks matter in an untrained network
-    return km
+    return tiny_model()  # the in-Slicer test's model too
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ async def wait_until(condition, timeout_s: float) -> float:
     return time.monotonic() - began
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spares", [0, 1])
 def test_the_limit_holds_when_visits_arrive_together(session_command, tmp_path, caplog, spares):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
@@ -113,6 +114,7 @@ def test_the_limit_holds_when_visits_arrive_together(session_command, tmp_path, 
     assert launcher.started_count <= 3
 
 
+@pytest.mark.slow
 def test_a_spare_is_ready_before_the_visit_and_replaced(session_command, tmp_path):
     launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
                         session_command=session_command(0.5))
@@ -130,6 +132,7 @@ def test_a_spare_is_ready_before_the_visit_and_replaced(session_command, tmp_pat
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_spare_waits_until_the_tabs_sessions_have_started(session_command, tmp_path):
     """On a small machine a spare starting alongside would slow the start a tab is waiting for."""
     launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
@@ -147,6 +150,7 @@ def test_a_spare_waits_until_the_tabs_sessions_have_started(session_command, tmp
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
     launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0, reconnect_grace=1.5,
@@ -182,6 +186,7 @@ def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp
     assert any("ended: its tab did not reconnect" in m for m in messages)
 
 
+@pytest.mark.slow
 def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(session_command, tmp_path):
     launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0, idle_timeout=1,
                         session_command=session_command(0.2))
@@ -196,6 +201,7 @@ def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(session_comman
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_the_page_is_told_its_websocket_address(session_command, tmp_path):
     """trame's page POSTs to ./paraview/ first (a 405 there was a console error on every page)."""
     launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0,

@@ -83,11 +83,11 @@ class ModelConfig:
             if not (0 <= a < self.num_keypoints and 0 <= b < self.num_keypoints):
                 problems.append(f"flip pair ({a}, {b}) outside 0..{self.num_keypoints - 1}")
         if self.measurements:
-            from .measurements import MEASUREMENT_SETS
+            from .measurements import MEASUREMENT_SETS, MEASUREMENT_TEMPLATES
 
             if self.measurements not in MEASUREMENT_SETS:
                 problems.append(f"measurements must be one of {MEASUREMENT_SETS} or '', got {self.measurements!r}")
-            elif self.num_keypoints != {"aasce-cobb": 68, "isbi-ceph": 19}[self.measurements]:
+            elif self.num_keypoints != MEASUREMENT_TEMPLATES[self.measurements].num_keypoints:
                 problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
         if self.format_version > FORMAT_VERSION:
             problems.append(

@@ -42,7 +42,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-MEASUREMENT_SETS = ("aasce-cobb", "isbi-ceph")
+from .conventions import CEPH, MEASUREMENTS_CSV, MEASUREMENTS_JSON, SPINE, SPINE_VERTEBRAE, output_path
+
+# measurement set -> the landmark template its points follow
+MEASUREMENT_TEMPLATES = {"aasce-cobb": SPINE, "isbi-ceph": CEPH}
+MEASUREMENT_SETS = tuple(MEASUREMENT_TEMPLATES)
 
 Segment = tuple[tuple[float, float], tuple[float, float]]  # ((x0, y0), (x1, y1)) pixels
 
@@ -76,7 +80,7 @@ def measure(points, measurement_set: str, spacing=None, image_height: float | No
         return []
     if measurement_set not in MEASUREMENT_SETS:
         raise ValueError(f"unknown measurement set {measurement_set!r}; expected one of {MEASUREMENT_SETS} or ''")
-    points = _check_points(points, 68 if measurement_set == "aasce-cobb" else 19, measurement_set)
+    points = _check_points(points, MEASUREMENT_TEMPLATES[measurement_set].num_keypoints, measurement_set)
     if measurement_set == "aasce-cobb":
         return cobb_angles(points, spacing, image_height)
     return ceph_analysis(points, spacing)
@@ -104,7 +108,6 @@ def _segment(a, b) -> Segment:
 
 # --------------------------------------------------------------------------- spine
 
-VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 
 
 def _angle_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -148,7 +151,7 @@ def cobb_angles(points, spacing=None, image_height: float | None = None) -> list
     which the record's ``extra["curve"]`` says. Without ``image_height`` the middle of
     the image is taken to be the middle of the spine (T1 top to L5 bottom).
     """
-    points = _check_points(points, 68, "Cobb angles")
+    points = _check_points(points, SPINE.num_keypoints, "Cobb angles")
     corners = points.reshape(17, 4, 2)
     scale = _scale(spacing)
     left_mid = (corners[:, 0] + corners[:, 2]) / 2  # (17, 2) pixels
@@ -184,8 +187,8 @@ def cobb_angles(points, spacing=None, image_height: float | None = None) -> list
             unit="deg",
             landmarks=tuple(range(4 * top, 4 * top + 4)) + tuple(range(4 * bottom, 4 * bottom + 4)),
             lines=(_segment(left_mid[top], right_mid[top]), _segment(left_mid[bottom], right_mid[bottom])),
-            description=f"Cobb angle {VERTEBRAE[top]}-{VERTEBRAE[bottom]} ({curve} curve)",
-            extra={"curve": curve, "end_vertebrae": [VERTEBRAE[top], VERTEBRAE[bottom]]},
+            description=f"Cobb angle {SPINE_VERTEBRAE[top]}-{SPINE_VERTEBRAE[bottom]} ({curve} curve)",
+            extra={"curve": curve, "end_vertebrae": [SPINE_VERTEBRAE[top], SPINE_VERTEBRAE[bottom]]},
         ))  # fmt: skip
     return records
 
@@ -260,7 +263,7 @@ def ceph_analysis(points, spacing=None) -> list[Measurement]:
 
     Each classed record's ``extra["isbi_type"]`` is the challenge's type number (1 normal).
     """
-    pixels = _check_points(points, 19, "ISBI ceph analysis")
+    pixels = _check_points(points, CEPH.num_keypoints, "ISBI ceph analysis")
     scale = _scale(spacing)
     p = pixels * scale
     facing = 1.0 if p[N, 0] >= p[S, 0] else -1.0
@@ -331,11 +334,8 @@ def write_measurements(stem, records, measurement_set: str) -> list:
     """``stem.measurements.json`` (full records, lines included) and ``stem.measurements.csv``."""
     import csv
     import json
-    from pathlib import Path
 
-    stem = Path(stem)
-    json_path = stem.with_name(stem.name + ".measurements.json")
-    csv_path = stem.with_name(stem.name + ".measurements.csv")
+    json_path, csv_path = output_path(stem, MEASUREMENTS_JSON), output_path(stem, MEASUREMENTS_CSV)
     json_path.write_text(json.dumps({"measurement_set": measurement_set, "measurements": [m.to_dict() for m in records]}, indent=1))
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", "value", "unit", "class", "landmarks", "description"])
