@@ -32,6 +32,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from interactive_keypoints.conventions import PREDICTED, USER_FIXED
 from interactive_keypoints.dependencies import REQUIREMENTS_FILE, load_requirements, unmet_requirements
 from interactive_keypoints.model_folders import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, shipped_models
 from interactive_keypoints.mrml_logic import (
@@ -291,7 +292,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if pointList is None or self.logic.is_tracked(pointList) or pointList.GetID() in self._attachRefused:
             return
         states, confidence = point_states(pointList)
-        writtenByUs = "user-fixed" in states or (confidence == confidence).any()  # NaN != NaN
+        writtenByUs = USER_FIXED in states or (confidence == confidence).any()  # NaN != NaN
         volume = reference_volume(pointList) or inputVolume
         if not writtenByUs or volume is None or missingPackages() or self.ui.modelSelector.count == 0:
             return
@@ -802,20 +803,13 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
 
     def _setUpCase(self):
         import numpy as np
-        import torch
 
-        from interactive_keypoints.config import compact_config
-        from interactive_keypoints.model_io import build_model
         from interactive_keypoints.phantom import make_spine_phantom
+        from interactive_keypoints.tiny_model import tiny_model
 
         phantom = make_spine_phantom(seed=3, height=256, width=128)
-        # an untrained tiny network: the logic's behaviour does not depend on training
-        model = build_model(compact_config(
-            len(phantom.names), input_size=(128, 64), width=8, ocr_mid_channels=32, ocr_key_channels=16,
-            landmark_names=phantom.names,
-        ))
-        with torch.no_grad():
-            model.network.hint_fusion.scale.fill_(20.0)  # make clicks matter in an untrained network
+        # the untrained tiny network the pytest suite uses: the logic's behaviour does not depend on training
+        model = tiny_model(phantom.names)
         logic = InteractiveKeypointsLogic(model=model)
         sx, sy = phantom.spacing
         volume = slicer.util.addVolumeFromArray(
@@ -861,13 +855,13 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         self._drag(pointList, k, target)
         after = control_point_positions(pointList)
         np.testing.assert_allclose(after[k], target, atol=1e-6)
-        self.assertEqual(point_states(pointList)[0][k], "user-fixed")
+        self.assertEqual(point_states(pointList)[0][k], USER_FIXED)
         others = np.delete(np.arange(68), k)
         self.assertTrue(np.abs(after[others] - before[others]).max() > 1e-3, "the other points should move")
 
         logic.undo(pointList)
         np.testing.assert_allclose(control_point_positions(pointList), before, atol=1e-6)
-        self.assertEqual(point_states(pointList)[0][k], "predicted")
+        self.assertEqual(point_states(pointList)[0][k], PREDICTED)
 
         logic.redo(pointList)
         path = os.path.join(slicer.app.temporaryPath, "InteractiveKeypointsTest.mrk.json")
@@ -914,13 +908,13 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
 
             self._drag(pointList, 3, list(control_point_positions(pointList)[3]))  # a click: no run
             self.assertFalse(logic.is_busy(pointList))
-            self.assertEqual(point_states(pointList)[0][3], "predicted")
+            self.assertEqual(point_states(pointList)[0][3], PREDICTED)
 
             target = self._target(pointList, volume, 20, (5.0, 4.0))
             self._drag(pointList, 20, target)
             self.assertTrue(logic.is_busy(pointList))
             self._waitUntilIdle(logic, runner, pointList)
-            self.assertEqual(point_states(pointList)[0][20], "user-fixed")
+            self.assertEqual(point_states(pointList)[0][20], USER_FIXED)
             self.assertTrue(ranOn and all(thread is not threading.main_thread() for thread in ranOn))
             self.assertIsNotNone(logic.latency(pointList))
         finally:

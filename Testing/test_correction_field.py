@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from interactive_keypoints.tiny_model import tiny_config
 from interactive_keypoints.correction_field import apply_correction_field, correction_field, landmark_extent
 from interactive_keypoints.model_io import build_model
 from interactive_keypoints.session import KeypointSession

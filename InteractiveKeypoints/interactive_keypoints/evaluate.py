@@ -375,6 +375,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--correction-length", type=float, default=None,
                         help="correction field length, fraction of the landmarks' extent (default: the model's; "
                              "0 = the network alone moves the points, the paper's rule)")
+    parser.add_argument("--correction-noise", type=float, default=None,
+                        help="correction field noise, relative to the kernel's variance (default: the model's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--sample", type=int, default=None,
                         help="evaluate N images drawn at random from the split (seeded by --sample-seed; "
@@ -392,6 +394,9 @@ def run(args) -> int:
     if args.threads:  # e.g. beside a training: oversubscribed OpenMP threads crawl
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    if args.correction_noise is not None:  # a sweep of the field's settings, without editing model.json
+        model.config.correction_noise = args.correction_noise
+        model.config.validate()
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
     options.update(disordered_label_options(args.dataset, args.drop_disordered_labels))
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
@@ -405,7 +410,8 @@ def run(args) -> int:
                         split.landmark_names)
     correction_length = model.config.correction_length if args.correction_length is None else args.correction_length
     metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
-                   correction_length=correction_length, skipped=split.skipped)
+                   correction_length=correction_length, correction_noise=model.config.correction_noise,
+                   skipped=split.skipped)
     if args.sample is not None:
         metrics["sample"] = {"size": args.sample, "seed": args.sample_seed, "of": len(split.samples),
                              "ids": [s.id for s in samples]}

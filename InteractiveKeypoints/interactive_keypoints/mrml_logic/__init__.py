@@ -36,9 +36,10 @@ Engine modules that need torch are imported lazily: importing this package needs
 numpy, vtk and slicer.
 """
 
-from .coordinates import control_point_positions, ijk_to_ras_matrix, inside_image, pixels_to_ras, ras_to_pixels
+from ..conventions import IMAGE_SUFFIXES, inside_image
+from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
 from .dragging import CLICK_TOLERANCE_PX
-from .files import IMAGE_SUFFIXES, POINT_LIST_SUFFIX
+from .files import POINT_LIST_SUFFIX
 from .guidance import NEXT_POINT_COLOR, NEXT_POINT_ROLE
 from .logic import KeypointsMRMLLogic
 from .measurement_display import (

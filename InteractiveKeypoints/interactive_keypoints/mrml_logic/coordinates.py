@@ -28,12 +28,6 @@ def ras_to_pixels(points_ras, ijk_to_ras: np.ndarray) -> np.ndarray:
     return (ras @ np.linalg.inv(ijk_to_ras).T)[:, :2]
 
 
-def inside_image(xy, size) -> bool:
-    """Whether (x, y) lies on the image: pixel centres are integers, edges at -0.5."""
-    (height, width), (x, y) = size, xy
-    return bool(-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5)
-
-
 def control_point_positions(node) -> np.ndarray:
     """(N, 3) local (untransformed) RAS positions of all control points."""
     positions = np.zeros((node.GetNumberOfControlPoints(), 3))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..conventions import MEASUREMENTS_CSV, MEASUREMENTS_JSON, POINTS_CSV, POINTS_JSON, file_stem, is_image_name
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
 from .runners import ThreadedRunner, run_inline, waiting_runner
 from .states import point_states
@@ -14,22 +15,6 @@ from .volumes import add_volume_from_radiograph, remove_with_children
 log = logging.getLogger(__name__)
 
 POINT_LIST_SUFFIX = " keypoints"
-IMAGE_SUFFIXES = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom",
-    ".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd",
-)
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def stem_of(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".mrk.json"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 class ExportAndBatch:
@@ -50,7 +35,7 @@ class ExportAndBatch:
             written = self._export_csv(point_list_node, path)
         else:
             raise ValueError(f"cannot export to {path}: use a .mrk.json or .csv file name")
-        self.export_measurements(point_list_node, path.with_name(stem_of(path)))
+        self.export_measurements(point_list_node, path.with_name(file_stem(path)))
         return written
 
     def export_measurements(self, point_list_node, stem) -> list[Path]:
@@ -91,7 +76,7 @@ class ExportAndBatch:
         from ..imaging import load_radiograph
 
         image = load_radiograph(path)
-        return add_volume_from_radiograph(self.scene, image, name or stem_of(Path(path)))
+        return add_volume_from_radiograph(self.scene, image, name or file_stem(Path(path)))
 
     def process_folder(self, input_dir, output_dir, progress=None, runner=None) -> list[dict]:
         """Detect the landmarks of every image in ``input_dir``; write ``<stem>.mrk.json``
@@ -146,9 +131,9 @@ class ExportAndBatch:
             volume = self.load_volume(path)
             # a new list, never a user's list that happens to have the same name
             node = self.detect(volume, self.new_point_list(volume.GetName() + POINT_LIST_SUFFIX), blocking=True)
-            outputs = [self.export(node, output_dir / (stem_of(path) + suffix)) for suffix in (".mrk.json", ".csv")]
+            outputs = [self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)]
             if self.measurement_set():
-                outputs += [output_dir / (stem_of(path) + suffix) for suffix in (".measurements.json", ".measurements.csv")]
+                outputs += [output_dir / (file_stem(path) + suffix) for suffix in (MEASUREMENTS_JSON, MEASUREMENTS_CSV)]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
         except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch
             if not isinstance(error, (ValueError, OSError)):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .coordinates import inside_image
+from ..conventions import inside_image
 from .tracked import TrackedList
 
 log = logging.getLogger(__name__)

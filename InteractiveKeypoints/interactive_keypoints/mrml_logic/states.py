@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..markups import PREDICTED as STATE_PREDICTED
-from ..markups import USER_FIXED as STATE_FIXED
+from ..conventions import FIXED_COLOR, PREDICTED_COLOR
+from ..conventions import PREDICTED as STATE_PREDICTED
+from ..conventions import USER_FIXED as STATE_FIXED
 from ..markups import format_description, parse_description
 
 LOW_CONFIDENCE_TAG = "low confidence"
 DEFAULT_LOW_CONFIDENCE = 0.5
 
-# two colours: predicted points unselected (amber), user-fixed points selected (green)
-PREDICTED_COLOR = (1.0, 0.75, 0.2)
-FIXED_COLOR = (0.3, 1.0, 0.4)
+# two colours (conventions): predicted points unselected (amber), user-fixed points selected (green)
 
 
 def describe_state(fixed: bool, confidence: float, low_confidence: float) -> str:

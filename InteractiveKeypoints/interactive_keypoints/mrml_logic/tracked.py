@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .coordinates import inside_image, pixels_to_ras, ras_to_pixels
+from ..conventions import inside_image
+from .coordinates import pixels_to_ras, ras_to_pixels
 from .states import write_state
 
 
