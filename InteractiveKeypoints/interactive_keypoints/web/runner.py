@@ -3,7 +3,8 @@
 The logic hands us ``compute`` (touches only the engine session, no MRML) and ``finish``
 (writes into MRML). Inference runs on one worker thread so the websocket loop keeps
 serving mouse events; ``finish`` comes back on the event-loop thread, the only thread
-that touches MRML.
+that touches MRML. Sessions that share a process pass the process's one inference thread
+(``executor``), so their model runs queue instead of competing for the cores.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def _outcome(compute, delay_s: float = 0.0):
 class AsyncioRunner:
     """``runner(compute, finish)`` for the logic; one computation at a time."""
 
-    def __init__(self, after_finish=None, delay_s: float = 0.0):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
+    def __init__(self, after_finish=None, delay_s: float = 0.0, executor: ThreadPoolExecutor | None = None):
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
         self._after_finish = after_finish  # e.g. push the trame state to the browser
         self.delay_s = float(delay_s)
         self.in_flight = 0
@@ -46,4 +48,5 @@ class AsyncioRunner:
                 self._after_finish()
 
     def shutdown(self):
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_executor:  # a shared one belongs to the process
+            self._executor.shutdown(wait=False, cancel_futures=True)
