@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -46,11 +47,19 @@ MAX_PIXELS = 30_000_000
 LAYOUT_ID = "radiograph"
 
 
-def sample_radiograph() -> Radiograph:
-    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+@functools.lru_cache(maxsize=1)
+def _sample_phantom():
+    """Drawn once per process (over a second of a session's start); read-only, as every session shows it."""
     from ..phantom import make_spine_phantom
 
     sample = make_spine_phantom(0)
+    sample.image.setflags(write=False)
+    return sample
+
+
+def sample_radiograph() -> Radiograph:
+    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+    sample = _sample_phantom()
     radiograph = load_radiograph(sample.image, spacing=sample.spacing)
     radiograph.path = "sample-spine-phantom"
     return radiograph
