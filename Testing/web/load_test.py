@@ -166,7 +166,12 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
         towards = [25 if c >= s else -25 for s, c in zip(start, centre)]  # the drop stays on the image
         await drag(page, start, (start[0] + towards[0], start[1] + 1.4 * towards[1]))
         released = time.monotonic()
-        debug = await wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+        try:
+            debug = await wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+        except AssertionError:
+            fixed = [p["name"] for p in (await read_debug(page))["points"] if p["state"] == "user-fixed"]
+            raise AssertionError(f"tab {tab}: the drag of {debug['points'][k]['name']} (point {k}) did not fix it; "
+                                 f"fixed now: {fixed}") from None
         updated.append(time.monotonic() - released)
     fixed = {k for k, p in enumerate(debug["points"]) if p["state"] == "user-fixed"}
     assert fixed == set(mine), f"tab {tab} sees fixed points {sorted(fixed)}, its own are {sorted(mine)}"
@@ -205,7 +210,7 @@ async def run_tabs(base_url: str, tabs: int, drags: int, server_log: Path) -> tu
     return results, gone
 
 
-def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_dir: Path) -> dict:
+def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_dir: Path, server_args=()) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"load-{tabs}-tabs-server.log"
@@ -214,6 +219,7 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
                 "--max-sessions", str(max(tabs, 4)), "--start-timeout", str(run_timeout)]
         if model:
             args += ["--model", model]
+        args += list(server_args)
         with running_server(args, log_path, ready_url=f"{url}/s/none/", ready_statuses=(410,)) as server:
             deadline = time.monotonic() + run_timeout
             while "listening after" not in log_path.read_text():  # the spare session is up
@@ -245,6 +251,8 @@ def main() -> None:
     parser.add_argument("--drags", type=int, default=3, help="drags per tab (each a different point)")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--run-timeout", type=float, default=900, help="seconds allowed for each N")
+    parser.add_argument("--inference-threads", type=int, default=None,
+                        help="passed to serve (the test runs it with OMP_NUM_THREADS=1)")
     args = parser.parse_args()
     if any(n < 1 or n > 8 for n in args.tabs):
         parser.error(f"--tabs must be between 1 and 8 (loopback load on a small machine), not {args.tabs}")
@@ -253,7 +261,8 @@ def main() -> None:
     rows = []
     for tabs in args.tabs:
         try:
-            row = measure(tabs, args.drags, args.model, args.run_timeout, log_dir)
+            server_args = ["--inference-threads", str(args.inference_threads)] if args.inference_threads else []
+            row = measure(tabs, args.drags, args.model, args.run_timeout, log_dir, server_args)
         except (asyncio.TimeoutError, TimeoutError):
             print(f"{tabs} tabs: not done within --run-timeout {args.run_timeout:g} s; larger runs skipped", flush=True)
             break

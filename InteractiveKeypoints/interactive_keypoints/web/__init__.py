@@ -1,8 +1,8 @@
 """Browser app (trame-slicer): ``interactive-keypoints serve``.
 
 Needs the ``web`` extra (trame-slicer with its standalone libraries) and, on a headless
-server, EGL for offscreen rendering. :func:`serve` runs the launcher (one session process
-per browser tab); :func:`build_app` builds one session's trame app.
+server, EGL for offscreen rendering. :func:`serve` runs the launcher (one session per
+browser tab, all in one session-host process); :func:`build_app` builds one session's trame app.
 """
 
 

@@ -80,8 +80,11 @@ class HostProcess:
         async for line in self.process.stdout:
             text = line.decode(errors="replace").rstrip()
             if text.startswith(HOST_MARK + " "):
-                self._answer(json.loads(text[len(HOST_MARK) + 1:]))
-                continue
+                try:
+                    self._answer(json.loads(text[len(HOST_MARK) + 1:]))
+                    continue
+                except (ValueError, TypeError, KeyError):
+                    log.warning("session host: an answer that is not understood: %s", text[:200])
             self.tail = [*self.tail[-14:], text]
             if "ERROR" in text or "Traceback" in text:
                 log.warning("session host: %s", text)
@@ -289,11 +292,16 @@ class Launcher:
         for session in lost:
             session.ended = session.closed = True
             self._cancel_end(session)
-        if not self._stopping:
-            log.error("the session host exited with %s; its %d sessions ended (%s)", host.process.returncode,
-                      len([s for s in lost if s.port is not None]), self._census())
-            if host.came_up:
-                self._top_up_spares()  # a new host; one that failed to start is not restarted in a loop
+        if self._stopping:
+            return
+        opened = len([s for s in lost if s.port is not None])
+        if host.process.returncode == 0:  # asked to (a signal to the whole process group): not restarted
+            log.info("the session host exited; its %d sessions ended (%s)", opened, self._census())
+            return
+        log.error("the session host exited with %s; its %d sessions ended (%s)", host.process.returncode, opened,
+                  self._census())
+        if host.came_up:
+            self._top_up_spares()  # a new host; one that failed to start is not restarted in a loop
 
     # ------------------------------------------------- ending unused sessions
 
@@ -482,6 +490,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds a session waits for its first tab (default {IDLE_TIMEOUT_S})")
     parser.add_argument("--max-file-mb", type=float, default=None, help="largest image file accepted (default 64)")
     parser.add_argument("--max-megapixels", type=float, default=None, help="largest image accepted (default 30)")
+    parser.add_argument("--inference-threads", type=int, default=None,
+                        help="threads of one model run; all sessions share one model and run it one at a time "
+                             "(default: torch's, which follows OMP_NUM_THREADS)")
     parser.add_argument("--slow-inference", type=float, default=None, help=argparse.SUPPRESS)  # tests, demos
 
 
@@ -504,6 +515,8 @@ def run(args) -> int:
         session_args += ["--max-file-mb", str(args.max_file_mb)]
     if args.max_megapixels is not None:
         session_args += ["--max-megapixels", str(args.max_megapixels)]
+    if args.inference_threads is not None:
+        session_args += ["--inference-threads", str(args.inference_threads)]
     if args.slow_inference is not None:
         session_args += ["--slow-inference", str(args.slow_inference)]
     try:
