@@ -26,6 +26,7 @@ from browser import (  # noqa: E402
     page_to_view,
     read_debug,
     running_server,
+    session_closed,
     view_to_page,
     wait_for_debug,
 )
@@ -36,6 +37,7 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "web"
+SERVER_LOG = ARTIFACTS / "server.log"
 MAX_FILE_MB = 1.0  # small stated limits so the bad-input checks need only small files
 MAX_MEGAPIXELS = 2.0
 DROP_TOLERANCE_VIEW_PX = 2.0
@@ -80,7 +82,7 @@ def base_url(tiny_model, tmp_path_factory):
             "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
             "--slow-inference", str(SLOW_INFERENCE_S), "--hold-inference-while", str(HOLD_FILE)]
     # the launcher answers 404 on an unknown path as soon as it listens (no session started)
-    with running_server(args, ARTIFACTS / "server.log", ready_url=f"{url}/s/none/", ready_statuses=(410,)):
+    with running_server(args, SERVER_LOG, ready_url=f"{url}/s/none/", ready_statuses=(410,)):
         yield url
 
 
@@ -421,19 +423,6 @@ def test_measurements_table_changes_after_a_drag(browser, base_url):
     screenshot(page, "09-cobb-lines")
     page.close()
 
-def session_processes(session_id: str) -> list[int]:
-    """Pids of the session servers started for ``session_id`` (its autosave folder names it)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:  # the process has just exited
-            continue
-        if b"interactive_keypoints.web.app" in argv and any(session_id.encode() in a for a in argv):
-            pids.append(int(cmdline.parent.name))
-    return pids
-
-
 def status_of(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -446,16 +435,16 @@ def test_a_closed_tab_ends_its_session(browser, base_url):
     page = open_session(browser, base_url, "closed")
     session_url = page.url
     session_id = session_url.split("/s/")[1].split("/")[0]
-    assert session_processes(session_id), "precondition: the session's process is found"
+    assert f"session {session_id} listening" in SERVER_LOG.read_text(), "precondition: the launcher logs sessions"
     page.reload()  # a reload is not a closed tab: same session
     wait_until_rendered(page)
-    assert page.url == session_url and session_processes(session_id)
+    assert page.url == session_url and not session_closed(SERVER_LOG, session_id)
 
     page.close()
     closed = time.monotonic()
-    while session_processes(session_id):
+    while not session_closed(SERVER_LOG, session_id):  # the host has let go of its scene and views
         assert time.monotonic() - closed < SESSION_GONE_WITHIN_S, "the session outlived its closed tab"
         time.sleep(0.25)
-    print(f"session process gone {time.monotonic() - closed:.1f} s after its tab closed "
+    print(f"session closed {time.monotonic() - closed:.1f} s after its tab closed "
           f"(grace {RECONNECT_GRACE_S:g} s)")
     assert status_of(session_url) == 410

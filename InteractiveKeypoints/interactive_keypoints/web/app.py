@@ -1,7 +1,8 @@
 """The browser app for one user session: a trame-slicer slice view plus a side panel.
 
-One process serves one session (one browser tab): trame shares its state between all
-clients of a server, so :mod:`.launcher` starts one of these per tab. All landmark work is
+A session is one trame server with its own state, MRML scene and logic: trame shares its
+state between all clients of a server, so every browser tab gets a session of its own
+(:mod:`.host` runs several in one process, sharing only the model). All landmark work is
 done by :class:`~interactive_keypoints.mrml_logic.KeypointsMRMLLogic`; this module only
 wires it to the page.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from slicer import vtkMRMLLayerDMPipelineFactory
 from trame.app import TrameApp
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -28,9 +31,10 @@ from vtkmodules.vtkCommonCore import vtkCommand
 
 from .. import mrml_logic
 from ..imaging import ImageError, Radiograph, check_size, load_radiograph
-from ..mrml_logic import KeypointsMRMLLogic, LogicBusyError
+from ..mrml_logic import LogicBusyError
 from .launcher import READY_MARK
 from .runner import AsyncioRunner
+from .shared_model import SharedModel
 from .ui import build_ui
 from .view_positions import ras_to_view_xy
 
@@ -43,11 +47,19 @@ MAX_PIXELS = 30_000_000
 LAYOUT_ID = "radiograph"
 
 
-def sample_radiograph() -> Radiograph:
-    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+@functools.lru_cache(maxsize=1)
+def _sample_phantom():
+    """Drawn once per process (over a second of a session's start); read-only, as every session shows it."""
     from ..phantom import make_spine_phantom
 
     sample = make_spine_phantom(0)
+    sample.image.setflags(write=False)
+    return sample
+
+
+def sample_radiograph() -> Radiograph:
+    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+    sample = _sample_phantom()
     radiograph = load_radiograph(sample.image, spacing=sample.spacing)
     radiograph.path = "sample-spine-phantom"
     return radiograph
@@ -60,7 +72,7 @@ def _no_view_ui(*_args):
 class KeypointsWebApp(TrameApp):
     def __init__(self, server=None, model_dir=None, autosave_dir=None, load_sample: bool = True,
                  max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0,
-                 hold_inference_while: str | None = None):
+                 hold_inference_while: str | None = None, shared_model: SharedModel | None = None):
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
@@ -73,9 +85,10 @@ class KeypointsWebApp(TrameApp):
         self.layout_manager.set_layout(LAYOUT_ID)
         self.view = self.slicer_app.view_manager.get_slice_views()[0]
 
-        self.logic = KeypointsMRMLLogic(scene=scene, model_folder=model_dir)
+        self.shared_model = shared_model or SharedModel(model_dir)  # a host passes the one all its sessions use
+        self.logic = self.shared_model.logic(scene)
         self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s,
-                                    hold_path=hold_inference_while)
+                                          hold_path=hold_inference_while, executor=self.shared_model.inference_thread)
         self.logic.on_error = self.show_error
         self.logic.on_updated = self._on_points_updated
         self.logic.on_busy = self._on_busy
@@ -91,7 +104,7 @@ class KeypointsWebApp(TrameApp):
         self._init_state()
         self.ui = build_ui(self)
         self.state.change("ik_measurement_selected")(self._on_measurement_selected)
-        self.view.get_view_node().AddObserver(vtkCommand.ModifiedEvent, self._on_view_changed)
+        self._view_observer = self.view.get_view_node().AddObserver(vtkCommand.ModifiedEvent, self._on_view_changed)
         self.server.controller.on_server_ready.add(lambda **_: create_task(self._preload_model()))
         if load_sample:
             self.load_radiograph(sample_radiograph())
@@ -239,7 +252,7 @@ class KeypointsWebApp(TrameApp):
         """Load the weights off the event loop, so the first Detect is quick."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.logic.model)
+            await loop.run_in_executor(None, self.shared_model.load)
         except Exception as error:  # noqa: BLE001 - shown in the page; Detect will say it again
             self.show_error(f"model not available: {error}")
 
@@ -277,6 +290,21 @@ class KeypointsWebApp(TrameApp):
         if self.volume is not None:
             scene.RemoveNode(self.volume)
             self.volume = None
+
+    def close(self):
+        """Let go of this session's points, image, views and scene once its server has stopped
+        (a host process runs on, with its other sessions)."""
+        self._remove_current()
+        self.logic.runner.shutdown()
+        self.view.get_view_node().RemoveObserver(self._view_observer)
+        for view in self.slicer_app.view_manager.get_views():
+            view.finalize()
+        self.slicer_app.scene.Clear(True)
+        # trame-slicer registers every SlicerApp's segmentation pipelines with a process-wide
+        # factory, which would keep this session's scene alive
+        creator = getattr(self.slicer_app.segmentation_editor, "_pipeline_creator", None)
+        if creator is not None:
+            vtkMRMLLayerDMPipelineFactory.GetInstance().RemovePipelineCreator(creator)
 
     def open_file(self, path, display_name: str | None = None):
         """Load an image file; a bad file leaves the current image and points untouched."""
@@ -421,6 +449,13 @@ def _announce_port(app: KeypointsWebApp):
     app.server.controller.on_server_ready.add(ready)
 
 
+def set_session_environment(max_file_mb: float):
+    """What a process needs before its first session server starts."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
+    # uploads arrive over the websocket: let a file of the stated limit through
+    os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(max_file_mb * 2**20 * 1.4) + 2**22))
+
+
 def run_session(argv=None):
     """One session server (what the launcher starts per tab; also usable alone)."""
     parser = argparse.ArgumentParser(description="InteractiveKeypoints: one browser session")
@@ -435,9 +470,7 @@ def run_session(argv=None):
                         help="add this many seconds to every model run (demos and tests of drags during inference)")
     parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests: runs wait for this file to go
     args, _ = parser.parse_known_args(argv)
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
-    # uploads arrive over the websocket: let a file of the stated limit through
-    os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(args.max_file_mb * 2**20 * 1.4) + 2**22))
+    set_session_environment(args.max_file_mb)
     logging.basicConfig(level=logging.WARNING)
     from trame.app import get_server
 

@@ -4,6 +4,8 @@ It satisfies :class:`interactive_keypoints.mrml_logic.runners.Runner`: the logic
 ``compute`` (touches only the engine session, no MRML) and ``finish`` (writes into MRML).
 Inference runs on one worker thread so the websocket loop keeps serving mouse events;
 ``finish`` comes back on the event-loop thread, the only thread that touches MRML.
+Sessions that share a process pass the process's one inference thread (``executor``), so
+their model runs queue instead of competing for the cores.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ class AsyncioRunner:
     """A :class:`~interactive_keypoints.mrml_logic.runners.Runner` for the logic: one
     computation at a time on a worker thread, ``finish`` on the event-loop thread."""
 
-    def __init__(self, after_finish=None, delay_s: float = 0.0, hold_path: str | None = None):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
+    def __init__(self, after_finish=None, delay_s: float = 0.0, hold_path: str | None = None,
+                 executor: ThreadPoolExecutor | None = None):
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
         self._after_finish = after_finish  # e.g. push the trame state to the browser
         self.delay_s = float(delay_s)
         self.hold_path = hold_path
@@ -50,4 +54,5 @@ class AsyncioRunner:
                 self._after_finish()
 
     def shutdown(self):
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_executor:  # a shared one belongs to the process
+            self._executor.shutdown(wait=False, cancel_futures=True)
