@@ -11,6 +11,7 @@ what is missing.
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from interactive_keypoints.conventions import PREDICTED, USER_FIXED
 from interactive_keypoints.dependencies import REQUIREMENTS_FILE, load_requirements, unmet_requirements
 from interactive_keypoints.model_folders import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, shipped_models
 from interactive_keypoints.mrml_logic import (
@@ -51,6 +53,12 @@ HOMEPAGE = "https://github.com/InteractiveKeypoints/SlicerInteractiveKeypoints"
 # so this wait is when the inference thread runs. GUI events are handled between waits.
 POLL_INTERVAL_MS = 1
 POLL_WAIT_S = 0.02
+# single keys, as the Segment Editor's (Z, Y, Space); neither is a slice view key
+NEXT_KEY = "N"
+CONFIRM_KEY = "C"
+# landmark table: the landmark index of a row (rows are reordered when sorted by score)
+LANDMARK_ROLE = qt.Qt.UserRole
+SCORE_COLUMN = 3
 
 
 _unmetRequirements = None  # cached: checked at every button update, refreshed after installs
@@ -169,6 +177,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._pollTimer = None  # made in setup(); cleanup() must work if setup() failed before
         self._shortcuts = []
         self._attachRefused = set()
+        self._sortByScore = False  # the landmark table: by check-next score, or landmark order
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -202,11 +211,14 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.redoButton.connect("clicked(bool)", self.onRedo)
         self.ui.unfixButton.connect("clicked(bool)", self.onUnfix)
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
+        self.ui.nextButton.connect("clicked(bool)", self.onNext)
+        self.ui.confirmButton.connect("clicked(bool)", self.onConfirm)
         self.ui.exportJsonButton.connect("clicked(bool)", lambda: self.onExport(".mrk.json"))
         self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport(".csv"))
         self.ui.batchButton.connect("clicked(bool)", self.onProcessFolder)
         self.ui.landmarkTable.connect("cellClicked(int,int)", self.onTableClicked)
         self.ui.landmarkTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.ui.landmarkTable.horizontalHeader().connect("sectionClicked(int)", self.onTableHeaderClicked)
         self.ui.measurementSelector.connect("currentIndexChanged(int)", self.onMeasurementSelected)
 
         self.refreshModelList()
@@ -280,7 +292,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if pointList is None or self.logic.is_tracked(pointList) or pointList.GetID() in self._attachRefused:
             return
         states, confidence = point_states(pointList)
-        writtenByUs = "user-fixed" in states or (confidence == confidence).any()  # NaN != NaN
+        writtenByUs = USER_FIXED in states or (confidence == confidence).any()  # NaN != NaN
         volume = reference_volume(pointList) or inputVolume
         if not writtenByUs or volume is None or missingPackages() or self.ui.modelSelector.count == 0:
             return
@@ -411,9 +423,34 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._runOnPointList(self.logic.reset)
 
     def onUnfix(self) -> None:
-        rows = sorted({index.row() for index in self.ui.landmarkTable.selectionModel().selectedRows()})
-        if rows:
-            self._runOnPointList(lambda pointList: self.logic.unfix(pointList, rows, blocking=False))
+        landmarks = self._selectedLandmarks()
+        if landmarks:
+            self._runOnPointList(lambda pointList: self.logic.unfix(pointList, landmarks, blocking=False))
+
+    def onNext(self) -> None:
+        """Centre the views on the landmark to check next, give it a halo and select its row."""
+
+        def showNext(pointList):
+            k = self.logic.next_point(pointList)
+            if k is None:
+                self.ui.statusLabel.text = _("Every landmark is fixed: nothing left to check.")
+                return
+            # centred, as the Markups module's "jump to point" does
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), k, True)
+            self.updateTable()
+            self._selectLandmarkRow(k)
+
+        self._runOnPointList(showNext)
+
+    def onConfirm(self) -> None:
+        """Fix the landmarks selected in the table (after Next: the suggested one) where they
+        are; while the model runs they are queued like drops."""
+        pointList = self._pointList()
+        landmarks = self._selectedLandmarks()
+        if not landmarks and pointList is not None and self.logic.suggested_point(pointList) is not None:
+            landmarks = [self.logic.suggested_point(pointList)]
+        for k in landmarks:
+            self._runOnPointList(lambda pointList, k=k: self.logic.confirm(pointList, k, blocking=False))
 
     def _installShortcuts(self) -> None:
         if self._shortcuts:
@@ -423,7 +460,13 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             return
         # the platform's standard keys (Redo: Ctrl+Y on Windows, Ctrl+Shift+Z elsewhere),
         # as the Segment Editor installs them
-        for keys, slot in ((qt.QKeySequence.Undo, self.onUndo), (qt.QKeySequence.Redo, self.onRedo)):
+        keysAndSlots = (
+            (qt.QKeySequence.Undo, self.onUndo),
+            (qt.QKeySequence.Redo, self.onRedo),
+            (NEXT_KEY, self.onNext),
+            (CONFIRM_KEY, self.onConfirm),
+        )
+        for keys, slot in keysAndSlots:
             shortcut = qt.QShortcut(qt.QKeySequence(keys), mainWindow)
             shortcut.connect("activated()", slot)
             self._shortcuts.append(shortcut)
@@ -493,6 +536,8 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.redoButton.enabled = idle and self.logic.can_redo(pointList)
         self.ui.unfixButton.enabled = idle
         self.ui.resetButton.enabled = idle
+        self.ui.nextButton.enabled = pointList is not None
+        self.ui.confirmButton.enabled = pointList is not None  # queued like a drop while the model runs
         hasPoints = self._parameterNode.pointList is not None
         self.ui.exportJsonButton.enabled = hasPoints
         self.ui.exportCsvButton.enabled = hasPoints
@@ -505,20 +550,53 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             table.setRowCount(0)
             return
         states, confidence = point_states(pointList)
+        tracked = self.logic.is_tracked(pointList)
+        scores = self.logic.review_scores(pointList) if tracked else None
+        order = self.logic.review_order(pointList) if tracked and self._sortByScore else range(len(states))
         table.setRowCount(len(states))
         lowColor = qt.QColor(255, 200, 200)
-        for k, state in enumerate(states):
+        for row, k in enumerate(order):
             description = pointList.GetNthControlPointDescription(k)
             low = is_low_confidence(description)
             conf = "" if confidence[k] != confidence[k] else f"{confidence[k]:.2f}"  # NaN -> ""
-            texts = (pointList.GetNthControlPointLabel(k), state + (" (check)" if low else ""), conf)
+            score = "" if scores is None or not math.isfinite(scores[k]) else f"{scores[k]:.2f}"  # fixed: -inf
+            texts = (pointList.GetNthControlPointLabel(k), states[k] + (" (check)" if low else ""), conf, score)
             for column, text in enumerate(texts):
-                item = table.item(k, column)
+                item = table.item(row, column)
                 if item is None:
                     item = qt.QTableWidgetItem()
-                    table.setItem(k, column, item)
+                    table.setItem(row, column, item)
                 item.setText(text)
+                item.setData(LANDMARK_ROLE, k)
                 item.setBackground(qt.QBrush(lowColor) if low else qt.QBrush())
+        header = table.horizontalHeader()
+        header.setSortIndicatorShown(self._sortByScore)
+        if self._sortByScore:
+            header.setSortIndicator(SCORE_COLUMN, qt.Qt.DescendingOrder)
+
+    def onTableHeaderClicked(self, column) -> None:
+        """The check-next header sorts by score (highest first); any other, landmark order."""
+        self._sortByScore = column == SCORE_COLUMN
+        selected = self._selectedLandmarks()
+        self.updateTable()
+        for k in selected[:1]:
+            self._selectLandmarkRow(k)
+
+    def _landmarkOfRow(self, row) -> int:
+        item = self.ui.landmarkTable.item(row, 0)
+        return int(item.data(LANDMARK_ROLE)) if item is not None else row
+
+    def _selectedLandmarks(self) -> list:
+        rows = {index.row() for index in self.ui.landmarkTable.selectionModel().selectedRows()}
+        return sorted(self._landmarkOfRow(row) for row in rows)
+
+    def _selectLandmarkRow(self, k) -> None:
+        table = self.ui.landmarkTable
+        for row in range(table.rowCount):
+            if self._landmarkOfRow(row) == k:
+                table.selectRow(row)
+                table.scrollToItem(table.item(row, 0))
+                return
 
     def updateMeasurements(self) -> None:
         """Show the point list's measurements table (the logic refills it) and its names."""
@@ -547,8 +625,9 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def onTableClicked(self, row, column) -> None:
         pointList = self._parameterNode.pointList
-        if pointList is not None and row < pointList.GetNumberOfControlPoints():
-            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), row, True)
+        k = self._landmarkOfRow(row)
+        if pointList is not None and k < pointList.GetNumberOfControlPoints():
+            slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), k, True)
 
     # ------------------------------------------------------------------------- export
 
@@ -668,13 +747,15 @@ def _pipInstall(requirements: list) -> bool:
     ):
         return False
     try:
-        import slicer.packaging  # Slicer >= 5.11
+        # "from slicer import": "import slicer.packaging" here would make slicer a local name,
+        # unbound at the confirmation above
+        from slicer import packaging  # Slicer >= 5.11
     except ImportError:
         slicer.util.pip_install(requirements)
         return True
     # already confirmed above; pip_ensure shows the progress and offers a restart when an
     # updated package was already imported
-    slicer.packaging.pip_ensure(requirements, prompt_install=False, requester="InteractiveKeypoints")
+    packaging.pip_ensure(requirements, prompt_install=False, requester="InteractiveKeypoints")
     return True
 
 
@@ -722,20 +803,13 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
 
     def _setUpCase(self):
         import numpy as np
-        import torch
 
-        from interactive_keypoints.config import compact_config
-        from interactive_keypoints.model_io import build_model
         from interactive_keypoints.phantom import make_spine_phantom
+        from interactive_keypoints.tiny_model import tiny_model
 
         phantom = make_spine_phantom(seed=3, height=256, width=128)
-        # an untrained tiny network: the logic's behaviour does not depend on training
-        model = build_model(compact_config(
-            len(phantom.names), input_size=(128, 64), width=8, ocr_mid_channels=32, ocr_key_channels=16,
-            landmark_names=phantom.names,
-        ))
-        with torch.no_grad():
-            model.network.hint_fusion.scale.fill_(20.0)  # make clicks matter in an untrained network
+        # the untrained tiny network the pytest suite uses: the logic's behaviour does not depend on training
+        model = tiny_model(phantom.names)
         logic = InteractiveKeypointsLogic(model=model)
         sx, sy = phantom.spacing
         volume = slicer.util.addVolumeFromArray(
@@ -781,13 +855,13 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         self._drag(pointList, k, target)
         after = control_point_positions(pointList)
         np.testing.assert_allclose(after[k], target, atol=1e-6)
-        self.assertEqual(point_states(pointList)[0][k], "user-fixed")
+        self.assertEqual(point_states(pointList)[0][k], USER_FIXED)
         others = np.delete(np.arange(68), k)
         self.assertTrue(np.abs(after[others] - before[others]).max() > 1e-3, "the other points should move")
 
         logic.undo(pointList)
         np.testing.assert_allclose(control_point_positions(pointList), before, atol=1e-6)
-        self.assertEqual(point_states(pointList)[0][k], "predicted")
+        self.assertEqual(point_states(pointList)[0][k], PREDICTED)
 
         logic.redo(pointList)
         path = os.path.join(slicer.app.temporaryPath, "InteractiveKeypointsTest.mrk.json")
@@ -834,13 +908,13 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
 
             self._drag(pointList, 3, list(control_point_positions(pointList)[3]))  # a click: no run
             self.assertFalse(logic.is_busy(pointList))
-            self.assertEqual(point_states(pointList)[0][3], "predicted")
+            self.assertEqual(point_states(pointList)[0][3], PREDICTED)
 
             target = self._target(pointList, volume, 20, (5.0, 4.0))
             self._drag(pointList, 20, target)
             self.assertTrue(logic.is_busy(pointList))
             self._waitUntilIdle(logic, runner, pointList)
-            self.assertEqual(point_states(pointList)[0][20], "user-fixed")
+            self.assertEqual(point_states(pointList)[0][20], USER_FIXED)
             self.assertTrue(ranOn and all(thread is not threading.main_thread() for thread in ranOn))
             self.assertIsNotNone(logic.latency(pointList))
         finally:

@@ -13,23 +13,12 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def tiny_config(num_keypoints=68, **overrides):
-    """A narrow model that runs in milliseconds: same architecture, fewer channels."""
-    from interactive_keypoints.config import compact_config
-
-    options = dict(input_size=(128, 64), width=8, ocr_mid_channels=32, ocr_key_channels=16)
-    options.update(overrides)
-    return compact_config(num_keypoints, **options)
-
-
 @pytest.fixture
 def tiny_model():
-    from interactive_keypoints.model_io import build_model
+    """The tiny untrained spine model of :mod:`interactive_keypoints.tiny_model` (the in-Slicer test uses it too)."""
+    from interactive_keypoints.tiny_model import tiny_model as build_tiny_model
 
-    torch.manual_seed(0)
-    model = build_model(tiny_config())
-    model.network.eval()
-    return model
+    return build_tiny_model()
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +33,10 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is not present (the shared datasets are needed for this test)")
     return path
+
+
+def pytest_collection_modifyitems(items):
+    # a browser test is always slow: it starts a server, chromium and a model
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -12,7 +12,6 @@ from interactive_keypoints.augment import (
     ResizeGeometryd,
     flip_permutation,
     geometry_transforms,
-    resize_matrix,
     training_transforms,
     transform_points,
 )
@@ -32,32 +31,72 @@ def marks_image(points, amplitudes, size=(200, 100), sigma=1.5):
     return image[np.newaxis].astype(np.float32)
 
 
-def local_centroid(image, point, radius=4.0):
-    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    weights = image * (((xx - point[0]) ** 2 + (yy - point[1]) ** 2) <= radius**2)
-    return np.array([(weights * xx).sum(), (weights * yy).sum()]) / weights.sum()
+def coordinates_image(size=(200, 100)):
+    """(2, H, W): every pixel holds its own (x, y). Bilinear resampling is exact on it."""
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    return np.stack([xx, yy]).astype(np.float32)
 
 
-def test_resize_matrix_matches_imaging_mapping():
-    m = resize_matrix((200, 100), (128, 64))
+def bilinear(image, xy):
+    """(C, H, W) sampled at one (x, y) inside the image."""
+    x0, y0 = int(np.floor(xy[0])), int(np.floor(xy[1]))
+    fx, fy = xy[0] - x0, xy[1] - y0
+    patch = image[:, y0 : y0 + 2, x0 : x0 + 2]
+    return (patch * np.array([[(1 - fy) * (1 - fx), (1 - fy) * fx], [fy * (1 - fx), fy * fx]])).sum(axis=(1, 2))
+
+
+def test_resize_matrix_is_the_imaging_mapping():
+    m = imaging.resize_matrix((200, 100), (128, 64))
     np.testing.assert_allclose(transform_points(POINTS, m), imaging.to_input(POINTS, (200, 100), (128, 64)))
 
 
-def test_points_stay_on_their_marks_under_random_augmentation():
-    image = marks_image(POINTS, AMPLITUDES)
+def test_points_follow_the_pixels_exactly():
+    """The output image, sampled at a moved point, holds the source position of that point."""
     pipeline = Compose(geometry_transforms((128, 64), PAIRS, flip_allowed=True, augment=True))
     pipeline.set_random_state(seed=7)
-    flips = 0
+    worst, checked, flips = 0.0, 0, 0
     for _ in range(25):
-        out = pipeline({"image": image, "points": POINTS.copy()})
-        moved, resampled = out["points"], out["image"][0].numpy()
+        out = pipeline({"image": coordinates_image(), "points": POINTS.copy()})
         flips += out["flipped"]
-        for k in np.flatnonzero(out["visible"]):
-            x, y = moved[k]
-            if not (4 <= x <= 59 and 4 <= y <= 123):
-                continue  # mark cut by the border: centroid biased
-            np.testing.assert_allclose(local_centroid(resampled, moved[k]), moved[k], atol=0.3)
+        source = POINTS[flip_permutation(len(POINTS), PAIRS)] if out["flipped"] else POINTS
+        for moved, original in zip(out["points"], source):
+            if (moved >= 0).all() and (moved < np.array([63, 127])).all():  # its 2 x 2 pixels are in the output
+                worst = max(worst, np.abs(bilinear(out["image"].numpy(), moved) - original).max())
+                checked += 1
+    print(f"largest disagreement of points and pixels: {worst:.1e} source px ({checked} points)")
+    assert worst < 0.01 and checked > 100
     assert 0 < flips < 25  # both branches exercised
+
+
+MONAI_LAZY_2D_BUG = pytest.mark.xfail(
+    raises=RuntimeError, strict=True,
+    reason="MONAI 1.6 lazy resampling of a 2-D image mixes 3 x 3 and 4 x 4 affines; when this passes, see augment.py",
+)
+
+
+@pytest.mark.parametrize("size, rotate_prob", [
+    ((128, 64), 1.0),
+    pytest.param((128, 64), 0.0, marks=MONAI_LAZY_2D_BUG, id="a random transform that does not fire"),
+    pytest.param((200, 100), None, marks=MONAI_LAZY_2D_BUG, id="a resize to the same size"),
+])  # fmt: skip
+def test_monai_lazy_points(size, rotate_prob):
+    """Why augment.py keeps its own matrices: MONAI's points are exact where its lazy 2-D
+    pipeline runs, but it does not run whenever a random step is skipped."""
+    from monai.data import MetaTensor
+    from monai.transforms import ApplyTransformToPointsd, RandRotated, Resized
+
+    steps = [Resized("image", size, mode="bilinear", align_corners=False, anti_aliasing=False)]
+    if rotate_prob is not None:
+        steps.append(RandRotated("image", range_x=np.deg2rad(15), prob=rotate_prob, keep_size=True, align_corners=False))
+    steps.append(ApplyTransformToPointsd("points", refer_keys="image", dtype=torch.float64))
+    pipeline = Compose(steps, lazy=True)
+    pipeline.set_random_state(seed=0)
+    out = pipeline({"image": MetaTensor(torch.from_numpy(coordinates_image())),
+                    "points": torch.from_numpy(POINTS[:, ::-1].copy())[None]})  # (1, K, (row, col))
+    moved = out["points"][0].numpy()[:, ::-1]
+    back = np.array([bilinear(out["image"].numpy(), xy) for xy in moved])
+    print(f"MONAI: largest disagreement of points and pixels: {np.abs(back - POINTS).max():.1e} source px")
+    assert np.abs(back - POINTS).max() < 0.01
 
 
 def test_flip_keeps_left_channel_on_the_left_mark():

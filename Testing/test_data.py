@@ -129,6 +129,8 @@ def test_isbi_mean_of_doctors_and_missing_split(tmp_path):
     np.testing.assert_allclose(train[0].points[:, 0], 11.0)
     assert train[0].spacing == (0.1, 0.1) and train[0].spacing_known
     assert not train.flip_allowed and train.landmark_names[0] == "sella"
+    junior = get_dataset("isbi", tmp_path, "train", annotators=("junior",))  # one doctor's labels alone
+    np.testing.assert_allclose(junior[0].points[:, 0], 12.0)
     with pytest.raises(DatasetNotFoundError, match="test2.*missing"):
         get_dataset("isbi", tmp_path, "test2")
 
@@ -194,6 +196,7 @@ def test_phantom_splits_do_not_overlap(phantoms):
     assert phantoms.num_keypoints == 68 and phantoms[0].image_size == (256, 128)
 
 
+@pytest.mark.slow
 def test_training_item_without_augmentation_equals_inference_preprocessing(phantoms):
     data = KeypointTrainingDataset(phantoms, (128, 64), augment=False)
     item = data[1]

@@ -69,6 +69,7 @@ def test_paper_scale_train_commands_are_valid_train_arguments(tmp_path):
         assert run.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES and run.max_steps is None
 
 
+@pytest.mark.slow
 def test_job_names_a_missing_module_and_trains_nothing(tmp_path):
     blocker = tmp_path / "no_monai"
     blocker.mkdir()

@@ -10,9 +10,7 @@ from interactive_keypoints.imaging import (
     ImageError,
     Radiograph,
     check_size,
-    distances_mm,
     load_radiograph,
-    pixels_to_mm,
     preprocess,
     preprocess_transform,
     to_input,
@@ -62,13 +60,6 @@ def test_coordinate_map_object():
     p = np.array([[10.25, 700.75]])
     np.testing.assert_allclose(cmap.to_original(cmap.to_input(p)), p)
     np.testing.assert_allclose(cmap.to_input(p), to_input(p, (1000, 400), (512, 256)))
-
-
-def test_pixels_to_mm_and_distances():
-    np.testing.assert_allclose(pixels_to_mm([[10.0, 4.0]], (0.5, 0.25)), [[5.0, 1.0]])
-    np.testing.assert_allclose(distances_mm([[0.0, 0.0]], [[6.0, 16.0]], (0.5, 0.25)), [5.0])
-    with pytest.raises(ValueError):
-        pixels_to_mm(np.zeros((3, 3)), (1.0, 1.0))
 
 
 # ---------------------------------------------------------------------- preprocessing

@@ -10,7 +10,6 @@ from interactive_keypoints.markups import (
     MARKUPS_SCHEMA,
     MarkupsError,
     parse_description,
-    read_markups_json,
     read_markups_points,
     write_csv,
     write_markups_json,
@@ -48,11 +47,10 @@ def test_round_trip(tmp_path):
         tmp_path / "a.mrk.json", POINTS, NAMES, spacing=(0.5, 0.25), origin=(3.0, -2.0),
         states=STATES, confidence=CONFIDENCE,
     )
-    points, names, states = read_markups_json(path, spacing=(0.5, 0.25), origin=(3.0, -2.0))
-    np.testing.assert_allclose(points, POINTS, atol=1e-9)
-    assert names == NAMES and states == STATES
-    full = read_markups_points(path, spacing=(0.5, 0.25), origin=(3.0, -2.0))
-    np.testing.assert_allclose(full.confidence, [0.93, np.nan, 0.41])
+    m = read_markups_points(path, spacing=(0.5, 0.25), origin=(3.0, -2.0))
+    np.testing.assert_allclose(m.points, POINTS, atol=1e-9)
+    assert m.names == NAMES and m.states == STATES
+    np.testing.assert_allclose(m.confidence, [0.93, np.nan, 0.41])
 
 
 def test_undefined_point_round_trip(tmp_path):
@@ -60,7 +58,7 @@ def test_undefined_point_round_trip(tmp_path):
     points[1] = np.nan
     path = write_markups_json(tmp_path / "a.mrk.json", points, NAMES)
     assert json.loads(path.read_text())["markups"][0]["controlPoints"][1]["positionStatus"] == "missing"
-    back, _, _ = read_markups_json(path)
+    back = read_markups_points(path).points
     assert np.isnan(back[1]).all()
     np.testing.assert_allclose(back[[0, 2]], POINTS[[0, 2]])
 
@@ -75,9 +73,9 @@ def test_reads_ras_files(tmp_path):
         p["description"] = ""
     ras = tmp_path / "ras.mrk.json"
     ras.write_text(json.dumps(doc))
-    points, names, states = read_markups_json(ras, spacing=(2.0, 3.0))
-    np.testing.assert_allclose(points, POINTS)
-    assert states == ["", "", ""]
+    m = read_markups_points(ras, spacing=(2.0, 3.0))
+    np.testing.assert_allclose(m.points, POINTS)
+    assert m.states == ["", "", ""]
 
 
 def test_parse_description():
@@ -100,12 +98,12 @@ def test_bad_files(tmp_path, text, message):
     path = tmp_path / "bad.mrk.json"
     path.write_text(text)
     with pytest.raises(MarkupsError, match=message):
-        read_markups_json(path)
+        read_markups_points(path)
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(MarkupsError, match="not found"):
-        read_markups_json(tmp_path / "none.mrk.json")
+        read_markups_points(tmp_path / "none.mrk.json")
 
 
 def _read_csv(path):
@@ -169,6 +167,6 @@ def test_we_read_slicers_file(tmp_path, mrml_scene):
     scene.AddNode(storage)
     storage.SetFileName(str(tmp_path / "s.mrk.json"))
     assert storage.WriteData(node) == 1
-    points, names, states = read_markups_json(tmp_path / "s.mrk.json", spacing=(0.5, 0.25))
-    np.testing.assert_allclose(points, [[10.0, 50.0], [2.0, 8.0]])
-    assert names == ["A", "B"] and states == ["", "user-fixed"]
+    m = read_markups_points(tmp_path / "s.mrk.json", spacing=(0.5, 0.25))
+    np.testing.assert_allclose(m.points, [[10.0, 50.0], [2.0, 8.0]])
+    assert m.names == ["A", "B"] and m.states == ["", "user-fixed"]

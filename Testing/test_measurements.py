@@ -93,6 +93,7 @@ def test_bad_input_is_named():
     assert measure(np.zeros((5, 2)), "") == []
 
 
+@pytest.mark.slow
 def test_cobb_angles_match_the_aasce_training_labels():
     """The three angles of every usable training label against the dataset's angles.csv."""
     from interactive_keypoints.data import get_dataset
@@ -122,7 +123,7 @@ def ceph(face_right=True):
     """19 landmarks with hand-set geometry, in mm (x forward when face_right, y down).
 
     FH horizontal; S-N horizontal; A at 82 deg and B at 79 deg below S-N seen from N;
-    mandibular plane falling 25 deg forward; palatal plane rising 3 deg forward;
+    mandibular plane (Go-Me) falling 25 deg forward; palatal plane rising 3 deg forward;
     N-Pog vertical; upper incisal tip 3 mm ahead of the lower one.
     """
     p = np.zeros((19, 2))
@@ -155,16 +156,20 @@ def test_ceph_analysis_on_known_geometry():
     assert fhi == pytest.approx(0.70, abs=0.01)
     b_behind = np.degrees(np.arctan2(p[4][0] - p[5][0], p[5][1] - p[4][1]))  # A-B line off vertical, B behind
     assert b_behind == pytest.approx(15.1, abs=0.1)
-    expected = {  # ODI: AB to MP (90 - 25 + tilt) + PP to FH (-3); APDI: 90 + AB to N-Pog (-tilt) + FH to PP (3)
-        "SNA": 82, "SNB": 79, "ANB": 3, "FMA": 25, "ODI": 65 + b_behind - 3, "APDI": 90 - b_behind + 3, "FHI": fhi, "MW": 3,
+    go_gn = np.degrees(np.arctan2(p[8][1] - p[9][1], p[8][0] - p[9][0]))  # Go-Gn below the horizontal S-N
+    assert go_gn == pytest.approx(21.8, abs=0.1)
+    expected = {  # ODI: AB to MP (90 - 25 + tilt) + PP to FH (-3, tipped up); APDI: 90 + AB to N-Pog (-tilt) + PP to FH
+        "SNA": 82, "SNB": 79, "ANB": 3, "FMA": go_gn, "ODI": 65 + b_behind - 3, "APDI": 90 - b_behind - 3, "FHI": fhi, "MW": 3,
     }
     assert got == pytest.approx(expected)
-    classes = {m.name: m.category for m in ceph_analysis(p / 0.1, spacing=(0.1, 0.1))}
-    assert classes == {
+    records = ceph_analysis(p / 0.1, spacing=(0.1, 0.1))
+    assert {m.name: m.category for m in records} == {
         "SNA": "normal maxilla", "SNB": "prognathic mandible", "ANB": "class III", "ODI": "normal",
-        "APDI": "normal", "FHI": "normal",
+        "APDI": "class II tendency", "FHI": "normal",
         "FMA": "low angle tendency", "MW": "normal occlusion",
     }  # fmt: skip
+    assert {m.name: m.extra["isbi_type"] for m in records} == {
+        "SNA": 1, "SNB": 3, "ANB": 3, "ODI": 1, "APDI": 2, "FHI": 1, "FMA": 3, "MW": 1}  # fmt: skip
 
 
 def test_ceph_analysis_does_not_depend_on_facing_side_or_head_rotation():
@@ -185,7 +190,53 @@ def test_mw_turns_negative_and_crossbite_when_the_lower_incisor_is_ahead():
 def test_ceph_classes_follow_the_challenge_thresholds():
     assert [ceph_class("ANB", v) for v in (3.1, 3.2, 5.7, 5.8)] == ["class III", "class I (normal)", "class I (normal)", "class II"]
     assert [ceph_class("MW", v) for v in (-0.1, 0.0, 2.0, 4.6)] == ["anterior crossbite", "edge to edge", "normal occlusion", "large overjet"]
+    assert ceph_class("MW", 1.0) == "anterior crossbite"  # the challenge's code: below 2 and not 0
+    assert [ceph_class("APDI", v) for v in (77.5, 81, 85.3)] == ["class II tendency", "normal", "class III tendency"]
+    assert [ceph_class("FHI", v) for v in (0.64, 0.7, 0.76)] == ["long face tendency", "normal", "short face tendency"]
     assert set(CEPH_CLASSES) == {"ANB", "SNB", "SNA", "ODI", "APDI", "FHI", "FMA", "MW"}
+
+
+def challenge_formulation(p):
+    """The eight values as the ISBI 2015 evaluation code states them, in image pixels
+    (x right, y down, face to the right): unsigned angles between directed lines, signed by
+    the 2D cross product; MW in mm at 0.1 mm per pixel."""
+
+    def angle(u, v):
+        return np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
+
+    def signed(u, v, negative_when):  # the angle, negated on the given side of u
+        cross = u[0] * v[1] - u[1] * v[0]
+        return -angle(u, v) if negative_when(cross) else angle(u, v)
+
+    s_, n, or_, po, a, b, pog, me, gn, go, lit, uit = p[:12]
+    pns, ans = p[16], p[17]
+    sna, snb = angle(s_ - n, a - n), angle(s_ - n, b - n)
+    palatal = signed(or_ - po, ans - pns, lambda c: c < 0)
+    return {
+        "SNA": sna, "SNB": snb, "ANB": sna - snb,
+        "ODI": angle(go - me, a - b) + palatal,
+        "APDI": angle(po - or_, pog - n) + signed(pog - n, b - a, lambda c: c > 0) + palatal,
+        "FHI": np.linalg.norm(s_ - go) / np.linalg.norm(n - me),
+        "FMA": angle(n - s_, gn - go),
+        "MW": np.linalg.norm(uit - lit) / 10 * (-1 if uit[0] < lit[0] else 1),
+    }  # fmt: skip
+
+
+def test_ceph_analysis_matches_the_challenge_evaluation_code_on_the_isbi_ground_truth():
+    """All 300 public ground truths: the same value and class as the challenge's own code."""
+    from interactive_keypoints.data import get_dataset
+
+    root = shared_dataset("ISBI2015")
+    samples = get_dataset("isbi", root, "train").samples + get_dataset("isbi", root, "test1").samples
+    assert len(samples) == 300
+    seen_classes = set()
+    for sample in samples:
+        reference = challenge_formulation(sample.points)
+        records = ceph_analysis(sample.points, spacing=(0.1, 0.1))
+        assert values(records) == pytest.approx(reference, abs=1e-6), sample.id
+        assert all(m.category == ceph_class(m.name, reference[m.name]) for m in records), sample.id
+        seen_classes |= {(m.name, m.category) for m in records}
+    assert len(seen_classes) >= 20  # the images span most classes, so the test can tell them apart
 
 
 def test_unknown_spacing_keeps_lengths_in_pixels_without_mw_class():
@@ -213,8 +264,9 @@ def test_write_measurements(tmp_path):
 def test_model_config_names_the_measurement_set(tmp_path):
     import json
 
-    from conftest import REPO_ROOT, tiny_config
+    from conftest import REPO_ROOT
     from interactive_keypoints.config import ModelConfig, ModelFormatError
+    from interactive_keypoints.tiny_model import tiny_config
 
     shipped = {p.parent.name: json.loads(p.read_text()).get("measurements") for p in (REPO_ROOT / "models").glob("*/model.json")}
     assert shipped == {"aasce-spine-68": "aasce-cobb", "phantom-spine-68": "aasce-cobb", "isbi-ceph-19": "isbi-ceph"}
@@ -235,6 +287,7 @@ def test_fine_tunes_may_change_the_measurement_set_and_train_sets_it_per_dataset
     assert train.make_config(args, get_dataset("phantom", split="train", num_images=1)).measurements == "aasce-cobb"
 
 
+@pytest.mark.slow
 def test_evaluate_reports_cobb_angles_after_each_click(tmp_path, tiny_model):
     import json
 

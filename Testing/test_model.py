@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from conftest import tiny_config
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.heatmaps import gaussian_heatmaps
 from interactive_keypoints.inference import Predictor, fold_batchnorm
 from interactive_keypoints.model import InteractiveKeypointNet
 from interactive_keypoints.model_io import build_model
+from interactive_keypoints.tiny_model import tiny_config
 
 
 def trainable_parameters(module):
@@ -24,6 +24,18 @@ def test_width_18_is_smaller_than_width_32():
     assert trainable_parameters(InteractiveKeypointNet(paper_config(68, width=18))) < 0.5 * 32.9e6
 
 
+def test_a_narrow_gate_is_most_of_the_way_to_a_2_mb_demo_model():
+    # the gate's 256-wide convs are ~2/3 of a W8 model; 64 keeps a 68-landmark model under 2 MB in fp16
+    full, narrow = (InteractiveKeypointNet(tiny_config(gate_channels=c)) for c in (256, 64))
+    assert trainable_parameters(narrow) < 0.4 * trainable_parameters(full)
+    assert 2 * trainable_parameters(narrow) < 2e6
+
+
+def test_gate_channels_must_be_positive():
+    with pytest.raises(ValueError, match="gate_channels"):
+        tiny_config(gate_channels=0).validate()
+
+
 def hints(config, batch=2, clicked=(3, 7)):
     h, w = config.input_size
     points = torch.rand(batch, config.num_keypoints, 2) * torch.tensor([w - 1.0, h - 1.0])
@@ -34,7 +46,10 @@ def hints(config, batch=2, clicked=(3, 7)):
     return clicks, prev
 
 
-@pytest.mark.parametrize("overrides", [{}, {"gating": False}, {"gating_pool": "avg"}, {"in_channels": 3}])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides", [{}, {"gating": False}, {"gating_pool": "avg"}, {"in_channels": 3}, {"gate_channels": 32}]
+)
 def test_forward_shapes(overrides):
     config = tiny_config(num_keypoints=12, **overrides)
     network = InteractiveKeypointNet(config)
@@ -45,6 +60,7 @@ def test_forward_shapes(overrides):
     assert (network.gate is None) == (not config.gating)
 
 
+@pytest.mark.slow
 def test_gradients_reach_gating_and_hint_fusion():
     torch.manual_seed(0)
     config = tiny_config(num_keypoints=12)
@@ -88,6 +104,7 @@ def test_sparse_hints_equal_dense_hints():
     torch.testing.assert_close(none_clicked, dense_zero, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_batchnorm_folding_keeps_outputs():
     torch.manual_seed(0)
     config = tiny_config(num_keypoints=12)

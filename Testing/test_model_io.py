@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
 from interactive_keypoints.config import ModelConfig, ModelFormatError
 from interactive_keypoints.model_io import CONFIG_FILE, WEIGHTS_FILE, build_model, load_model, save_model
+from interactive_keypoints.tiny_model import tiny_config
 
 
 def outputs(model):
@@ -19,6 +19,7 @@ def outputs(model):
         return model.network.eval()(torch.randn(1, 1, h, w), torch.zeros(1, k, h, w), torch.zeros(1, k, h, w))["logits"]
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_weights_and_config(tmp_path, tiny_model):
     tiny_model.config.landmark_names = [f"P{i}" for i in range(68)]
     save_model(tmp_path / "m", tiny_model)
@@ -77,16 +78,16 @@ def test_build_model_is_untrained_but_complete():
 
 
 def test_default_model_follows_preference_and_the_models_env(tmp_path, tiny_model, monkeypatch):
-    from interactive_keypoints import model_io
+    from interactive_keypoints import model_folders
 
-    monkeypatch.setenv(model_io.MODELS_ENV, str(tmp_path))
+    monkeypatch.setenv(model_folders.MODELS_ENV, str(tmp_path))
     save_model(tmp_path / "mine", tiny_model)
-    assert model_io.default_model_dir(("mine",)) == tmp_path / "mine"
-    assert tmp_path / "mine" in model_io.shipped_models()
+    assert model_folders.default_model_dir(("mine",)) == tmp_path / "mine"
+    assert tmp_path / "mine" in model_folders.shipped_models()
     with pytest.raises(ModelFormatError, match="no shipped model"):
-        model_io.default_model_dir(("absent-model",))
-    monkeypatch.delenv(model_io.MODELS_ENV)
-    assert tmp_path / "mine" not in model_io.shipped_models()
+        model_folders.default_model_dir(("absent-model",))
+    monkeypatch.delenv(model_folders.MODELS_ENV)
+    assert tmp_path / "mine" not in model_folders.shipped_models()
 
 
 def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tiny_model):
@@ -119,8 +120,9 @@ def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tin
     assert not torch_imported
 
 
+@pytest.mark.slow
 def test_large_weights_are_sharded_under_the_limit_and_load_back(tmp_path, tiny_model):
-    from interactive_keypoints.model_io import WEIGHTS_INDEX_FILE, has_weights
+    from interactive_keypoints.model_folders import WEIGHTS_INDEX_FILE, has_weights
 
     folder = tmp_path / "m"
     save_model(folder, tiny_model)  # a single file first: sharding must replace it

@@ -19,11 +19,11 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 torch = pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
-from interactive_keypoints.config import ModelFormatError, compact_config  # noqa: E402
+from interactive_keypoints.config import ModelFormatError  # noqa: E402
 from interactive_keypoints import model_io  # noqa: E402
 from interactive_keypoints.inference import Predictor  # noqa: E402
 from interactive_keypoints.imaging import ImageError  # noqa: E402
-from interactive_keypoints.model_io import build_model, save_model  # noqa: E402
+from interactive_keypoints.model_io import save_model  # noqa: E402
 from interactive_keypoints.mrml_logic import (  # noqa: E402
     PHANTOM_VOLUME_NAME,
     KeypointsMRMLLogic,
@@ -37,9 +37,15 @@ from interactive_keypoints.mrml_logic import (  # noqa: E402
     point_states,
     ras_to_pixels,
 )
-from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES, make_spine_phantom  # noqa: E402
+from interactive_keypoints.conventions import SPINE  # noqa: E402
+from interactive_keypoints.phantom import make_spine_phantom  # noqa: E402
 from interactive_keypoints.imaging import load_radiograph  # noqa: E402
+from interactive_keypoints.tiny_model import tiny_model  # noqa: E402
 
+# each test builds a scene and runs the model through the logic: out of the fast tier
+pytestmark = pytest.mark.slow
+
+SPINE_LANDMARK_NAMES = list(SPINE.names)
 K = len(SPINE_LANDMARK_NAMES)
 MARKUPS = slicer.vtkMRMLMarkupsNode
 
@@ -49,14 +55,7 @@ MARKUPS = slicer.vtkMRMLMarkupsNode
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    km = build_model(compact_config(
-            K, input_size=(128, 64), width=8, ocr_mid_channels=32, ocr_key_channels=16,
-            landmark_names=SPINE_LANDMARK_NAMES,
-        ))
-    with torch.no_grad():
-        km.network.hint_fusion.scale.fill_(20.0)  # make clicks matter in an untrained network
-    return km
+    return tiny_model()  # the in-Slicer test's model too
 
 
 @pytest.fixture(scope="module")
@@ -936,3 +935,131 @@ def test_measurements_of_points_given_as_pixels(cobb_logic, phantom, volume):
     height = volume.GetImageData().GetDimensions()[1]
     got = cobb_logic.measurements(phantom.points, volume)
     assert [m.value for m in got] == pytest.approx([m.value for m in cobb_angles(phantom.points, volume.GetSpacing()[:2], height)])
+
+
+# ----------------------------------------------------------------- guided review
+
+
+@pytest.fixture
+def review_engine(monkeypatch):
+    """The engine's ranking (interactive_keypoints.review, Prediction.review_score), built on
+    the branch `guided`. Until it is merged a stand-in with the same names and meaning is
+    installed here (lowest confidence first); with the engine present this does nothing."""
+    try:
+        from interactive_keypoints.review import rank_for_review
+    except ImportError:
+        import sys
+        import types
+
+        from interactive_keypoints.session import Prediction
+
+        def rank_for_review(prediction):
+            score = np.asarray(prediction.review_score, dtype=float)
+            free = np.flatnonzero(~np.asarray(prediction.fixed, dtype=bool))
+            return [int(k) for k in free[np.argsort(-score[free], kind="stable")]]
+
+        stand_in = types.ModuleType("interactive_keypoints.review")
+        stand_in.rank_for_review = rank_for_review
+        monkeypatch.setitem(sys.modules, "interactive_keypoints.review", stand_in)
+        if not hasattr(Prediction, "review_score"):
+            monkeypatch.setattr(Prediction, "review_score", property(
+                lambda p: np.where(p.fixed, -np.inf, 1.0 - np.asarray(p.confidence))), raising=False)
+    return rank_for_review
+
+
+def test_next_point_is_the_top_ranked_unfixed_point_with_a_halo_in_the_views(logic, volume, review_engine):
+    node = logic.detect(volume)
+    ranking = review_engine(logic.prediction(node))
+    k = logic.next_point(node)
+    assert k == ranking[0] and logic.suggested_point(node) == k
+    scores = logic.review_scores(node)
+    assert scores[k] == scores.max() and np.isfinite(scores).all()
+    assert logic.review_order(node) == ranking  # nothing fixed yet: every point, ranked
+
+    marker = logic.next_point_marker(node)
+    assert marker is not None and marker.GetNumberOfControlPoints() == 1
+    np.testing.assert_allclose(control_point_positions(marker)[0], control_point_positions(node)[k], atol=1e-9)
+    assert marker.GetLocked()  # not picked by the views: drags reach the point beneath
+    display = marker.GetDisplayNode()
+    assert display.GetGlyphType() == display.Circle2D and display.GetOpacity() < 1  # a halo, point visible
+    assert display.GetColor() not in (node.GetDisplayNode().GetColor(), node.GetDisplayNode().GetSelectedColor())
+    assert point_states(node)[0] == ["predicted"] * K  # the highlight is not a state change
+
+
+def test_next_point_skips_points_the_user_fixed_or_dropped(logic, volume, review_engine):
+    node = logic.detect(volume)
+    first = logic.next_point(node)
+    drag(node, first, pixel_target(node, volume, first, (3.0, 3.0)))  # the user corrects it
+    assert logic.suggested_point(node) is None and logic.next_point_marker(node) is None
+    second = logic.next_point(node)
+    assert second != first
+    assert second == review_engine(logic.prediction(node))[0]
+    assert logic.review_order(node)[-1] == first and logic.review_scores(node)[first] == -np.inf
+
+    runner = HeldRunner()  # the model is running: the rest are dropped and wait for it
+    logic.runner = runner
+    for k in range(K):
+        logic.confirm(node, k, blocking=False)
+    assert len(runner.jobs) == 1 and point_states(node)[0] == ["user-fixed"] * K
+    assert logic.next_point(node) is None and logic.next_point_marker(node) is None
+    assert np.isneginf(logic.review_scores(node)).all()
+
+
+def test_confirm_fixes_the_point_where_it_is_and_undo_reverts_it(logic, volume, review_engine):
+    node = logic.detect(volume)
+    before = control_point_positions(node)
+    k = logic.next_point(node)
+    logic.confirm(node, k)
+
+    prediction = logic.prediction(node)
+    assert prediction.fixed[k] and prediction.fixed.sum() == 1  # the model ran with the confirm
+    np.testing.assert_allclose(control_point_positions(node)[k], before[k], atol=1e-9)  # not moved
+    assert point_states(node)[0][k] == "user-fixed" and node.GetNthControlPointSelected(k)
+    assert logic.suggested_point(node) is None and logic.next_point_marker(node) is None
+    logic.confirm(node, k)  # already fixed: nothing to do, no second undo step
+    logic.undo(node)
+    assert point_states(node)[0] == ["predicted"] * K
+    np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+    assert not logic.can_undo(node)
+
+
+def test_confirm_while_the_model_runs_is_queued_like_a_drop(logic, volume, review_engine):
+    node = logic.detect(volume)
+    runner = HeldRunner()
+    logic.runner = runner
+    drag(node, 20, pixel_target(node, volume, 20, (5.0, 0.0)))
+    assert logic.is_busy(node) and len(runner.jobs) == 1
+
+    with pytest.raises(LogicBusyError):  # a console call cannot wait for the GUI's run
+        logic.confirm(node, 40, blocking=True)
+    assert point_states(node)[0][40] == "predicted"
+
+    held = control_point_positions(node)[40]
+    logic.confirm(node, 40, blocking=False)
+    assert len(runner.jobs) == 1 and point_states(node)[0][40] == "user-fixed"
+    runner.run_next()  # the drag's run ends: the queued confirm runs next, point 40 stays
+    np.testing.assert_allclose(control_point_positions(node)[40], held, atol=1e-9)
+    assert len(runner.jobs) == 1 and logic.is_busy(node)
+    runner.run_next()
+    prediction = logic.prediction(node)
+    assert prediction.fixed[20] and prediction.fixed[40] and not logic.is_busy(node)
+    np.testing.assert_allclose(control_point_positions(node)[40], held, atol=1e-9)
+
+
+def test_confirm_of_a_point_that_is_not_a_landmark_is_refused(logic, volume):
+    node = logic.detect(volume)
+    with pytest.raises(ValueError, match=f"no landmark {K}"):
+        logic.confirm(node, K)
+    assert point_states(node)[0] == ["predicted"] * K and not logic.can_undo(node)
+
+
+def test_jump_to_point_centres_the_slice_views_on_it(logic, volume, scene):
+    node = logic.detect(volume)
+    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    slice_node.SetLayoutName("Red")
+    slice_node.SetOrientationToAxial()
+    logic.jump_to_point(node, 30)
+    centre = [slice_node.GetSliceToRAS().GetElement(i, 3) for i in range(3)]
+    np.testing.assert_allclose(centre, control_point_positions(node)[30], atol=1e-6)
+    with pytest.raises(ValueError, match="no point"):
+        logic.jump_to_point(node, K)

@@ -59,12 +59,14 @@ def assert_pack_reads_like_the_files(packed: DatasetSplit, files: DatasetSplit, 
             a.id, error.mean(), p99, error.max())
 
 
+@pytest.mark.slow
 def test_phantom_pack_reads_like_the_generated_images(phantom_pack):
     train_files, val_files, _ = training_splits("phantom", phantom_images=4)
     for split, files in (("train", train_files), ("val", val_files)):
         assert_pack_reads_like_the_files(load_pack(phantom_pack, split), files, INPUT)
 
 
+@pytest.mark.slow
 def test_augmented_pack_items_keep_exact_coordinates(phantom_pack):
     packed = load_pack(phantom_pack, "train")
     data = KeypointTrainingDataset(packed, INPUT, augment=True, seed=3)
@@ -114,6 +116,7 @@ def test_split_record_round_trips_with_skipped_labels(tmp_path):
     assert pack_args.dataset == "folder"
 
 
+@pytest.mark.slow
 def test_train_from_a_pack_without_simpleitk(tmp_path, phantom_pack):
     out = tmp_path / "model"
     code = ("import sys; sys.modules['SimpleITK'] = None; sys.modules['scipy'] = None\n"
@@ -133,6 +136,7 @@ def test_train_from_a_pack_without_simpleitk(tmp_path, phantom_pack):
     assert json.loads((out / "split.json").read_text()) == read_manifest(phantom_pack)["split_record"]
 
 
+@pytest.mark.slow
 def test_simpleitk_is_not_imported_to_read_a_pack(phantom_pack):
     code = ("import sys; sys.modules['SimpleITK'] = None\n"
             "from interactive_keypoints.data.pack import load_pack\n"
@@ -231,6 +235,7 @@ def test_command_line_pack_and_its_errors(tmp_path, capsys):
 # ------------------------------------------------------------------ real datasets
 
 
+@pytest.mark.slow
 def test_real_aasce_pack_reads_like_the_files(tmp_path):
     root = shared_dataset("boostnet_labeldata")
     pack_dataset("aasce", root, (512, 256), tmp_path / "aasce", limit=2)
@@ -242,6 +247,7 @@ def test_real_aasce_pack_reads_like_the_files(tmp_path):
     assert_pack_reads_like_the_files(val_pack, first(val_files, 2), (512, 256))
 
 
+@pytest.mark.slow
 def test_real_isbi_pack_reads_like_the_files(tmp_path):
     root = shared_dataset("ISBI2015")
     pack_dataset("isbi", root, (640, 512), tmp_path / "isbi", limit=2)

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from interactive_keypoints.conventions import SPINE, LandmarkTemplate
 from interactive_keypoints.imaging import load_radiograph
 from interactive_keypoints.markups import read_markups_points
-from interactive_keypoints.phantom import (
-    SPINE_FLIP_PAIRS,
-    SPINE_LANDMARK_NAMES,
-    make_spine_phantom,
-    write_phantom_dataset,
-)
+from interactive_keypoints.phantom import make_spine_phantom, write_phantom_dataset
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +17,12 @@ def samples():
     return [make_spine_phantom(seed) for seed in range(6)]
 
 
-def test_names_and_flip_pairs():
-    assert len(SPINE_LANDMARK_NAMES) == 68 and len(set(SPINE_LANDMARK_NAMES)) == 68
-    assert SPINE_LANDMARK_NAMES[:4] == ["T1-top-left", "T1-top-right", "T1-bottom-left", "T1-bottom-right"]
-    assert SPINE_LANDMARK_NAMES[-1] == "L5-bottom-right"
-    assert len(SPINE_FLIP_PAIRS) == 34
-    for i, j in SPINE_FLIP_PAIRS:
-        assert SPINE_LANDMARK_NAMES[i].replace("left", "right") == SPINE_LANDMARK_NAMES[j]
-
-
 def test_sample_shape_and_range(samples):
     s = samples[0]
     assert s.image.shape == (1024, 512) and s.image.dtype == np.float32
     assert 0.0 <= s.image.min() and s.image.max() <= 1.0 and s.image.std() > 0.05
     assert s.points.shape == (68, 2)
-    assert s.names == SPINE_LANDMARK_NAMES
+    assert s.names == list(SPINE.names)
     assert s.spacing[0] == s.spacing[1] > 0
 
 
@@ -131,8 +118,7 @@ def test_write_phantom_dataset(tmp_path):
     paths = write_phantom_dataset(tmp_path / "phantom", n=2, seed=5, height=256, width=128)
     assert [p.name for p in paths] == ["phantom_00005.png", "phantom_00006.png"]
     template = json.loads((tmp_path / "phantom" / "landmarks.json").read_text())
-    assert template["names"] == SPINE_LANDMARK_NAMES
-    assert [tuple(p) for p in template["flip_pairs"]] == SPINE_FLIP_PAIRS
+    assert LandmarkTemplate.from_json(template) == SPINE
     for i, png in enumerate(paths):
         sample = make_spine_phantom(5 + i, height=256, width=128)
         radiograph = load_radiograph(png)
@@ -140,4 +126,4 @@ def test_write_phantom_dataset(tmp_path):
         assert np.abs(radiograph.array / 255.0 - sample.image).max() <= 0.5 / 255 + 1e-6
         marks = read_markups_points(png.with_name(png.stem + ".mrk.json"), radiograph.spacing, radiograph.origin)
         np.testing.assert_allclose(marks.points, sample.points, atol=1e-6)
-        assert marks.names == SPINE_LANDMARK_NAMES
+        assert marks.names == list(SPINE.names)

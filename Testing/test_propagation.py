@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from interactive_keypoints.data.aasce import LANDMARK_NAMES as SPINE_NAMES
-from interactive_keypoints.data.isbi import LANDMARK_NAMES as CEPH_NAMES
+from interactive_keypoints.conventions import CEPH, SPINE
 from interactive_keypoints.propagation import (
     gain_clicks,
     masked_mre,
@@ -65,20 +64,20 @@ def test_gain_clicks_within_the_run():
 
 def test_spine_neighbours_are_the_clicked_vertebra_and_the_ones_above_and_below():
     # T5-bottom-right (index 19): T4 = 12..15, T5 = 16..18 (19 itself left out), T6 = 20..23
-    assert SPINE_NAMES[19] == "T5-bottom-right"
-    assert indices(near_landmarks(19, SPINE_NAMES, SPINE_TRUTH)) == set(range(12, 19)) | set(range(20, 24))
+    assert SPINE.names[19] == "T5-bottom-right"
+    assert indices(near_landmarks(19, SPINE.names, SPINE_TRUTH)) == set(range(12, 19)) | set(range(20, 24))
     # the ends have one neighbour: T1-top-left -> T1's other corners and T2; L5 -> L4 and L5
-    assert indices(near_landmarks(0, SPINE_NAMES, SPINE_TRUTH)) == {1, 2, 3, 4, 5, 6, 7}
-    assert indices(near_landmarks(66, SPINE_NAMES, SPINE_TRUTH)) == {60, 61, 62, 63, 64, 65, 67}
-    assert near_rule(SPINE_NAMES).startswith("spine")
+    assert indices(near_landmarks(0, SPINE.names, SPINE_TRUTH)) == {1, 2, 3, 4, 5, 6, 7}
+    assert indices(near_landmarks(66, SPINE.names, SPINE_TRUTH)) == {60, 61, 62, 63, 64, 65, 67}
+    assert near_rule(SPINE.names).startswith("spine")
 
 
 def test_the_spine_rule_needs_the_corner_order():
-    assert list(spine_vertebrae(SPINE_NAMES)[:9]) == [0, 0, 0, 0, 1, 1, 1, 1, 2]
-    swapped = list(SPINE_NAMES)
+    assert list(spine_vertebrae(SPINE.names)[:9]) == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    swapped = list(SPINE.names)
     swapped[0], swapped[1] = swapped[1], swapped[0]
     assert spine_vertebrae(swapped) is None
-    assert spine_vertebrae(CEPH_NAMES) is None
+    assert spine_vertebrae(CEPH.names) is None
     assert spine_vertebrae([f"L{k}" for k in range(68)]) is None
 
 
@@ -86,14 +85,14 @@ def test_five_nearest_for_a_19_landmark_template():
     # landmarks on a line at the triangular numbers 0, 1, 3, 6, 10, ...: all gaps differ
     x = np.array([k * (k + 1) / 2 for k in range(19)])
     truth = np.stack([x, np.full(19, 7.0)], axis=1)
-    assert indices(near_landmarks(0, CEPH_NAMES, truth)) == {1, 2, 3, 4, 5}
+    assert indices(near_landmarks(0, CEPH.names, truth)) == {1, 2, 3, 4, 5}
     # around landmark 10 (x = 55): 9 at 10, 11 at 11, 8 at 19, 12 at 23, 7 at 27, then 13 at 36
-    assert indices(near_landmarks(10, CEPH_NAMES, truth)) == {7, 8, 9, 11, 12}
-    assert near_rule(CEPH_NAMES).startswith("the 5 landmarks nearest")
+    assert indices(near_landmarks(10, CEPH.names, truth)) == {7, 8, 9, 11, 12}
+    assert near_rule(CEPH.names).startswith("the 5 landmarks nearest")
 
 
 def test_near_set_is_the_union_over_clicks_without_the_clicked_ones():
-    masks = near_set_by_clicks(np.array([0, 4]), SPINE_NAMES, SPINE_TRUTH)  # T1-top-left, then T2-top-left
+    masks = near_set_by_clicks(np.array([0, 4]), SPINE.names, SPINE_TRUTH)  # T1-top-left, then T2-top-left
     assert masks.shape == (3, 68) and not masks[0].any()
     assert indices(masks[1]) == {1, 2, 3, 4, 5, 6, 7}
     assert indices(masks[2]) == {1, 2, 3, 5, 6, 7, 8, 9, 10, 11}  # + T3, without the clicked T2 corner
@@ -108,6 +107,6 @@ def test_masked_mre_averages_the_masked_landmarks_only():
 
 def test_near_landmarks_rejects_bad_input():
     with pytest.raises(ValueError, match="19 landmark names for 68 points"):
-        near_landmarks(0, CEPH_NAMES, SPINE_TRUTH)
+        near_landmarks(0, CEPH.names, SPINE_TRUTH)
     with pytest.raises(ValueError, match="clicked landmark 68"):
-        near_landmarks(68, SPINE_NAMES, SPINE_TRUTH)
+        near_landmarks(68, SPINE.names, SPINE_TRUTH)

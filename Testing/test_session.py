@@ -22,6 +22,7 @@ def test_predict_returns_points_in_original_pixels_with_confidence(session, phan
     np.testing.assert_allclose(prediction.points_mm, prediction.points * np.asarray(phantom.spacing))
 
 
+@pytest.mark.slow
 def test_refine_fixes_the_moved_point_exactly_and_others_may_move(session):
     before = session.predict()
     target = (100.25, 200.75)
@@ -32,6 +33,7 @@ def test_refine_fixes_the_moved_point_exactly_and_others_may_move(session):
     assert np.abs(after.points[others] - before.points[others]).max() > 0, "the model re-ran"
 
 
+@pytest.mark.slow
 def test_previously_fixed_points_stay_when_another_is_moved(session):
     session.refine({5: (100.0, 200.0)})
     after = session.refine({9: (120.0, 260.0), 11: (80.5, 300.5)})
@@ -55,6 +57,7 @@ def test_undo_redo_restore_every_point(session):
     assert not session.can_redo
 
 
+@pytest.mark.slow
 def test_new_refine_after_undo_drops_the_redo_branch(session):
     session.refine({5: (100.0, 200.0)})
     session.undo()
@@ -63,6 +66,7 @@ def test_new_refine_after_undo_drops_the_redo_branch(session):
     assert set(np.flatnonzero(session.prediction.fixed)) == {7}
 
 
+@pytest.mark.slow
 def test_unfix_and_reset(session):
     initial = session.predict()
     session.refine({5: (100.0, 200.0), 6: (150.0, 200.0)})
@@ -98,6 +102,7 @@ def test_a_call_while_inference_runs_is_refused_not_merged(session):
     assert not session.prediction.fixed.any()
 
 
+@pytest.mark.slow
 def test_all_channel_previous_prediction_is_selectable(tiny_model, phantom):
     session = KeypointSession(tiny_model, phantom.image, prev_mode="all", optimized=False)
     session.predict()
@@ -107,6 +112,7 @@ def test_all_channel_previous_prediction_is_selectable(tiny_model, phantom):
         KeypointSession(tiny_model, phantom.image, prev_mode="some")
 
 
+@pytest.mark.slow
 def test_optimized_path_matches_fp32_on_the_same_weights(tiny_model, phantom):
     fp32 = KeypointSession(tiny_model, phantom.image, optimized=False)
     fast = KeypointSession(tiny_model, phantom.image, optimized=True)
@@ -125,8 +131,10 @@ def test_bad_images_are_refused_with_a_clear_error(tiny_model, tmp_path):
         KeypointSession(tiny_model, bad)
 
 
+@pytest.mark.slow
 def test_shipped_phantom_model_finds_the_landmarks_of_an_unseen_phantom():
-    from interactive_keypoints.model_io import REPO_MODELS_DIR, load_model
+    from interactive_keypoints.model_folders import REPO_MODELS_DIR
+    from interactive_keypoints.model_io import load_model
     from interactive_keypoints.phantom import make_spine_phantom
 
     folder = REPO_MODELS_DIR / "phantom-spine-68"

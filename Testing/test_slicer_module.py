@@ -78,3 +78,22 @@ def test_the_extension_ships_exactly_the_engine_modules_the_module_imports():
     assert listed == needed
     assert all((MODULE_DIR / path).is_file() for path in listed)
     assert not {p for p in listed if re.search(r"/(train|evaluate|cli|predict|demo|web/.*)\.py$", p)}
+
+
+def test_every_widget_the_module_uses_is_in_the_ui_file():
+    """``self.ui.<name>`` comes from slicer.util.childWidgetVariables: a name missing from
+    the .ui (a renamed or forgotten button) fails only when the panel opens in Slicer."""
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "InteractiveKeypoints.ui")
+    defined = {w.get("name") for w in ui.iter("widget")}
+    assert {"nextButton", "confirmButton", "landmarkTable"} <= used
+    assert used <= defined, f"not in the .ui: {sorted(used - defined)}"
+
+
+def test_the_landmark_table_has_the_check_next_column_the_module_sorts_by():
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "InteractiveKeypoints.ui")
+    table = ui.find(".//widget[@name='landmarkTable']")
+    headers = [c.find("property/string").text for c in table.findall("column")]
+    column = int(re.search(r"^SCORE_COLUMN = (\d+)$", MODULE_FILE.read_text(), re.M).group(1))
+    assert headers[column] == "Check next"
+    assert int(table.find("property[@name='columnCount']/number").text) == len(headers)

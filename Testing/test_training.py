@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_a_model_folder_the_session_loads(trained, phantom):
     for name in ["model.safetensors", "model.json", "morphology.json", "split.json", "training_log.csv",
                  "checkpoint.safetensors", "checkpoint.json", "train_summary.json", "train_config.json",
@@ -54,6 +55,7 @@ def test_train_writes_a_model_folder_the_session_loads(trained, phantom):
     assert set(split["ids"]["train"]).isdisjoint(split["ids"]["val"])
 
 
+@pytest.mark.slow
 def test_checkpoint_resumes_exactly(tmp_path, trained):
     resumed = tmp_path / "resumed"
     assert run_train(resumed, "--epochs", "1") == 0
@@ -67,6 +69,7 @@ def test_checkpoint_resumes_exactly(tmp_path, trained):
     assert len(list(csv.DictReader(open(resumed / "training_log.csv")))) == 2
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_split(tmp_path, trained):
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
@@ -86,6 +89,7 @@ def test_dropping_disordered_labels_is_refused_outside_aasce(tmp_path):
         run_train(tmp_path / "phantom", "--epochs", "1", "--drop-disordered-labels")
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
     # lr 0: the learned weights must come out as they went in (BN running stats do move in train mode)
     tuned = tmp_path / "tuned"
@@ -99,6 +103,7 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
     assert json.loads((tuned / "checkpoint.json").read_text())["init_from"] == str(trained)
 
 
+@pytest.mark.slow
 def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
     with pytest.raises(ValueError, match="differs in width"):
         run_train(tmp_path / "wide", "--epochs", "1", "--max-steps", "1", "--width", "16", "--init-from", str(trained))
@@ -108,6 +113,7 @@ def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
         train.initial_weights(trained, other_head)
 
 
+@pytest.mark.slow
 def test_transfer_takes_the_tensors_that_fit(tmp_path, trained):
     # a model without gating: every tensor but the gate's can come from the gated source
     target = tmp_path / "transfer"
@@ -136,6 +142,7 @@ def test_cosine_schedule_runs_over_the_time_budget_when_there_is_one():
     assert train.learning_rate(args, 2, elapsed_s=900) == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--no-gating", "--morphology", "off"], ["--gating-pool", "avg", "--morphology", "high"]])
 def test_ablation_switches_train(tmp_path, flags):
     assert run_train(tmp_path / "m", "--epochs", "1", "--max-steps", "1", *flags) == 0
@@ -143,6 +150,7 @@ def test_ablation_switches_train(tmp_path, flags):
     assert config["gating"] == ("--no-gating" not in flags)
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_replicas_agree(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -159,6 +167,7 @@ def test_torchrun_ddp_replicas_agree(tmp_path):
     assert summary["steps"] == 2
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
@@ -179,6 +188,7 @@ def test_evaluate_writes_the_protocol_outputs(tmp_path, trained):
     assert (out / "mre_vs_clicks.png").stat().st_size > 1000 and (out / "noc_vs_target.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_propagation_gain(tmp_path, trained):
     out = tmp_path / "eval"
     code = cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
@@ -207,6 +217,7 @@ def test_evaluate_writes_the_propagation_gain(tmp_path, trained):
     assert (out / "propagation_gain.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_near_errors_come_from_the_model_runs_clicks(trained, phantom):
     session = KeypointSession(load_model(trained), phantom.image)
     curves = evaluate.simulate_revision(session, phantom.points, max_clicks=3)
@@ -217,6 +228,7 @@ def test_near_errors_come_from_the_model_runs_clicks(trained, phantom):
     assert (curves.manual_errors_by_clicks[3] == 0).sum() >= 3
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_seeded_random_sample(tmp_path, trained):
     def sampled_ids(seed, out_name):
         out = tmp_path / out_name
@@ -233,6 +245,7 @@ def test_evaluate_on_a_seeded_random_sample(tmp_path, trained):
     assert any(sampled_ids(seed, f"s{seed}") != first for seed in (1, 2))
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_sample_larger_than_the_split(tmp_path, trained):
     common = ["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
               "--out", str(tmp_path / "eval"), "--quiet"]  # fmt: skip
@@ -242,12 +255,14 @@ def test_evaluate_refuses_a_sample_larger_than_the_split(tmp_path, trained):
         cli.main([*common, "--sample", "1", "--limit", "1"])
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_the_label_order_filter_outside_aasce(tmp_path, trained):
     with pytest.raises(ValueError, match="AASCE dataset only"):
         cli.main(["evaluate", "--model", str(trained), "--dataset", "phantom", "--phantom-images", "2",
                   "--drop-disordered-labels", "--out", str(tmp_path / "eval"), "--quiet"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluate_can_leave_disordered_aasce_labels_out(tmp_path):
     root = shared_dataset("boostnet_labeldata")
 
@@ -264,6 +279,7 @@ def test_evaluate_can_leave_disordered_aasce_labels_out(tmp_path):
     assert "out of order" in skipped_ids("--drop-disordered-labels")["sunhl-1th-09-Jan-2017-212 A AP.jpg"]
 
 
+@pytest.mark.slow
 def test_evaluate_counts_noc_within_a_smaller_click_budget(tmp_path, trained):
     # the ceph protocol: MRE curve over 0..10 clicks, NoC5 / FR5 from the same run
     out = tmp_path / "eval"
@@ -280,6 +296,7 @@ def test_evaluate_counts_noc_within_a_smaller_click_budget(tmp_path, trained):
                   "--noc-clicks", "4", "--out", str(out)])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_simulated_user_clicks_the_worst_point_each_time(trained, phantom):
     session = KeypointSession(load_model(trained), phantom.image)
     curves = evaluate.simulate_revision(session, phantom.points, max_clicks=3)
@@ -306,6 +323,7 @@ def test_heatmap_loss_channel_weights():
     assert not torch.allclose(heatmap_loss(changed, target), plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, extra_updates", [("eval", 0), ("train", 2)])
 def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_updates):
     """The simulated user's no-grad passes run BatchNorm in eval mode (as the paper's and
@@ -358,6 +376,7 @@ def test_previous_prediction_only_in_clicked_channels():
     assert masked[0, 1:].abs().sum() == 0 and masked[1, :2].abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_the_gpu_code_path_on_cpu_with_workers_resumes_exactly_and_shards_weights(tmp_path):
     # the CUDA path less its CUDA-only switches (fused Adam, pinned memory): 2 workers, resumed, against
     # 0 workers straight through; one thread each, as float sums depend on the thread count
@@ -401,6 +420,7 @@ def test_train_config_round_trips_through_json_and_the_command_line(tmp_path):
         train.config_from_json({**train.config_to_json(config), "colour": "red"})
 
 
+@pytest.mark.slow
 def test_validation_every_n_epochs_checkpoint_at_the_end_and_time_budget(tmp_path):
     out = tmp_path / "sparse"
     assert run_train(out, "--epochs", "3", "--val-every", "2", "--checkpoint-every", "0", "--select-on", "mre3") == 0
@@ -419,6 +439,7 @@ def test_validation_every_n_epochs_checkpoint_at_the_end_and_time_budget(tmp_pat
     assert (timed / "model.safetensors").is_file() and (timed / "val_metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_validation_follows_the_evaluation_protocol():
     # the batched 0/3-click validation gives the MREs of evaluate.simulate_revision (session rule) on a trained model
     from interactive_keypoints.data import get_dataset
@@ -438,6 +459,7 @@ def test_validation_follows_the_evaluation_protocol():
     assert metrics["mre3_px"] < metrics["mre0_px"]
 
 
+@pytest.mark.slow
 def test_bf16_autocast_path_trains_and_validates(tmp_path, monkeypatch):
     # the dtype CUDA gets, forced on this CPU (emulated where there is no native bf16)
     monkeypatch.setattr(train, "fast_dtype", lambda device, fast, training=False: torch.bfloat16 if fast else None)

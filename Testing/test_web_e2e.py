@@ -26,6 +26,7 @@ from browser import (  # noqa: E402
     page_to_view,
     read_debug,
     running_server,
+    session_closed,
     view_to_page,
     wait_for_debug,
 )
@@ -36,12 +37,14 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "web"
+SERVER_LOG = ARTIFACTS / "server.log"
 MAX_FILE_MB = 1.0  # small stated limits so the bad-input checks need only small files
 MAX_MEGAPIXELS = 2.0
 DROP_TOLERANCE_VIEW_PX = 2.0
 SLOW_INFERENCE_S = 1.5  # every model run takes this much longer, so a quick second drag lands during one
 RECONNECT_GRACE_S = 3.0
 SESSION_GONE_WITHIN_S = 15.0  # after its tab closed (#19)
+HOLD_FILE: Path | None = None  # while this file exists, the server's model runs wait (set by base_url)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -53,12 +56,12 @@ def tiny_model(tmp_path_factory):
     import torch
 
     from interactive_keypoints.config import ModelConfig
+    from interactive_keypoints.conventions import SPINE
     from interactive_keypoints.model_io import build_model, save_model
-    from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES
 
     torch.manual_seed(0)
     config = ModelConfig(
-        num_keypoints=len(SPINE_LANDMARK_NAMES), input_size=(256, 128), landmark_names=SPINE_LANDMARK_NAMES,
+        num_keypoints=SPINE.num_keypoints, input_size=(256, 128), landmark_names=list(SPINE.names),
         width=8, stage_modules=(1, 1, 1), stage_blocks=1, stem_blocks=1, ocr_mid_channels=32,
         ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test", measurements="aasce-cobb",
     )
@@ -71,13 +74,15 @@ def base_url(tiny_model, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     autosave = tmp_path_factory.mktemp("autosave")
+    global HOLD_FILE
+    HOLD_FILE = tmp_path_factory.mktemp("hold") / "hold-inference"
     args = ["--host", "127.0.0.1", "--port", str(port), "--model", str(tiny_model), "--autosave-dir", str(autosave),
             "--max-sessions", "6", "--idle-timeout", "120", "--reconnect-grace", str(RECONNECT_GRACE_S),
             "--start-timeout", "600",
             "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-            "--slow-inference", str(SLOW_INFERENCE_S)]
+            "--slow-inference", str(SLOW_INFERENCE_S), "--hold-inference-while", str(HOLD_FILE)]
     # the launcher answers 404 on an unknown path as soon as it listens (no session started)
-    with running_server(args, ARTIFACTS / "server.log", ready_url=f"{url}/s/none/", ready_statuses=(410,)):
+    with running_server(args, SERVER_LOG, ready_url=f"{url}/s/none/", ready_statuses=(410,)):
         yield url
 
 
@@ -219,6 +224,34 @@ def test_drag_refines_and_the_dropped_point_stays(browser, base_url, tmp_path):
     page.close()
 
 
+def test_next_then_confirm_fixes_the_suggested_point_and_undo_reverts_it(browser, base_url):
+    page = open_session(browser, base_url, "review")
+    before = detect(page)
+    assert before["next"] == -1 and page.locator("#ik-confirm").is_disabled()  # nothing suggested yet
+
+    page.click("#ik-next")
+    suggested = wait_for_debug(page, lambda d: d["next"] >= 0)
+    k = suggested["next"]
+    # the view is centred on it
+    wait_for_debug(page, lambda d: np.linalg.norm(np.subtract(d["points"][k]["view_xy"], np.divide(d["view_size"], 2)))
+                   <= DROP_TOLERANCE_VIEW_PX)
+    assert before["points"][k]["name"] in page.locator("#ik-next-name").inner_text()
+    assert "ik-next-row" in (page.locator("#ik-table tbody tr").nth(k).get_attribute("class") or "")
+    screenshot(page, "05-next-point")
+
+    page.click("#ik-confirm")
+    confirmed = wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+    np.testing.assert_allclose(pixels(confirmed)[k], pixels(before)[k], atol=0.05)  # fixed where it was
+    assert confirmed["next"] == -1  # checked: no suggestion until Next again
+    row = page.locator("#ik-table tbody tr").nth(k).inner_text()
+    assert "user-fixed" in row
+
+    page.click("#ik-undo")
+    undone = wait_for_debug(page, lambda d: d["points"][k]["state"] == "predicted" and not d["busy"])
+    np.testing.assert_allclose(pixels(undone), pixels(before), atol=0.05)
+    page.close()
+
+
 def test_user_points_are_never_lost(browser, base_url, tmp_path):
     page = open_session(browser, base_url, "robust")
     first = detect(page)
@@ -227,20 +260,26 @@ def test_user_points_are_never_lost(browser, base_url, tmp_path):
     settled = wait_for_debug(page, lambda d: d["points"][a]["state"] == "user-fixed" and not d["busy"])
 
     # drag b, and drag the (user-fixed, so unmoving) point a again while b's refinement
-    # may still run: the logic queues the second drop; both drops must be kept
+    # runs: the logic queues the second drop; both drops must be kept
     (b,) = [k for k in isolated_points(settled, 2) if k != a][:1]
-    drop_b = drag_point(page, settled, b)
-    # wait until the server has started the model on b's drop (b shows as fixed a moment before
-    # the run starts, so its state alone cannot tell); busy then says the run still goes on
-    runs_before = settled["runs_started"]
-    busy_at_second_drag = wait_for_debug(page, lambda d: d["busy"] or d["runs_started"] > runs_before)["busy"]
-    drop_a = drag_point(page, settled, a, offset=(-30, 40))
+    HOLD_FILE.touch()  # b's run waits until the second drag is done, however loaded the machine is
+    try:
+        drop_b = drag_point(page, settled, b)
+        # the model has started on b's drop (b shows as fixed a moment before the run starts)
+        runs_before = settled["runs_started"]
+        wait_for_debug(page, lambda d: d["busy"] and d["runs_started"] > runs_before)
+        drop_a = drag_point(page, settled, a, offset=(-30, 40))
+        # the server has taken the second drop while b's run still waits
+        held = wait_for_debug(page, lambda d: np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a))
+                              <= DROP_TOLERANCE_VIEW_PX)
+        assert held["busy"] and held["runs_started"] == runs_before + 1
+    finally:
+        HOLD_FILE.unlink(missing_ok=True)
     done = wait_for_debug(
         page,
         lambda d: d["points"][b]["state"] == "user-fixed" and not d["busy"]
         and np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a)) <= DROP_TOLERANCE_VIEW_PX,
     )
-    assert busy_at_second_drag, "precondition: the second drag should start while the model runs"
     assert np.linalg.norm(view_xy(done)[b] - drop_b) <= DROP_TOLERANCE_VIEW_PX
     assert done["points"][a]["state"] == "user-fixed"
     kept = pixels(done)
@@ -384,19 +423,6 @@ def test_measurements_table_changes_after_a_drag(browser, base_url):
     screenshot(page, "09-cobb-lines")
     page.close()
 
-def session_processes(session_id: str) -> list[int]:
-    """Pids of the session servers started for ``session_id`` (its autosave folder names it)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:  # the process has just exited
-            continue
-        if b"interactive_keypoints.web.app" in argv and any(session_id.encode() in a for a in argv):
-            pids.append(int(cmdline.parent.name))
-    return pids
-
-
 def status_of(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -409,16 +435,16 @@ def test_a_closed_tab_ends_its_session(browser, base_url):
     page = open_session(browser, base_url, "closed")
     session_url = page.url
     session_id = session_url.split("/s/")[1].split("/")[0]
-    assert session_processes(session_id), "precondition: the session's process is found"
+    assert f"session {session_id} listening" in SERVER_LOG.read_text(), "precondition: the launcher logs sessions"
     page.reload()  # a reload is not a closed tab: same session
     wait_until_rendered(page)
-    assert page.url == session_url and session_processes(session_id)
+    assert page.url == session_url and not session_closed(SERVER_LOG, session_id)
 
     page.close()
     closed = time.monotonic()
-    while session_processes(session_id):
+    while not session_closed(SERVER_LOG, session_id):  # the host has let go of its scene and views
         assert time.monotonic() - closed < SESSION_GONE_WITHIN_S, "the session outlived its closed tab"
         time.sleep(0.25)
-    print(f"session process gone {time.monotonic() - closed:.1f} s after its tab closed "
+    print(f"session closed {time.monotonic() - closed:.1f} s after its tab closed "
           f"(grace {RECONNECT_GRACE_S:g} s)")
     assert status_of(session_url) == 410

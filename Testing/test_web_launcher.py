@@ -1,14 +1,17 @@
-"""The launcher's session bookkeeping, with stand-in sessions (no trame, no model, no browser).
+"""The launcher's session bookkeeping, with a stand-in session host (no trame, no model, no browser).
 
-A stand-in session is a small aiohttp server that announces its port like the real one,
-so these tests check the limit under simultaneous visits, the end of a session after its
-last tab disconnected, and the connection info the page asks for, in a few seconds.
+The stand-in host speaks the real host's protocol (JSON lines in, ``IK_HOST`` lines out) and
+serves each session as a small aiohttp server on a port of its own, so these tests check the
+limit under simultaneous visits, the end of a session after its last tab disconnected, a
+host that dies, and the connection info the page asks for, in a few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -17,18 +20,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from interactive_keypoints.web.launcher import READY_MARK, Launcher
+from interactive_keypoints.web.host import HOST_MARK
+from interactive_keypoints.web.launcher import Launcher
 
-FAKE_SESSION = f"""
-import argparse, asyncio, signal, sys, time
+FAKE_HOST = f"""
+import asyncio, json, sys, time
 from aiohttp import web
 
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # like a trame server: a clean exit when asked
+time.sleep({{host_delay}})  # the real host imports its libraries and loads the model first
+OPEN_DELAY = {{open_delay}}  # and builds a session's scene and views
+sites = {{}}
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--port", type=int)
-args, _ = parser.parse_known_args()
-time.sleep({{delay}})  # a real session imports its libraries and loads the model first
+
+def answer(event, **fields):
+    print("{HOST_MARK} " + json.dumps({{"event": event, **fields}}), flush=True)
 
 
 async def websocket(request):
@@ -39,26 +44,43 @@ async def websocket(request):
     return ws
 
 
-async def main():
+async def open_session(session_id):
+    await asyncio.sleep(OPEN_DELAY)
     app = web.Application()
-    app.router.add_get("/", lambda r: web.Response(text="stand-in session"))
+    app.router.add_get("/", lambda r: web.Response(text="stand-in session " + session_id))
     app.router.add_get("/ws", websocket)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    print("{READY_MARK} port=%d" % site._server.sockets[0].getsockname()[1], flush=True)
-    await asyncio.Event().wait()
+    sites[session_id] = runner
+    answer("ready", id=session_id, port=site._server.sockets[0].getsockname()[1])
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    answer("host-ready")
+    while line := await reader.readline():
+        command = json.loads(line)
+        if "open" in command:
+            await open_session(command["open"])
+        elif "close" in command:
+            if command["close"] in sites:
+                await sites.pop(command["close"]).cleanup()
+            answer("closed", id=command["close"])
 
 asyncio.run(main())
 """
 
 
 @pytest.fixture
-def session_command(tmp_path):
-    def command(delay_s: float = 0.5):
-        script = tmp_path / f"fake_session_{delay_s:g}.py"
-        script.write_text(FAKE_SESSION.replace("{delay}", repr(delay_s)))
+def host_command(tmp_path):
+    def command(host_delay: float = 0.5, open_delay: float = 0.1):
+        script = tmp_path / f"fake_host_{host_delay:g}_{open_delay:g}.py"
+        script.write_text(FAKE_HOST.replace("{host_delay}", repr(host_delay)).replace("{open_delay}",
+                                                                                       repr(open_delay)))
         return [sys.executable, str(script)]
 
     return command
@@ -92,11 +114,12 @@ async def wait_until(condition, timeout_s: float) -> float:
     return time.monotonic() - began
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spares", [0, 1])
-def test_the_limit_holds_when_visits_arrive_together(session_command, tmp_path, caplog, spares):
+def test_the_limit_holds_when_visits_arrive_together(host_command, tmp_path, caplog, spares):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
     launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=spares,
-                        session_command=session_command(0.5))
+                        host_command=host_command(0.5))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -106,16 +129,19 @@ def test_the_limit_holds_when_visits_arrive_together(session_command, tmp_path, 
             assert len({location for status, location in answers if status == 302}) == 3
             assert launcher.started_count <= 3
             assert len(launcher.live_sessions()) <= 3
+            assert launcher.hosts_started == 1  # one process runs them all
 
     asyncio.run(scenario())
+    assert launcher.host.process.returncode is not None  # the host ends with the launcher
     refusals = [r for r in caplog.records if "refused a visit" in r.getMessage()]
     assert len(refusals) == 5 and all(r.levelno == logging.WARNING for r in refusals)
     assert launcher.started_count <= 3
 
 
-def test_a_spare_is_ready_before_the_visit_and_replaced(session_command, tmp_path):
+@pytest.mark.slow
+def test_a_spare_is_ready_before_the_visit_and_replaced(host_command, tmp_path):
     launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
-                        session_command=session_command(0.5))
+                        host_command=host_command(0.5))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -125,15 +151,16 @@ def test_a_spare_is_ready_before_the_visit_and_replaced(session_command, tmp_pat
             assert (status, location) == (302, f"/s/{spare.id}/")
             assert len(launcher.spares()) == 1 and launcher.spares()[0] is not spare  # the next one starts
             async with client.get(base + location) as response:
-                assert response.status == 200 and await response.text() == "stand-in session"
+                assert response.status == 200 and await response.text() == f"stand-in session {spare.id}"
 
     asyncio.run(scenario())
 
 
-def test_a_spare_waits_until_the_tabs_sessions_have_started(session_command, tmp_path):
+@pytest.mark.slow
+def test_a_spare_waits_until_the_tabs_sessions_have_started(host_command, tmp_path):
     """On a small machine a spare starting alongside would slow the start a tab is waiting for."""
     launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
-                        session_command=session_command(1.5))
+                        host_command=host_command(1.5))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -147,10 +174,11 @@ def test_a_spare_waits_until_the_tabs_sessions_have_started(session_command, tmp
     asyncio.run(scenario())
 
 
-def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp_path, caplog):
+@pytest.mark.slow
+def test_a_session_ends_soon_after_its_last_tab_disconnects(host_command, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
     launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0, reconnect_grace=1.5,
-                        session_command=session_command(0.2))
+                        host_command=host_command(0.2))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -165,12 +193,12 @@ def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp
             await asyncio.sleep(0.5)
             async with client.ws_connect(base + location + "ws") as ws:
                 await asyncio.sleep(2.0)  # longer than the grace period, while connected
-                assert session.alive and session.process.returncode is None
+                assert session.alive and not session.closed
                 await ws.send_str("still here")
                 assert (await ws.receive()).data == "still here"
-            # the tab is closed: the session ends, its process exits, the page says so
-            seconds = await wait_until(lambda: session.process.returncode is not None, 15)
-            print(f"session process gone {seconds:.1f} s after its tab closed (grace 1.5 s)")
+            # the tab is closed: the session ends, the host lets go of it, the page says so
+            seconds = await wait_until(lambda: session.closed, 15)
+            print(f"session closed by its host {seconds:.1f} s after its tab closed (grace 1.5 s)")
             async with client.get(base + location) as response:
                 assert response.status == 410
             assert len(launcher.live_sessions()) == 0
@@ -182,24 +210,50 @@ def test_a_session_ends_soon_after_its_last_tab_disconnects(session_command, tmp
     assert any("ended: its tab did not reconnect" in m for m in messages)
 
 
-def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(session_command, tmp_path):
+@pytest.mark.slow
+def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(host_command, tmp_path):
     launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0, idle_timeout=1,
-                        session_command=session_command(0.2))
+                        host_command=host_command(0.2))
 
     async def scenario():
         async with running(launcher) as (base, client):
             status, location = await visit(client, base)
             session = launcher.sessions[location.split("/")[2]]
-            await wait_until(lambda: session.process.returncode is not None, 15)
+            await wait_until(lambda: session.closed, 15)
             assert (await visit(client, base))[0] == 302
 
     asyncio.run(scenario())
 
 
-def test_the_page_is_told_its_websocket_address(session_command, tmp_path):
+@pytest.mark.slow
+def test_a_host_that_dies_ends_its_sessions_and_the_next_visit_gets_a_new_one(host_command, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0,
+                        host_command=host_command(0.2))
+
+    async def scenario():
+        async with running(launcher) as (base, client):
+            _, location = await visit(client, base)
+            session = launcher.sessions[location.split("/")[2]]
+            os.kill(launcher.host.process.pid, signal.SIGKILL)
+            await wait_until(lambda: session.closed, 15)
+            async with client.get(base + location) as response:
+                assert response.status == 410  # "This session has ended"
+            status, location = await visit(client, base)
+            assert status == 302 and launcher.hosts_started == 2
+            async with client.get(base + location) as response:
+                assert response.status == 200 and "stand-in session" in await response.text()
+
+    asyncio.run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("session host exited with -9; its 1 sessions ended" in m for m in errors)
+
+
+@pytest.mark.slow
+def test_the_page_is_told_its_websocket_address(host_command, tmp_path):
     """trame's page POSTs to ./paraview/ first (a 405 there was a console error on every page)."""
     launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0,
-                        session_command=session_command(0.2))
+                        host_command=host_command(0.2))
 
     async def scenario():
         async with running(launcher) as (base, client):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from . import __version__
 
-# name -> (module, one-line help). Modules that do not exist (yet) are left out.
+# name -> (module, one-line help)
 SUBCOMMANDS = {
     "demo": ("interactive_keypoints.demo", "run the model on a generated phantom radiograph and simulate one correction"),
     "predict": ("interactive_keypoints.predict", "place landmarks on radiographs; write .mrk.json and .csv"),
@@ -35,17 +34,6 @@ USER_ERRORS = [
 USER_ERROR_EXIT = 2
 
 
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:  # a parent package is missing
-        return False
-
-
-def available_subcommands() -> dict[str, tuple[str, str]]:
-    return {name: entry for name, entry in SUBCOMMANDS.items() if _module_exists(entry[0])}
-
-
 def _chosen(argv: list[str], names) -> str | None:
     """The subcommand named on the command line: the first argument that is not an option."""
     for arg in argv:
@@ -61,17 +49,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands = available_subcommands()
-    chosen = _chosen(argv, commands)
-    for name, (module_name, help_text) in commands.items():
+    chosen = _chosen(argv, SUBCOMMANDS)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # only the command being run is imported
             try:
                 module = importlib.import_module(module_name)
             except ImportError as e:  # e.g. 'serve' without the web extra installed
                 parser.error(f"'{name}' cannot run here: {e}")
-            if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
-                parser.error(f"'{name}' is not available in this version ({module_name} has no command line yet)")
             module.add_arguments(sub)
             sub.set_defaults(run=module.run)
     return parser

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .conventions import radial_errors
+
 # P(number of initial clicks = 0, 1, ..., 12); zero above 12. Sums to 1 exactly.
 CLICK_COUNT_PROBS = np.array([1 / 8, 1 / 2, 1 / 4] + [2.0 ** -n for n in range(4, 13)] + [1 / 4096])
 
@@ -37,14 +39,13 @@ def worst_keypoint(pred, truth, clicked) -> int:
     clicked = np.asarray(clicked, dtype=bool)
     if clicked.all():
         raise ValueError("every keypoint is already clicked: there is no keypoint left to click")
-    errors = np.linalg.norm(np.asarray(pred, float) - np.asarray(truth, float), axis=-1)
-    return int(np.argmax(np.where(clicked, -np.inf, errors)))
+    return int(np.argmax(np.where(clicked, -np.inf, radial_errors(pred, truth))))
 
 
 def worst_keypoints(pred: torch.Tensor, truth: torch.Tensor, clicked: torch.Tensor) -> torch.Tensor:
     """Batched :func:`worst_keypoint` for training: (B, K, 2), (B, K, 2), (B, K) bool -> (B,).
 
-    Rows where everything is clicked return -1.
+    Rows where everything is clicked return -1. Errors stay on the device (no sync per batch).
     """
     errors = torch.linalg.vector_norm(pred.detach() - truth, dim=-1)
     errors = errors.masked_fill(clicked, float("-inf"))

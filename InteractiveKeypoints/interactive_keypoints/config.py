@@ -37,6 +37,11 @@ class ModelConfig:
     hint_channels: int = 16
     gating: bool = True
     gating_pool: str = "max"  # "max" (paper) or "avg" (ablation)
+    gate_channels: int = 256  # the gate's conv width (paper: 256); narrow it for small demo models
+    # correction field (correction_field.py): unfixed points follow the residuals at the clicks;
+    # length as a fraction of the landmarks' extent, 0 = off (the paper's rule: the network alone)
+    correction_length: float = 0.0
+    correction_noise: float = 0.3
     # heatmaps: Gaussian sigma in network-input pixels
     sigma: float = 7.5
     # intensity normalisation of the grey image before the network
@@ -67,17 +72,22 @@ class ModelConfig:
             )
         if len(self.input_size) != 2 or any(v % 32 for v in self.input_size):
             problems.append(f"input_size {self.input_size} must be (H, W), multiples of 32")
+        if self.correction_length < 0 or self.correction_noise <= 0:
+            problems.append(f"correction_length must be >= 0 and correction_noise > 0, got "
+                            f"{self.correction_length} and {self.correction_noise}")
+        if self.gate_channels < 1:
+            problems.append(f"gate_channels must be positive, got {self.gate_channels}")
         if self.gating_pool not in ("max", "avg"):
             problems.append(f"gating_pool must be 'max' or 'avg', got {self.gating_pool!r}")
         for a, b in self.flip_pairs:
             if not (0 <= a < self.num_keypoints and 0 <= b < self.num_keypoints):
                 problems.append(f"flip pair ({a}, {b}) outside 0..{self.num_keypoints - 1}")
         if self.measurements:
-            from .measurements import MEASUREMENT_SETS
+            from .measurements import MEASUREMENT_SETS, MEASUREMENT_TEMPLATES
 
             if self.measurements not in MEASUREMENT_SETS:
                 problems.append(f"measurements must be one of {MEASUREMENT_SETS} or '', got {self.measurements!r}")
-            elif self.num_keypoints != {"aasce-cobb": 68, "isbi-ceph": 19}[self.measurements]:
+            elif self.num_keypoints != MEASUREMENT_TEMPLATES[self.measurements].num_keypoints:
                 problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
         if self.format_version > FORMAT_VERSION:
             problems.append(

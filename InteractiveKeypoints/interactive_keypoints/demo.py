@@ -33,12 +33,6 @@ class DemoResult:
     refine_ms: float
 
 
-def mean_radial_error(points, truth, spacing=(1.0, 1.0)) -> float:
-    import numpy as np
-
-    return float(np.linalg.norm((np.asarray(points) - np.asarray(truth)) * np.asarray(spacing), axis=1).mean())
-
-
 def simulate_one_correction(model, sample, device) -> DemoResult:
     """Predict, then move the landmark with the largest error to its true position and refine."""
     from .clicks import worst_keypoint
@@ -58,24 +52,22 @@ def simulate_one_correction(model, sample, device) -> DemoResult:
 
 
 def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dict[str, Path]:
-    import numpy as np
-    import SimpleITK as sitk
-
+    from .conventions import POINTS_CSV, POINTS_JSON, output_path
     from .markups import write_csv, write_markups_json
+    from .metrics import mre
     from .overlay import save_overlay
+    from .phantom import write_png
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    paths["image"] = out / "phantom.png"
-    sitk.WriteImage(sitk.GetImageFromArray(np.round(sample.image * 255).astype(np.uint8)), str(paths["image"]))
+    paths = {"image": write_png(sample.image, out / "phantom.png")}
     truth, spacing, k = result.truth, result.spacing, result.corrected
     for key, prediction, moves in (
         ("before", result.before, None),
         ("after", result.after, [(result.before.points[k], result.after.points[k])]),
     ):
         title = (
-            f"{key} ({model_name}): MRE {mean_radial_error(prediction.points, truth):.1f} px"
-            f" / {mean_radial_error(prediction.points, truth, spacing):.2f} mm"
+            f"{key} ({model_name}): MRE {mre(prediction.points, truth):.1f} px"
+            f" / {mre(prediction.points, truth, spacing):.2f} mm"
         )
         if moves:
             title += f"\nuser moved {prediction.names[k]}"
@@ -86,10 +78,10 @@ def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dic
     # phantom.png carries no spacing, so the markups use the geometry Slicer gives the PNG
     # (1 mm pixels, origin 0) and overlay it exactly; the CSV has the true mm as well.
     paths["markups"] = write_markups_json(
-        out / "keypoints.mrk.json", after.points, after.names, states=after.states(), confidence=after.confidence, node_name="phantom"
+        output_path(out / "keypoints", POINTS_JSON), after.points, after.names, states=after.states(), confidence=after.confidence, node_name="phantom"
     )
     paths["csv"] = write_csv(
-        out / "keypoints.csv", after.names, after.points, spacing=spacing, states=after.states(), confidence=after.confidence
+        output_path(out / "keypoints", POINTS_CSV), after.names, after.points, spacing=spacing, states=after.states(), confidence=after.confidence
     )
     return paths
 
@@ -97,16 +89,19 @@ def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dic
 def summary(result: DemoResult, paths: dict[str, Path], moved_threshold_px: float = 1.0) -> str:
     import numpy as np
 
+    from .conventions import radial_errors
+    from .metrics import mre
+
     before, after, k, truth, spacing = result.before, result.after, result.corrected, result.truth, result.spacing
     others = np.delete(np.arange(len(truth)), k)
-    shift = np.linalg.norm(after.points[others] - before.points[others], axis=1)
-    error_before = np.linalg.norm(before.points[k] - truth[k])
+    shift = radial_errors(after.points[others], before.points[others])
+    error_before = radial_errors(before.points[k], truth[k])
     lines = [
         f"corrected landmark: {before.names[k]} (error {error_before:.1f} px before the move)",
-        f"MRE before: {mean_radial_error(before.points, truth):.2f} px / {mean_radial_error(before.points, truth, spacing):.2f} mm",
-        f"MRE after:  {mean_radial_error(after.points, truth):.2f} px / {mean_radial_error(after.points, truth, spacing):.2f} mm",
-        f"MRE of the {len(others)} other landmarks: {mean_radial_error(before.points[others], truth[others]):.2f} px"
-        f" -> {mean_radial_error(after.points[others], truth[others]):.2f} px",
+        f"MRE before: {mre(before.points, truth):.2f} px / {mre(before.points, truth, spacing):.2f} mm",
+        f"MRE after:  {mre(after.points, truth):.2f} px / {mre(after.points, truth, spacing):.2f} mm",
+        f"MRE of the {len(others)} other landmarks: {mre(before.points[others], truth[others]):.2f} px"
+        f" -> {mre(after.points[others], truth[others]):.2f} px",
         f"other landmarks moved by the model: {int((shift > moved_threshold_px).sum())} of {len(others)}"
         f" by more than {moved_threshold_px:g} px (largest move {shift.max():.1f} px)",
         f"latency: predict {result.predict_ms:.0f} ms, refine {result.refine_ms:.0f} ms",
@@ -117,9 +112,8 @@ def summary(result: DemoResult, paths: dict[str, Path], moved_threshold_px: floa
 
 
 def run(args) -> int:
+    from .model_folders import DEFAULT_MODEL_NAME, PHANTOM_MODEL_NAME
     from .phantom import make_spine_phantom
-
-    from .model_io import DEFAULT_MODEL_NAME, PHANTOM_MODEL_NAME
 
     # phantom image -> the phantom-trained model first; the real-radiograph model otherwise
     model = load_model_for(args, preference=(PHANTOM_MODEL_NAME, DEFAULT_MODEL_NAME))

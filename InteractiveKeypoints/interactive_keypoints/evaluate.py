@@ -160,13 +160,15 @@ def sample_radiograph(sample: KeypointSample) -> Radiograph:
 
 def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, prev_mode="fixed", progress=True,
                    user: str = "oracle", review_score: str | None = None, tolerance: float = 0.0,
-                   click_noise: float = 0.0, click_seed: int = 0, unit: str = "px"):
+                   click_noise: float = 0.0, click_seed: int = 0, unit: str = "px",
+                   correction_length: float | None = None):
     """RevisionCurves for every sample, sharing one inference copy of the network.
 
     ``user``: ``oracle`` (the protocol) or ``guided`` (see :func:`simulate_guided`, with
     ``tolerance`` and ``review_score``). ``click_noise``: SD of the clicks' error;
     ``tolerance`` and ``click_noise`` are in ``unit`` (mm: divided by each image's spacing).
-    Image n's click noise is seeded by (``click_seed``, n).
+    Image n's click noise is seeded by (``click_seed``, n). ``correction_length``: override the
+    model's correction field (0 = the network alone).
     """
     if user not in USERS:
         raise ValueError(f"unknown user {user!r}; expected one of {USERS}")
@@ -174,7 +176,7 @@ def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, 
     results = []
     for n, sample in enumerate(tqdm(samples, desc=f"evaluate ({user})", disable=not progress)):
         session = KeypointSession(model, sample_radiograph(sample), prev_mode=prev_mode, predictor=predictor,
-                                  review_score=review_score)
+                                  review_score=review_score, correction_length=correction_length)
         px_per_unit = 1.0 / sample.spacing[0] if unit == "mm" else 1.0
         place = exact_clicks
         if click_noise > 0:
@@ -499,6 +501,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unit", choices=["px", "mm"], default="px", help="unit of --targets")
     parser.add_argument("--prev-mode", choices=["fixed", "all"], default="fixed",
                         help="previous prediction in fixed channels only (paper) or all channels")
+    parser.add_argument("--correction-length", type=float, default=None,
+                        help="correction field length, fraction of the landmarks' extent (default: the model's; "
+                             "0 = the network alone moves the points, the paper's rule)")
+    parser.add_argument("--correction-noise", type=float, default=None,
+                        help="correction field noise, relative to the kernel's variance (default: the model's)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--sample", type=int, default=None,
                         help="evaluate N images drawn at random from the split (seeded by --sample-seed; "
@@ -528,6 +535,9 @@ def run(args) -> int:
     if args.threads:  # e.g. beside a training: oversubscribed OpenMP threads crawl
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    if args.correction_noise is not None:  # a sweep of the field's settings, without editing model.json
+        model.config.correction_noise = args.correction_noise
+        model.config.validate()
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
     options.update(disordered_label_options(args.dataset, args.drop_disordered_labels))
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
@@ -541,13 +551,16 @@ def run(args) -> int:
     tolerance = min(args.targets) if args.guided_tolerance is None else args.guided_tolerance
     results_by_user = {
         user: evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, not args.quiet, user,
-                             args.review_score, tolerance, args.click_noise, args.click_seed, args.unit)
+                             args.review_score, tolerance, args.click_noise, args.click_seed, args.unit,
+                             args.correction_length)
         for user in users
     }
     results = results_by_user[users[0]]
     metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks,
                         split.landmark_names)
+    correction_length = model.config.correction_length if args.correction_length is None else args.correction_length
     metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
+                   correction_length=correction_length, correction_noise=model.config.correction_noise,
                    skipped=split.skipped)
     protocol = users == ["oracle"] and args.click_noise == 0  # today's protocol: metrics.json unchanged
     if not protocol:

@@ -182,7 +182,8 @@ def sha256(path: Path) -> str:
 
 def files_to_return(name: str, model_dir: Path, scratch: Path) -> dict[str, Path]:
     """{name in OUT: file} for one model: its weight files and an archive of its JSON/CSV files."""
-    from .model_io import WEIGHTS_INDEX_FILE, weight_files
+    from .model_folders import WEIGHTS_INDEX_FILE
+    from .model_io import weight_files
 
     if not (model_dir / "model.json").is_file():
         return {}

@@ -21,12 +21,10 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
+from .conventions import header_spacing
+
 # ITU-R BT.601 luma weights (what PIL's "L" mode and most viewers use for RGB -> grey).
 LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114])
-
-# Readers of these formats turn the file's print resolution (DPI) into a spacing; that
-# says nothing about the detector, so their spacing is treated as unknown.
-PRINT_RESOLUTION_IOS = {"PNGImageIO", "JPEGImageIO", "BMPImageIO", "TIFFImageIO"}
 
 
 class ImageError(ValueError):
@@ -92,7 +90,8 @@ def load_radiograph(source, spacing=None) -> Radiograph:
     return radiograph
 
 
-def _load_file(path: Path) -> Radiograph:
+def _header_reader(path: Path):
+    """(SimpleITK reader with the file's header read, no pixels yet; the reader's IO name)."""
     import SimpleITK as sitk  # here, not at the top: reading a training pack must work without it
 
     name = str(path)
@@ -106,10 +105,27 @@ def _load_file(path: Path) -> Radiograph:
         raise ImageError(f"{name} is not an image file in a format SimpleITK can read")
     reader.SetFileName(name)
     try:
-        # header first: reject volumes before reading all their voxels
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise ImageError(f"cannot read image {name}: {_sitk_message(e)}") from None
+    return reader, io_name
+
+
+def image_geometry(path: str | Path):
+    """((H, W), spacing (sx, sy), origin (x, y), spacing_known) from the header only: no
+    pixel decoding. Raises :class:`ImageError`."""
+    reader, io_name = _header_reader(Path(path))
+    size = reader.GetSize()
+    spacing, known = header_spacing(io_name, reader.GetSpacing()[:2])
+    return (int(size[1]), int(size[0])), spacing, np.array(reader.GetOrigin()[:2], dtype=float), known
+
+
+def _load_file(path: Path) -> Radiograph:
+    import SimpleITK as sitk
+
+    name = str(path)
+    # header first: reject volumes before reading all their voxels
+    reader, io_name = _header_reader(path)
     size = reader.GetSize()
     if reader.GetDimension() > 2 and int(np.prod(size[2:])) > 1:
         raise ImageError(
@@ -128,11 +144,10 @@ def _load_file(path: Path) -> Radiograph:
         array = array.reshape(array.shape[-3:])
     grey = _grey_from_array(array, name)
 
-    file_spacing = tuple(float(s) for s in image.GetSpacing()[:2])
-    spacing_known = io_name not in PRINT_RESOLUTION_IOS and file_spacing != (1.0, 1.0)
+    spacing, spacing_known = header_spacing(io_name, image.GetSpacing()[:2])
     return Radiograph(
         array=grey,
-        spacing=file_spacing if spacing_known else (1.0, 1.0),
+        spacing=spacing,
         spacing_known=spacing_known,
         origin=np.array(image.GetOrigin()[:2], dtype=float),
         path=name,
@@ -249,6 +264,12 @@ def _scale(original_size, input_size) -> np.ndarray:
     return np.array([w_in / w, h_in / h], dtype=float)
 
 
+def resize_matrix(original_size, input_size) -> np.ndarray:
+    """:func:`to_input` as a (3, 3) matrix on (x, y, 1), to compose with other maps."""
+    sx, sy = _scale(original_size, input_size)
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
 def to_input(points, original_size, input_size) -> np.ndarray:
     """Original-pixel (x, y) -> network-input pixels; points (..., 2), sizes (H, W)."""
     points = np.asarray(points, dtype=float)
@@ -278,19 +299,3 @@ class CoordinateMap:
 
     def to_original(self, points) -> np.ndarray:
         return to_original(points, self.original_size, self.input_size)
-
-
-def pixels_to_mm(vectors, spacing) -> np.ndarray:
-    """(..., 2) points or displacements (dx, dy) in pixels -> mm, per axis.
-
-    Positions are relative to pixel (0, 0); add the image origin for physical positions.
-    """
-    vectors = np.asarray(vectors, dtype=float)
-    if vectors.shape[-1:] != (2,):
-        raise ValueError(f"expected (..., 2) pixel vectors, got shape {vectors.shape}")
-    return vectors * np.asarray(spacing, dtype=float).reshape(2)
-
-
-def distances_mm(a, b, spacing) -> np.ndarray:
-    """Euclidean distances in mm between matching (..., 2) pixel points ``a`` and ``b``."""
-    return np.linalg.norm(pixels_to_mm(np.asarray(b, float) - np.asarray(a, float), spacing), axis=-1)

@@ -18,21 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import ACTIVE_COLOR, FIXED_COLOR, PREDICTED, PREDICTED_COLOR, USER_FIXED, pixels_to_mm
+
 MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
     "Resources/Schema/markups-schema-v1.0.3.json#"
 )
-USER_FIXED = "user-fixed"
-PREDICTED = "predicted"
 # identity orientation, as Slicer writes it in LPS
 _LPS_IDENTITY = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
-# unselected (predicted) points in amber, selected (user-fixed) points in green
+# unselected = predicted, selected = user-fixed (the project's one palette)
 _DISPLAY = {
     "visibility": True,
     "opacity": 1.0,
-    "color": [1.0, 0.75, 0.2],
-    "selectedColor": [0.3, 1.0, 0.4],
-    "activeColor": [0.4, 1.0, 1.0],
+    "color": list(PREDICTED_COLOR),
+    "selectedColor": list(FIXED_COLOR),
+    "activeColor": list(ACTIVE_COLOR),
     "propertiesLabelVisibility": False,
     "pointLabelsVisibility": True,
     "textScale": 2.0,
@@ -182,7 +182,7 @@ def write_csv(path, names, points_xy, spacing=None, states=None, confidence=None
     mm values are ``pixel * spacing`` (relative to pixel (0, 0), no origin).
     """
     points_xy, names, states, confidence = _checked(points_xy, names, states, confidence)
-    mm = points_xy * np.asarray(spacing, dtype=float).reshape(2) if spacing is not None else None
+    mm = pixels_to_mm(points_xy, spacing) if spacing is not None else None
     path = Path(path)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -245,9 +245,3 @@ def read_markups_points(path, spacing=(1.0, 1.0), origin=(0.0, 0.0)) -> MarkupsP
         confidence=np.array(confidence, dtype=float),
         node_name=str(markup.get("name", "")),
     )
-
-
-def read_markups_json(path, spacing=(1.0, 1.0), origin=(0.0, 0.0)):
-    """``(points_xy (K, 2), names, states)`` from a ``.mrk.json``; see :func:`read_markups_points`."""
-    m = read_markups_points(path, spacing, origin)
-    return m.points, m.names, m.states

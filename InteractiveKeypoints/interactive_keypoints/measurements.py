@@ -20,7 +20,20 @@ Sources:
   MICCAI 2017).
 * Ceph analysis: the eight measurements and class thresholds of the ISBI 2015 challenge
   (Wang et al., "A benchmark for comparison of dental radiography analysis algorithms",
-  Medical Image Analysis 31, 2016, table of measurement definitions).
+  Medical Image Analysis 31, 2016, https://doi.org/10.1016/j.media.2016.02.004, its table
+  of measurement definitions), checked against the challenge's own evaluation code
+  (``angle.py`` of the ISBI 2015 evaluation software, as ported to Python in
+  https://github.com/hjkwonispl/mpa, ``src/evaluation.py``, class ``FacialTypeMeasurement``).
+  Where a textbook reading differs, the evaluation code decides, because it made the
+  challenge's class labels: its FMA is the angle between S-N and Go-Gn (not Frankfort to
+  the mandibular plane); the palatal-plane term of APDI has the same sign as in ODI
+  (positive when the palatal plane tips down anteriorly against FH; also the sign rule
+  of Kim's APDI and ODI as restated in Progress in Orthodontics,
+  https://doi.org/10.1186/s40510-016-0147-8, table 2); and every
+  MW below 2 mm other than exactly 0 is class 3 (anterior crossbite). On the ground-truth
+  landmarks of the 300 public images (training + test 1) these definitions give the
+  evaluation code's value and class for all 8 measurements on every image
+  (Testing/test_measurements.py).
 """
 
 from __future__ import annotations
@@ -29,7 +42,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-MEASUREMENT_SETS = ("aasce-cobb", "isbi-ceph")
+from .conventions import CEPH, MEASUREMENTS_CSV, MEASUREMENTS_JSON, SPINE, SPINE_VERTEBRAE, output_path
+
+# measurement set -> the landmark template its points follow
+MEASUREMENT_TEMPLATES = {"aasce-cobb": SPINE, "isbi-ceph": CEPH}
+MEASUREMENT_SETS = tuple(MEASUREMENT_TEMPLATES)
 
 Segment = tuple[tuple[float, float], tuple[float, float]]  # ((x0, y0), (x1, y1)) pixels
 
@@ -63,7 +80,7 @@ def measure(points, measurement_set: str, spacing=None, image_height: float | No
         return []
     if measurement_set not in MEASUREMENT_SETS:
         raise ValueError(f"unknown measurement set {measurement_set!r}; expected one of {MEASUREMENT_SETS} or ''")
-    points = _check_points(points, 68 if measurement_set == "aasce-cobb" else 19, measurement_set)
+    points = _check_points(points, MEASUREMENT_TEMPLATES[measurement_set].num_keypoints, measurement_set)
     if measurement_set == "aasce-cobb":
         return cobb_angles(points, spacing, image_height)
     return ceph_analysis(points, spacing)
@@ -91,7 +108,6 @@ def _segment(a, b) -> Segment:
 
 # --------------------------------------------------------------------------- spine
 
-VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 
 
 def _angle_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -135,7 +151,7 @@ def cobb_angles(points, spacing=None, image_height: float | None = None) -> list
     which the record's ``extra["curve"]`` says. Without ``image_height`` the middle of
     the image is taken to be the middle of the spine (T1 top to L5 bottom).
     """
-    points = _check_points(points, 68, "Cobb angles")
+    points = _check_points(points, SPINE.num_keypoints, "Cobb angles")
     corners = points.reshape(17, 4, 2)
     scale = _scale(spacing)
     left_mid = (corners[:, 0] + corners[:, 2]) / 2  # (17, 2) pixels
@@ -171,8 +187,8 @@ def cobb_angles(points, spacing=None, image_height: float | None = None) -> list
             unit="deg",
             landmarks=tuple(range(4 * top, 4 * top + 4)) + tuple(range(4 * bottom, 4 * bottom + 4)),
             lines=(_segment(left_mid[top], right_mid[top]), _segment(left_mid[bottom], right_mid[bottom])),
-            description=f"Cobb angle {VERTEBRAE[top]}-{VERTEBRAE[bottom]} ({curve} curve)",
-            extra={"curve": curve, "end_vertebrae": [VERTEBRAE[top], VERTEBRAE[bottom]]},
+            description=f"Cobb angle {SPINE_VERTEBRAE[top]}-{SPINE_VERTEBRAE[bottom]} ({curve} curve)",
+            extra={"curve": curve, "end_vertebrae": [SPINE_VERTEBRAE[top], SPINE_VERTEBRAE[bottom]]},
         ))  # fmt: skip
     return records
 
@@ -182,7 +198,8 @@ def cobb_angles(points, spacing=None, image_height: float | None = None) -> list
 # ISBI 2015 landmark indices (0-based; the paper numbers them L1..L19)
 S, N, OR, PO, A, B, POG, ME, GN, GO, LIT, UIT, UL, LL, SN, SPOG, PNS, ANS, AR = range(19)
 
-# name -> (normal range (low, high), class below low, class within, class above high)
+# name -> (normal range (low, high), class below low, class within, class above high);
+# a value on a bound is within, as in the challenge's evaluation code
 CEPH_CLASSES = {
     "ANB": ((3.2, 5.7), "class III", "class I (normal)", "class II"),
     "SNB": ((74.6, 78.7), "retrognathic mandible", "normal mandible", "prognathic mandible"),
@@ -193,17 +210,33 @@ CEPH_CLASSES = {
     "FMA": ((26.8, 31.4), "low angle tendency", "normal", "high angle tendency"),
     "MW": ((2.0, 4.5), "edge to edge", "normal occlusion", "large overjet"),
 }
-MW_CROSSBITE = "anterior crossbite"  # MW < 0: the fourth MW class of the table
+MW_CROSSBITE = "anterior crossbite"  # the fourth MW class: MW < 2 mm and not 0 (see ceph_class)
+# the challenge's type numbers (1 = normal) of the class below and above the normal range
+ISBI_TYPES = {"ANB": (3, 2), "SNB": (2, 3), "SNA": (3, 2), "ODI": (3, 2), "APDI": (2, 3), "FHI": (3, 2), "FMA": (3, 2)}
+MW_TYPES = {"normal occlusion": 1, "edge to edge": 2, MW_CROSSBITE: 3, "large overjet": 4}
 
 
 def ceph_class(name: str, value: float) -> str:
-    """The ISBI 2015 class of one measurement value (MW in mm)."""
+    """The ISBI 2015 class of one measurement value (MW in mm).
+
+    MW: the table names MW = 0 edge to edge and MW < 0 anterior crossbite and leaves
+    0 < MW < 2 open; the challenge's evaluation code, which made its labels, puts every
+    MW below 2 other than exactly 0 into anterior crossbite, and so do we."""
     (low, high), below, within, above = CEPH_CLASSES[name]
-    if name == "MW" and value < 0:
-        return MW_CROSSBITE
+    if name == "MW" and value < low:
+        return below if value == 0 else MW_CROSSBITE
     if value < low:
         return below
     return above if value > high else within
+
+
+def isbi_type(name: str, category: str) -> int:
+    """The challenge's type number of a class: 1 normal, then 2, 3 (and 4 for MW) as in
+    its table and evaluation code."""
+    if name == "MW":
+        return MW_TYPES[category]
+    (_, _), below, within, above = CEPH_CLASSES[name]
+    return {within: 1, below: ISBI_TYPES[name][0], above: ISBI_TYPES[name][1]}[category]
 
 
 def ceph_analysis(points, spacing=None) -> list[Measurement]:
@@ -216,17 +249,21 @@ def ceph_analysis(points, spacing=None) -> list[Measurement]:
 
     * SNA, SNB: angle S-N-A, S-N-B at nasion. ANB = SNA - SNB (negative when B is ahead).
     * ODI (overbite depth indicator): angle of the A-B line to the mandibular plane
-      (gonion-menton) plus the angle from the palatal plane (PNS-ANS) to Frankfort
-      horizontal (porion-orbitale): negative when the palatal plane tips up anteriorly.
+      (gonion-menton) plus the palatal-plane angle: the angle between Frankfort horizontal
+      (porion-orbitale) and the palatal plane (PNS-ANS), negative when the palatal plane
+      tips up anteriorly.
     * APDI (anteroposterior dysplasia indicator): facial angle (FH to nasion-pogonion)
-      plus the AB-plane angle (A-B to N-Pog, negative when B lies behind A) plus the angle
-      from FH to the palatal plane.
+      plus the AB-plane angle (N-Pog to A-B, negative when the A-B line runs down and back
+      more steeply than N-Pog, i.e. B behind A) plus the palatal-plane angle of ODI.
     * FHI: posterior / anterior face height, |S-Go| / |N-Me|.
-    * FMA: angle between FH and the mandibular plane.
+    * FMA as the challenge measures it: the angle between S-N and gonion-gnathion (the
+      clinical FMA uses FH and Go-Me; the challenge's thresholds are for this one).
     * MW (modified Wits): distance between the upper and the lower incisal tips, negative
       when the lower incisor is ahead of the upper; classed only in mm (known spacing).
+
+    Each classed record's ``extra["isbi_type"]`` is the challenge's type number (1 normal).
     """
-    pixels = _check_points(points, 19, "ISBI ceph analysis")
+    pixels = _check_points(points, CEPH.num_keypoints, "ISBI ceph analysis")
     scale = _scale(spacing)
     p = pixels * scale
     facing = 1.0 if p[N, 0] >= p[S, 0] else -1.0
@@ -245,10 +282,11 @@ def ceph_analysis(points, spacing=None) -> list[Measurement]:
     sna, snb = at_nasion(A), at_nasion(B)
     fh, mandibular, palatal = inclination(PO, OR), inclination(GO, ME), inclination(PNS, ANS)
     ab, facial = inclination(A, B), inclination(N, POG)
-    odi = wrap(mandibular - ab) + wrap(fh - palatal)
-    apdi = wrap(180.0 + facial - fh) + wrap(ab - facial) + wrap(palatal - fh)
+    palatal_to_fh = wrap(fh - palatal)  # > 0: palatal plane tips down anteriorly
+    odi = wrap(mandibular - ab) + palatal_to_fh
+    apdi = wrap(180.0 + facial - fh) + wrap(ab - facial) + palatal_to_fh
     fhi = float(np.linalg.norm(p[S] - p[GO]) / np.linalg.norm(p[N] - p[ME]))
-    fma = wrap(fh - mandibular)
+    fma = float(_angle_between(anat[N] - anat[S], anat[GN] - anat[GO]))
     mw = float(np.linalg.norm(p[UIT] - p[LIT])) * (1.0 if anat[UIT, 0] >= anat[LIT, 0] else -1.0)
 
     seg = lambda i, j: _segment(pixels[i], pixels[j])  # noqa: E731
@@ -261,15 +299,16 @@ def ceph_analysis(points, spacing=None) -> list[Measurement]:
          (seg(A, B), seg(GO, ME), seg(PNS, ANS), seg(PO, OR)), "overbite depth indicator: AB to MP + PP to FH"),
         ("APDI", apdi, "deg", (PO, OR, N, POG, A, B, PNS, ANS),
          (seg(PO, OR), seg(N, POG), seg(A, B), seg(PNS, ANS)),
-         "anteroposterior dysplasia indicator: FH to N-Pog + AB to N-Pog + FH to PP"),
+         "anteroposterior dysplasia indicator: FH to N-Pog + N-Pog to AB + FH to PP"),
         ("FHI", fhi, "ratio", (S, GO, N, ME), (seg(S, GO), seg(N, ME)), "facial height index |S-Go| / |N-Me|"),
-        ("FMA", fma, "deg", (PO, OR, GO, ME), (seg(PO, OR), seg(GO, ME)), "Frankfort-mandibular plane angle"),
+        ("FMA", fma, "deg", (S, N, GO, GN), (seg(S, N), seg(GO, GN)), "the challenge's FMA: S-N to gonion-gnathion"),
         ("MW", mw, length_unit, (UIT, LIT), (seg(LIT, UIT),), "modified Wits: upper to lower incisal tip"),
     ]  # fmt: skip
     records = []
     for name, value, unit, landmarks, lines, description in rows:
         category = "" if unit == "px" else ceph_class(name, value)
-        records.append(Measurement(name, float(value), unit, tuple(landmarks), lines, category, description))
+        extra = {"isbi_type": isbi_type(name, category)} if category else {}
+        records.append(Measurement(name, float(value), unit, tuple(landmarks), lines, category, description, extra))
     return records
 
 
@@ -295,11 +334,8 @@ def write_measurements(stem, records, measurement_set: str) -> list:
     """``stem.measurements.json`` (full records, lines included) and ``stem.measurements.csv``."""
     import csv
     import json
-    from pathlib import Path
 
-    stem = Path(stem)
-    json_path = stem.with_name(stem.name + ".measurements.json")
-    csv_path = stem.with_name(stem.name + ".measurements.csv")
+    json_path, csv_path = output_path(stem, MEASUREMENTS_JSON), output_path(stem, MEASUREMENTS_CSV)
     json_path.write_text(json.dumps({"measurement_set": measurement_set, "measurements": [m.to_dict() for m in records]}, indent=1))
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", "value", "unit", "class", "landmarks", "description"])

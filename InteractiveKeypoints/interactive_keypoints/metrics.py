@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conventions import radial_errors
+
+__all__ = ["SDR_THRESHOLDS_MM", "cobb_smape", "mre", "mre_sd", "noc", "noc_key", "noc_summary", "radial_errors", "sdr"]
+
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
-
-
-def radial_errors(pred, truth, spacing=None) -> np.ndarray:
-    """Euclidean error per keypoint, (..., K); in mm when ``spacing`` (sx, sy) is given."""
-    diff = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
-    if diff.shape[-1:] != (2,):
-        raise ValueError(f"expected (..., K, 2) points, got shape {diff.shape}")
-    if spacing is not None:
-        diff = diff * np.asarray(spacing, dtype=np.float64).reshape(2)
-    return np.linalg.norm(diff, axis=-1)
 
 
 def mre(pred, truth, spacing=None):

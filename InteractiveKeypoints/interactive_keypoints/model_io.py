@@ -22,20 +22,9 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, ModelFormatError
 from .model import InteractiveKeypointNet
 
-# model discovery lives in model_folders (no torch); re-exported for existing callers
-from .model_folders import (  # noqa: F401
-    CONFIG_FILE,
-    DEFAULT_MODEL_NAME,
-    MODELS_ENV,
-    PHANTOM_MODEL_NAME,
-    REPO_MODELS_DIR,
-    WEIGHTS_FILE,
-    WEIGHTS_INDEX_FILE,
-    default_model_dir,
-    has_weights,
-    models_dirs,
-    shipped_models,
-)
+# model discovery lives in model_folders (no torch); default_model_dir is re-exported
+# because the README's Python example imports it from here
+from .model_folders import CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, default_model_dir  # noqa: F401
 
 SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"
 MAX_SHARD_BYTES = 15_000_000  # 15 MB per file: small enough for any git host without LFS

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-PREDICTED_COLOUR = "#ffbf33"  # amber, as predicted points in the Slicer markups display
-FIXED_COLOUR = "#4dff66"  # green, as user-fixed (selected) points
+from .conventions import FIXED_COLOR, PREDICTED, PREDICTED_COLOR, USER_FIXED, hex_color
+
+PREDICTED_COLOUR, FIXED_COLOUR = hex_color(PREDICTED_COLOR), hex_color(FIXED_COLOR)
 TRUTH_COLOUR = "#33ccff"
 ARROW_COLOUR = "#ff4d4d"
 MAX_SIDE_INCHES = 10.0
@@ -56,10 +57,10 @@ def save_overlay(
         legend.append(Line2D([], [], ls="", marker="x", color=TRUTH_COLOUR, label="ground truth"))
     predicted = points[~fixed]
     axes.scatter(predicted[:, 0], predicted[:, 1], s=12, c=PREDICTED_COLOUR, edgecolors="black", linewidths=0.3)
-    legend.append(Line2D([], [], ls="", marker="o", color=PREDICTED_COLOUR, label="predicted"))
+    legend.append(Line2D([], [], ls="", marker="o", color=PREDICTED_COLOUR, label=PREDICTED))
     if fixed.any():
         axes.scatter(points[fixed, 0], points[fixed, 1], marker="D", s=30, c=FIXED_COLOUR, edgecolors="black", linewidths=0.5)
-        legend.append(Line2D([], [], ls="", marker="D", color=FIXED_COLOUR, label="user-fixed"))
+        legend.append(Line2D([], [], ls="", marker="D", color=FIXED_COLOUR, label=USER_FIXED))
     for start, end in moves or []:
         axes.annotate(
             "", xy=tuple(end), xytext=tuple(start),

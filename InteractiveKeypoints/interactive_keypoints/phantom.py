@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
-CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
-SPINE_LANDMARK_NAMES = [f"{v}-{c}" for v in VERTEBRAE for c in CORNERS]
-SPINE_FLIP_PAIRS = [p for v in range(len(VERTEBRAE)) for p in ((4 * v, 4 * v + 1), (4 * v + 2, 4 * v + 3))]
+from .conventions import POINTS_JSON, SPINE, SPINE_VERTEBRAE, USER_FIXED, spine_template
 
 # Physical height of the phantom film; pixels are square.
 FIELD_OF_VIEW_MM = 420.0
@@ -46,7 +43,7 @@ def make_spine_phantom(seed: int, height: int = 1024, width: int = 512, clean: b
         image=image,
         points=corners.reshape(-1, 2).copy(),
         spacing=(pixel_mm, pixel_mm),
-        names=list(SPINE_LANDMARK_NAMES),
+        names=list(SPINE.names),
     )
 
 
@@ -55,7 +52,7 @@ def make_spine_phantom(seed: int, height: int = 1024, width: int = 512, clean: b
 
 def spine_corners(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """(17, 4, 2) vertebra corners (TL, TR, BL, BR) along a random smooth scoliotic curve."""
-    n = len(VERTEBRAE)
+    n = len(SPINE_VERTEBRAE)
     top = height * rng.uniform(0.03, 0.14)
     bottom = height * rng.uniform(0.78, 0.93)
     centre_x = width * rng.uniform(0.40, 0.60)
@@ -291,7 +288,7 @@ HIDDEN_TASK_VERTEBRAE = 4
 
 
 def hidden_vertebra_names(vertebrae: int = HIDDEN_TASK_VERTEBRAE) -> list[str]:
-    return [f"V{v + 1}-{c}" for v in range(vertebrae) for c in CORNERS]
+    return list(spine_template([f"V{v + 1}" for v in range(vertebrae)]).names)
 
 
 def make_hidden_vertebra_phantom(seed: int, size: int = 128, vertebrae: int = HIDDEN_TASK_VERTEBRAE) -> PhantomSample:
@@ -336,41 +333,39 @@ def make_hidden_vertebra_phantom(seed: int, size: int = 128, vertebrae: int = HI
 # --------------------------------------------------------------------------- datasets
 
 
+def write_png(image: np.ndarray, path) -> Path:
+    """A phantom image ([0, 1] float) as an 8-bit grey PNG, which stores no spacing: Slicer
+    and SimpleITK load it with 1 mm pixels at origin 0."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.round(image * 255).astype(np.uint8)), str(path))
+    return Path(path)
+
+
 def write_phantom_dataset(folder, n: int, seed: int = 0, height: int = 1024, width: int = 512) -> list[Path]:
     """Write ``n`` phantoms as a generic landmark folder: PNG + ``.mrk.json`` each + ``landmarks.json``.
 
     PNG stores no spacing, so the markups use the geometry the PNG loads with
     (spacing 1, origin 0), exactly like Slicer would show it. Returns the image paths.
     """
-    import SimpleITK as sitk
-
     from .markups import write_markups_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "landmarks.json").write_text(
-        json.dumps(
-            {
-                "names": SPINE_LANDMARK_NAMES,
-                "flip_pairs": [list(p) for p in SPINE_FLIP_PAIRS],
-                "description": "AP spine: 4 corners of T1..L5 (top-left, top-right, bottom-left, bottom-right)",
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    template = SPINE.to_json() | {
+        "description": "AP spine: 4 corners of T1..L5 (top-left, top-right, bottom-left, bottom-right)"
+    }
+    (folder / "landmarks.json").write_text(json.dumps(template, indent=2) + "\n")
     paths = []
     for i in range(n):
         sample = make_spine_phantom(seed + i, height, width)
         stem = f"phantom_{seed + i:05d}"
-        png = folder / f"{stem}.png"
-        pixels = np.round(sample.image * 255).astype(np.uint8)
-        sitk.WriteImage(sitk.GetImageFromArray(pixels), str(png))
+        png = write_png(sample.image, folder / f"{stem}.png")
         write_markups_json(
-            folder / f"{stem}.mrk.json",
+            folder / (stem + POINTS_JSON),
             sample.points,
             sample.names,
-            states=["user-fixed"] * len(sample.names),
+            states=[USER_FIXED] * len(sample.names),
             node_name=stem,
         )
         paths.append(png)

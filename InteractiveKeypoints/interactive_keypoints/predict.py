@@ -40,7 +40,8 @@ def load_model_for(args, preference=None):
     """The model named by ``--model``, or the first shipped one in ``preference`` order,
     with a message that says what is missing."""
     from .config import ModelFormatError
-    from .model_io import CONFIG_FILE, WEIGHTS_FILE, default_model_dir, load_model
+    from .model_folders import CONFIG_FILE, WEIGHTS_FILE, default_model_dir
+    from .model_io import load_model
 
     folder = args.model
     if folder is None:
@@ -61,21 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlay", action="store_true", help="also write <stem>.png with the points drawn on the image")
 
 
-def output_stem(image_path: Path, out_dir: Path | None) -> Path:
-    """``scan.dcm`` -> ``<out or image folder>/scan`` (``scan.nii.gz`` too)."""
-    name = image_path.name
-    name = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else image_path.stem
-    return (out_dir or image_path.parent) / name
-
-
 def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = "") -> list[Path]:
     """``stem.mrk.json`` in the image's own geometry (so it overlays in Slicer) and ``stem.csv``;
     with a ``measurement_set``, also ``stem.measurements.json`` and ``stem.measurements.csv``."""
+    from .conventions import POINTS_CSV, POINTS_JSON, output_path
     from .markups import write_csv, write_markups_json
     from .measurements import measure, write_measurements
 
     markups = write_markups_json(
-        stem.with_name(stem.name + ".mrk.json"),
+        output_path(stem, POINTS_JSON),
         prediction.points,
         prediction.names,
         spacing=radiograph.spacing,
@@ -85,7 +80,7 @@ def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = 
         node_name=stem.name,
     )
     table = write_csv(
-        stem.with_name(stem.name + ".csv"),
+        output_path(stem, POINTS_CSV),
         prediction.names,
         prediction.points,
         spacing=radiograph.spacing if radiograph.spacing_known else None,
@@ -101,6 +96,7 @@ def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = 
 
 
 def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
+    from .conventions import OVERLAY_PNG, output_path, output_stem
     from .imaging import load_radiograph
     from .session import KeypointSession
 
@@ -115,7 +111,7 @@ def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
 
         written.append(
             save_overlay(
-                stem.with_name(stem.name + ".png"),
+                output_path(stem, OVERLAY_PNG),
                 radiograph.array,
                 prediction.points,
                 spacing=radiograph.spacing,

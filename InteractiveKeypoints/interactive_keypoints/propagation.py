@@ -15,10 +15,11 @@ import re
 
 import numpy as np
 
+from .conventions import SPINE_CORNERS
+
 GAIN_CLICKS = (1, 2, 3, 5)
 NEAREST_COUNT = 5
-SPINE_CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
-_SPINE_NAME = re.compile(r"^(?P<vertebra>.+)-(?P<corner>top-left|top-right|bottom-left|bottom-right)$")
+_SPINE_NAME = re.compile(rf"^(?P<vertebra>.+)-(?P<corner>{'|'.join(SPINE_CORNERS)})$")
 
 
 def spine_vertebrae(landmark_names: list[str]) -> np.ndarray | None:

@@ -5,7 +5,9 @@ Inference rule (paper, sec. 2.1 and the reference protocol):
 - previous prediction: the last pass's raw output in the channels of fixed points only
   (``prev_mode="fixed"``, the paper's test-time rule) or in all channels (``"all"``,
   as in training);
-- fixed points are returned exactly where the user put them; the others move freely.
+- fixed points are returned exactly where the user put them; the others move freely, and
+  with a model whose ``correction_length`` is > 0 also by the correction field of the
+  residuals at the fixed points (``correction_field.py``; 0 is the paper's rule).
 
 Every refine/confirm/unfix/reset is one step on an undo stack that holds the whole state,
 so undo restores every point, not only the moved one.
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .correction_field import apply_correction_field
 from .heatmaps import decode_logits_locally, gaussian_heatmaps
 from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
 from .inference import Predictor
@@ -80,11 +83,14 @@ class KeypointSession:
         prev_mode: str = "fixed",
         predictor: Predictor | None = None,
         review_score: str | None = None,
+        correction_length: float | None = None,
     ):
         """``image``: a Radiograph, an array or a file path. ``predictor``: share one
         across sessions of the same model (it holds the inference copy of the network).
         ``review_score``: the "check next" score of :mod:`.review` (None: the default where
-        the model folder's morphology allows it, else ``low-confidence``)."""
+        the model folder's morphology allows it, else ``low-confidence``).
+        ``correction_length``: the correction field's length (fraction of the landmarks'
+        extent, 0 = off); default: the model's."""
         if prev_mode not in ("fixed", "all"):
             raise ValueError(f"prev_mode must be 'fixed' or 'all', got {prev_mode!r}")
         self.model = model
@@ -92,6 +98,9 @@ class KeypointSession:
         self.prev_mode = prev_mode
         self._morphology = load_selection(model.folder)
         self.review_score_name = available_score(review_score, self._morphology)
+        self.correction_length = self.config.correction_length if correction_length is None else float(correction_length)
+        if self.correction_length < 0:
+            raise ValueError(f"correction_length must be >= 0, got {self.correction_length}")
         self.radiograph: Radiograph = image if isinstance(image, Radiograph) else load_radiograph(image, spacing)
         if spacing is not None and isinstance(image, Radiograph):
             self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)
@@ -234,6 +243,7 @@ class KeypointSession:
             logits = self.predictor.logits(self._image_features, clicks, prev, channels=channels)
         points_in, confidence = decode_logits_locally(logits, size)
         points = self.coords.to_original(points_in[0].numpy().astype(np.float64))
+        points = apply_correction_field(points, fixed, self.correction_length, self.config.correction_noise)
         confidence = confidence[0].numpy().astype(np.float64)
         is_fixed = np.zeros(k, dtype=bool)
         for c in channels:  # user-fixed points stay exactly where the user put them

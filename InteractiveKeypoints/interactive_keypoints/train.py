@@ -93,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--sigma", type=float, default=None, help="heatmap sigma in input px (default: 7.5 at 512 px high, scaled)")
     model.add_argument("--no-gating", action="store_true", help="ablation: no interaction-guided gating")
     model.add_argument("--gating-pool", choices=["max", "avg"], default="max")
+    model.add_argument("--gate-channels", type=int, default=256, help="the gating network's width (paper: 256)")
     model.add_argument("--morphology", choices=["low", "high", "adjacent", "off"], default="low")
     model.add_argument("--n-pairs", type=int, default=70)
     model.add_argument("--n-triplets", type=int, default=70)
@@ -284,6 +285,7 @@ def make_config(args, train) -> ModelConfig:
         flip_pairs=[tuple(p) for p in train.flip_pairs] if train.flip_allowed else [],
         gating=not args.no_gating,
         gating_pool=args.gating_pool,
+        gate_channels=args.gate_channels,
         sigma=sigma,
         ocr_mid_channels=args.ocr_channels[0],
         ocr_key_channels=args.ocr_channels[1],

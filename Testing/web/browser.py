@@ -46,6 +46,11 @@ def missing_browser_reason() -> str | None:
     return None
 
 
+def session_closed(server_log: Path, session_id: str) -> bool:
+    """Whether the launcher has logged that the session host let go of ``session_id``."""
+    return f"session {session_id} closed" in Path(server_log).read_text(errors="replace")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conventions import SPINE, SPINE_CORNERS, SPINE_VERTEBRAE
 from .common import (
     DatasetSplit,
     KeypointSample,
@@ -22,12 +23,8 @@ from .common import (
     seeded_split,
 )
 
-VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
-CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
-LANDMARK_NAMES = [f"{v}-{c}" for v in VERTEBRAE for c in CORNERS]
-NUM_KEYPOINTS = len(LANDMARK_NAMES)  # 68
-# a horizontal flip turns each vertebra's left corners into right ones
-FLIP_PAIRS = [p for v in range(len(VERTEBRAE)) for p in ((4 * v, 4 * v + 1), (4 * v + 2, 4 * v + 3))]
+VERTEBRAE, CORNERS = SPINE_VERTEBRAE, SPINE_CORNERS
+NUM_KEYPOINTS = SPINE.num_keypoints  # 68
 NUM_VAL = 128
 FOLDERS = {"train": "training", "val": "training", "test": "test"}
 
@@ -121,8 +118,8 @@ def load(
         name="aasce",
         split=split,
         samples=valid,
-        landmark_names=list(LANDMARK_NAMES),
-        flip_pairs=list(FLIP_PAIRS),
-        flip_allowed=True,
+        landmark_names=list(SPINE.names),
+        flip_pairs=list(SPINE.flip_pairs),
+        flip_allowed=SPINE.flip_allowed,
         skipped=unreadable + skipped,
     )

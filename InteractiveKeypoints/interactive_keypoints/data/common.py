@@ -1,7 +1,6 @@
 """Records, label validation, image reading and seeded splits shared by the dataset loaders.
 
-Points are (x, y) = (column, row) in original-image pixels, pixel centres at integers, so
-the image covers [-0.5, W - 0.5] x [-0.5, H - 0.5].
+Points are (x, y) = (column, row) in original-image pixels (see :mod:`..conventions`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imaging import PRINT_RESOLUTION_IOS, load_radiograph
+from ..conventions import inside_image
+from ..imaging import image_geometry, load_radiograph
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def label_problem(points: np.ndarray, num_keypoints: int, image_size: tuple[int,
         return f"non-finite coordinates at keypoint(s) {np.flatnonzero(bad).tolist()}"
     if image_size is not None:
         h, w = image_size
-        outside = (points[:, 0] < -0.5) | (points[:, 0] > w - 0.5) | (points[:, 1] < -0.5) | (points[:, 1] > h - 0.5)
+        outside = ~inside_image(points, image_size)
         if outside.any():
             k = int(np.flatnonzero(outside)[0])
             return (
@@ -118,21 +118,6 @@ def keep_valid(samples: list[KeypointSample], num_keypoints: int, dataset: str) 
 def record_skip(skipped: list[tuple[str, str]], dataset: str, sample_id: str, reason: str) -> None:
     skipped.append((sample_id, reason))
     log.warning("%s: skipping %s: %s", dataset, sample_id, reason)
-
-
-def image_geometry(path: str | Path):
-    """((H, W), spacing (sx, sy), origin (x, y), spacing_known) from the header only."""
-    import SimpleITK as sitk  # here, not at the top: reading a training pack must work without it
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise ValueError(f"cannot read image header of {path}: {str(e).strip().splitlines()[-1]}") from None
-    size, spacing = reader.GetSize(), tuple(float(s) for s in reader.GetSpacing()[:2])
-    known = reader.GetImageIOFromFileName(str(path)) not in PRINT_RESOLUTION_IOS and spacing != (1.0, 1.0)
-    return (int(size[1]), int(size[0])), spacing if known else (1.0, 1.0), np.array(reader.GetOrigin()[:2]), known
 
 
 def read_image_size(path: str | Path) -> tuple[int, int]:

@@ -14,52 +14,36 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conventions import POINTS_CSV, POINTS_JSON, LandmarkTemplate, file_stem, is_image_name
+from ..imaging import image_geometry
 from ..markups import read_markups_points
-from .common import DatasetSplit, KeypointSample, image_geometry, keep_valid, record_skip, require_dir, seeded_split
+from .common import DatasetSplit, KeypointSample, keep_valid, record_skip, require_dir, seeded_split
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
-# readers that turn a print resolution (DPI) into spacing: no detector spacing (as in imaging.py)
 SPLITS = ("train", "val", "all")
 
 
-class LabelTemplate:
-    """Landmark names (and optional flip metadata) that every label file must provide."""
-
-    def __init__(self, names, flip_pairs=(), flip_allowed: bool | None = None):
-        self.names = [str(n) for n in names]
-        if not self.names or len(set(self.names)) != len(self.names):
-            raise ValueError("landmark template needs a non-empty list of distinct names")
-        self.flip_pairs = [tuple(int(i) for i in p) for p in flip_pairs]
-        # mirroring without left/right pairs is only right when the user says so
-        self.flip_allowed = bool(self.flip_pairs) if flip_allowed is None else bool(flip_allowed)
-
-    @classmethod
-    def read(cls, root: Path) -> "LabelTemplate":
-        if (root / "landmarks.json").is_file():
-            try:
-                d = json.loads((root / "landmarks.json").read_text())
-                return cls(d["names"], d.get("flip_pairs", ()), d.get("flip_allowed"))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{root / 'landmarks.json'} must be a JSON object with 'names': {e}") from None
-        if (root / "landmarks.txt").is_file():
-            return cls([line.strip() for line in (root / "landmarks.txt").read_text().splitlines() if line.strip()])
-        raise FileNotFoundError(f"landmark folder {root} has no landmarks.json or landmarks.txt naming the landmarks")
-
-
-def image_stem(path: Path) -> str:
-    name = path.name
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
+def read_template(root: Path) -> LandmarkTemplate:
+    """The folder's landmark template from ``landmarks.json`` or ``landmarks.txt``."""
+    path = root / "landmarks.json"
+    if path.is_file():
+        try:
+            return LandmarkTemplate.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} must be a JSON object with 'names': {e}") from None
+        except ValueError as e:  # names repeated, a flip pair outside the names
+            raise ValueError(f"{path}: {e}") from None
+    if (root / "landmarks.txt").is_file():
+        names = [line.strip() for line in (root / "landmarks.txt").read_text().splitlines() if line.strip()]
+        return LandmarkTemplate(tuple(names))
+    raise FileNotFoundError(f"landmark folder {root} has no landmarks.json or landmarks.txt naming the landmarks")
 
 
 def list_images(root: Path) -> dict[str, Path]:
     """stem -> image path for every image file directly in ``root``."""
     images = {}
     for p in sorted(root.iterdir()):
-        if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS):
-            images.setdefault(image_stem(p), p)
+        if p.is_file() and is_image_name(p.name):
+            images.setdefault(file_stem(p), p)
     return images
 
 
@@ -81,16 +65,16 @@ def read_markups_by_name(path: Path, spacing, origin) -> dict[str, tuple[float, 
 
 
 def label_path(root: Path, image: Path) -> Path:
-    stem = image_stem(image)
-    for candidate in (f"{stem}.mrk.json", f"{stem}.csv", f"{image.name}.mrk.json", f"{image.name}.csv"):
+    stem = file_stem(image)
+    for candidate in (stem + POINTS_JSON, stem + POINTS_CSV, image.name + POINTS_JSON, image.name + POINTS_CSV):
         if (root / candidate).is_file():
             return root / candidate
-    raise ValueError(f"no label file {stem}.mrk.json or {stem}.csv for {image.name}")
+    raise ValueError(f"no label file {stem}{POINTS_JSON} or {stem}{POINTS_CSV} for {image.name}")
 
 
-def read_points(root: Path, image: Path, template: LabelTemplate, spacing, origin) -> np.ndarray:
+def read_points(root: Path, image: Path, template: LandmarkTemplate, spacing, origin) -> np.ndarray:
     path = label_path(root, image)
-    by_name = read_csv_points(path) if path.suffix == ".csv" else read_markups_by_name(path, spacing, origin)
+    by_name = read_csv_points(path) if path.name.endswith(POINTS_CSV) else read_markups_by_name(path, spacing, origin)
     missing = [n for n in template.names if n not in by_name]
     if missing:
         raise ValueError(f"{path.name} lacks landmark(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -108,7 +92,7 @@ def load(root: str | Path, split: str = "train", val_fraction: float = 0.2, seed
     if split not in SPLITS:
         raise ValueError(f"a landmark folder has splits {SPLITS}, not {split!r}")
     root = require_dir(Path(root), "landmark folder")
-    template = LabelTemplate.read(root)
+    template = read_template(root)
     images = list_images(root)
     samples, skipped = [], []
     for stem in split_ids(root, val_fraction, seed)[split]:
@@ -121,5 +105,5 @@ def load(root: str | Path, split: str = "train", val_fraction: float = 0.2, seed
         samples.append(KeypointSample(id=stem, points=points, image_path=images[stem], spacing=spacing,
                                       spacing_known=known, image_size=size))
     valid, invalid = keep_valid(samples, len(template.names), "folder")
-    return DatasetSplit(name="folder", split=split, samples=valid, landmark_names=template.names,
-                        flip_pairs=template.flip_pairs, flip_allowed=template.flip_allowed, skipped=skipped + invalid)
+    return DatasetSplit(name="folder", split=split, samples=valid, landmark_names=list(template.names),
+                        flip_pairs=list(template.flip_pairs), flip_allowed=template.flip_allowed, skipped=skipped + invalid)

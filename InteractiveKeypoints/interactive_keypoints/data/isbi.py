@@ -11,15 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conventions import CEPH
 from .common import DatasetSplit, KeypointSample, keep_valid, read_image_size, record_skip, require_dir
 
-LANDMARK_NAMES = [
-    "sella", "nasion", "orbitale", "porion", "subspinale", "supramentale", "pogonion",
-    "menton", "gnathion", "gonion", "lower incisal incision", "upper incisal incision",
-    "upper lip", "lower lip", "subnasale", "soft-tissue pogonion", "posterior nasal spine",
-    "anterior nasal spine", "articulare",
-]  # fmt: skip
-NUM_KEYPOINTS = len(LANDMARK_NAMES)  # 19
+NUM_KEYPOINTS = CEPH.num_keypoints  # 19
 SPACING = (0.1, 0.1)
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png")
 # split -> (image folder, first id, last id)
@@ -89,8 +84,8 @@ def load(root: str | Path, split: str = "train", annotators=ANNOTATORS) -> Datas
         name="isbi",
         split=split,
         samples=valid,
-        landmark_names=list(LANDMARK_NAMES),
-        flip_pairs=[],
-        flip_allowed=False,  # a flipped lateral cephalogram faces the other way: not a real image
+        landmark_names=list(CEPH.names),
+        flip_pairs=list(CEPH.flip_pairs),
+        flip_allowed=CEPH.flip_allowed,
         skipped=skipped + invalid,
     )

@@ -20,7 +20,7 @@ training saves as split.json and compares on resume); ``limit``; ``splits``: for
 ``val``, ``skipped`` (id, reason) and ``samples``, each with ``id``, ``image`` (file in the
 pack), ``sha256``, ``image_size`` (original H, W), ``points`` (original pixels, (x, y)),
 ``spacing``, ``spacing_known``, ``to_cache`` (3 x 3: original (x, y, 1) -> packed pixels, the
-align_corners=False resize of ``augment.resize_matrix``) and ``cache_points`` (the points in
+align_corners=False resize of ``imaging.resize_matrix``) and ``cache_points`` (the points in
 packed pixels). The morphology selection reads the train samples' ``points`` and ``image_size``.
 """
 
@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..augment import resize_matrix, transform_points
+from ..augment import transform_points
+from ..imaging import resize_matrix
 from . import dataset_options, disordered_label_options, synthetic, training_splits
 from .common import DatasetSplit, KeypointSample, label_problem
 from .training import DEFAULT_INTENSITY, KeypointTrainingDataset

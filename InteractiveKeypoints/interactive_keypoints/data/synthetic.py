@@ -9,6 +9,7 @@ Each split uses its own range of phantom seeds, so splits never share an image.
 
 from __future__ import annotations
 
+from ..conventions import SPINE
 from .common import DatasetSplit, KeypointSample, keep_valid
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
@@ -21,13 +22,7 @@ def split_ids(num_images: int = 16, seed: int = 0) -> dict[str, list[str]]:
 
 def load(split: str = "train", num_images: int = 16, seed: int = 0, height: int = 512, width: int = 256,
          task: str = "phantom") -> DatasetSplit:
-    from ..phantom import (  # needs scipy: only here
-        SPINE_FLIP_PAIRS,
-        SPINE_LANDMARK_NAMES,
-        hidden_vertebra_names,
-        make_hidden_vertebra_phantom,
-        make_spine_phantom,
-    )
+    from ..phantom import hidden_vertebra_names, make_hidden_vertebra_phantom, make_spine_phantom  # needs scipy: only here
 
     if split not in SPLIT_SEED_OFFSETS:
         raise ValueError(f"phantom data has splits {sorted(SPLIT_SEED_OFFSETS)}, not {split!r}")
@@ -42,9 +37,9 @@ def load(split: str = "train", num_images: int = 16, seed: int = 0, height: int 
             p = make_hidden_vertebra_phantom(phantom_seed, size=height // 4)
         samples.append(KeypointSample(id=f"phantom_{phantom_seed:06d}", points=p.points, image=p.image,
                                       spacing=p.spacing, spacing_known=True))
-    names = list(SPINE_LANDMARK_NAMES) if task == "phantom" else hidden_vertebra_names()
+    names = list(SPINE.names) if task == "phantom" else hidden_vertebra_names()
     # mirroring a hidden-vertebra phantom is valid, but left/right pairs are not needed to learn the task
-    flip_pairs = list(SPINE_FLIP_PAIRS) if task == "phantom" else []
+    flip_pairs = list(SPINE.flip_pairs) if task == "phantom" else []
     valid, skipped = keep_valid(samples, len(names), task)
     return DatasetSplit(name=task, split=split, samples=valid, landmark_names=names,
                         flip_pairs=flip_pairs, flip_allowed=bool(flip_pairs), skipped=skipped)

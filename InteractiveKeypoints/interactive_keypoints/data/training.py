@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..augment import resize_matrix, training_transforms
-from ..imaging import preprocess_transform
+from ..augment import training_transforms, transform_points
+from ..imaging import preprocess_transform, resize_matrix
 from .common import DatasetSplit, load_grey_image
 
 DEFAULT_INTENSITY = {"mode": "minmax", "range": [-1.0, 1.0]}
@@ -41,8 +41,7 @@ class KeypointTrainingDataset(Dataset):
     """
 
     def __init__(self, data: DatasetSplit, input_size, intensity: dict | None = None, augment: bool = True,
-                 cache: bool = True, cache_scale: float = 1.0, seed: int | None = 0, transform=None,
-                 occlusion_prob: float = 0.0):
+                 cache: bool = True, cache_scale: float = 1.0, seed: int | None = 0, occlusion_prob: float = 0.0):
         self.data = data
         self.input_size = tuple(int(v) for v in input_size)
         self.intensity = dict(intensity or DEFAULT_INTENSITY)
@@ -53,7 +52,7 @@ class KeypointTrainingDataset(Dataset):
         self._cache: dict[int, torch.Tensor] = {}
         low = float(self.intensity.get("range", (-1.0, 1.0))[0])
         # outside the source image reads as the black level of the normalised range
-        self.transform = transform or training_transforms(
+        self.transform = training_transforms(
             self.input_size, data.flip_pairs, data.flip_allowed, augment=augment, fill=low, seed=seed,
             occlusion_prob=occlusion_prob,
         )
@@ -96,7 +95,7 @@ class KeypointTrainingDataset(Dataset):
         sample = self.data[index]
         image = self.cached_image(index)
         to_cache = resize_matrix(sample.image_size, tuple(image.shape[-2:]))
-        points = sample.points @ to_cache[:2, :2].T + to_cache[:2, 2]
+        points = transform_points(sample.points, to_cache)
         d = self.transform({"image": image, "points": points})
         h, w = sample.image_size
         image = d["image"]

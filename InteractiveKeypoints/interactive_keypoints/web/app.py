@@ -1,7 +1,8 @@
 """The browser app for one user session: a trame-slicer slice view plus a side panel.
 
-One process serves one session (one browser tab): trame shares its state between all
-clients of a server, so :mod:`.launcher` starts one of these per tab. All landmark work is
+A session is one trame server with its own state, MRML scene and logic: trame shares its
+state between all clients of a server, so every browser tab gets a session of its own
+(:mod:`.host` runs several in one process, sharing only the model). All landmark work is
 done by :class:`~interactive_keypoints.mrml_logic.KeypointsMRMLLogic`; this module only
 wires it to the page.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from slicer import vtkMRMLLayerDMPipelineFactory
 from trame.app import TrameApp
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -28,9 +31,10 @@ from vtkmodules.vtkCommonCore import vtkCommand
 
 from .. import mrml_logic
 from ..imaging import ImageError, Radiograph, check_size, load_radiograph
-from ..mrml_logic import KeypointsMRMLLogic, LogicBusyError
+from ..mrml_logic import LogicBusyError
 from .launcher import READY_MARK
 from .runner import AsyncioRunner
+from .shared_model import SharedModel
 from .ui import build_ui
 from .view_positions import ras_to_view_xy
 
@@ -43,11 +47,19 @@ MAX_PIXELS = 30_000_000
 LAYOUT_ID = "radiograph"
 
 
-def sample_radiograph() -> Radiograph:
-    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+@functools.lru_cache(maxsize=1)
+def _sample_phantom():
+    """Drawn once per process (over a second of a session's start); read-only, as every session shows it."""
     from ..phantom import make_spine_phantom
 
     sample = make_spine_phantom(0)
+    sample.image.setflags(write=False)
+    return sample
+
+
+def sample_radiograph() -> Radiograph:
+    """The embedded sample: the project's procedural spine phantom (seed 0)."""
+    sample = _sample_phantom()
     radiograph = load_radiograph(sample.image, spacing=sample.spacing)
     radiograph.path = "sample-spine-phantom"
     return radiograph
@@ -59,7 +71,8 @@ def _no_view_ui(*_args):
 
 class KeypointsWebApp(TrameApp):
     def __init__(self, server=None, model_dir=None, autosave_dir=None, load_sample: bool = True,
-                 max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0):
+                 max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0,
+                 hold_inference_while: str | None = None, shared_model: SharedModel | None = None):
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
@@ -72,8 +85,10 @@ class KeypointsWebApp(TrameApp):
         self.layout_manager.set_layout(LAYOUT_ID)
         self.view = self.slicer_app.view_manager.get_slice_views()[0]
 
-        self.logic = KeypointsMRMLLogic(scene=scene, model_folder=model_dir)
-        self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s)
+        self.shared_model = shared_model or SharedModel(model_dir)  # a host passes the one all its sessions use
+        self.logic = self.shared_model.logic(scene)
+        self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s,
+                                          hold_path=hold_inference_while, executor=self.shared_model.inference_thread)
         self.logic.on_error = self.show_error
         self.logic.on_updated = self._on_points_updated
         self.logic.on_busy = self._on_busy
@@ -89,7 +104,7 @@ class KeypointsWebApp(TrameApp):
         self._init_state()
         self.ui = build_ui(self)
         self.state.change("ik_measurement_selected")(self._on_measurement_selected)
-        self.view.get_view_node().AddObserver(vtkCommand.ModifiedEvent, self._on_view_changed)
+        self._view_observer = self.view.get_view_node().AddObserver(vtkCommand.ModifiedEvent, self._on_view_changed)
         self.server.controller.on_server_ready.add(lambda **_: create_task(self._preload_model()))
         if load_sample:
             self.load_radiograph(sample_radiograph())
@@ -111,6 +126,7 @@ class KeypointsWebApp(TrameApp):
         s.ik_has_points = False
         s.ik_can_undo = False
         s.ik_can_redo = False
+        s.ik_next = -1  # the landmark Next suggested, until it is fixed; -1: none
         s.ik_debug = "{}"
         s.ik_server_path = ""
         s.ik_export_stem = "landmarks"
@@ -145,6 +161,8 @@ class KeypointsWebApp(TrameApp):
         positions = mrml_logic.control_point_positions(node)
         pixels = mrml_logic.ras_to_pixels(positions, mrml_logic.ijk_to_ras_matrix(self.volume))
         states, confidence = mrml_logic.point_states(node)
+        tracked = self.logic.is_tracked(node)
+        scores = self.logic.review_scores(node) if tracked else None
         self.state.ik_rows = [
             {
                 "index": k,
@@ -153,10 +171,14 @@ class KeypointsWebApp(TrameApp):
                 "y": round(float(pixels[k, 1]), 1),
                 "state": states[k],
                 "confidence": "" if np.isnan(confidence[k]) else f"{confidence[k]:.2f}",
+                # a number (sorts as one); None for fixed points (-inf: never suggested)
+                "score": None if scores is None or not np.isfinite(scores[k]) else round(float(scores[k]), 2),
             }
             for k in range(len(positions))
         ]
         self.state.ik_has_points = len(positions) > 0
+        suggested = self.logic.suggested_point(node) if tracked else None
+        self.state.ik_next = -1 if suggested is None else int(suggested)
         self._refresh_measurements(node)
         self.state.ik_can_undo = self.logic.can_undo(node)
         self.state.ik_can_redo = self.logic.can_redo(node)
@@ -211,6 +233,7 @@ class KeypointsWebApp(TrameApp):
             ]
         debug["measurements"] = list(self.state.ik_measurements or [])
         debug["measurement_lines"] = len(self.logic.measurement_lines(node)) if node is not None else 0
+        debug["next"] = int(self.state.ik_next)
         debug["busy"] = bool(self.state.ik_busy)
         debug["runs_started"] = self._runs_started
         self.state.ik_debug = json.dumps(debug)
@@ -229,7 +252,7 @@ class KeypointsWebApp(TrameApp):
         """Load the weights off the event loop, so the first Detect is quick."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self.logic.model)
+            await loop.run_in_executor(None, self.shared_model.load)
         except Exception as error:  # noqa: BLE001 - shown in the page; Detect will say it again
             self.show_error(f"model not available: {error}")
 
@@ -255,6 +278,7 @@ class KeypointsWebApp(TrameApp):
             self.state.ik_measurement_selected = ""
             self.state.ik_has_points = False
             self.state.ik_can_undo = self.state.ik_can_redo = False
+            self.state.ik_next = -1
             self._refresh_debug()
 
     def _remove_current(self):
@@ -266,6 +290,21 @@ class KeypointsWebApp(TrameApp):
         if self.volume is not None:
             scene.RemoveNode(self.volume)
             self.volume = None
+
+    def close(self):
+        """Let go of this session's points, image, views and scene once its server has stopped
+        (a host process runs on, with its other sessions)."""
+        self._remove_current()
+        self.logic.runner.shutdown()
+        self.view.get_view_node().RemoveObserver(self._view_observer)
+        for view in self.slicer_app.view_manager.get_views():
+            view.finalize()
+        self.slicer_app.scene.Clear(True)
+        # trame-slicer registers every SlicerApp's segmentation pipelines with a process-wide
+        # factory, which would keep this session's scene alive
+        creator = getattr(self.slicer_app.segmentation_editor, "_pipeline_creator", None)
+        if creator is not None:
+            vtkMRMLLayerDMPipelineFactory.GetInstance().RemovePipelineCreator(creator)
 
     def open_file(self, path, display_name: str | None = None):
         """Load an image file; a bad file leaves the current image and points untouched."""
@@ -358,6 +397,26 @@ class KeypointsWebApp(TrameApp):
     def reset(self):
         self._with_points(self.logic.reset)
 
+    def next_point(self):
+        """Centre the view on the landmark to check next; the logic gives it a halo."""
+
+        def show_next(node):
+            k = self.logic.next_point(node)
+            if k is None:
+                self.show_info("every landmark is fixed: nothing left to check")
+            else:
+                self.logic.jump_to_point(node, k)
+
+        self._with_points(show_next)
+
+    def confirm(self):
+        """Fix the suggested landmark where it is (queued like a drop while the model runs)."""
+        index = int(self.state.ik_next)
+        if index < 0:
+            self.show_error("press Next first: it picks the landmark to confirm")
+            return
+        self._with_points(lambda node: self.logic.confirm(node, index, blocking=False))
+
     def unfix(self, index):
         # re-runs the model: on the inference thread, the result arrives via on_updated
         self._with_points(lambda node: self.logic.unfix(node, [int(index)], blocking=False))
@@ -390,6 +449,13 @@ def _announce_port(app: KeypointsWebApp):
     app.server.controller.on_server_ready.add(ready)
 
 
+def set_session_environment(max_file_mb: float):
+    """What a process needs before its first session server starts."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
+    # uploads arrive over the websocket: let a file of the stated limit through
+    os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(max_file_mb * 2**20 * 1.4) + 2**22))
+
+
 def run_session(argv=None):
     """One session server (what the launcher starts per tab; also usable alone)."""
     parser = argparse.ArgumentParser(description="InteractiveKeypoints: one browser session")
@@ -402,17 +468,16 @@ def run_session(argv=None):
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
     parser.add_argument("--slow-inference", type=float, default=0.0,
                         help="add this many seconds to every model run (demos and tests of drags during inference)")
+    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests: runs wait for this file to go
     args, _ = parser.parse_known_args(argv)
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
-    # uploads arrive over the websocket: let a file of the stated limit through
-    os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(args.max_file_mb * 2**20 * 1.4) + 2**22))
+    set_session_environment(args.max_file_mb)
     logging.basicConfig(level=logging.WARNING)
     from trame.app import get_server
 
     server = get_server(name="interactive-keypoints", client_type="vue3")
     app = build_app(server, model_dir=args.model, autosave_dir=args.autosave_dir,
                     max_file_bytes=int(args.max_file_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-                    slow_inference_s=args.slow_inference)
+                    slow_inference_s=args.slow_inference, hold_inference_while=args.hold_inference_while)
     _announce_port(app)
     app.server.start(
         host=args.host,

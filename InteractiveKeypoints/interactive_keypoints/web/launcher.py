@@ -1,16 +1,17 @@
-"""``interactive-keypoints serve``: one session process per browser tab, behind one port.
+"""``interactive-keypoints serve``: a session per browser tab, behind one port.
 
-trame keeps one state per server process and shares it with every connected client, so
-two tabs on one trame server would see and move each other's points. The launcher
-therefore gives every visit of ``/`` a separate session server (:func:`.app.run_session`),
-redirects the tab to ``/s/<id>/`` and forwards that path (HTTP and websocket) to the
-session's own loopback port.
+trame keeps one state per server and shares it with every connected client, so two tabs
+on one trame server would see and move each other's points. The launcher therefore gives
+every visit of ``/`` a session of its own (a trame server with its own state, scene and
+logic), redirects the tab to ``/s/<id>/`` and forwards that path (HTTP and websocket) to
+the session's loopback port. The sessions run in one process, the session host
+(:mod:`.host`), which loads the libraries and the model once for all of them; the
+launcher starts it, opens and closes sessions in it, and starts a new one if it dies.
 
-Sessions are counted from the moment they are reserved (before their process starts), so
-``--max-sessions`` holds however many visits arrive together; a refused visit is logged.
-``--spare-sessions`` processes are started ahead of the visits that will take them (a
-session needs several seconds to import its libraries and load the model). The launcher
-sees every tab's websocket: a session whose last tab disconnected ends after
+Sessions are counted from the moment they are reserved (before the host has opened them),
+so ``--max-sessions`` holds however many visits arrive together; a refused visit is
+logged. ``--spare-sessions`` sessions are opened ahead of the visits that will take them.
+The launcher sees every tab's websocket: a session whose last tab disconnected ends after
 ``--reconnect-grace`` seconds (a reload reconnects within them), and a session no tab ever
 connects to ends after ``--idle-timeout``. Points are autosaved under ``--autosave-dir``.
 """
@@ -20,28 +21,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import html
+import json
 import logging
 import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from .host import HOST_MARK
+
 log = logging.getLogger(__name__)
 
-READY_MARK = "IK_SESSION_READY"  # a session prints it with its port once it listens
-MAX_SESSIONS = 4  # each session holds a model and a render window (~0.5-1 GB)
+READY_MARK = "IK_SESSION_READY"  # a session run alone (.app) prints it with its port once it listens
+MAX_SESSIONS = 4  # each session holds a scene and a render window (~0.1 GB; the host's libraries ~1 GB)
 SPARE_SESSIONS = 1
 RECONNECT_GRACE_S = 5.0
 IDLE_TIMEOUT_S = 300
-START_TIMEOUT_S = 300  # from the process start; a loaded 2-core machine has needed 90-220 s
-START_SLOTS = 2  # processes starting at once: a start is mostly single-threaded imports, more only slow each other
-KILL_AFTER_S = 5.0  # a session asked to end that is still shutting down after this is killed (points are autosaved)
-SESSION_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.app")
+START_TIMEOUT_S = 300  # from the request; the host's first start on a loaded 2-core machine has needed 90-220 s
+STOP_TIMEOUT_S = 20.0  # a host still shutting down after this is killed (points are autosaved)
+HOST_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.host")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
                "content-encoding"}
 
@@ -51,22 +54,108 @@ def default_autosave_root() -> Path:
     return cache / "interactive-keypoints" / "web-sessions"
 
 
+class HostProcess:
+    """The session host: its process, and the commands and answers on its pipes."""
+
+    def __init__(self, command: list[str], on_closed, on_exit):
+        self.command = command
+        self.on_closed = on_closed  # (session id): the host let go of a session
+        self.on_exit = on_exit  # (host): the process has ended
+        self.process: asyncio.subprocess.Process | None = None
+        self.started: asyncio.Future = asyncio.get_running_loop().create_future()  # host-ready
+        self.starting: asyncio.Task | None = None  # start(), run by the launcher
+        self.opening: dict[str, asyncio.Future] = {}  # session id -> its port, once open
+        self.tail: list[str] = []  # the last lines of its own output, for error messages
+        self.exited = False
+
+    async def start(self):
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, limit=2**20,
+        )
+        asyncio.get_running_loop().create_task(self._read())
+        await self.started
+
+    async def _read(self):
+        async for line in self.process.stdout:
+            text = line.decode(errors="replace").rstrip()
+            if text.startswith(HOST_MARK + " "):
+                try:
+                    self._answer(json.loads(text[len(HOST_MARK) + 1:]))
+                    continue
+                except (ValueError, TypeError, KeyError):
+                    log.warning("session host: an answer that is not understood: %s", text[:200])
+            self.tail = [*self.tail[-14:], text]
+            if "ERROR" in text or "Traceback" in text:
+                log.warning("session host: %s", text)
+        await self.process.wait()
+        self.exited = True
+        problem = RuntimeError(f"the session host exited with {self.process.returncode}:\n" + "\n".join(self.tail))
+        for waiting in [self.started, *self.opening.values()]:
+            if not waiting.done():
+                waiting.set_exception(problem)
+        self.on_exit(self)
+
+    def _answer(self, answer: dict):
+        event, session_id = answer.get("event"), answer.get("id")
+        if event == "host-ready":
+            self.started.set_result(True)
+        elif event in ("ready", "failed") and session_id in self.opening:
+            waiting = self.opening.pop(session_id)
+            if event == "ready":
+                waiting.set_result(int(answer["port"]))
+            else:
+                waiting.set_exception(RuntimeError(answer.get("error", "the session could not start")))
+        elif event == "closed":
+            self.on_closed(session_id)
+
+    def _send(self, command: dict):
+        if self.exited or self.process is None or self.process.stdin.is_closing():
+            return
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+
+    async def open(self, session_id: str, autosave_dir: Path) -> int:
+        self.opening[session_id] = asyncio.get_running_loop().create_future()
+        self._send({"open": session_id, "autosave_dir": str(autosave_dir)})
+        return await self.opening[session_id]
+
+    def close(self, session_id: str):
+        self._send({"close": session_id})
+
+    @property
+    def came_up(self) -> bool:
+        """It has loaded the model and taken commands (it may have exited since)."""
+        return self.started.done() and self.started.exception() is None
+
+    async def stop(self):
+        """Close its stdin (it ends its sessions and exits); kill it if it does not."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("the session host did not exit within %g s of being asked to; killed it", STOP_TIMEOUT_S)
+            self.process.kill()
+            await self.process.wait()
+
+
 @dataclass
 class Session:
     id: str
     autosave_dir: Path
-    process: asyncio.subprocess.Process | None = None
+    host: HostProcess | None = None
     port: int | None = None
-    starting: asyncio.Task | None = None  # start the process and read its port
+    starting: asyncio.Task | None = None  # open it in the host and read its port
     for_tab: bool = False  # False while it is a spare
     clients: int = 0  # open websockets through the launcher
     end_timer: asyncio.TimerHandle | None = None
-    ended: bool = False
-    output: list[str] = field(default_factory=list)
+    ended: bool = False  # counted out: asked to close, failed, or its host exited
+    closed: bool = False  # its host has let go of it (or has gone)
 
     @property
     def alive(self) -> bool:
-        return not self.ended and (self.process is None or self.process.returncode is None)
+        return not self.ended
 
     @property
     def ready(self) -> bool:
@@ -76,7 +165,7 @@ class Session:
 class Launcher:
     def __init__(self, model_dir=None, autosave_root=None, max_sessions: int = MAX_SESSIONS,
                  idle_timeout: float = IDLE_TIMEOUT_S, session_args=(), spare_sessions: int = SPARE_SESSIONS,
-                 reconnect_grace: float = RECONNECT_GRACE_S, session_command=SESSION_COMMAND,
+                 reconnect_grace: float = RECONNECT_GRACE_S, host_command=HOST_COMMAND,
                  start_timeout: float = START_TIMEOUT_S):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, not {max_sessions}")
@@ -89,13 +178,14 @@ class Launcher:
         self.idle_timeout = idle_timeout
         self.reconnect_grace = reconnect_grace
         self.start_timeout = start_timeout
-        self.session_command = list(session_command)
-        self.session_args = list(session_args)  # passed on to every session (limits)
+        self.host_command = list(host_command)
+        self.session_args = list(session_args)  # passed on to the host (limits)
+        self.host: HostProcess | None = None
+        self.hosts_started = 0
         self.sessions: dict[str, Session] = {}  # ended ones stay, for the "has ended" page
-        self.started_count = 0  # processes started, ever (tests check the limit with it)
+        self.started_count = 0  # sessions opened, ever (tests check the limit with it)
         self._client: aiohttp.ClientSession | None = None
         self._stopping = False  # no spares are started while shutting down
-        self._start_slots = asyncio.Semaphore(START_SLOTS)  # first come (tabs before their top-up spare)
 
     # -------------------------------------------------------------- sessions
 
@@ -110,7 +200,7 @@ class Launcher:
         return f"{len(live) - len(self.spares())} for tabs + {len(self.spares())} spare of {self.max_sessions}"
 
     def _reserve(self, for_tab: bool) -> Session:
-        """Register a session and start its process. No await: count and registration are one step."""
+        """Register a session and start opening it. No await: count and registration are one step."""
         session_id = secrets.token_hex(12)  # lower case: trame's client lower-cases the websocket URL
         session = Session(session_id, self.autosave_root / session_id, for_tab=for_tab)
         self.sessions[session_id] = session
@@ -143,64 +233,75 @@ class Launcher:
 
     def _top_up_spares(self):
         if any(s.for_tab and s.port is None for s in self.live_sessions()):
-            return  # a spare starting now would slow the tabs' starts; topped up when they are done
+            return  # a spare opening now would delay the tabs' sessions; topped up when they are done
         while (not self._stopping and len(self.spares()) < self.spare_sessions
                and len(self.live_sessions()) < self.max_sessions):
             self._reserve(for_tab=False)
 
+    def _running_host(self) -> HostProcess:
+        """The session host, started when there is none (or it has exited)."""
+        if self.host is None or self.host.exited:
+            command = [*self.host_command, *(["--model", str(self.model_dir)] if self.model_dir else []),
+                       *self.session_args]
+            self.host = HostProcess(command, self._session_closed, self._host_exited)
+            self.host.starting = asyncio.get_running_loop().create_task(self._start_host(self.host))
+            self.host.starting.add_done_callback(lambda task: task.cancelled() or task.exception())  # logged there
+        return self.host
+
+    async def _start_host(self, host: HostProcess):
+        began = time.monotonic()
+        self.hosts_started += 1
+        try:
+            await host.start()
+        except RuntimeError as error:
+            log.error("the session host could not start: %s", error)
+            raise
+        log.info("session host %d ready after %.1f s (pid %d)", self.hosts_started, time.monotonic() - began,
+                 host.process.pid)
+
     async def _start(self, session: Session) -> int:
-        command = [*self.session_command, "--host", "127.0.0.1", "--port", "0",
-                   "--autosave-dir", str(session.autosave_dir), "--idle-timeout", str(self.idle_timeout)]
-        if self.model_dir:
-            command += ["--model", str(self.model_dir)]
-        command += self.session_args
-        queued = time.monotonic()
-        async with self._start_slots:
-            began = time.monotonic()
-            session.process = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-            )
-            self.started_count += 1
-            try:
-                session.port = await asyncio.wait_for(self._read_port(session), self.start_timeout)
-            except (asyncio.TimeoutError, RuntimeError) as error:
-                session.ended = True
-                if session.process.returncode is None:
-                    session.process.kill()
-                if isinstance(error, asyncio.TimeoutError):
-                    raise RuntimeError(f"the session server did not start within {self.start_timeout:g} s") from None
-                raise
-        asyncio.get_running_loop().create_task(self._drain(session))
-        log.info("session %s listening after %.1f s (%.1f s queued) (%s)", session.id, time.monotonic() - began,
-                 began - queued, self._census())
+        began = time.monotonic()
+        session.host = self._running_host()
+        try:
+            session.port = await asyncio.wait_for(self._open(session), self.start_timeout)
+        except (asyncio.TimeoutError, RuntimeError) as error:
+            session.ended = True
+            session.host.close(session.id)  # in case it opens after all
+            if isinstance(error, asyncio.TimeoutError):
+                raise RuntimeError(f"the session did not start within {self.start_timeout:g} s") from None
+            raise
+        log.info("session %s listening after %.1f s (%s)", session.id, time.monotonic() - began, self._census())
         if session.for_tab:
             self._end_later(session, self.idle_timeout, "no tab connected to it")
         return session.port
 
-    async def _read_port(self, session: Session) -> int:
-        while True:
-            line = await session.process.stdout.readline()
-            if not line:
-                await session.process.wait()
-                tail = "".join(session.output[-15:])
-                raise RuntimeError(f"the session server exited with {session.process.returncode}:\n{tail}")
-            text = line.decode(errors="replace")
-            session.output.append(text)
-            if READY_MARK in text:  # wslink may write its own start message on the same line
-                return int(text.split(f"{READY_MARK} port=")[1].split()[0])
+    async def _open(self, session: Session) -> int:
+        await asyncio.shield(session.host.starting)
+        self.started_count += 1
+        return await session.host.open(session.id, session.autosave_dir)
 
-    async def _drain(self, session: Session):
-        """Keep reading the child's output (a full pipe would block it); log problems."""
-        async for line in session.process.stdout:
-            text = line.decode(errors="replace").rstrip()
-            if "ERROR" in text or "Traceback" in text:
-                log.warning("session %s: %s", session.id, text)
-        await session.process.wait()
-        was_spare, session.ended = not session.for_tab, True
-        self._cancel_end(session)
-        log.info("session %s exited with %s (%s)", session.id, session.process.returncode, self._census())
-        if was_spare and session.process.returncode == 0:
-            self._top_up_spares()  # a spare that timed out idle; a crashing one is not restarted in a loop
+    def _session_closed(self, session_id: str):
+        session = self.sessions.get(session_id)
+        if session is not None and not session.closed:
+            session.ended = session.closed = True
+            self._cancel_end(session)
+            log.info("session %s closed (%s)", session.id, self._census())
+
+    def _host_exited(self, host: HostProcess):
+        lost = [s for s in self.sessions.values() if s.host is host and not s.closed]
+        for session in lost:
+            session.ended = session.closed = True
+            self._cancel_end(session)
+        if self._stopping:
+            return
+        opened = len([s for s in lost if s.port is not None])
+        if host.process.returncode == 0:  # asked to (a signal to the whole process group): not restarted
+            log.info("the session host exited; its %d sessions ended (%s)", opened, self._census())
+            return
+        log.error("the session host exited with %s; its %d sessions ended (%s)", host.process.returncode, opened,
+                  self._census())
+        if host.came_up:
+            self._top_up_spares()  # a new host; one that failed to start is not restarted in a loop
 
     # ------------------------------------------------- ending unused sessions
 
@@ -219,9 +320,7 @@ class Launcher:
             return
         log.info("session %s ended: %s for %g s", session.id, reason, delay)
         session.ended = True  # counted out now: its memory is being given back
-        if session.process is not None and session.process.returncode is None:
-            session.process.terminate()
-            asyncio.get_running_loop().call_later(KILL_AFTER_S, _kill_if_running, session.process)
+        session.host.close(session.id)
 
     def client_connected(self, session: Session):
         session.clients += 1
@@ -236,6 +335,7 @@ class Launcher:
 
     async def on_startup(self, _app):
         self._client = aiohttp.ClientSession(auto_decompress=False)
+        self._running_host()  # loading the libraries and the model takes the longest: begin at once
         self._top_up_spares()
 
     async def stop_all(self, *_):
@@ -244,15 +344,8 @@ class Launcher:
             self._cancel_end(session)
             if session.starting is not None and not session.starting.done():
                 session.starting.cancel()
-            if session.process is not None and session.process.returncode is None:
-                session.process.terminate()
-        for session in list(self.sessions.values()):
-            if session.process is None:
-                continue
-            try:
-                await asyncio.wait_for(session.process.wait(), 20)
-            except asyncio.TimeoutError:
-                session.process.kill()
+        if self.host is not None:
+            await self.host.stop()
         if self._client is not None:
             await self._client.close()
 
@@ -350,12 +443,6 @@ async def _pump(source, destination):
             await destination.close()
 
 
-def _kill_if_running(process: asyncio.subprocess.Process):
-    if process.returncode is None:
-        log.warning("a session did not exit within %g s of being asked to; killed it", KILL_AFTER_S)
-        process.kill()
-
-
 async def _no_icon(_request):
     return web.Response(status=204)
 
@@ -403,7 +490,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds a session waits for its first tab (default {IDLE_TIMEOUT_S})")
     parser.add_argument("--max-file-mb", type=float, default=None, help="largest image file accepted (default 64)")
     parser.add_argument("--max-megapixels", type=float, default=None, help="largest image accepted (default 30)")
+    parser.add_argument("--inference-threads", type=int, default=None,
+                        help="threads of one model run; all sessions share one model and run it one at a time "
+                             "(default: torch's, which follows OMP_NUM_THREADS)")
     parser.add_argument("--slow-inference", type=float, default=None, help=argparse.SUPPRESS)  # tests, demos
+    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,8 +516,12 @@ def run(args) -> int:
         session_args += ["--max-file-mb", str(args.max_file_mb)]
     if args.max_megapixels is not None:
         session_args += ["--max-megapixels", str(args.max_megapixels)]
+    if args.inference_threads is not None:
+        session_args += ["--inference-threads", str(args.inference_threads)]
     if args.slow_inference is not None:
         session_args += ["--slow-inference", str(args.slow_inference)]
+    if args.hold_inference_while is not None:
+        session_args += ["--hold-inference-while", str(args.hold_inference_while)]
     try:
         serve(args.host, args.port, args.model, args.autosave_dir, args.max_sessions, args.idle_timeout, session_args,
               spare_sessions=args.spare_sessions, reconnect_grace=args.reconnect_grace,

@@ -1,40 +1,48 @@
 """A runner for ``KeypointsMRMLLogic`` inside an asyncio server (trame).
 
-The logic hands us ``compute`` (touches only the engine session, no MRML) and ``finish``
-(writes into MRML). Inference runs on one worker thread so the websocket loop keeps
-serving mouse events; ``finish`` comes back on the event-loop thread, the only thread
-that touches MRML.
+It satisfies :class:`interactive_keypoints.mrml_logic.runners.Runner`: the logic hands us
+``compute`` (touches only the engine session, no MRML) and ``finish`` (writes into MRML).
+Inference runs on one worker thread so the websocket loop keeps serving mouse events;
+``finish`` comes back on the event-loop thread, the only thread that touches MRML.
+Sessions that share a process pass the process's one inference thread (``executor``), so
+their model runs queue instead of competing for the cores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..mrml_logic.runners import Compute, Finish, Outcome, outcome_of
 
-def _outcome(compute, delay_s: float = 0.0):
-    try:
-        if delay_s:
-            time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
-        return compute()
-    except Exception as error:  # noqa: BLE001 - handed to finish, which reports it
-        return error
+
+def _outcome(compute: Compute, delay_s: float = 0.0, hold_path: str | None = None) -> Outcome:
+    if delay_s:
+        time.sleep(delay_s)  # emulate a slow CPU (demos, tests of drags during inference)
+    while hold_path and os.path.exists(hold_path):
+        time.sleep(0.05)  # tests: the run lasts until the test removes this file, however loaded the machine
+    return outcome_of(compute)
 
 
 class AsyncioRunner:
-    """``runner(compute, finish)`` for the logic; one computation at a time."""
+    """A :class:`~interactive_keypoints.mrml_logic.runners.Runner` for the logic: one
+    computation at a time on a worker thread, ``finish`` on the event-loop thread."""
 
-    def __init__(self, after_finish=None, delay_s: float = 0.0):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
+    def __init__(self, after_finish=None, delay_s: float = 0.0, hold_path: str | None = None,
+                 executor: ThreadPoolExecutor | None = None):
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
         self._after_finish = after_finish  # e.g. push the trame state to the browser
         self.delay_s = float(delay_s)
+        self.hold_path = hold_path
         self.in_flight = 0
 
-    def __call__(self, compute, finish):
+    def __call__(self, compute: Compute, finish: Finish) -> None:
         loop = asyncio.get_running_loop()  # the logic is driven from the loop thread
         self.in_flight += 1
-        future = loop.run_in_executor(self._executor, _outcome, compute, self.delay_s)
+        future = loop.run_in_executor(self._executor, _outcome, compute, self.delay_s, self.hold_path)
         future.add_done_callback(lambda done: self._finish(finish, done.result()))
 
     def _finish(self, finish, outcome):
@@ -46,4 +54,5 @@ class AsyncioRunner:
                 self._after_finish()
 
     def shutdown(self):
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_executor:  # a shared one belongs to the process
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -12,6 +12,8 @@ TABLE_HEADERS = [
     {"title": "y", "key": "y", "align": "end"},
     {"title": "State", "key": "state"},
     {"title": "Conf.", "key": "confidence", "align": "end"},
+    # the model's check-next score (higher = check first); empty for fixed points. Click to sort.
+    {"title": "Check", "key": "score", "align": "end"},
 ]
 MEASUREMENT_HEADERS = [
     {"title": "Measurement", "key": "measurement"},
@@ -21,6 +23,7 @@ MEASUREMENT_HEADERS = [
 ]
 PREDICTED_COLOUR = "#33ccff"  # keep in step with KeypointsWebApp._style_points
 FIXED_COLOUR = "#ff9919"
+NEXT_COLOUR = "#ff3333"  # mrml_logic.NEXT_POINT_COLOR: the halo around the point to check next
 
 
 def build_ui(app) -> VAppLayout:
@@ -76,7 +79,7 @@ def _app_bar(app, ctrl):
 def _side_panel(app, ctrl):
     download_json = ctrl.trigger_name(lambda: app.download(".mrk.json"))
     download_csv = ctrl.trigger_name(lambda: app.download(".csv"))
-    with v3.VNavigationDrawer(location="right", permanent=True, width=430):
+    with v3.VNavigationDrawer(location="right", permanent=True, width=510):
         with html.Div(classes="pa-3"):
             with html.Div(classes="d-flex flex-wrap ga-2"):
                 # Detecting again starts a new history: ask before dropping the user's corrections.
@@ -90,6 +93,15 @@ def _side_panel(app, ctrl):
                         prepend_icon="mdi-redo")
                 v3.VBtn("Reset", id="ik-reset", click=app.reset, disabled=("ik_busy || !ik_has_points",),
                         prepend_icon="mdi-restore")
+            with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
+                v3.VBtn("Next", id="ik-next", click=app.next_point, disabled=("!ik_has_points",),
+                        prepend_icon="mdi-crosshairs-question",
+                        title="Centre the view on the landmark the model is least sure of (not fixed yet)")
+                v3.VBtn("Confirm", id="ik-confirm", click=app.confirm, disabled=("ik_next < 0",),
+                        prepend_icon="mdi-check",
+                        title="Accept the suggested landmark where it is: it becomes user-fixed and the model re-runs")
+                html.Span("{{ ik_next >= 0 ? 'check: ' + ik_rows[ik_next].name : '' }}", id="ik-next-name",
+                          classes="text-body-2 align-self-center", style=f"color: {NEXT_COLOUR};")
             with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
                 v3.VBtn(".mrk.json", id="ik-download-json", variant="outlined", prepend_icon="mdi-download",
                         disabled=("!ik_has_points",),
@@ -113,6 +125,7 @@ def _side_panel(app, ctrl):
             with html.Div(classes="text-caption mt-2"):
                 html.Span("\u25cf predicted ", style=f"color: {PREDICTED_COLOUR};")
                 html.Span("\u25cf user-fixed ", style=f"color: {FIXED_COLOUR};")
+                html.Span("\u25cf check next (halo) ", style=f"color: {NEXT_COLOUR};")
                 html.Span("- drag a point to fix it; the others follow. Limits: {{ ik_limits }}.")
             html.Div("autosaved to {{ ik_autosave }}", v_show=("ik_autosave",), classes="text-caption",
                      id="ik-autosave")
@@ -140,6 +153,7 @@ def _side_panel(app, ctrl):
             headers=("ik_headers", TABLE_HEADERS),
             items=("ik_rows",),
             item_value="index",
+            row_props=("(row) => ({class: row.item.index === ik_next ? 'ik-next-row bg-red-lighten-5' : ''})",),
             density="compact",
             items_per_page=-1,
             hide_default_footer=True,

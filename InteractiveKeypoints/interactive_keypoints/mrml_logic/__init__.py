@@ -1,0 +1,87 @@
+"""GUI-free MRML logic of the InteractiveKeypoints Slicer module.
+
+Needs MRML (Slicer, or ``slicer-core`` from PyPI) but neither Qt nor the Slicer application,
+so the same code runs in the module, in the Python console, in batch jobs and in tests.
+
+One :class:`KeypointSession` per point list. A user drag (``PointEndInteractionEvent``)
+makes the dragged point user-fixed and re-runs the model; only points that are not fixed
+move. A press and release without a move is not a correction. The list's point count is
+locked (one point per landmark), and a list removed from the scene releases its session.
+Inference is split so that it can run off the main thread (:mod:`.runners`):
+
+* ``compute`` -- a closure over the session only (no MRML), run by ``runner``; for a
+  detection it also loads the model and builds the session (image encoder), from a
+  snapshot of the volume taken on the main thread;
+* ``finish``  -- called on the main thread with the result, writes it into MRML.
+
+Every call that runs the model (detect, attach, refine, update, unfix) takes ``blocking``:
+True runs inline and raises errors (console, batch), False goes through ``runner`` like a
+drag and reports errors through ``on_error`` (GUI, web). undo, redo and reset only move
+in the session's history, so they never run the model and are always synchronous.
+
+Where things are (everything public is importable from this package):
+
+* :mod:`.logic` -- :class:`KeypointsMRMLLogic`, the public API and the state it holds;
+* :mod:`.runners` -- the :class:`Runner` protocol and the inline / threaded runners;
+* :mod:`.running` -- submitting computations; drops queued while the model runs;
+* :mod:`.dragging` -- markups interaction events -> corrections;
+* :mod:`.tracked` -- one point list under control, and the writes into it;
+* :mod:`.states` -- point states in the list (descriptions, selected colour);
+* :mod:`.coordinates` -- pixels <-> RAS; :mod:`.volumes` -- volumes <-> radiographs;
+* :mod:`.measurement_display` -- the measurements table and lines;
+* :mod:`.guidance` -- which point to check next (the engine's ranking), its halo in the views;
+* :mod:`.files` -- export, image loading, batch detection of a folder.
+
+Engine modules that need torch are imported lazily: importing this package needs only
+numpy, vtk and slicer.
+"""
+
+from ..conventions import IMAGE_SUFFIXES, inside_image
+from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
+from .dragging import CLICK_TOLERANCE_PX
+from .files import POINT_LIST_SUFFIX
+from .guidance import NEXT_POINT_COLOR, NEXT_POINT_ROLE
+from .logic import KeypointsMRMLLogic
+from .measurement_display import (
+    MEASUREMENT_COLUMNS,
+    MEASUREMENT_LINE_COLOR,
+    MEASUREMENT_LINE_ROLE,
+    MEASUREMENTS_REFERENCE_ROLE,
+)
+from .runners import Runner, ThreadedRunner, outcome_of, run_inline, waiting_runner
+from .running import LogicBusyError
+from .states import (
+    DEFAULT_LOW_CONFIDENCE,
+    FIXED_COLOR,
+    LOW_CONFIDENCE_TAG,
+    PREDICTED_COLOR,
+    STATE_FIXED,
+    STATE_PREDICTED,
+    describe_state,
+    is_low_confidence,
+    point_states,
+)
+from .tracked import TrackedList
+from .volumes import (
+    PHANTOM_VOLUME_NAME,
+    VOLUME_REFERENCE_ROLE,
+    VolumeSnapshot,
+    add_phantom_volume,
+    add_volume_from_radiograph,
+    radiograph_from_volume,
+    reference_volume,
+    snapshot_volume,
+    volume_ijk_to_ras,
+)
+
+__all__ = [
+    "CLICK_TOLERANCE_PX", "DEFAULT_LOW_CONFIDENCE", "FIXED_COLOR", "IMAGE_SUFFIXES", "LOW_CONFIDENCE_TAG",
+    "MEASUREMENTS_REFERENCE_ROLE", "MEASUREMENT_COLUMNS", "MEASUREMENT_LINE_COLOR", "MEASUREMENT_LINE_ROLE",
+    "NEXT_POINT_COLOR", "NEXT_POINT_ROLE",
+    "PHANTOM_VOLUME_NAME", "POINT_LIST_SUFFIX", "PREDICTED_COLOR", "STATE_FIXED", "STATE_PREDICTED",
+    "VOLUME_REFERENCE_ROLE", "KeypointsMRMLLogic", "LogicBusyError", "Runner", "ThreadedRunner", "TrackedList",
+    "VolumeSnapshot", "add_phantom_volume", "add_volume_from_radiograph", "control_point_positions",
+    "describe_state", "ijk_to_ras_matrix", "inside_image", "is_low_confidence", "outcome_of", "pixels_to_ras",
+    "point_states", "radiograph_from_volume", "ras_to_pixels", "reference_volume", "run_inline",
+    "snapshot_volume", "volume_ijk_to_ras", "waiting_runner",
+]

@@ -1,0 +1,149 @@
+"""Files: export of a point list (``.mrk.json``, ``.csv``, measurements beside them),
+loading image files as volumes, and the batch detection of a folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..conventions import MEASUREMENTS_CSV, MEASUREMENTS_JSON, POINTS_CSV, POINTS_JSON, file_stem, is_image_name
+from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
+from .runners import ThreadedRunner, run_inline, waiting_runner
+from .states import point_states
+from .volumes import add_volume_from_radiograph, remove_with_children
+
+log = logging.getLogger(__name__)
+
+POINT_LIST_SUFFIX = " keypoints"
+
+
+class ExportAndBatch:
+    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: export, image loading, batch.
+
+    Uses from the logic: ``scene``, ``detect``, ``detach``, ``new_point_list``,
+    ``measurement_set``, ``measurements``, ``_volume_of``, ``_blocking_runner``, ``_report``.
+    """
+
+    def export(self, point_list_node, path) -> Path:
+        """Write the point list as ``.mrk.json`` (Slicer markups, LPS) or ``.csv``; where the
+        model names a measurement set, also ``<stem>.measurements.json`` / ``.csv`` beside it."""
+        path = Path(path)
+        name = path.name.lower()
+        if name.endswith(".json"):
+            written = self._export_json(point_list_node, path)
+        elif name.endswith(".csv"):
+            written = self._export_csv(point_list_node, path)
+        else:
+            raise ValueError(f"cannot export to {path}: use a .mrk.json or .csv file name")
+        self.export_measurements(point_list_node, path.with_name(file_stem(path)))
+        return written
+
+    def export_measurements(self, point_list_node, stem) -> list[Path]:
+        """``<stem>.measurements.json`` and ``.csv`` of the list's current points; [] when the
+        model has no measurement set."""
+        from ..measurements import write_measurements
+
+        measurement_set = self.measurement_set()
+        if not measurement_set:
+            return []
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        return write_measurements(stem, self.measurements(point_list_node), measurement_set)
+
+    def _export_json(self, node, path: Path) -> Path:
+        storage = node.GetStorageNode()
+        if storage is None or not storage.IsA("vtkMRMLMarkupsJsonStorageNode"):
+            storage = self.scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage.SetFileName(str(path))
+        if not storage.WriteData(node):
+            raise OSError(f"could not write {path}")
+        return path
+
+    def _export_csv(self, node, path: Path) -> Path:
+        from ..markups import write_csv
+
+        volume = self._volume_of(node)
+        names = [node.GetNthControlPointLabel(k) for k in range(node.GetNumberOfControlPoints())]
+        points_xy = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume))
+        states, confidence = point_states(node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(path, names, points_xy, tuple(volume.GetSpacing()[:2]), states, confidence)
+        return path
+
+    def load_volume(self, path, name: str | None = None):
+        """Read an image file with SimpleITK (PNG, JPEG, DICOM, NRRD, ...) into a volume node."""
+        from ..imaging import load_radiograph
+
+        image = load_radiograph(path)
+        return add_volume_from_radiograph(self.scene, image, name or file_stem(Path(path)))
+
+    def process_folder(self, input_dir, output_dir, progress=None, runner=None) -> list[dict]:
+        """Detect the landmarks of every image in ``input_dir``; write ``<stem>.mrk.json``
+        and ``<stem>.csv`` to ``output_dir``. A bad image is reported and skipped.
+
+        ``progress(done, total, name)`` (optional) is called before each image and, while
+        its model runs on a worker thread (``runner``, a ThreadedRunner; a private one if
+        None), every few ms from the calling thread: the GUI processes its events there.
+        Returning False cancels: the image in progress is finished, the rest are skipped.
+
+        Returns one record per file: {"input", "outputs"}, {"input", "error"} or
+        {"input", "cancelled": True}.
+        """
+        input_dir, output_dir = Path(input_dir), Path(output_dir)
+        if not input_dir.is_dir():
+            raise ValueError(f"input folder {input_dir} does not exist")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        # chosen by name, not by content: an unreadable image is reported, not skipped
+        images = [p for p in sorted(input_dir.iterdir()) if p.is_file() and is_image_name(p.name)]
+        if progress is None:
+            return [self._process_file(path, output_dir) for path in images]
+
+        own_runner = runner is None
+        runner = ThreadedRunner() if own_runner else runner
+        records, cancelled = [], False
+        try:
+            for done, path in enumerate(images):
+
+                def pump(done=done, name=path.name):
+                    nonlocal cancelled
+                    cancelled = progress(done, len(images), name) is False or cancelled
+
+                if not cancelled:
+                    pump()
+                if cancelled:
+                    records.append({"input": str(path), "cancelled": True})
+                    continue
+                self._blocking_runner = waiting_runner(runner, pump)
+                try:
+                    records.append(self._process_file(path, output_dir))
+                finally:
+                    self._blocking_runner = run_inline
+            progress(len(images), len(images), "")
+        finally:
+            if own_runner:
+                runner.shutdown()
+        return records
+
+    def _process_file(self, path: Path, output_dir: Path) -> dict:
+        volume = node = None
+        try:
+            volume = self.load_volume(path)
+            # a new list, never a user's list that happens to have the same name
+            node = self.detect(volume, self.new_point_list(volume.GetName() + POINT_LIST_SUFFIX), blocking=True)
+            outputs = [self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)]
+            if self.measurement_set():
+                outputs += [output_dir / (file_stem(path) + suffix) for suffix in (MEASUREMENTS_JSON, MEASUREMENTS_CSV)]
+            return {"input": str(path), "outputs": [str(p) for p in outputs]}
+        except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch
+            if not isinstance(error, (ValueError, OSError)):
+                log.exception("%s", path.name)
+            self._report(f"{path.name}: {error}")
+            return {"input": str(path), "error": str(error)}
+        finally:
+            if node is not None:
+                self.detach(node)
+            for item in (node, volume):
+                if item is not None:
+                    remove_with_children(self.scene, item)
+

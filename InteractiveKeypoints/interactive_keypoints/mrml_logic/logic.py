@@ -1,0 +1,398 @@
+"""KeypointsMRMLLogic: the public API of the module's logic, and the state it holds.
+
+The class is assembled from one mixin per concern (drag tracking, running the model,
+measurements, files); what it holds itself is the model, the tracked point lists
+(:class:`~.tracked.TrackedList`, one per list) and the calls a user or the GUI makes:
+detect, attach, refine, update, undo, redo, unfix, reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import slicer
+import vtk
+
+from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
+from .dragging import DragTracking
+from .files import POINT_LIST_SUFFIX, ExportAndBatch
+from .guidance import ReviewGuidance
+from .measurement_display import MeasurementDisplay
+from .runners import Runner, run_inline
+from .running import LogicBusyError, ModelRunning
+from .states import DEFAULT_LOW_CONFIDENCE, STATE_FIXED, point_states, style_point_list
+from .tracked import TrackedList
+from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, snapshot_volume
+
+log = logging.getLogger(__name__)
+
+
+class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewGuidance, ExportAndBatch):
+    """Keypoint detection and interactive correction on MRML point lists.
+
+    Console use (inside Slicer, ``scene`` defaults to ``slicer.mrmlScene``)::
+
+        logic = KeypointsMRMLLogic()
+        points = logic.detect(volumeNode)         # "<volume> keypoints", one point per landmark
+        logic.refine(points, {3: (10.0, 20.0, 0.0)})  # RAS; point 3 becomes user-fixed
+        logic.undo(points); logic.redo(points)
+        logic.export(points, "/tmp/case.mrk.json")  # or .csv
+
+    Callbacks (optional): ``on_error(message)`` for every problem (a refused drop, a failed
+    run), ``on_run_failed(message)`` only when a model run on the runner failed (a model
+    that does not load, a bad image: the GUI shows these as an error dialog),
+    ``on_updated(node)`` after each write into MRML, ``on_busy(node, busy)``.
+    """
+
+    def __init__(self, scene=None, model=None, model_folder=None, device: str = "auto"):
+        self._scene = scene
+        self._model = model
+        self.model_folder = model_folder
+        self.device = device
+        self.runner: Runner = run_inline  # replaced by a ThreadedRunner in the GUI
+        self._blocking_runner: Runner = run_inline  # blocking calls; process_folder may wait on a thread
+        self.auto_refine = True
+        self.refine_while_dragging = False
+        self.low_confidence = DEFAULT_LOW_CONFIDENCE
+        self.on_error = None
+        self.on_run_failed = None
+        self.on_updated = None
+        self.on_busy = None
+        self._tracked: dict[str, TrackedList] = {}
+        self._predictor = None  # one inference copy of the network, shared by all sessions
+        # the model is loaded by the inference thread (detect) or a preloading thread (web)
+        self._model_lock = threading.Lock()
+        self._watched_scene = None  # (scene, observer tag): releases lists the user deletes
+
+    # ------------------------------------------------------------------ model, scene
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    def set_model(self, model_folder=None, device: str | None = None):
+        """Choose the model folder (None: the shipped default) and/or device; loaded lazily."""
+        with self._model_lock:  # not while a thread is loading the previous choice
+            self.model_folder = model_folder
+            if device is not None:
+                self.device = device
+            self._model = None
+            self._predictor = None
+
+    def model(self):
+        """The KeypointModel, loaded on first use (the session moves it to the device).
+
+        Thread-safe: detect() calls it from the inference thread."""
+        with self._model_lock:
+            if self._model is None:
+                from ..model_folders import default_model_dir
+                from ..model_io import load_model
+
+                self._model = load_model(self.model_folder or default_model_dir(), device="cpu")
+            return self._model
+
+    def model_config(self):
+        """The chosen model's ModelConfig, without loading its weights if not loaded yet
+        (a JSON read, so the main thread can check a point list against it)."""
+        with self._model_lock:
+            if self._model is not None:
+                return self._model.config
+            from ..config import ModelConfig
+            from ..model_folders import CONFIG_FILE, default_model_dir  # not model_io: no torch here
+
+            return ModelConfig.load(Path(self.model_folder or default_model_dir()) / CONFIG_FILE)
+
+    def predictor(self):
+        """The inference copy of the model on the chosen device, shared by all sessions."""
+        from ..inference import Predictor
+
+        model = self.model()
+        with self._model_lock:
+            if self._predictor is None or self._predictor.model is not model:
+                self._predictor = Predictor(model, self.device)
+            return self._predictor
+
+    # --------------------------------------------------------------------- detection
+
+    def point_list_for(self, volume_node):
+        """The point list named "<volume> keypoints", created when missing."""
+        name = volume_node.GetName() + POINT_LIST_SUFFIX
+        node = self.scene.GetFirstNode(name, "vtkMRMLMarkupsFiducialNode", False, True)
+        return node if node is not None else self.new_point_list(name)
+
+    def new_point_list(self, name: str):
+        """An empty point list drawn in our two colours (predicted / user-fixed)."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", self.scene.GenerateUniqueName(name))
+        node.CreateDefaultDisplayNodes()
+        style_point_list(node)
+        return node
+
+    def detect(self, volume_node, point_list_node=None, blocking: bool = True):
+        """Place all landmarks of the model on the volume; returns the point list.
+
+        Any previous correction history of that point list is dropped. With
+        ``blocking=False`` the list is returned at once and filled when the model is done;
+        loading the model and encoding the image happen off the calling thread too.
+        """
+        return self._start(volume_node, point_list_node, {}, blocking)
+
+    def _start(self, volume_node, point_list_node, fixes: dict, blocking: bool):
+        """New session for the point list: predict, then refine with ``fixes`` if any."""
+        # snapshot on the main thread (MRML is read here only): a copy of the pixels, so
+        # the computation never touches the volume's buffer; refuses multi-slice volumes.
+        # Blocking calls check the image before any node changes; the GUI path leaves the
+        # conversion (and the torch import it needs) to the inference thread.
+        snapshot = snapshot_volume(volume_node)
+        checked_image = snapshot.radiograph() if blocking else None
+        node = point_list_node or self.point_list_for(volume_node)
+        previous = self._tracked.get(node.GetID())
+        if previous is not None and previous.busy:
+            raise LogicBusyError(f"the model is still running on {node.GetName()!r}")
+        self.detach(node)
+        node.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volume_node.GetID())
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        tracked = TrackedList(
+            node=node,
+            volume=volume_node,
+            session=None,
+            ijk_to_ras=ijk_to_ras_matrix(volume_node),
+            size=snapshot.size,
+        )
+        self._tracked[node.GetID()] = tracked
+        self._observe(tracked)
+        self._watch_scene()
+        made = {}
+
+        def compute():
+            # loading the model and encoding the image (the session's constructor) are
+            # the slow parts of a detection: they run here, off the main thread
+            from ..session import KeypointSession
+
+            image = checked_image if checked_image is not None else snapshot.radiograph()
+            session = KeypointSession(self.model(), image, predictor=self.predictor())
+            made["session"] = session
+            prediction = session.predict()
+            return session.refine(fixes) if fixes else prediction
+
+        def on_done(outcome):  # main thread: the session becomes visible with its result
+            if not isinstance(outcome, Exception):
+                tracked.session = made["session"]
+
+        self._submit(tracked, compute, blocking, on_done=on_done)
+        return node
+
+    def attach(self, point_list_node, volume_node=None, blocking: bool = True):
+        """Listen to drags on a point list (e.g. one loaded from .mrk.json).
+
+        The session is re-synchronised with the list: its user-fixed points are given to
+        the model and the predicted points are predicted again.
+        """
+        node = point_list_node
+        if node.GetID() in self._tracked:
+            return node
+        volume_node = volume_node or reference_volume(node)
+        if volume_node is None:
+            raise ValueError(
+                f"point list {node.GetName()!r} has no radiograph volume: pass volume_node to attach()"
+            )
+        states, _ = point_states(node)
+        pixels = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume_node))
+        num_keypoints = self.model_config().num_keypoints  # the weights load off this thread
+        if node.GetNumberOfControlPoints() not in (0, num_keypoints):
+            raise ValueError(
+                f"point list {node.GetName()!r} has {node.GetNumberOfControlPoints()} points "
+                f"but the model places {num_keypoints}"
+            )
+        fixes = {k: tuple(pixels[k]) for k, state in enumerate(states) if state == STATE_FIXED}
+        return self._start(volume_node, node, fixes, blocking)
+
+    def detach(self, point_list_node):
+        """Stop listening and forget the session of this point list."""
+        tracked = self._tracked.pop(point_list_node.GetID(), None)
+        if tracked is not None:
+            for tag in tracked.observer_tags:
+                tracked.node.RemoveObserver(tag)
+
+    def forget_all(self):
+        for node_id in list(self._tracked):
+            self.detach(self._tracked[node_id].node)
+        self._unwatch_scene()
+
+    def _watch_scene(self):
+        """Observe node removal: a point list deleted by the user releases its session."""
+        scene = self.scene
+        if self._watched_scene is not None and self._watched_scene[0] is scene:
+            return
+        self._unwatch_scene()
+
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def on_node_removed(caller, event, node=None):
+            if node is None:
+                return
+            for tracked in list(self._tracked.values()):
+                if tracked.node is node:
+                    self.detach(node)
+
+        self._watched_scene = (scene, scene.AddObserver(scene.NodeRemovedEvent, on_node_removed))
+
+    def _unwatch_scene(self):
+        if self._watched_scene is not None:
+            scene, tag = self._watched_scene
+            scene.RemoveObserver(tag)
+            self._watched_scene = None
+
+    def is_tracked(self, point_list_node) -> bool:
+        return point_list_node is not None and point_list_node.GetID() in self._tracked
+
+    def is_busy(self, point_list_node) -> bool:
+        tracked = self._tracked.get(point_list_node.GetID())
+        return bool(tracked and tracked.busy)
+
+    def latency(self, point_list_node) -> float | None:
+        tracked = self._tracked.get(point_list_node.GetID())
+        return tracked.latency if tracked else None
+
+    def prediction(self, point_list_node):
+        """The model's current Prediction for this list (points in original pixels)."""
+        return self._get(point_list_node).prediction
+
+    def can_undo(self, point_list_node) -> bool:
+        tracked = self._tracked.get(point_list_node.GetID())
+        return bool(tracked and tracked.session and (tracked.pending or tracked.session.can_undo))
+
+    def can_redo(self, point_list_node) -> bool:
+        tracked = self._tracked.get(point_list_node.GetID())
+        return bool(tracked and tracked.session and not tracked.pending and tracked.session.can_redo)
+
+    # -------------------------------------------------------------------- correction
+
+    def refine(self, point_list_node, ras_by_index: dict, blocking: bool = True):
+        """Move points {k: (R, A, S)}, make them user-fixed and re-run the model.
+
+        Raises ``OutsideImageError`` (a ValueError) and changes nothing when a position is
+        outside the image.
+        """
+        tracked = self._get(point_list_node)
+        fixes = {}
+        for k, ras in ras_by_index.items():
+            xy = tuple(ras_to_pixels(ras, tracked.ijk_to_ras)[0])
+            tracked.check_inside(int(k), xy)
+            fixes[int(k)] = xy
+        with tracked.own_writes():
+            for k, ras in ras_by_index.items():
+                point_list_node.SetNthControlPointPosition(int(k), *ras[:3])
+        tracked.pending.update(fixes)
+        self._mark_fixed(tracked, fixes)
+        self.update(point_list_node, blocking)
+
+    def confirm(self, point_list_node, index: int, blocking: bool = True):
+        """Accept point ``index`` where it is: it becomes user-fixed and the model re-runs
+        (a drop without a move; undoable). While the model runs, a non-blocking confirm is
+        queued like a drop and a blocking one raises ``LogicBusyError``. A point that is
+        already fixed is left alone."""
+        tracked = self._get(point_list_node)
+        k = int(index)
+        if not 0 <= k < tracked.num_keypoints:
+            raise ValueError(
+                f"point list {point_list_node.GetName()!r} has no landmark {index}: use 0..{tracked.num_keypoints - 1}"
+            )
+        if blocking and tracked.busy:
+            raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
+        if k in tracked.pending or (tracked.prediction is not None and tracked.prediction.fixed[k]):
+            return
+        fixes = {k: tracked.pixel_of(k)}  # where the user sees it, also while a run may move it
+        tracked.pending.update(fixes)
+        self._mark_fixed(tracked, fixes)
+        self.update(point_list_node, blocking)
+
+    def update(self, point_list_node, blocking: bool = False):
+        """Run the model with the queued drops (the Update button when auto-refine is off)."""
+        tracked = self._get(point_list_node)
+        if blocking and tracked.busy:
+            raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
+        self._run_pending(tracked, blocking)
+
+    def undo(self, point_list_node):
+        """Undo the last correction and its re-inference (queued drops count as one)."""
+        tracked = self._idle(point_list_node)
+        if tracked.pending:  # drops not given to the model yet: put the points back
+            tracked.pending.clear()
+            self._apply(tracked, tracked.prediction)
+            return
+        self._submit(tracked, tracked.session.undo, blocking=True)
+
+    def redo(self, point_list_node):
+        tracked = self._idle(point_list_node)
+        self._submit(tracked, tracked.session.redo, blocking=True)
+
+    def unfix(self, point_list_node, indices, blocking: bool = True):
+        """Let the model place these points again (re-runs the model, like refine)."""
+        tracked = self._idle(point_list_node)
+        indices = [int(k) for k in indices]
+        for k in indices:
+            tracked.pending.pop(k, None)
+        session = tracked.session
+        self._submit(tracked, lambda: session.unfix(indices), blocking)
+
+    def reset(self, point_list_node):
+        """Forget all corrections: back to the model's first prediction."""
+        tracked = self._idle(point_list_node)
+        tracked.pending.clear()
+        self._submit(tracked, tracked.session.reset, blocking=True)
+
+    def set_low_confidence(self, threshold: float):
+        """Change the flagging threshold and re-describe the points of idle lists."""
+        self.low_confidence = float(threshold)
+        for tracked in self._tracked.values():
+            if not tracked.busy and tracked.prediction is not None:
+                self._apply(tracked, tracked.prediction)
+
+    def _volume_of(self, node):
+        tracked = self._tracked.get(node.GetID())
+        if tracked is not None:
+            return tracked.volume
+        volume = reference_volume(node)
+        if volume is None:
+            raise ValueError(f"point list {node.GetName()!r} has no radiograph volume to convert to pixels")
+        return volume
+
+    # --------------------------------------------------------------- writing to MRML
+
+    def _apply(self, tracked: TrackedList, prediction):
+        """Write a prediction into the point list, then its measurements; tell the GUI."""
+        tracked.write_prediction(prediction, self.low_confidence)
+        self._update_measurements(tracked)
+        self._update_next_marker(tracked)
+        if self.on_updated is not None:
+            self.on_updated(tracked.node)
+
+    def _mark_fixed(self, tracked: TrackedList, fixes: dict):
+        tracked.write_fixed(fixes, self.low_confidence)
+        self._update_next_marker(tracked)
+        if self.on_updated is not None:
+            self.on_updated(tracked.node)
+
+    # ------------------------------------------------------------------------ helpers
+
+    def _get(self, point_list_node) -> TrackedList:
+        if point_list_node is None:
+            raise ValueError("no point list given")
+        tracked = self._tracked.get(point_list_node.GetID())
+        if tracked is None or (tracked.session is None and not tracked.busy):
+            raise ValueError(
+                f"point list {point_list_node.GetName()!r} is not attached: run detect() or attach() first"
+            )
+        return tracked
+
+    def _idle(self, point_list_node) -> TrackedList:
+        tracked = self._get(point_list_node)
+        if tracked.busy:
+            raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
+        return tracked
+
+    def _report(self, message: str):
+        log.error(message)
+        if self.on_error is not None:
+            self.on_error(message)

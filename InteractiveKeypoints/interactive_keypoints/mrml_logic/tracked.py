@@ -1,0 +1,122 @@
+"""One point list under the logic's control: its session, its drag and queue state, and
+the writes of points and states into the list.
+
+Every write goes through :meth:`TrackedList.own_writes`: our own changes fire markups events
+too, and the drag handlers must ignore them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..conventions import inside_image
+from .coordinates import pixels_to_ras, ras_to_pixels
+from .states import write_state
+
+
+@dataclass
+class TrackedList:
+    """What the logic knows about one point list."""
+
+    node: object
+    volume: object
+    session: object  # KeypointSession; None until the first computation made it
+    ijk_to_ras: np.ndarray
+    size: tuple[int, int]  # (H, W) of the radiograph
+    observer_tags: list = field(default_factory=list)
+    busy: bool = False
+    pending: dict = field(default_factory=dict)  # queued drops {k: (x, y)}; latest wins
+    dragging: int | None = None  # index being dragged in a view
+    drag_start: np.ndarray | None = None  # its RAS position when the drag started
+    preview: tuple | None = None  # latest (k, xy) waiting for a refine-while-dragging run
+    preview_steps: int = 0  # session steps made by previews of the current drag
+    writing: bool = False  # re-entrancy guard: our own MRML writes fire events too
+    latency: float | None = None  # seconds of the last computation
+    selected_measurement: str = ""  # name of the measurement whose lines are drawn
+    suggested: int | None = None  # the point next_point() gave a halo, until it is fixed
+
+    @property
+    def prediction(self):
+        return self.session.prediction if self.session is not None else None
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.prediction.points) if self.prediction is not None else 0
+
+    # ------------------------------------------------------------------ reading
+
+    def pixel_of(self, k: int) -> tuple[float, float]:
+        """Point k's current position in the list, in image pixels (x, y)."""
+        point = [0.0, 0.0, 0.0]
+        self.node.GetNthControlPointPosition(k, point)
+        return tuple(float(v) for v in ras_to_pixels(point, self.ijk_to_ras)[0])
+
+    def check_inside(self, k: int, xy):
+        """Raise ``OutsideImageError`` (a ValueError) naming the landmark when xy is off the image."""
+        if not inside_image(xy, self.size):
+            from ..session import OutsideImageError
+
+            height, width = self.size
+            name = self.prediction.names[k] if self.prediction is not None else f"#{k}"
+            raise OutsideImageError(
+                f"landmark {name!r} dropped at pixel ({xy[0]:.1f}, {xy[1]:.1f}), outside the "
+                f"{width} x {height} image; it was put back"
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def own_writes(self):
+        """Our own changes fire markups events: ignore them, and batch them into one."""
+        was_writing, self.writing = self.writing, True
+        was_modifying = self.node.StartModify()
+        try:
+            yield
+        finally:
+            self.node.EndModify(was_modifying)
+            self.writing = was_writing
+
+    def put_back(self, k: int, ras):
+        """Return point k to ``ras`` (its position before the drag), or to the model's."""
+        if ras is None:
+            if k in self.pending:
+                ras = pixels_to_ras(self.pending[k], self.ijk_to_ras)[0]
+            elif self.prediction is not None:
+                ras = pixels_to_ras(self.prediction.points[k], self.ijk_to_ras)[0]
+            else:
+                return
+        with self.own_writes():
+            self.node.SetNthControlPointPosition(k, *ras)
+
+    def write_prediction(self, prediction, low_confidence: float):
+        """Write a prediction into the point list. Points the user holds (being dragged, or
+        dropped and waiting for the model) keep the user's position."""
+        node = self.node
+        held = set(self.pending)
+        if self.dragging is not None:
+            held.add(self.dragging)
+        positions = pixels_to_ras(prediction.points, self.ijk_to_ras)
+        with self.own_writes():
+            if node.GetNumberOfControlPoints() != len(positions):
+                node.SetFixedNumberOfControlPoints(False)  # a locked list refuses the rewrite
+                node.RemoveAllControlPoints()
+                for k, name in enumerate(prediction.names):
+                    node.AddControlPoint(*positions[k], name)
+            # one point per landmark: adding or deleting points (place toolbar, context
+            # menu) would shift every later index, so the count is locked
+            node.SetFixedNumberOfControlPoints(True)
+            for k in range(len(positions)):
+                node.SetNthControlPointLabel(k, prediction.names[k])
+                if k not in held:
+                    node.SetNthControlPointPosition(k, *positions[k])
+                fixed = bool(prediction.fixed[k]) or k in self.pending
+                write_state(node, k, fixed, float(prediction.confidence[k]), low_confidence)
+
+    def write_fixed(self, indices, low_confidence: float):
+        """Mark points user-fixed before the model has run on them (confidence unknown)."""
+        with self.own_writes():
+            for k in indices:
+                write_state(self.node, k, True, np.nan, low_confidence)

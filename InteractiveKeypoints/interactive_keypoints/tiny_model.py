@@ -1,0 +1,35 @@
+"""The tiny untrained model the tests share: the pytest suite and the in-Slicer test
+(``InteractiveKeypointsTest``) build the same one, so they exercise the same network.
+
+Same architecture as a real model, a few channels wide: a detect or a refine takes
+milliseconds on a CPU. The logic's behaviour does not depend on training.
+"""
+
+from __future__ import annotations
+
+from .config import ModelConfig, compact_config
+from .conventions import SPINE
+
+TINY_ARCHITECTURE = {"input_size": (128, 64), "width": 8, "ocr_mid_channels": 32, "ocr_key_channels": 16}
+# an untrained hint-fusion layer barely passes the clicks on; this makes them matter
+CLICK_SCALE = 20.0
+
+
+def tiny_config(num_keypoints: int = SPINE.num_keypoints, **overrides) -> ModelConfig:
+    """A tiny model's config; ``overrides`` go to :func:`config.compact_config`."""
+    return compact_config(num_keypoints, **(TINY_ARCHITECTURE | overrides))
+
+
+def tiny_model(landmark_names=SPINE.names, seed: int = 0, click_scale: float | None = CLICK_SCALE, **overrides):
+    """A tiny untrained :class:`model_io.KeypointModel` (eval mode), the same for a given seed."""
+    import torch
+
+    from .model_io import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(tiny_config(len(landmark_names), landmark_names=list(landmark_names), **overrides))
+    if click_scale is not None:
+        with torch.no_grad():
+            model.network.hint_fusion.scale.fill_(click_scale)
+    model.network.eval()
+    return model
