@@ -29,11 +29,11 @@ MARKUPS = slicer.vtkMRMLMarkupsNode
 def tiny_model_dir(tmp_path_factory):
     from interactive_keypoints.config import ModelConfig
     from interactive_keypoints.model_io import build_model, save_model
-    from interactive_keypoints.phantom import SPINE_LANDMARK_NAMES
+    from interactive_keypoints.conventions import SPINE
 
     torch.manual_seed(0)
     config = ModelConfig(
-        num_keypoints=len(SPINE_LANDMARK_NAMES), input_size=(256, 128), landmark_names=SPINE_LANDMARK_NAMES,
+        num_keypoints=SPINE.num_keypoints, input_size=(256, 128), landmark_names=list(SPINE.names),
         width=8, stage_modules=(1, 1, 1), stage_blocks=1, stem_blocks=1, ocr_mid_channels=32,
         ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test", measurements="aasce-cobb",
     )
