@@ -77,7 +77,9 @@ def modelDescription(folder: Path) -> str:
     try:
         config = json.loads((Path(folder) / CONFIG_FILE).read_text())
         names = config.get("landmark_names") or []
-        return f"{config.get('description') or folder.name}\n{config.get('num_keypoints', len(names))} landmarks\n{folder}"
+        return (
+            f"{config.get('description') or folder.name}\n{config.get('num_keypoints', len(names))} landmarks\n{folder}"
+        )
     except (OSError, ValueError):
         return str(folder)
 
@@ -103,7 +105,7 @@ class InteractiveKeypoints(ScriptedLoadableModule):
             "Ctrl+Shift+Z depending on the platform) undo and redo a correction together with its "
             "re-inference.<br>"
             "Try it on the generated spine radiograph in Sample Data. "
-            "See the <a href=\"{url}\">module documentation</a>."
+            'See the <a href="{url}">module documentation</a>.'
         ).format(url=HOMEPAGE + "#readme")
         self.parent.acknowledgementText = _(
             "Method: J. Kim, T. Kim, T. Kim, J. Choo, D.-W. Kim, B. Ahn, I.-S. Song, Y.-J. Kim, "
@@ -298,9 +300,11 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             return
         try:
             self.logic.attach(pointList, volume, blocking=False)
-        except Exception as error:  # shown once, not at every parameter change
+        except Exception as error:  # noqa: BLE001 - any refusal is shown once, not at every parameter change
             self._attachRefused.add(pointList.GetID())
-            slicer.util.errorDisplay(_("Could not attach to {name}: {error}").format(name=pointList.GetName(), error=error))
+            slicer.util.errorDisplay(
+                _("Could not attach to {name}: {error}").format(name=pointList.GetName(), error=error)
+            )
 
     # -------------------------------------------------------------------- dependencies
 
@@ -514,7 +518,9 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         """A model run on the inference thread failed (model not loadable, bad image)."""
         # shown after the poll timer's callback returns: a modal dialog inside it would
         # poll the runner again from the dialog's event loop
-        qt.QTimer.singleShot(0, lambda: slicer.util.errorDisplay(_("The model could not run: {message}").format(message=message)))
+        qt.QTimer.singleShot(
+            0, lambda: slicer.util.errorDisplay(_("The model could not run: {message}").format(message=message))
+        )
 
     # ----------------------------------------------------------------------- display
 
@@ -601,7 +607,11 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def updateMeasurements(self) -> None:
         """Show the point list's measurements table (the logic refills it) and its names."""
         pointList = self._parameterNode.pointList if self._parameterNode else None
-        table = self.logic.measurement_table(pointList) if pointList is not None and self.logic.is_tracked(pointList) else None
+        table = (
+            self.logic.measurement_table(pointList)
+            if pointList is not None and self.logic.is_tracked(pointList)
+            else None
+        )
         self.ui.measurementsCollapsibleButton.setVisible(table is not None)
         self.ui.measurementTable.setMRMLTableNode(table)
         if table is None:
@@ -717,11 +727,17 @@ def _installTorch(versionRequirement: str) -> bool:
         import PyTorchUtils
     except ImportError:
         raise RuntimeError(
-            _("PyTorch is needed. Install the 'PyTorch' extension from the Extensions Manager, restart Slicer, and try again.")
+            _(
+                "PyTorch is needed. Install the 'PyTorch' extension from the Extensions Manager, restart Slicer, and try again."
+            )
         ) from None
     box = qt.QMessageBox(slicer.util.mainWindow())
     box.setWindowTitle(_("Install PyTorch"))
-    box.setText(_("Interactive Keypoints needs PyTorch {version} (a download of several hundred MB to a few GB). Which build?").format(version=versionRequirement))
+    box.setText(
+        _(
+            "Interactive Keypoints needs PyTorch {version} (a download of several hundred MB to a few GB). Which build?"
+        ).format(version=versionRequirement)
+    )
     automatic = box.addButton(_("GPU if available"), qt.QMessageBox.AcceptRole)
     cpu = box.addButton(_("CPU only"), qt.QMessageBox.AcceptRole)
     box.addButton(qt.QMessageBox.Cancel)
@@ -822,7 +838,12 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         """RAS of point k moved by ``offset`` pixels, kept on the image."""
         import numpy as np
 
-        from interactive_keypoints.mrml_logic import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
+        from interactive_keypoints.mrml_logic import (
+            control_point_positions,
+            ijk_to_ras_matrix,
+            pixels_to_ras,
+            ras_to_pixels,
+        )
 
         m = ijk_to_ras_matrix(volume)
         width, height = volume.GetImageData().GetDimensions()[:2]

@@ -69,7 +69,8 @@ def test_points_follow_the_pixels_exactly():
 
 
 MONAI_LAZY_2D_BUG = pytest.mark.xfail(
-    raises=RuntimeError, strict=True,
+    raises=RuntimeError,
+    strict=True,
     reason="MONAI 1.6 lazy resampling of a 2-D image mixes 3 x 3 and 4 x 4 affines; when this passes, see augment.py",
 )
 
@@ -87,12 +88,18 @@ def test_monai_lazy_points(size, rotate_prob):
 
     steps = [Resized("image", size, mode="bilinear", align_corners=False, anti_aliasing=False)]
     if rotate_prob is not None:
-        steps.append(RandRotated("image", range_x=np.deg2rad(15), prob=rotate_prob, keep_size=True, align_corners=False))
+        steps.append(
+            RandRotated("image", range_x=np.deg2rad(15), prob=rotate_prob, keep_size=True, align_corners=False)
+        )
     steps.append(ApplyTransformToPointsd("points", refer_keys="image", dtype=torch.float64))
     pipeline = Compose(steps, lazy=True)
     pipeline.set_random_state(seed=0)
-    out = pipeline({"image": MetaTensor(torch.from_numpy(coordinates_image())),
-                    "points": torch.from_numpy(POINTS[:, ::-1].copy())[None]})  # (1, K, (row, col))
+    out = pipeline(
+        {
+            "image": MetaTensor(torch.from_numpy(coordinates_image())),
+            "points": torch.from_numpy(POINTS[:, ::-1].copy())[None],
+        }
+    )  # (1, K, (row, col))
     moved = out["points"][0].numpy()[:, ::-1]
     back = np.array([bilinear(out["image"].numpy(), xy) for xy in moved])
     print(f"MONAI: largest disagreement of points and pixels: {np.abs(back - POINTS).max():.1e} source px")
@@ -122,7 +129,9 @@ def test_rotation_and_zoom_about_the_centre():
     centre = np.array([[25.0, 50.0]])
     for step in (RandRotateGeometryd(max_degrees=15, prob=1.0), RandZoomGeometryd(prob=1.0)):
         step.set_random_state(seed=3)
-        out = Compose([ResizeGeometryd(size), step, ApplyGeometryd()])({"image": np.zeros((1, *size)), "points": centre})
+        out = Compose([ResizeGeometryd(size), step, ApplyGeometryd()])(
+            {"image": np.zeros((1, *size)), "points": centre}
+        )
         np.testing.assert_allclose(out["points"], centre, atol=1e-9)
         assert not np.allclose(out["to_output"], np.eye(3))
 
@@ -133,7 +142,9 @@ def test_identity_geometry_leaves_image_untouched_and_fills_outside():
     assert torch.equal(out["image"], torch.from_numpy(image))
     assert type(out["image"]) is torch.Tensor
     zoom_out = RandZoomGeometryd(0.5, 0.5, prob=1.0)
-    out = Compose([ResizeGeometryd((40, 30)), zoom_out, ApplyGeometryd(fill=-1.0)])({"image": image, "points": POINTS[:1] / 4})
+    out = Compose([ResizeGeometryd((40, 30)), zoom_out, ApplyGeometryd(fill=-1.0)])(
+        {"image": image, "points": POINTS[:1] / 4}
+    )
     assert out["image"][0, 0, 0].item() == pytest.approx(-1.0)  # corner now outside the source
 
 
@@ -154,7 +165,9 @@ def test_seeded_pipelines_repeat():
 def test_no_flip_when_not_allowed():
     pipeline = Compose(geometry_transforms((128, 64), PAIRS, flip_allowed=False))
     pipeline.set_random_state(seed=0)
-    assert not any("flipped" in pipeline({"image": np.zeros((1, 200, 100)), "points": POINTS.copy()}) for _ in range(10))
+    assert not any(
+        "flipped" in pipeline({"image": np.zeros((1, 200, 100)), "points": POINTS.copy()}) for _ in range(10)
+    )
 
 
 def test_occlusion_blanks_a_square_around_a_visible_keypoint():
@@ -173,8 +186,10 @@ def test_occlusion_blanks_a_square_around_a_visible_keypoint():
         rows, cols = np.nonzero(blank.numpy())
         assert rows.max() - rows.min() + 1 <= np.ceil(0.3 * 64) + 1  # at most the largest side
         # the square covers one of the visible keypoints (never only the invisible one)
-        inside = [(round(y) in range(rows.min(), rows.max() + 1)) and (round(x) in range(cols.min(), cols.max() + 1))
-                  for x, y in points[:5]]
+        inside = [
+            (round(y) in range(rows.min(), rows.max() + 1)) and (round(x) in range(cols.min(), cols.max() + 1))
+            for x, y in points[:5]
+        ]
         assert any(inside)
     untouched = RandOccludeKeypointd(prob=0.0)({"image": image, "points": points, "visible": visible})["image"]
     assert (untouched == image).all()

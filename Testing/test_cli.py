@@ -132,7 +132,9 @@ def test_every_subcommand_names_a_module_with_a_command_line():
         spec = importlib.util.find_spec(module_name)
         assert spec is not None, f"{name}: no module {module_name}"
         # read, not imported: 'serve' needs the web extra
-        defined = {node.name for node in ast.parse(Path(spec.origin).read_text()).body if isinstance(node, ast.FunctionDef)}
+        defined = {
+            node.name for node in ast.parse(Path(spec.origin).read_text()).body if isinstance(node, ast.FunctionDef)
+        }
         assert {"add_arguments", "run"} <= defined, f"{name}: {module_name} lacks add_arguments or run"
 
 
@@ -154,6 +156,8 @@ def test_predict_writes_the_models_measurements_next_to_the_points(tmp_path, png
 
     points = np.array([[float(r["x_px"]), float(r["y_px"])] for r in read_csv_rows(out / "spine.csv")])
     height = sitk.ReadImage(str(png)).GetSize()[1]
-    assert [r["value"] for r in records] == pytest.approx([m.value for m in cobb_angles(points, image_height=height)], abs=1e-3)
+    assert [r["value"] for r in records] == pytest.approx(
+        [m.value for m in cobb_angles(points, image_height=height)], abs=1e-3
+    )
     rows = read_csv_rows(out / "spine.measurements.csv")
     assert [r["name"] for r in rows] == ["Cobb MT", "Cobb PT", "Cobb TL"] and rows[0]["unit"] == "deg"

@@ -92,8 +92,15 @@ def test_written_markups_use_the_palette(tmp_path):
 
 @pytest.mark.parametrize(
     "name, stem",
-    [("scan.nii.gz", "scan"), ("Scan.NII.GZ", "Scan"), ("scan.mrk.json", "scan"), ("scan.v2.png", "scan.v2"),
-     ("scan.measurements.csv", "scan"), ("scan.dcm", "scan"), ("scan", "scan")],
+    [
+        ("scan.nii.gz", "scan"),
+        ("Scan.NII.GZ", "Scan"),
+        ("scan.mrk.json", "scan"),
+        ("scan.v2.png", "scan.v2"),
+        ("scan.measurements.csv", "scan"),
+        ("scan.dcm", "scan"),
+        ("scan", "scan"),
+    ],
 )
 def test_file_stem(name, stem):
     assert file_stem(Path("/data") / name) == stem

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from interactive_keypoints.tiny_model import tiny_config
 from interactive_keypoints.correction_field import apply_correction_field, correction_field, landmark_extent
 from interactive_keypoints.model_io import build_model
 from interactive_keypoints.session import KeypointSession
+from interactive_keypoints.tiny_model import tiny_config
 
 
 def column_of_points(n=17, spacing=60.0):

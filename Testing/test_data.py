@@ -9,16 +9,17 @@ import SimpleITK as sitk
 import torch
 
 from interactive_keypoints import imaging
+from interactive_keypoints.augment import flip_permutation, transform_points
 from interactive_keypoints.data import (
     DatasetNotFoundError,
     KeypointTrainingDataset,
+    aasce,
     get_dataset,
     get_split_ids,
+    isbi,
     label_problem,
 )
-from interactive_keypoints.data import aasce, isbi
 from interactive_keypoints.data.common import seeded_split
-from interactive_keypoints.augment import flip_permutation, transform_points
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared datasets not found at {SHARED_DATA}")
@@ -203,7 +204,9 @@ def test_training_item_without_augmentation_equals_inference_preprocessing(phant
     sample = phantoms[1]
     expected = imaging.preprocess(imaging.load_radiograph(sample.image), (128, 64), data.intensity)
     torch.testing.assert_close(item["image"], expected)
-    np.testing.assert_allclose(item["points"].numpy(), imaging.to_input(sample.points, (256, 128), (128, 64)), atol=1e-4)
+    np.testing.assert_allclose(
+        item["points"].numpy(), imaging.to_input(sample.points, (256, 128), (128, 64)), atol=1e-4
+    )
     assert item["scale"].tolist() == [0.5, 0.5] and item["visible"].all()
     assert item["id"] == sample.id
 

@@ -3,7 +3,12 @@ and pyproject.toml, checked by version, not only by presence."""
 
 from pathlib import Path
 
-from interactive_keypoints.dependencies import REQUIREMENTS_FILE, UnmetRequirement, load_requirements, unmet_requirements
+from interactive_keypoints.dependencies import (
+    REQUIREMENTS_FILE,
+    UnmetRequirement,
+    load_requirements,
+    unmet_requirements,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

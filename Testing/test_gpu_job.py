@@ -50,20 +50,34 @@ def test_unpack_records_takes_only_plain_json_and_csv(tmp_path):
 def test_shown_keeps_first_and_every_tenth_epoch_and_other_lines():
     lines = [f"epoch {e}: 1.0 img/s" for e in range(25)] + ["device CPU"]
     assert [line for line in lines if gpu_job.shown(line)] == [
-        "epoch 0: 1.0 img/s", "epoch 1: 1.0 img/s", "epoch 2: 1.0 img/s", "epoch 10: 1.0 img/s",
-        "epoch 20: 1.0 img/s", "device CPU"]
+        "epoch 0: 1.0 img/s",
+        "epoch 1: 1.0 img/s",
+        "epoch 2: 1.0 img/s",
+        "epoch 10: 1.0 img/s",
+        "epoch 20: 1.0 img/s",
+        "device CPU",
+    ]
 
 
 def test_paper_scale_train_commands_are_valid_train_arguments(tmp_path):
     from interactive_keypoints import train
 
     args = gpu_job.build_parser().parse_args([str(tmp_path), str(tmp_path / "out")])
-    parsed = {job.name: train.build_parser().parse_args(
-        gpu_job.train_command(job, tmp_path / f"{job.name}-pack", tmp_path / job.name, args, 6, 2)[3:])
-        for job in gpu_job.MODEL_JOBS}
+    parsed = {
+        job.name: train.build_parser().parse_args(
+            gpu_job.train_command(job, tmp_path / f"{job.name}-pack", tmp_path / job.name, args, 6, 2)[3:]
+        )
+        for job in gpu_job.MODEL_JOBS
+    }
     assert parsed["aasce"].input == (512, 256) and parsed["isbi"].input == (640, 512)
     for run in parsed.values():
-        assert (run.width, run.depth, run.occlusion_prob, run.hint_scale_init, run.select_on) == (18, "full", 0.5, 1.0, "mre3")
+        assert (run.width, run.depth, run.occlusion_prob, run.hint_scale_init, run.select_on) == (
+            18,
+            "full",
+            0.5,
+            1.0,
+            "mre3",
+        )
         assert (run.lr, run.lr_schedule) == (1e-3, "cosine")
         # the runs end by their budget, inside the job's, leaving time for start-up and the copy
         assert run.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES and run.max_steps is None
@@ -75,8 +89,13 @@ def test_job_names_a_missing_module_and_trains_nothing(tmp_path):
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['monai'] = None\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PACKAGE_ROOT)]))
-    result = subprocess.run([sys.executable, "-m", "interactive_keypoints.gpu_job", str(tmp_path), str(tmp_path / "out")],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "interactive_keypoints.gpu_job", str(tmp_path), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "not importable: monai" in result.stdout and "--find-links .whl" in result.stdout
     assert not (tmp_path / "out").exists()
@@ -95,9 +114,27 @@ def test_rehearsal_without_simpleitk_then_join(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(PACKAGE_ROOT)]))
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "interactive_keypoints.gpu_job", str(packs), str(out), "--tiny", "--max-steps", "2",
-         "--device", "cpu", "--minutes", "4", "--scratch", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "interactive_keypoints.gpu_job",
+            str(packs),
+            str(out),
+            "--tiny",
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--minutes",
+            "4",
+            "--scratch",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0] == "no GPU: device cpu" and lines[1].startswith("torch ")
@@ -114,6 +151,7 @@ def test_rehearsal_without_simpleitk_then_join(tmp_path):
     folders = gpu_job.join(out, tmp_path / "models")
     assert sorted(folders) == ["aasce", "isbi"]
     for folder in folders.values():
-        assert {"model.safetensors.index.json", "val_metrics.json", "training_log.csv", "split.json"} <= \
-            {p.name for p in folder.iterdir()}
+        assert {"model.safetensors.index.json", "val_metrics.json", "training_log.csv", "split.json"} <= {
+            p.name for p in folder.iterdir()
+        }
         assert load_model(folder).config.width == 8

@@ -23,8 +23,14 @@ CONFIDENCE = np.array([0.93, np.nan, 0.41])
 
 def test_written_file_follows_the_slicer_schema(tmp_path):
     path = write_markups_json(
-        tmp_path / "a.mrk.json", POINTS, NAMES, spacing=(0.5, 0.25), origin=(3.0, -2.0),
-        states=STATES, confidence=CONFIDENCE, node_name="Spine",
+        tmp_path / "a.mrk.json",
+        POINTS,
+        NAMES,
+        spacing=(0.5, 0.25),
+        origin=(3.0, -2.0),
+        states=STATES,
+        confidence=CONFIDENCE,
+        node_name="Spine",
     )
     doc = json.loads(path.read_text())
     assert doc["@schema"] == MARKUPS_SCHEMA
@@ -44,8 +50,13 @@ def test_written_file_follows_the_slicer_schema(tmp_path):
 
 def test_round_trip(tmp_path):
     path = write_markups_json(
-        tmp_path / "a.mrk.json", POINTS, NAMES, spacing=(0.5, 0.25), origin=(3.0, -2.0),
-        states=STATES, confidence=CONFIDENCE,
+        tmp_path / "a.mrk.json",
+        POINTS,
+        NAMES,
+        spacing=(0.5, 0.25),
+        origin=(3.0, -2.0),
+        states=STATES,
+        confidence=CONFIDENCE,
     )
     m = read_markups_points(path, spacing=(0.5, 0.25), origin=(3.0, -2.0))
     np.testing.assert_allclose(m.points, POINTS, atol=1e-9)
@@ -91,8 +102,11 @@ def test_length_mismatch_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("not json", "not a JSON markups file"), ('{"a": 1}', "no 'markups' list"),
-     ('{"markups": [{"type": "Line", "controlPoints": []}]}', "no point list")],
+    [
+        ("not json", "not a JSON markups file"),
+        ('{"a": 1}', "no 'markups' list"),
+        ('{"markups": [{"type": "Line", "controlPoints": []}]}', "no point list"),
+    ],
 )
 def test_bad_files(tmp_path, text, message):
     path = tmp_path / "bad.mrk.json"
@@ -138,8 +152,9 @@ def mrml_scene():
 def test_slicer_reads_our_file(tmp_path, mrml_scene):
     slicer, scene = mrml_scene
     spacing = (0.5, 0.25)
-    path = write_markups_json(tmp_path / "a.mrk.json", POINTS, NAMES, spacing=spacing, states=STATES,
-                              confidence=CONFIDENCE, node_name="Spine")
+    path = write_markups_json(
+        tmp_path / "a.mrk.json", POINTS, NAMES, spacing=spacing, states=STATES, confidence=CONFIDENCE, node_name="Spine"
+    )
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
     storage = slicer.vtkMRMLMarkupsJsonStorageNode()
     scene.AddNode(storage)

@@ -3,6 +3,7 @@ ground truth, the ISBI ceph analysis on hand-made geometry."""
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 
 from interactive_keypoints.measurements import (
     CEPH_CLASSES,
@@ -14,8 +15,6 @@ from interactive_keypoints.measurements import (
     write_measurements,
 )
 from interactive_keypoints.metrics import cobb_smape
-
-from conftest import shared_dataset
 
 WIDTH, HEIGHT, PITCH = 40.0, 30.0, 50.0  # vertebra body and centre-to-centre distance (px)
 
@@ -159,7 +158,14 @@ def test_ceph_analysis_on_known_geometry():
     go_gn = np.degrees(np.arctan2(p[8][1] - p[9][1], p[8][0] - p[9][0]))  # Go-Gn below the horizontal S-N
     assert go_gn == pytest.approx(21.8, abs=0.1)
     expected = {  # ODI: AB to MP (90 - 25 + tilt) + PP to FH (-3, tipped up); APDI: 90 + AB to N-Pog (-tilt) + PP to FH
-        "SNA": 82, "SNB": 79, "ANB": 3, "FMA": go_gn, "ODI": 65 + b_behind - 3, "APDI": 90 - b_behind - 3, "FHI": fhi, "MW": 3,
+        "SNA": 82,
+        "SNB": 79,
+        "ANB": 3,
+        "FMA": go_gn,
+        "ODI": 65 + b_behind - 3,
+        "APDI": 90 - b_behind - 3,
+        "FHI": fhi,
+        "MW": 3,
     }
     assert got == pytest.approx(expected)
     records = ceph_analysis(p / 0.1, spacing=(0.1, 0.1))
@@ -188,8 +194,18 @@ def test_mw_turns_negative_and_crossbite_when_the_lower_incisor_is_ahead():
 
 
 def test_ceph_classes_follow_the_challenge_thresholds():
-    assert [ceph_class("ANB", v) for v in (3.1, 3.2, 5.7, 5.8)] == ["class III", "class I (normal)", "class I (normal)", "class II"]
-    assert [ceph_class("MW", v) for v in (-0.1, 0.0, 2.0, 4.6)] == ["anterior crossbite", "edge to edge", "normal occlusion", "large overjet"]
+    assert [ceph_class("ANB", v) for v in (3.1, 3.2, 5.7, 5.8)] == [
+        "class III",
+        "class I (normal)",
+        "class I (normal)",
+        "class II",
+    ]
+    assert [ceph_class("MW", v) for v in (-0.1, 0.0, 2.0, 4.6)] == [
+        "anterior crossbite",
+        "edge to edge",
+        "normal occlusion",
+        "large overjet",
+    ]
     assert ceph_class("MW", 1.0) == "anterior crossbite"  # the challenge's code: below 2 and not 0
     assert [ceph_class("APDI", v) for v in (77.5, 81, 85.3)] == ["class II tendency", "normal", "class III tendency"]
     assert [ceph_class("FHI", v) for v in (0.64, 0.7, 0.76)] == ["long face tendency", "normal", "short face tendency"]
@@ -265,10 +281,14 @@ def test_model_config_names_the_measurement_set(tmp_path):
     import json
 
     from conftest import REPO_ROOT
+
     from interactive_keypoints.config import ModelConfig, ModelFormatError
     from interactive_keypoints.tiny_model import tiny_config
 
-    shipped = {p.parent.name: json.loads(p.read_text()).get("measurements") for p in (REPO_ROOT / "models").glob("*/model.json")}
+    shipped = {
+        p.parent.name: json.loads(p.read_text()).get("measurements")
+        for p in (REPO_ROOT / "models").glob("*/model.json")
+    }
     assert shipped == {"aasce-spine-68": "aasce-cobb", "phantom-spine-68": "aasce-cobb", "isbi-ceph-19": "isbi-ceph"}
     assert tiny_config().measurements == ""  # a model without one shows none
     with pytest.raises(ModelFormatError, match="measurements must be one of"):

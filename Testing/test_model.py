@@ -121,7 +121,9 @@ def test_batchnorm_folding_keeps_outputs():
     image = torch.randn(1, 1, *config.input_size)
     clicks, prev = hints(config, batch=1)
     with torch.no_grad():
-        torch.testing.assert_close(folded(image, clicks, prev)["logits"], network(image, clicks, prev)["logits"], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(
+            folded(image, clicks, prev)["logits"], network(image, clicks, prev)["logits"], atol=1e-4, rtol=1e-3
+        )
 
 
 def test_predictor_fp32_and_optimized_agree_on_logits():

@@ -33,7 +33,9 @@ def test_half_precision_storage_loads_as_float32(tmp_path, tiny_model):
     save_model(tmp_path / "m", tiny_model, dtype=torch.float16)
     loaded = load_model(tmp_path / "m")
     assert all(p.dtype == torch.float32 for p in loaded.network.parameters())
-    assert (tmp_path / "m" / WEIGHTS_FILE).stat().st_size < 0.6 * sum(p.numel() * 4 for p in tiny_model.network.parameters())
+    assert (tmp_path / "m" / WEIGHTS_FILE).stat().st_size < 0.6 * sum(
+        p.numel() * 4 for p in tiny_model.network.parameters()
+    )
 
 
 def test_config_that_does_not_match_the_weights_is_refused(tmp_path, tiny_model):
@@ -100,8 +102,11 @@ def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tin
     import interactive_keypoints
 
     modules_dir = tmp_path / "lib" / "Slicer-5.10" / "qt-scripted-modules"
-    shutil.copytree(Path(interactive_keypoints.__file__).parent, modules_dir / "interactive_keypoints",
-                    ignore=shutil.ignore_patterns("__pycache__", "web", "data"))
+    shutil.copytree(
+        Path(interactive_keypoints.__file__).parent,
+        modules_dir / "interactive_keypoints",
+        ignore=shutil.ignore_patterns("__pycache__", "web", "data"),
+    )
     save_model(modules_dir / "Resources" / "Models" / "aasce-spine-68", tiny_model)
     save_model(modules_dir / "Resources" / "Models" / "other-model", tiny_model)
     script = (
@@ -111,8 +116,9 @@ def test_installed_extension_layout_finds_its_models_without_torch(tmp_path, tin
     )
     env = {k: v for k, v in os.environ.items() if k != "INTERACTIVE_KEYPOINTS_MODELS"}
     env["PYTHONPATH"] = str(modules_dir)
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
     default, found, torch_imported = json.loads(out)
     models = modules_dir / "Resources" / "Models"
     assert default == str(models / "aasce-spine-68")
@@ -136,7 +142,11 @@ def test_large_weights_are_sharded_under_the_limit_and_load_back(tmp_path, tiny_
     assert set(index["weight_map"]) == set(tiny_model.network.state_dict())
     torch.testing.assert_close(outputs(load_model(folder)), outputs(tiny_model))
     save_model(folder, tiny_model)  # and back to one file: no stale shards left to confuse a reader
-    assert (folder / WEIGHTS_FILE).is_file() and not list(folder.glob("model-*")) and not (folder / WEIGHTS_INDEX_FILE).exists()
+    assert (
+        (folder / WEIGHTS_FILE).is_file()
+        and not list(folder.glob("model-*"))
+        and not (folder / WEIGHTS_INDEX_FILE).exists()
+    )
 
 
 def test_a_missing_or_foreign_shard_is_refused(tmp_path, tiny_model):

@@ -19,17 +19,18 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 torch = pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
-from interactive_keypoints.config import ModelFormatError  # noqa: E402
 from interactive_keypoints import model_io  # noqa: E402
+from interactive_keypoints.config import ModelFormatError  # noqa: E402
+from interactive_keypoints.conventions import SPINE  # noqa: E402
+from interactive_keypoints.imaging import ImageError, load_radiograph  # noqa: E402
 from interactive_keypoints.inference import Predictor  # noqa: E402
-from interactive_keypoints.imaging import ImageError  # noqa: E402
 from interactive_keypoints.model_io import save_model  # noqa: E402
 from interactive_keypoints.mrml_logic import (  # noqa: E402
     PHANTOM_VOLUME_NAME,
     KeypointsMRMLLogic,
-    add_phantom_volume,
     LogicBusyError,
     ThreadedRunner,
+    add_phantom_volume,
     add_volume_from_radiograph,
     control_point_positions,
     ijk_to_ras_matrix,
@@ -37,9 +38,7 @@ from interactive_keypoints.mrml_logic import (  # noqa: E402
     point_states,
     ras_to_pixels,
 )
-from interactive_keypoints.conventions import SPINE  # noqa: E402
 from interactive_keypoints.phantom import make_spine_phantom  # noqa: E402
-from interactive_keypoints.imaging import load_radiograph  # noqa: E402
 from interactive_keypoints.tiny_model import tiny_model  # noqa: E402
 
 # each test builds a scene and runs the model through the logic: out of the fast tier
@@ -205,9 +204,7 @@ def test_the_sample_data_phantom_is_a_one_slice_radiograph_the_model_runs_on(log
     assert volume.GetName() == PHANTOM_VOLUME_NAME
     assert volume.GetImageData().GetDimensions() == (512, 1024, 1)
     assert volume.GetSpacing()[0] == pytest.approx(volume.GetSpacing()[1])
-    np.testing.assert_allclose(
-        slicer.util.arrayFromVolume(volume)[0], make_spine_phantom(4).image, atol=1e-6
-    )
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(volume)[0], make_spine_phantom(4).image, atol=1e-6)
     assert logic.detect(volume).GetNumberOfControlPoints() == K
 
 
@@ -667,7 +664,6 @@ def test_attach_to_a_reloaded_list_keeps_its_fixed_points(logic, volume, scene, 
     np.testing.assert_allclose(control_point_positions(reloaded)[33], target, atol=1e-6)
 
 
-
 def test_non_blocking_attach_leaves_the_weights_to_the_worker(logic, model, volume, scene, tmp_path, monkeypatch):
     # re-opening a saved case in the GUI: the count check reads model.json only
     node = logic.detect(volume)
@@ -789,8 +785,13 @@ def test_first_non_blocking_detect_does_not_import_torch_on_the_calling_thread(m
     import sys
 
     save_model(tmp_path / "model", model)
-    out = subprocess.run([sys.executable, "-c", GUI_THREAD_SCRIPT, str(tmp_path / "model")],
-                         env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", GUI_THREAD_SCRIPT, str(tmp_path / "model")],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"torch_on_gui_thread": False, "points": K}
@@ -803,7 +804,9 @@ def write_phantom_images(folder, seeds):
         sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / f"case{seed}.png"))
 
 
-def test_process_folder_reports_progress_while_the_model_runs_off_the_calling_thread(logic, scene, tmp_path, monkeypatch):
+def test_process_folder_reports_progress_while_the_model_runs_off_the_calling_thread(
+    logic, scene, tmp_path, monkeypatch
+):
     """The GUI's progress callback runs on the calling thread while an image's model runs
     on the worker: here the worker is held until the callback has been called meanwhile."""
     write_phantom_images(tmp_path / "in", (1, 2))
@@ -840,6 +843,7 @@ def test_process_folder_can_be_cancelled_between_images(logic, scene, tmp_path):
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode") == 0
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
 
+
 # -------------------------------------------------------------------- measurements
 
 
@@ -855,7 +859,9 @@ def cobb_logic(scene, model, errors):
 
 
 def table_rows(table):
-    return [[table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())] for r in range(table.GetNumberOfRows())]
+    return [
+        [table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())] for r in range(table.GetNumberOfRows())
+    ]
 
 
 def test_measurements_table_follows_drags_undo_and_redo(cobb_logic, volume):
@@ -865,7 +871,13 @@ def test_measurements_table_follows_drags_undo_and_redo(cobb_logic, volume):
     node = logic.detect(volume)
     table = logic.measurement_table(node)
     assert table.IsA("vtkMRMLTableNode") and node.GetNodeReference("InteractiveKeypoints.Measurements") is table
-    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == ["Measurement", "Value", "Unit", "Class", "Landmarks"]
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == [
+        "Measurement",
+        "Value",
+        "Unit",
+        "Class",
+        "Landmarks",
+    ]
     initial = table_rows(table)
     assert [row[0] for row in initial] == ["Cobb MT", "Cobb PT", "Cobb TL"] and initial[0][2] == "deg"
     # the table holds what the engine computes from the model's points
@@ -934,7 +946,9 @@ def test_measurements_of_points_given_as_pixels(cobb_logic, phantom, volume):
 
     height = volume.GetImageData().GetDimensions()[1]
     got = cobb_logic.measurements(phantom.points, volume)
-    assert [m.value for m in got] == pytest.approx([m.value for m in cobb_angles(phantom.points, volume.GetSpacing()[:2], height)])
+    assert [m.value for m in got] == pytest.approx(
+        [m.value for m in cobb_angles(phantom.points, volume.GetSpacing()[:2], height)]
+    )
 
 
 # ----------------------------------------------------------------- guided review
@@ -962,8 +976,12 @@ def review_engine(monkeypatch):
         stand_in.rank_for_review = rank_for_review
         monkeypatch.setitem(sys.modules, "interactive_keypoints.review", stand_in)
         if not hasattr(Prediction, "review_score"):
-            monkeypatch.setattr(Prediction, "review_score", property(
-                lambda p: np.where(p.fixed, -np.inf, 1.0 - np.asarray(p.confidence))), raising=False)
+            monkeypatch.setattr(
+                Prediction,
+                "review_score",
+                property(lambda p: np.where(p.fixed, -np.inf, 1.0 - np.asarray(p.confidence))),
+                raising=False,
+            )
     return rank_for_review
 
 

@@ -35,7 +35,9 @@ def phantom_pack(tmp_path_factory):
 
 
 def first(data: DatasetSplit, n: int) -> DatasetSplit:
-    return DatasetSplit(data.name, data.split, data.samples[:n], data.landmark_names, data.flip_pairs, data.flip_allowed)
+    return DatasetSplit(
+        data.name, data.split, data.samples[:n], data.landmark_names, data.flip_pairs, data.flip_allowed
+    )
 
 
 def assert_pack_reads_like_the_files(packed: DatasetSplit, files: DatasetSplit, input_size, cache_scale=CACHE_SCALE):
@@ -56,7 +58,11 @@ def assert_pack_reads_like_the_files(packed: DatasetSplit, files: DatasetSplit, 
         error = (cache_pack - cache_files).abs()
         p99 = torch.quantile(error.flatten(), 0.99)
         assert error.mean() < JPEG_MEAN_ERROR and p99 < JPEG_P99_ERROR and error.max() < JPEG_MAX_ERROR, (
-            a.id, error.mean(), p99, error.max())
+            a.id,
+            error.mean(),
+            p99,
+            error.max(),
+        )
 
 
 @pytest.mark.slow
@@ -82,8 +88,12 @@ def test_manifest_holds_the_geometry_and_loader_options(phantom_pack):
     manifest = read_manifest(phantom_pack)
     assert manifest["input_size"] == [128, 64] and manifest["cache_size"] == [160, 80]
     assert manifest["image_format"]["type"] == "JPEG" and manifest["image_format"]["quality"] == 80
-    assert manifest["loader"] == {"split_seed": 0, "drop_disordered_labels": False, "phantom_images": 4,
-                                  "options": {"num_images": 4, "seed": 0}}
+    assert manifest["loader"] == {
+        "split_seed": 0,
+        "drop_disordered_labels": False,
+        "phantom_images": 4,
+        "options": {"num_images": 4, "seed": 0},
+    }
     entry = manifest["splits"]["val"]["samples"][0]
     to_cache = np.array(entry["to_cache"])
     back = (np.array(entry["cache_points"]) - to_cache[:2, 2]) / np.diag(to_cache)[:2]
@@ -109,9 +119,18 @@ def test_split_record_round_trips_with_skipped_labels(tmp_path):
     np.testing.assert_array_equal(train_pack.points_array(), train_files.points_array())
     np.testing.assert_array_equal(train_pack.image_sizes(), train_files.image_sizes())
     # train's own load_splits records the same from the files and from the pack
-    files_args = argparse.Namespace(pack=None, dataset="folder", data_root=root, split_seed=0, phantom_images=64,
-                                    drop_disordered_labels=False, input=INPUT)
-    pack_args = argparse.Namespace(**{**vars(files_args), "pack": tmp_path / "pack", "dataset": None, "data_root": None})
+    files_args = argparse.Namespace(
+        pack=None,
+        dataset="folder",
+        data_root=root,
+        split_seed=0,
+        phantom_images=64,
+        drop_disordered_labels=False,
+        input=INPUT,
+    )
+    pack_args = argparse.Namespace(
+        **{**vars(files_args), "pack": tmp_path / "pack", "dataset": None, "data_root": None}
+    )
     assert json.loads(json.dumps(train.load_splits(files_args)[2])) == train.load_splits(pack_args)[2]
     assert pack_args.dataset == "folder"
 

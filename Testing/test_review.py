@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO_ROOT
+
 from interactive_keypoints import evaluate, review
 from interactive_keypoints.imaging import Radiograph
 from interactive_keypoints.model_io import load_model
@@ -52,7 +52,9 @@ def test_morphology_disagreement_flags_a_point_its_selected_relations_cover(phan
 def test_ranking_leaves_fixed_points_out_and_orders_by_score():
     score = np.array([0.2, 5.0, 1.0, 3.0])
     fixed = np.array([False, True, False, False])
-    prediction = Prediction(np.zeros((4, 2)), np.ones(4), fixed, list("abcd"), review_score=np.where(fixed, -np.inf, score))
+    prediction = Prediction(
+        np.zeros((4, 2)), np.ones(4), fixed, list("abcd"), review_score=np.where(fixed, -np.inf, score)
+    )
     assert review.rank_for_review(prediction) == [3, 2, 0]
     # built without a score: every free point ties, in landmark order
     assert review.rank_for_review(Prediction(np.zeros((4, 2)), np.ones(4), fixed, list("abcd"))) == [0, 2, 3]
@@ -102,8 +104,13 @@ def test_scores_that_need_morphology_are_refused_without_it():
 def test_selection_records_means_and_with_review_stats_backfills_them(phantom_selection):
     labels = np.stack([spine_corners(np.random.default_rng(100 + i), HEIGHT, WIDTH).reshape(-1, 2) for i in range(40)])
     review_keys = ("pair_mean", "triplet_mean", "neighbour_pairs", "neighbour_mean", "neighbour_cov")
-    old = MorphologySelection(phantom_selection.pairs, phantom_selection.triplets, "low", 68,
-                              {k: v for k, v in phantom_selection.stats.items() if k not in review_keys})
+    old = MorphologySelection(
+        phantom_selection.pairs,
+        phantom_selection.triplets,
+        "low",
+        68,
+        {k: v for k, v in phantom_selection.stats.items() if k not in review_keys},
+    )
     with pytest.raises(ValueError, match="with_review_stats"):
         review.neighbour_disagreement(labels[0], (HEIGHT, WIDTH), old)
     restored = with_review_stats(old, labels, [(HEIGHT, WIDTH)] * 40)
@@ -130,7 +137,9 @@ def phantom_image():
 
 
 def test_shipped_phantom_model_has_review_scores_and_ranks_a_moved_point_first(phantom_model, phantom_image):
-    session = KeypointSession(phantom_model, Radiograph(phantom_image.image, phantom_image.spacing, True), optimized=False)
+    session = KeypointSession(
+        phantom_model, Radiograph(phantom_image.image, phantom_image.spacing, True), optimized=False
+    )
     assert session.review_score_name == review.DEFAULT_SCORE
     prediction = session.predict()
     assert prediction.review_score.shape == (68,) and np.isfinite(prediction.review_score).all()
@@ -247,9 +256,34 @@ def test_evaluate_runs_oracle_and_guided_with_click_noise_reproducibly(tmp_path)
     from interactive_keypoints import cli
 
     def run(out):
-        args = ["evaluate", "--model", str(PHANTOM_MODEL), "--dataset", "phantom", "--phantom-images", "4",
-                "--limit", "1", "--max-clicks", "2", "--targets", "2", "5", "--user", "oracle", "guided",
-                "--click-noise", "1.5", "--click-seed", "4", "--threads", "1", "--quiet", "--out", str(out)]
+        args = [
+            "evaluate",
+            "--model",
+            str(PHANTOM_MODEL),
+            "--dataset",
+            "phantom",
+            "--phantom-images",
+            "4",
+            "--limit",
+            "1",
+            "--max-clicks",
+            "2",
+            "--targets",
+            "2",
+            "5",
+            "--user",
+            "oracle",
+            "guided",
+            "--click-noise",
+            "1.5",
+            "--click-seed",
+            "4",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
         assert cli.main(args) == 0
         return json.loads((out / "metrics.json").read_text())
 
@@ -263,8 +297,9 @@ def test_evaluate_runs_oracle_and_guided_with_click_noise_reproducibly(tmp_path)
 
 
 def test_a_session_uses_the_review_score_it_is_asked_for(tiny_model, phantom):
-    session = KeypointSession(tiny_model, Radiograph(phantom.image, phantom.spacing, True), optimized=False,
-                              review_score="low-confidence")
+    session = KeypointSession(
+        tiny_model, Radiograph(phantom.image, phantom.spacing, True), optimized=False, review_score="low-confidence"
+    )
     first = session.predict()
     np.testing.assert_allclose(first.review_score, 1 - first.confidence)
     with pytest.raises(ValueError, match="morphology"):  # the tiny model has no morphology.json

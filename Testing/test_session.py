@@ -19,7 +19,6 @@ def test_predict_returns_points_in_original_pixels_with_confidence(session, phan
     assert not prediction.fixed.any()
     assert np.all((prediction.points >= -0.5) & (prediction.points <= [w - 0.5, h - 0.5]))
     assert np.all((prediction.confidence >= 0) & (prediction.confidence <= 1))
-    np.testing.assert_allclose(prediction.points_mm, prediction.points * np.asarray(phantom.spacing))
 
 
 @pytest.mark.slow

@@ -2,13 +2,13 @@
 
 import argparse
 import csv
-from contextlib import nullcontext
 import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -37,9 +37,18 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_writes_a_model_folder_the_session_loads(trained, phantom):
-    for name in ["model.safetensors", "model.json", "morphology.json", "split.json", "training_log.csv",
-                 "checkpoint.safetensors", "checkpoint.json", "train_summary.json", "train_config.json",
-                 "val_metrics.json"]:
+    for name in [
+        "model.safetensors",
+        "model.json",
+        "morphology.json",
+        "split.json",
+        "training_log.csv",
+        "checkpoint.safetensors",
+        "checkpoint.json",
+        "train_summary.json",
+        "train_config.json",
+        "val_metrics.json",
+    ]:
         assert (trained / name).is_file(), name
     model = load_model(trained)
     assert model.config.num_keypoints == 68 and model.config.landmark_names[0] == "T1-top-left"
@@ -93,8 +102,24 @@ def test_dropping_disordered_labels_is_refused_outside_aasce(tmp_path):
 def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
     # lr 0: the learned weights must come out as they went in (BN running stats do move in train mode)
     tuned = tmp_path / "tuned"
-    assert run_train(tuned, "--epochs", "1", "--max-steps", "1", "--lr", "0", "--min-lr", "0",
-                     "--lr-schedule", "cosine", "--init-from", str(trained)) == 0
+    assert (
+        run_train(
+            tuned,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--lr",
+            "0",
+            "--min-lr",
+            "0",
+            "--lr-schedule",
+            "cosine",
+            "--init-from",
+            str(trained),
+        )
+        == 0
+    )
     source = load_file(trained / "model.safetensors")
     result = load_file(tuned / "model.safetensors")
     learned = [key for key in source if "running_" not in key and "num_batches" not in key]
@@ -117,8 +142,23 @@ def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
 def test_transfer_takes_the_tensors_that_fit(tmp_path, trained):
     # a model without gating: every tensor but the gate's can come from the gated source
     target = tmp_path / "transfer"
-    assert run_train(target, "--epochs", "1", "--max-steps", "1", "--lr", "0", "--min-lr", "0",
-                     "--no-gating", "--transfer-from", str(trained)) == 0
+    assert (
+        run_train(
+            target,
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--lr",
+            "0",
+            "--min-lr",
+            "0",
+            "--no-gating",
+            "--transfer-from",
+            str(trained),
+        )
+        == 0
+    )
     source = load_file(trained / "model.safetensors")
     result = load_file(target / "model.safetensors")
     learned = [key for key in result if "running_" not in key and "num_batches" not in key]
@@ -143,7 +183,9 @@ def test_cosine_schedule_runs_over_the_time_budget_when_there_is_one():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [["--no-gating", "--morphology", "off"], ["--gating-pool", "avg", "--morphology", "high"]])
+@pytest.mark.parametrize(
+    "flags", [["--no-gating", "--morphology", "off"], ["--gating-pool", "avg", "--morphology", "high"]]
+)
 def test_ablation_switches_train(tmp_path, flags):
     assert run_train(tmp_path / "m", "--epochs", "1", "--max-steps", "1", *flags) == 0
     config = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -319,7 +361,9 @@ def test_heatmap_loss_channel_weights():
     weight = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
     changed = {k: v.clone() for k, v in out.items()}
     changed["logits"][0, 1] += 5.0  # a channel with weight 0 does not count
-    assert torch.allclose(heatmap_loss(changed, target, channel_weight=weight), heatmap_loss(out, target, channel_weight=weight))
+    assert torch.allclose(
+        heatmap_loss(changed, target, channel_weight=weight), heatmap_loss(out, target, channel_weight=weight)
+    )
     assert not torch.allclose(heatmap_loss(changed, target), plain)
 
 
@@ -335,11 +379,35 @@ def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_
     from interactive_keypoints.model_io import build_model
     from interactive_keypoints.morphology import select_morphology
 
-    args = argparse.Namespace(no_fast=True, iterative_max=2, click_pass_bn=mode, train_prev="all",
-                              clicked_loss_weight=1.0, morphology_weight=0.01)
+    args = argparse.Namespace(
+        no_fast=True,
+        iterative_max=2,
+        click_pass_bn=mode,
+        train_prev="all",
+        clicked_loss_weight=1.0,
+        morphology_weight=0.01,
+    )
     split = get_dataset("phantom-hidden", split="train", num_images=2)
-    model = build_model(train.make_config(train_arguments(["--dataset", "phantom-hidden", "--width", "8", "--input", "64x64",
-                                                           "--ocr-channels", "32", "16", "--out", "x"]), split))
+    model = build_model(
+        train.make_config(
+            train_arguments(
+                [
+                    "--dataset",
+                    "phantom-hidden",
+                    "--width",
+                    "8",
+                    "--input",
+                    "64x64",
+                    "--ocr-channels",
+                    "32",
+                    "16",
+                    "--out",
+                    "x",
+                ]
+            ),
+            split,
+        )
+    )
     data = KeypointTrainingDataset(split, (64, 64), augment=False)
     batch = torch.utils.data.default_collate([data[0], data[1]])
     selection = select_morphology(split.points_array(), split.image_sizes(), "off", 0, 0)
@@ -391,8 +459,10 @@ def test_the_gpu_code_path_on_cpu_with_workers_resumes_exactly_and_shards_weight
     for key in straight:
         assert (straight[key] == again[key]).all(), key
     columns = ["loss", "loss_heatmap", "loss_morphology", "val_mre_px", "val_mre3_px"]
-    rows = [[{c: r[c] for c in columns} for r in csv.DictReader(open(folder / "training_log.csv"))]
-            for folder in (straight_out, out)]
+    rows = [
+        [{c: r[c] for c in columns} for r in csv.DictReader(open(folder / "training_log.csv"))]
+        for folder in (straight_out, out)
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 2
     shards = sorted(out.glob("model-*-of-*.safetensors"))
     assert len(shards) >= 3 and not (out / "model.safetensors").exists()
@@ -406,8 +476,20 @@ def test_the_gpu_code_path_on_cpu_with_workers_resumes_exactly_and_shards_weight
 
 def test_train_config_round_trips_through_json_and_the_command_line(tmp_path):
     parser = train.build_parser()
-    argv = [*TINY, "--out", str(tmp_path / "m"), "--lr", "0.0003", "--no-gating", "--init-from", str(tmp_path),
-            "--select-on", "mre3", "--val-every", "5"]
+    argv = [
+        *TINY,
+        "--out",
+        str(tmp_path / "m"),
+        "--lr",
+        "0.0003",
+        "--no-gating",
+        "--init-from",
+        str(tmp_path),
+        "--select-on",
+        "mre3",
+        "--val-every",
+        "5",
+    ]
     config = train.train_config(parser.parse_args(argv))
     assert isinstance(config, train.TrainConfig)
     assert config.input == (128, 64) and config.init_from == tmp_path and config.lr == 0.0003 and config.no_gating
@@ -450,8 +532,10 @@ def test_validation_follows_the_evaluation_protocol():
     data = KeypointTrainingDataset(samples, model.config.input_size, model.config.intensity, augment=False)
     loader = torch.utils.data.DataLoader(data, batch_size=2)
     metrics = train.validation_metrics(model.network, loader, model.config, torch.device("cpu"))
-    curves = [evaluate.simulate_revision(KeypointSession(model, evaluate.sample_radiograph(s), optimized=False),
-                                         s.points, 3) for s in samples.samples]
+    curves = [
+        evaluate.simulate_revision(KeypointSession(model, evaluate.sample_radiograph(s), optimized=False), s.points, 3)
+        for s in samples.samples
+    ]
     assert metrics["images"] == 2 and metrics["clicks"] == 3
     assert metrics["mre0_px"] == pytest.approx(np.mean([c.model[0] for c in curves]), abs=1e-3)
     assert metrics["mre3_px"] == pytest.approx(np.mean([c.model[3] for c in curves]), abs=1e-3)

@@ -61,9 +61,18 @@ def tiny_model(tmp_path_factory):
 
     torch.manual_seed(0)
     config = ModelConfig(
-        num_keypoints=SPINE.num_keypoints, input_size=(256, 128), landmark_names=list(SPINE.names),
-        width=8, stage_modules=(1, 1, 1), stage_blocks=1, stem_blocks=1, ocr_mid_channels=32,
-        ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test", measurements="aasce-cobb",
+        num_keypoints=SPINE.num_keypoints,
+        input_size=(256, 128),
+        landmark_names=list(SPINE.names),
+        width=8,
+        stage_modules=(1, 1, 1),
+        stage_blocks=1,
+        stem_blocks=1,
+        ocr_mid_channels=32,
+        ocr_key_channels=16,
+        hint_channels=8,
+        name="tiny-untrained-test",
+        measurements="aasce-cobb",
     )
     return save_model(tmp_path_factory.mktemp("model") / "tiny", build_model(config))
 
@@ -76,11 +85,32 @@ def base_url(tiny_model, tmp_path_factory):
     autosave = tmp_path_factory.mktemp("autosave")
     global HOLD_FILE
     HOLD_FILE = tmp_path_factory.mktemp("hold") / "hold-inference"
-    args = ["--host", "127.0.0.1", "--port", str(port), "--model", str(tiny_model), "--autosave-dir", str(autosave),
-            "--max-sessions", "6", "--idle-timeout", "120", "--reconnect-grace", str(RECONNECT_GRACE_S),
-            "--start-timeout", "600",
-            "--max-file-mb", str(MAX_FILE_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-            "--slow-inference", str(SLOW_INFERENCE_S), "--hold-inference-while", str(HOLD_FILE)]
+    args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        str(tiny_model),
+        "--autosave-dir",
+        str(autosave),
+        "--max-sessions",
+        "6",
+        "--idle-timeout",
+        "120",
+        "--reconnect-grace",
+        str(RECONNECT_GRACE_S),
+        "--start-timeout",
+        "600",
+        "--max-file-mb",
+        str(MAX_FILE_MB),
+        "--max-megapixels",
+        str(MAX_MEGAPIXELS),
+        "--slow-inference",
+        str(SLOW_INFERENCE_S),
+        "--hold-inference-while",
+        str(HOLD_FILE),
+    ]
     # the launcher answers 404 on an unknown path as soon as it listens (no session started)
     with running_server(args, SERVER_LOG, ready_url=f"{url}/s/none/", ready_statuses=(410,)):
         yield url
@@ -92,8 +122,12 @@ CONSOLE_ERRORS: list[str] = []
 @pytest.fixture(scope="module")
 def browser(base_url):
     with chromium_context() as context:
-        context.on("console", lambda m: CONSOLE_ERRORS.append(f"{m.page.url if m.page else '?'}: {m.text}")
-                   if m.type == "error" else None)
+        context.on(
+            "console",
+            lambda m: (
+                CONSOLE_ERRORS.append(f"{m.page.url if m.page else '?'}: {m.text}") if m.type == "error" else None
+            ),
+        )
         context.on("weberror", lambda e: CONSOLE_ERRORS.append(f"page error: {e.error}"))
         yield context
 
@@ -233,8 +267,13 @@ def test_next_then_confirm_fixes_the_suggested_point_and_undo_reverts_it(browser
     suggested = wait_for_debug(page, lambda d: d["next"] >= 0)
     k = suggested["next"]
     # the view is centred on it
-    wait_for_debug(page, lambda d: np.linalg.norm(np.subtract(d["points"][k]["view_xy"], np.divide(d["view_size"], 2)))
-                   <= DROP_TOLERANCE_VIEW_PX)
+    wait_for_debug(
+        page,
+        lambda d: (
+            np.linalg.norm(np.subtract(d["points"][k]["view_xy"], np.divide(d["view_size"], 2)))
+            <= DROP_TOLERANCE_VIEW_PX
+        ),
+    )
     assert before["points"][k]["name"] in page.locator("#ik-next-name").inner_text()
     assert "ik-next-row" in (page.locator("#ik-table tbody tr").nth(k).get_attribute("class") or "")
     screenshot(page, "05-next-point")
@@ -270,15 +309,19 @@ def test_user_points_are_never_lost(browser, base_url, tmp_path):
         wait_for_debug(page, lambda d: d["busy"] and d["runs_started"] > runs_before)
         drop_a = drag_point(page, settled, a, offset=(-30, 40))
         # the server has taken the second drop while b's run still waits
-        held = wait_for_debug(page, lambda d: np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a))
-                              <= DROP_TOLERANCE_VIEW_PX)
+        held = wait_for_debug(
+            page, lambda d: np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a)) <= DROP_TOLERANCE_VIEW_PX
+        )
         assert held["busy"] and held["runs_started"] == runs_before + 1
     finally:
         HOLD_FILE.unlink(missing_ok=True)
     done = wait_for_debug(
         page,
-        lambda d: d["points"][b]["state"] == "user-fixed" and not d["busy"]
-        and np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a)) <= DROP_TOLERANCE_VIEW_PX,
+        lambda d: (
+            d["points"][b]["state"] == "user-fixed"
+            and not d["busy"]
+            and np.linalg.norm(np.subtract(d["points"][a]["view_xy"], drop_a)) <= DROP_TOLERANCE_VIEW_PX
+        ),
     )
     assert np.linalg.norm(view_xy(done)[b] - drop_b) <= DROP_TOLERANCE_VIEW_PX
     assert done["points"][a]["state"] == "user-fixed"
@@ -404,7 +447,7 @@ def test_measurements_table_changes_after_a_drag(browser, base_url):
     corners = [names.index(name) for name in major["landmarks"].split(", ")]
     (k,) = [i for i in isolated_points(before, 68) if i in corners][:1]
     drag_point(page, before, k)
-    after = wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+    wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
     page.wait_for_function(
         "before => Array.from(document.querySelectorAll('#ik-measurements tbody tr')).map(r => r.innerText).join('|')"
         " !== before",
@@ -412,7 +455,11 @@ def test_measurements_table_changes_after_a_drag(browser, base_url):
         timeout=60_000,
     )
     rows_after = measurement_table_text(page)
-    assert rows_after != rows_before and [r.split()[:2] for r in rows_after] == [["Cobb", "MT"], ["Cobb", "PT"], ["Cobb", "TL"]]
+    assert rows_after != rows_before and [r.split()[:2] for r in rows_after] == [
+        ["Cobb", "MT"],
+        ["Cobb", "PT"],
+        ["Cobb", "TL"],
+    ]
 
     # choosing a measurement draws its two lines in the view
     page.locator("#ik-measurement-select").click(force=True)  # the field overlay takes the click: open the menu
@@ -422,6 +469,7 @@ def test_measurements_table_changes_after_a_drag(browser, base_url):
     page.wait_for_function(MAGENTA_PIXELS_JS, arg=50, timeout=60_000)
     screenshot(page, "09-cobb-lines")
     page.close()
+
 
 def status_of(url: str) -> int:
     try:
@@ -445,6 +493,5 @@ def test_a_closed_tab_ends_its_session(browser, base_url):
     while not session_closed(SERVER_LOG, session_id):  # the host has let go of its scene and views
         assert time.monotonic() - closed < SESSION_GONE_WITHIN_S, "the session outlived its closed tab"
         time.sleep(0.25)
-    print(f"session closed {time.monotonic() - closed:.1f} s after its tab closed "
-          f"(grace {RECONNECT_GRACE_S:g} s)")
+    print(f"session closed {time.monotonic() - closed:.1f} s after its tab closed (grace {RECONNECT_GRACE_S:g} s)")
     assert status_of(session_url) == 410

@@ -28,14 +28,23 @@ MARKUPS = slicer.vtkMRMLMarkupsNode
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     from interactive_keypoints.config import ModelConfig
-    from interactive_keypoints.model_io import build_model, save_model
     from interactive_keypoints.conventions import SPINE
+    from interactive_keypoints.model_io import build_model, save_model
 
     torch.manual_seed(0)
     config = ModelConfig(
-        num_keypoints=SPINE.num_keypoints, input_size=(256, 128), landmark_names=list(SPINE.names),
-        width=8, stage_modules=(1, 1, 1), stage_blocks=1, stem_blocks=1, ocr_mid_channels=32,
-        ocr_key_channels=16, hint_channels=8, name="tiny-untrained-test", measurements="aasce-cobb",
+        num_keypoints=SPINE.num_keypoints,
+        input_size=(256, 128),
+        landmark_names=list(SPINE.names),
+        width=8,
+        stage_modules=(1, 1, 1),
+        stage_blocks=1,
+        stem_blocks=1,
+        ocr_mid_channels=32,
+        ocr_key_channels=16,
+        hint_channels=8,
+        name="tiny-untrained-test",
+        measurements="aasce-cobb",
     )
     return save_model(tmp_path_factory.mktemp("model") / "tiny", build_model(config))
 
@@ -108,10 +117,17 @@ def test_two_sessions_in_one_process_keep_their_own_points(tiny_model_dir, tmp_p
         await host.close_all()
 
     asyncio.run(scenario())
-    answers = [json.loads(line[len(HOST_MARK) + 1:]) for line in capsys.readouterr().out.splitlines()
-               if line.startswith(HOST_MARK + " ")]
-    assert [(x["event"], x["id"]) for x in answers] == [("ready", "a"), ("ready", "b"), ("closed", "a"),
-                                                       ("closed", "b")]
+    answers = [
+        json.loads(line[len(HOST_MARK) + 1 :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(HOST_MARK + " ")
+    ]
+    assert [(x["event"], x["id"]) for x in answers] == [
+        ("ready", "a"),
+        ("ready", "b"),
+        ("closed", "a"),
+        ("closed", "b"),
+    ]
 
 
 def test_a_second_session_with_the_same_id_is_refused(tiny_model_dir, tmp_path, capsys, headless):

@@ -79,8 +79,7 @@ asyncio.run(main())
 def host_command(tmp_path):
     def command(host_delay: float = 0.5, open_delay: float = 0.1):
         script = tmp_path / f"fake_host_{host_delay:g}_{open_delay:g}.py"
-        script.write_text(FAKE_HOST.replace("{host_delay}", repr(host_delay)).replace("{open_delay}",
-                                                                                       repr(open_delay)))
+        script.write_text(FAKE_HOST.replace("{host_delay}", repr(host_delay)).replace("{open_delay}", repr(open_delay)))
         return [sys.executable, str(script)]
 
     return command
@@ -118,8 +117,7 @@ async def wait_until(condition, timeout_s: float) -> float:
 @pytest.mark.parametrize("spares", [0, 1])
 def test_the_limit_holds_when_visits_arrive_together(host_command, tmp_path, caplog, spares):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=spares,
-                        host_command=host_command(0.5))
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=spares, host_command=host_command(0.5))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -140,8 +138,7 @@ def test_the_limit_holds_when_visits_arrive_together(host_command, tmp_path, cap
 
 @pytest.mark.slow
 def test_a_spare_is_ready_before_the_visit_and_replaced(host_command, tmp_path):
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
-                        host_command=host_command(0.5))
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1, host_command=host_command(0.5))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -159,8 +156,7 @@ def test_a_spare_is_ready_before_the_visit_and_replaced(host_command, tmp_path):
 @pytest.mark.slow
 def test_a_spare_waits_until_the_tabs_sessions_have_started(host_command, tmp_path):
     """On a small machine a spare starting alongside would slow the start a tab is waiting for."""
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1,
-                        host_command=host_command(1.5))
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=3, spare_sessions=1, host_command=host_command(1.5))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -177,8 +173,9 @@ def test_a_spare_waits_until_the_tabs_sessions_have_started(host_command, tmp_pa
 @pytest.mark.slow
 def test_a_session_ends_soon_after_its_last_tab_disconnects(host_command, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0, reconnect_grace=1.5,
-                        host_command=host_command(0.2))
+    launcher = Launcher(
+        autosave_root=tmp_path, max_sessions=2, spare_sessions=0, reconnect_grace=1.5, host_command=host_command(0.2)
+    )
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -212,8 +209,9 @@ def test_a_session_ends_soon_after_its_last_tab_disconnects(host_command, tmp_pa
 
 @pytest.mark.slow
 def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(host_command, tmp_path):
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0, idle_timeout=1,
-                        host_command=host_command(0.2))
+    launcher = Launcher(
+        autosave_root=tmp_path, max_sessions=1, spare_sessions=0, idle_timeout=1, host_command=host_command(0.2)
+    )
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -228,8 +226,7 @@ def test_a_session_no_tab_connects_to_ends_after_the_idle_timeout(host_command, 
 @pytest.mark.slow
 def test_a_host_that_dies_ends_its_sessions_and_the_next_visit_gets_a_new_one(host_command, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="interactive_keypoints.web.launcher")
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0,
-                        host_command=host_command(0.2))
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=2, spare_sessions=0, host_command=host_command(0.2))
 
     async def scenario():
         async with running(launcher) as (base, client):
@@ -252,8 +249,7 @@ def test_a_host_that_dies_ends_its_sessions_and_the_next_visit_gets_a_new_one(ho
 @pytest.mark.slow
 def test_the_page_is_told_its_websocket_address(host_command, tmp_path):
     """trame's page POSTs to ./paraview/ first (a 405 there was a console error on every page)."""
-    launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0,
-                        host_command=host_command(0.2))
+    launcher = Launcher(autosave_root=tmp_path, max_sessions=1, spare_sessions=0, host_command=host_command(0.2))
 
     async def scenario():
         async with running(launcher) as (base, client):

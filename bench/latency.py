@@ -43,7 +43,9 @@ CONFIDENT = 0.5  # keypoints compared between the paths: fp32 confidence above t
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="trained model folder (default: paper config, random weights)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="trained model folder (default: paper config, random weights)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all CPUs)")
     parser.add_argument("--clicks", type=int, default=10, help="timed clicks per path (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed clicks first (default 2)")
@@ -179,8 +181,9 @@ def main(argv=None) -> int:
         "max_keypoint_diff_px": None if max_diff is None else round(max_diff, 3),
         "keypoints_compared": compared,
         # the same difference in network-input pixels (original / input scale, the larger axis)
-        "max_keypoint_diff_input_px": None if max_diff is None else round(
-            max_diff * max(i / o for i, o in zip(config.input_size, radiograph.size)), 3),
+        "max_keypoint_diff_input_px": None
+        if max_diff is None
+        else round(max_diff * max(i / o for i, o in zip(config.input_size, radiograph.size)), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "encode_once_saving_ms": round(saving_ms, 1),
         "threads": torch.get_num_threads(),

@@ -121,8 +121,14 @@ def main(argv=None) -> int:
     device = pick_device(bench.device)
     # the trainer's own defaults, with this run's sizes: training_step reads its options from them
     defaults = train.train_config(train.build_parser().parse_args(["--dataset", "phantom", "--out", "unused"]))
-    args = dataclasses.replace(defaults, batch_size=bench.batch_size, width=bench.width, input=bench.input,
-                               iterative_max=bench.iterative_max, seed=bench.seed)
+    args = dataclasses.replace(
+        defaults,
+        batch_size=bench.batch_size,
+        width=bench.width,
+        input=bench.input,
+        iterative_max=bench.iterative_max,
+        seed=bench.seed,
+    )
     config = paper_config(68, width=bench.width, input_size=bench.input, sigma=7.5 * bench.input[0] / 512)
     torch.manual_seed(bench.seed)
     network = build_model(config).network
@@ -140,7 +146,9 @@ def main(argv=None) -> int:
         "fast_channels_last": True,
         "fused_adam": device.type == "cuda",
         "first_loss": {"fp32_eager": round(plain_loss, 5), "fast": round(fast_loss, 5)},
-        "peak_memory_gib": None if plain_peak is None else {"fp32_eager": round(plain_peak, 2), "fast": round(fast_peak, 2)},
+        "peak_memory_gib": None
+        if plain_peak is None
+        else {"fp32_eager": round(plain_peak, 2), "fast": round(fast_peak, 2)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": str(device),
         "device_name": device_name(device),
@@ -148,9 +156,15 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "steps_timed": bench.steps,
         "warmup_steps": bench.warmup,
-        "config": {"num_keypoints": config.num_keypoints, "input_size": list(config.input_size), "width": config.width,
-                   "stage_modules": list(config.stage_modules), "batch_size": bench.batch_size,
-                   "iterative_max": bench.iterative_max, "parameters": sum(p.numel() for p in network.parameters())},
+        "config": {
+            "num_keypoints": config.num_keypoints,
+            "input_size": list(config.input_size),
+            "width": config.width,
+            "stage_modules": list(config.stage_modules),
+            "batch_size": bench.batch_size,
+            "iterative_max": bench.iterative_max,
+            "parameters": sum(p.numel() for p in network.parameters()),
+        },
         "torch": torch.__version__,
     }
     print(json.dumps(report))

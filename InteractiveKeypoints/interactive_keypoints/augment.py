@@ -266,8 +266,16 @@ def _plain_tensor(image) -> torch.Tensor:
 # ------------------------------------------------------------------- pipelines
 
 
-def geometry_transforms(output_size, flip_pairs=(), flip_allowed: bool = True, augment: bool = True, fill: float = 0.0,
-                        max_degrees: float = 15.0, zoom=(0.9, 1.2), prob: float = 0.5) -> list:
+def geometry_transforms(
+    output_size,
+    flip_pairs=(),
+    flip_allowed: bool = True,
+    augment: bool = True,
+    fill: float = 0.0,
+    max_degrees: float = 15.0,
+    zoom=(0.9, 1.2),
+    prob: float = 0.5,
+) -> list:
     """Resize to ``output_size`` plus (when ``augment``) the paper's rotation, zoom and flip."""
     steps = [ResizeGeometryd(output_size)]
     if augment:
@@ -288,8 +296,15 @@ def intensity_augmentations(prob: float = 0.5) -> list:
     ]
 
 
-def training_transforms(output_size, flip_pairs=(), flip_allowed: bool = True, augment: bool = True,
-                        fill: float = 0.0, seed: int | None = 0, occlusion_prob: float = 0.0) -> Compose:
+def training_transforms(
+    output_size,
+    flip_pairs=(),
+    flip_allowed: bool = True,
+    augment: bool = True,
+    fill: float = 0.0,
+    seed: int | None = 0,
+    occlusion_prob: float = 0.0,
+) -> Compose:
     """The per-sample pipeline: geometry (one resample), then occlusion around a keypoint
     (``occlusion_prob``, 0 = off) and brightness/contrast."""
     steps = geometry_transforms(output_size, flip_pairs, flip_allowed, augment, fill)

@@ -15,7 +15,10 @@ from . import __version__
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "demo": ("interactive_keypoints.demo", "run the model on a generated phantom radiograph and simulate one correction"),
+    "demo": (
+        "interactive_keypoints.demo",
+        "run the model on a generated phantom radiograph and simulate one correction",
+    ),
     "predict": ("interactive_keypoints.predict", "place landmarks on radiographs; write .mrk.json and .csv"),
     "pack": ("interactive_keypoints.pack", "pack a dataset's train/val images and labels for training elsewhere"),
     "train": ("interactive_keypoints.train", "train a model"),

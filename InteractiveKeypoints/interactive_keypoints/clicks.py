@@ -13,7 +13,7 @@ import torch
 from .conventions import radial_errors
 
 # P(number of initial clicks = 0, 1, ..., 12); zero above 12. Sums to 1 exactly.
-CLICK_COUNT_PROBS = np.array([1 / 8, 1 / 2, 1 / 4] + [2.0 ** -n for n in range(4, 13)] + [1 / 4096])
+CLICK_COUNT_PROBS = np.array([1 / 8, 1 / 2, 1 / 4] + [2.0**-n for n in range(4, 13)] + [1 / 4096])
 
 
 def click_count_probabilities(num_keypoints: int) -> np.ndarray:

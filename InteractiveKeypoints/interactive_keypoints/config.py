@@ -67,14 +67,14 @@ class ModelConfig:
         if self.num_keypoints < 1:
             problems.append(f"num_keypoints must be >= 1, got {self.num_keypoints}")
         if len(self.landmark_names) != self.num_keypoints:
-            problems.append(
-                f"{len(self.landmark_names)} landmark names for {self.num_keypoints} keypoints"
-            )
+            problems.append(f"{len(self.landmark_names)} landmark names for {self.num_keypoints} keypoints")
         if len(self.input_size) != 2 or any(v % 32 for v in self.input_size):
             problems.append(f"input_size {self.input_size} must be (H, W), multiples of 32")
         if self.correction_length < 0 or self.correction_noise <= 0:
-            problems.append(f"correction_length must be >= 0 and correction_noise > 0, got "
-                            f"{self.correction_length} and {self.correction_noise}")
+            problems.append(
+                f"correction_length must be >= 0 and correction_noise > 0, got "
+                f"{self.correction_length} and {self.correction_noise}"
+            )
         if self.gate_channels < 1:
             problems.append(f"gate_channels must be positive, got {self.gate_channels}")
         if self.gating_pool not in ("max", "avg"):
@@ -90,9 +90,7 @@ class ModelConfig:
             elif self.num_keypoints != MEASUREMENT_TEMPLATES[self.measurements].num_keypoints:
                 problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
         if self.format_version > FORMAT_VERSION:
-            problems.append(
-                f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})"
-            )
+            problems.append(f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})")
         if problems:
             raise ModelFormatError("invalid model config: " + "; ".join(problems))
 
@@ -104,7 +102,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -117,7 +115,7 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         try:
             d = json.loads(Path(path).read_text())
         except FileNotFoundError:

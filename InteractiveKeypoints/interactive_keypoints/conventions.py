@@ -52,11 +52,14 @@ class LandmarkTemplate:
 
     def to_json(self) -> dict:
         """The ``landmarks.json`` of a landmark folder (see :mod:`.data.folder`)."""
-        return {"names": list(self.names), "flip_pairs": [list(p) for p in self.flip_pairs],
-                "flip_allowed": self.flip_allowed}
+        return {
+            "names": list(self.names),
+            "flip_pairs": [list(p) for p in self.flip_pairs],
+            "flip_allowed": self.flip_allowed,
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "LandmarkTemplate":
+    def from_json(cls, d: dict) -> LandmarkTemplate:
         return cls(tuple(d["names"]), tuple(d.get("flip_pairs", ())), d.get("flip_allowed"))
 
 
@@ -77,10 +80,25 @@ SPINE = spine_template()
 # ISBI 2015 cephalometric landmarks, in the order of the official annotation files
 CEPH = LandmarkTemplate(
     (
-        "sella", "nasion", "orbitale", "porion", "subspinale", "supramentale", "pogonion",
-        "menton", "gnathion", "gonion", "lower incisal incision", "upper incisal incision",
-        "upper lip", "lower lip", "subnasale", "soft-tissue pogonion", "posterior nasal spine",
-        "anterior nasal spine", "articulare",
+        "sella",
+        "nasion",
+        "orbitale",
+        "porion",
+        "subspinale",
+        "supramentale",
+        "pogonion",
+        "menton",
+        "gnathion",
+        "gonion",
+        "lower incisal incision",
+        "upper incisal incision",
+        "upper lip",
+        "lower lip",
+        "subnasale",
+        "soft-tissue pogonion",
+        "posterior nasal spine",
+        "anterior nasal spine",
+        "articulare",
     ),  # fmt: skip
     flip_allowed=False,  # a flipped lateral cephalogram faces the other way: not a real image
 )

@@ -26,8 +26,9 @@ def landmark_extent(points: np.ndarray) -> float:
     return float(np.ptp(np.asarray(points, float), axis=0).max())
 
 
-def correction_field(points: np.ndarray, fixed: np.ndarray, residuals: np.ndarray,
-                     length_px: float, noise: float) -> np.ndarray:
+def correction_field(
+    points: np.ndarray, fixed: np.ndarray, residuals: np.ndarray, length_px: float, noise: float
+) -> np.ndarray:
     """Displacement (K, 2) at every point, interpolated from ``residuals`` (F, 2) at ``fixed``.
 
     Args:

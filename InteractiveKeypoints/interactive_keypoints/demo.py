@@ -78,10 +78,20 @@ def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dic
     # phantom.png carries no spacing, so the markups use the geometry Slicer gives the PNG
     # (1 mm pixels, origin 0) and overlay it exactly; the CSV has the true mm as well.
     paths["markups"] = write_markups_json(
-        output_path(out / "keypoints", POINTS_JSON), after.points, after.names, states=after.states(), confidence=after.confidence, node_name="phantom"
+        output_path(out / "keypoints", POINTS_JSON),
+        after.points,
+        after.names,
+        states=after.states(),
+        confidence=after.confidence,
+        node_name="phantom",
     )
     paths["csv"] = write_csv(
-        output_path(out / "keypoints", POINTS_CSV), after.names, after.points, spacing=spacing, states=after.states(), confidence=after.confidence
+        output_path(out / "keypoints", POINTS_CSV),
+        after.names,
+        after.points,
+        spacing=spacing,
+        states=after.states(),
+        confidence=after.confidence,
     )
     return paths
 

@@ -92,8 +92,14 @@ def next_for_review(prediction) -> int:
     return ranking[0]
 
 
-def simulate_guided(session: KeypointSession, truth: np.ndarray, max_clicks: int, tolerance_px: float,
-                    place=exact_clicks, choose=next_for_review) -> RevisionCurves:
+def simulate_guided(
+    session: KeypointSession,
+    truth: np.ndarray,
+    max_clicks: int,
+    tolerance_px: float,
+    place=exact_clicks,
+    choose=next_for_review,
+) -> RevisionCurves:
     """A user without an oracle, ``max_clicks`` times: take the point ``choose`` picks from
     the prediction alone; if its error is above ``tolerance_px`` put it at its true position
     (through ``place``), else confirm it where it is. Ground truth only decides correct vs
@@ -120,12 +126,20 @@ def simulate_guided(session: KeypointSession, truth: np.ndarray, max_clicks: int
             manual_points[j] = place(j, truth[j])
         manual_errors.append(radial_errors(manual_points, truth))
     errors, manual_errors = np.array(errors), np.array(manual_errors)
-    return RevisionCurves(errors.mean(-1), manual_errors.mean(-1), errors, manual_errors,
-                          np.array(clicks, dtype=int), np.array(points), np.array(confirmed, dtype=bool))
+    return RevisionCurves(
+        errors.mean(-1),
+        manual_errors.mean(-1),
+        errors,
+        manual_errors,
+        np.array(clicks, dtype=int),
+        np.array(points),
+        np.array(confirmed, dtype=bool),
+    )
 
 
-def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: int,
-                      place=exact_clicks) -> RevisionCurves:
+def simulate_revision(
+    session: KeypointSession, truth: np.ndarray, max_clicks: int, place=exact_clicks
+) -> RevisionCurves:
     """Click the worst not-yet-clicked point at its true position (through ``place``),
     ``max_clicks`` times."""
     start = session.predict().points
@@ -150,18 +164,37 @@ def simulate_revision(session: KeypointSession, truth: np.ndarray, max_clicks: i
         manual_points[j] = place(j, truth[j])
         manual_errors.append(radial_errors(manual_points, truth))
         manual_curve.append(mre(manual_points, truth))
-    return RevisionCurves(np.array(model_curve), np.array(manual_curve), np.array(errors),
-                          np.array(manual_errors), np.array(model_clicks, dtype=int), np.array(points))
+    return RevisionCurves(
+        np.array(model_curve),
+        np.array(manual_curve),
+        np.array(errors),
+        np.array(manual_errors),
+        np.array(model_clicks, dtype=int),
+        np.array(points),
+    )
 
 
 def sample_radiograph(sample: KeypointSample) -> Radiograph:
-    return Radiograph(load_grey_image(sample), sample.spacing, sample.spacing_known, path=str(sample.image_path or sample.id))
+    return Radiograph(
+        load_grey_image(sample), sample.spacing, sample.spacing_known, path=str(sample.image_path or sample.id)
+    )
 
 
-def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, prev_mode="fixed", progress=True,
-                   user: str = "oracle", review_score: str | None = None, tolerance: float = 0.0,
-                   click_noise: float = 0.0, click_seed: int = 0, unit: str = "px",
-                   correction_length: float | None = None):
+def evaluate_split(
+    model: KeypointModel,
+    samples,
+    max_clicks: int,
+    device=None,
+    prev_mode="fixed",
+    progress=True,
+    user: str = "oracle",
+    review_score: str | None = None,
+    tolerance: float = 0.0,
+    click_noise: float = 0.0,
+    click_seed: int = 0,
+    unit: str = "px",
+    correction_length: float | None = None,
+):
     """RevisionCurves for every sample, sharing one inference copy of the network.
 
     ``user``: ``oracle`` (the protocol) or ``guided`` (see :func:`simulate_guided`, with
@@ -175,8 +208,14 @@ def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, 
     predictor = Predictor(model, device)
     results = []
     for n, sample in enumerate(tqdm(samples, desc=f"evaluate ({user})", disable=not progress)):
-        session = KeypointSession(model, sample_radiograph(sample), prev_mode=prev_mode, predictor=predictor,
-                                  review_score=review_score, correction_length=correction_length)
+        session = KeypointSession(
+            model,
+            sample_radiograph(sample),
+            prev_mode=prev_mode,
+            predictor=predictor,
+            review_score=review_score,
+            correction_length=correction_length,
+        )
         px_per_unit = 1.0 / sample.spacing[0] if unit == "mm" else 1.0
         place = exact_clicks
         if click_noise > 0:
@@ -188,8 +227,15 @@ def evaluate_split(model: KeypointModel, samples, max_clicks: int, device=None, 
     return results
 
 
-def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_clicks: int | None = None,
-              landmark_names: list[str] | None = None) -> dict:
+def summarise(
+    results,
+    samples,
+    max_clicks: int,
+    targets,
+    unit: str = "px",
+    noc_clicks: int | None = None,
+    landmark_names: list[str] | None = None,
+) -> dict:
     """metrics.json content. ``unit`` says whether ``targets`` are px or mm.
 
     NoC / FR count at most ``noc_clicks`` clicks (default ``max_clicks``): the simulated
@@ -222,7 +268,9 @@ def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_
         mean0, sd0 = mre_sd(errors_mm[:, 0])
         metrics["MRE_mm"] = {"mean": mean0, "sd": sd0}
         metrics["SDR"] = {f"{t:g}mm": v for t, v in sdr(errors_mm[:, 0]).items()}
-        metrics["SDR_by_clicks"] = [{f"{t:g}mm": v for t, v in sdr(errors_mm[:, c]).items()} for c in range(max_clicks + 1)]
+        metrics["SDR_by_clicks"] = [
+            {f"{t:g}mm": v for t, v in sdr(errors_mm[:, c]).items()} for c in range(max_clicks + 1)
+        ]
         if unit == "mm":
             curves = model_mm
     elif unit == "mm":
@@ -230,15 +278,18 @@ def summarise(results, samples, max_clicks: int, targets, unit: str = "px", noc_
     summary = noc_summary(curves, targets, noc_clicks)
     metrics["NoC"] = {key: v["NoC"] for key, v in summary.items()}
     metrics["FR"] = {key: v["FR"] for key, v in summary.items()}
-    metrics["NoC_manual"] = {key: v["NoC"] for key, v in noc_summary(
-        manual_mm if unit == "mm" else manual_px, targets, noc_clicks).items()}
+    metrics["NoC_manual"] = {
+        key: v["NoC"] for key, v in noc_summary(manual_mm if unit == "mm" else manual_px, targets, noc_clicks).items()
+    }
     metrics["propagation_gain"] = summarise_propagation(
-        results, samples, max_clicks, landmark_names, spacing[:, 0] if spacing_known else None)
+        results, samples, max_clicks, landmark_names, spacing[:, 0] if spacing_known else None
+    )
     return metrics
 
 
-def summarise_propagation(results, samples, max_clicks: int, landmark_names: list[str] | None,
-                          mm_per_px: np.ndarray | None = None) -> dict:
+def summarise_propagation(
+    results, samples, max_clicks: int, landmark_names: list[str] | None, mm_per_px: np.ndarray | None = None
+) -> dict:
     """metrics.json's ``propagation_gain``: manual minus model MRE after 1, 2, 3, 5 clicks.
 
     ``all``: over all landmarks (the MRE_by_clicks curves). ``near``: over the landmarks
@@ -258,8 +309,11 @@ def summarise_propagation(results, samples, max_clicks: int, landmark_names: lis
         "all": (model_errors.mean(-1), manual_errors.mean(-1)),
         "near": (masked_mre(model_errors, near), masked_mre(manual_errors, near)),
     }
-    out = {"clicks": clicks, "near_rule": near_rule(names),
-           "definition": "manual minus model revision MRE after each click count; percent of the manual MRE"}
+    out = {
+        "clicks": clicks,
+        "near_rule": near_rule(names),
+        "definition": "manual minus model revision MRE after each click count; percent of the manual MRE",
+    }
     for group, (model_px, manual_px) in curves.items():
         px = propagation_gain(model_px, manual_px, clicks)
         entry = {"model_px": px["model"], "manual_px": px["manual"], "px": px["gain"], "percent": px["percent"]}
@@ -312,7 +366,9 @@ def write_per_image_csv(path: Path, results, samples) -> None:
     clicks = len(results[0].model)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id"] + [f"model_mre_px_{c}" for c in range(clicks)] + [f"manual_mre_px_{c}" for c in range(clicks)])
+        writer.writerow(
+            ["id"] + [f"model_mre_px_{c}" for c in range(clicks)] + [f"manual_mre_px_{c}" for c in range(clicks)]
+        )
         for sample, r in zip(samples, results):
             writer.writerow([sample.id] + [f"{v:.4f}" for v in r.model] + [f"{v:.4f}" for v in r.manual])
 
@@ -353,8 +409,9 @@ def write_plots(out: Path, results, max_clicks: int, unit: str, samples, noc_cli
     plt.close(fig)
 
 
-def summarise_users(results_by_user: dict, samples, max_clicks: int, targets, unit: str, noc_clicks: int | None,
-                    landmark_names=None) -> dict:
+def summarise_users(
+    results_by_user: dict, samples, max_clicks: int, targets, unit: str, noc_clicks: int | None, landmark_names=None
+) -> dict:
     """metrics.json ``users``: per simulated user its MRE by clicks (px, and mm where known),
     NoC / FR (model and manual revision); for the guided user also the share of its clicks
     that were confirmations, by click."""
@@ -382,8 +439,11 @@ def write_users_plot(path: Path, users: dict, unit: str) -> None:
         curve = entry[key]["model"]
         ax.plot(np.arange(len(curve)), curve, style, label=f"{user} user, model revision")
         ax.plot(np.arange(len(curve)), entry[key]["manual"], style[0] + ":", alpha=0.6, label=f"{user} user, manual")
-    ax.set(xlabel="number of clicks (corrections + confirmations)", ylabel=f"MRE ({unit})",
-           title="MRE vs clicks: oracle vs guided user")
+    ax.set(
+        xlabel="number of clicks (corrections + confirmations)",
+        ylabel=f"MRE ({unit})",
+        title="MRE vs clicks: oracle vs guided user",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -409,7 +469,9 @@ def summarise_measurements(results, samples, measurement_set: str) -> dict:
     clicks = len(results[0].points_by_clicks)
     predicted = [[sample_measurements(r.points_by_clicks[c], s, measurement_set) for c in range(clicks)]
                  for r, s in zip(results, samples)]  # fmt: skip
-    values = np.array([[[m.value for m in at_click] for at_click in per_image] for per_image in predicted])  # (N, C+1, M)
+    values = np.array(
+        [[[m.value for m in at_click] for at_click in per_image] for per_image in predicted]
+    )  # (N, C+1, M)
     abs_error = np.abs(values - true_values[:, None, :])
     report = {
         "measurement_set": measurement_set,
@@ -423,7 +485,9 @@ def summarise_measurements(results, samples, measurement_set: str) -> dict:
         true_classes = np.array([[m.category for m in t] for t in truth])
         classes = np.array([[[m.category for m in at_click] for at_click in per_image] for per_image in predicted])
         correct = classes == true_classes[:, None, :]
-        report["accuracy_by_clicks"] = {name: (100.0 * correct[:, :, j].mean(0)).tolist() for j, name in enumerate(names)}
+        report["accuracy_by_clicks"] = {
+            name: (100.0 * correct[:, :, j].mean(0)).tolist() for j, name in enumerate(names)
+        }
         report["mean_accuracy_by_clicks"] = (100.0 * correct.mean(axis=(0, 2))).tolist()
     return report
 
@@ -491,37 +555,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--phantom-images", type=int, default=16)
-    parser.add_argument("--drop-disordered-labels", action="store_true",
-                        help="AASCE: leave labels with vertebrae out of order out (the protocol keeps them; "
-                             "metrics.json lists the ones left out under 'skipped')")
+    parser.add_argument(
+        "--drop-disordered-labels",
+        action="store_true",
+        help="AASCE: leave labels with vertebrae out of order out (the protocol keeps them; "
+        "metrics.json lists the ones left out under 'skipped')",
+    )
     parser.add_argument("--max-clicks", type=int, default=10, help="clicks per image (MRE curve 0..N)")
-    parser.add_argument("--noc-clicks", type=int, default=None,
-                        help="click budget of NoC / FR (default: --max-clicks; the ceph protocol uses 5)")
+    parser.add_argument(
+        "--noc-clicks",
+        type=int,
+        default=None,
+        help="click budget of NoC / FR (default: --max-clicks; the ceph protocol uses 5)",
+    )
     parser.add_argument("--targets", type=float, nargs="+", default=[20, 30, 40, 50])
     parser.add_argument("--unit", choices=["px", "mm"], default="px", help="unit of --targets")
-    parser.add_argument("--prev-mode", choices=["fixed", "all"], default="fixed",
-                        help="previous prediction in fixed channels only (paper) or all channels")
-    parser.add_argument("--correction-length", type=float, default=None,
-                        help="correction field length, fraction of the landmarks' extent (default: the model's; "
-                             "0 = the network alone moves the points, the paper's rule)")
-    parser.add_argument("--correction-noise", type=float, default=None,
-                        help="correction field noise, relative to the kernel's variance (default: the model's)")
+    parser.add_argument(
+        "--prev-mode",
+        choices=["fixed", "all"],
+        default="fixed",
+        help="previous prediction in fixed channels only (paper) or all channels",
+    )
+    parser.add_argument(
+        "--correction-length",
+        type=float,
+        default=None,
+        help="correction field length, fraction of the landmarks' extent (default: the model's; "
+        "0 = the network alone moves the points, the paper's rule)",
+    )
+    parser.add_argument(
+        "--correction-noise",
+        type=float,
+        default=None,
+        help="correction field noise, relative to the kernel's variance (default: the model's)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--sample", type=int, default=None,
-                        help="evaluate N images drawn at random from the split (seeded by --sample-seed; "
-                             "metrics.json records the ids)")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="evaluate N images drawn at random from the split (seeded by --sample-seed; metrics.json records the ids)",
+    )
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of --sample")
-    parser.add_argument("--user", nargs="+", choices=USERS, default=["oracle"],
-                        help="simulated user(s): oracle clicks the worst point (the protocol); guided checks the "
-                             "point the model ranks first and corrects or confirms it. Several: compared in "
-                             "metrics.json 'users'; the first gives the other outputs")
-    parser.add_argument("--review-score", choices=SCORES, default=None,
-                        help="the guided user's ranking score (default: the session's default for the model)")
-    parser.add_argument("--guided-tolerance", type=float, default=None,
-                        help="the guided user corrects a point whose error is above this (in --unit; "
-                             "default: the smallest --targets), else confirms it")
-    parser.add_argument("--click-noise", type=float, default=0.0,
-                        help="SD of the Gaussian error of every click, in --unit (px, or mm)")
+    parser.add_argument(
+        "--user",
+        nargs="+",
+        choices=USERS,
+        default=["oracle"],
+        help="simulated user(s): oracle clicks the worst point (the protocol); guided checks the "
+        "point the model ranks first and corrects or confirms it. Several: compared in "
+        "metrics.json 'users'; the first gives the other outputs",
+    )
+    parser.add_argument(
+        "--review-score",
+        choices=SCORES,
+        default=None,
+        help="the guided user's ranking score (default: the session's default for the model)",
+    )
+    parser.add_argument(
+        "--guided-tolerance",
+        type=float,
+        default=None,
+        help="the guided user corrects a point whose error is above this (in --unit; "
+        "default: the smallest --targets), else confirms it",
+    )
+    parser.add_argument(
+        "--click-noise", type=float, default=0.0, help="SD of the Gaussian error of every click, in --unit (px, or mm)"
+    )
     parser.add_argument("--click-seed", type=int, default=0, help="seed of --click-noise")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, all cores)")
@@ -543,39 +643,67 @@ def run(args) -> int:
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
     if split.num_keypoints != model.config.num_keypoints:
         raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")
-    samples = choose_samples(split.samples, args.limit, args.sample, args.sample_seed,
-                             f"{args.dataset} split {args.split!r}")
+    samples = choose_samples(
+        split.samples, args.limit, args.sample, args.sample_seed, f"{args.dataset} split {args.split!r}"
+    )
     if args.click_noise < 0:
         raise ValueError(f"--click-noise {args.click_noise} must be 0 or more")
     users = list(dict.fromkeys(args.user))
     tolerance = min(args.targets) if args.guided_tolerance is None else args.guided_tolerance
     results_by_user = {
-        user: evaluate_split(model, samples, args.max_clicks, args.device, args.prev_mode, not args.quiet, user,
-                             args.review_score, tolerance, args.click_noise, args.click_seed, args.unit,
-                             args.correction_length)
+        user: evaluate_split(
+            model,
+            samples,
+            args.max_clicks,
+            args.device,
+            args.prev_mode,
+            not args.quiet,
+            user,
+            args.review_score,
+            tolerance,
+            args.click_noise,
+            args.click_seed,
+            args.unit,
+            args.correction_length,
+        )
         for user in users
     }
     results = results_by_user[users[0]]
-    metrics = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks,
-                        split.landmark_names)
+    metrics = summarise(
+        results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, split.landmark_names
+    )
     correction_length = model.config.correction_length if args.correction_length is None else args.correction_length
-    metrics.update(model=str(args.model), dataset=args.dataset, split=args.split, prev_mode=args.prev_mode,
-                   correction_length=correction_length, correction_noise=model.config.correction_noise,
-                   skipped=split.skipped)
+    metrics.update(
+        model=str(args.model),
+        dataset=args.dataset,
+        split=args.split,
+        prev_mode=args.prev_mode,
+        correction_length=correction_length,
+        correction_noise=model.config.correction_noise,
+        skipped=split.skipped,
+    )
     protocol = users == ["oracle"] and args.click_noise == 0  # today's protocol: metrics.json unchanged
     if not protocol:
-        metrics["users"] = summarise_users(results_by_user, samples, args.max_clicks, args.targets, args.unit,
-                                           args.noc_clicks, split.landmark_names)
+        metrics["users"] = summarise_users(
+            results_by_user, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, split.landmark_names
+        )
         metrics["user"] = users[0]
         metrics["click_noise"] = {"sd": args.click_noise, "unit": args.unit, "seed": args.click_seed}
         if "guided" in users:
-            metrics["guided"] = {"review_score": review_score_name(model, args.review_score),
-                                 "tolerance": tolerance, "unit": args.unit,
-                                 "rule": "check the first-ranked unfixed point; correct it if its error is above "
-                                         "the tolerance, else confirm it; each is one click"}
+            metrics["guided"] = {
+                "review_score": review_score_name(model, args.review_score),
+                "tolerance": tolerance,
+                "unit": args.unit,
+                "rule": "check the first-ranked unfixed point; correct it if its error is above "
+                "the tolerance, else confirm it; each is one click",
+            }
     if args.sample is not None:
-        metrics["sample"] = {"size": args.sample, "seed": args.sample_seed, "of": len(split.samples),
-                             "ids": [s.id for s in samples]}
+        metrics["sample"] = {
+            "size": args.sample,
+            "seed": args.sample_seed,
+            "of": len(split.samples),
+            "ids": [s.id for s in samples],
+        }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -593,22 +721,36 @@ def run(args) -> int:
     print("NoC: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["NoC"].items()))
     print("FR:  " + ", ".join(f"{k} {v:.2f}%" for k, v in metrics["FR"].items()))
     if gain["clicks"]:
-        print(f"propagation gain, manual - model MRE ({args.unit}) after " + "; ".join(
-            f"{c} clicks: all {gain['all'][args.unit][i]:.2f} ({gain['all']['percent'][i]:.1f}%), "
-            f"near {gain['near'][args.unit][i]:.2f} ({gain['near']['percent'][i]:.1f}%)"
-            for i, c in enumerate(gain["clicks"])))
+        print(
+            f"propagation gain, manual - model MRE ({args.unit}) after "
+            + "; ".join(
+                f"{c} clicks: all {gain['all'][args.unit][i]:.2f} ({gain['all']['percent'][i]:.1f}%), "
+                f"near {gain['near'][args.unit][i]:.2f} ({gain['near']['percent'][i]:.1f}%)"
+                for i, c in enumerate(gain["clicks"])
+            )
+        )
     if model.config.measurements:
         print_measurement_summary(measurement_report)
     if not protocol:
         write_users_plot(out / "users_mre_vs_clicks.png", metrics["users"], args.unit)
         key = "MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks"
-        print(f"click noise SD {args.click_noise:g} {args.unit}" + (
-            f"; guided: score {metrics['guided']['review_score']}, tolerance {tolerance:g} {args.unit}"
-            if "guided" in users else ""))
+        print(
+            f"click noise SD {args.click_noise:g} {args.unit}"
+            + (
+                f"; guided: score {metrics['guided']['review_score']}, tolerance {tolerance:g} {args.unit}"
+                if "guided" in users
+                else ""
+            )
+        )
         for user, entry in metrics["users"].items():
-            print(f"{user:>6} MRE by clicks ({args.unit}): " + ", ".join(f"{v:.2f}" for v in entry[key]["model"])
-                  + " | NoC " + ", ".join(f"{k} {v:.2f}" for k, v in entry["NoC"].items())
-                  + " | FR " + ", ".join(f"{k} {v:.1f}%" for k, v in entry["FR"].items()))
+            print(
+                f"{user:>6} MRE by clicks ({args.unit}): "
+                + ", ".join(f"{v:.2f}" for v in entry[key]["model"])
+                + " | NoC "
+                + ", ".join(f"{k} {v:.2f}" for k, v in entry["NoC"].items())
+                + " | FR "
+                + ", ".join(f"{k} {v:.1f}%" for k, v in entry["FR"].items())
+            )
     return 0
 
 
@@ -634,4 +776,3 @@ def choose_samples(samples: list, limit: int | None, sample: int | None, seed: i
         chosen = np.random.default_rng(seed).choice(len(samples), size=sample, replace=False)
         return [samples[i] for i in sorted(chosen)]
     return samples
-

@@ -46,10 +46,26 @@ ARCHIVE_SUFFIX = ".files.tar.gz"
 MAX_RETURNED_FILES = 8
 MAX_RETURNED_BYTES = 16 * 2**20
 # what a module needs to train from a pack (SimpleITK and scipy only make packs)
-REQUIRED_MODULES = {"torch": "torch", "numpy": "numpy", "PIL": "Pillow", "safetensors": "safetensors",
-                    "tqdm": "tqdm", "monai": "monai"}
-RECIPE = ["--occlusion-prob", "0.5", "--hint-scale-init", "1.0", "--select-on", "mre3",
-          "--lr", "1e-3", "--lr-schedule", "cosine"]
+REQUIRED_MODULES = {
+    "torch": "torch",
+    "numpy": "numpy",
+    "PIL": "Pillow",
+    "safetensors": "safetensors",
+    "tqdm": "tqdm",
+    "monai": "monai",
+}
+RECIPE = [
+    "--occlusion-prob",
+    "0.5",
+    "--hint-scale-init",
+    "1.0",
+    "--select-on",
+    "mre3",
+    "--lr",
+    "1e-3",
+    "--lr-schedule",
+    "cosine",
+]
 # start-up (imports, reading the pack) before a run's budget starts, and the copy after it
 RESERVE_MINUTES = 1.0
 # the budget is checked between epochs; a run is stopped this long after it should have ended
@@ -85,20 +101,25 @@ def missing_modules() -> list[str]:
 def find_pack(packs_dir: Path, name: str) -> Path:
     found = sorted(p for p in packs_dir.glob(f"{name}-*") if (p / "manifest.json").is_file())
     if len(found) != 1:
-        raise SystemExit(f"{packs_dir}: expected one pack folder {name}-* with a manifest.json, found "
-                         f"{[p.name for p in found] or 'none'}")
+        raise SystemExit(
+            f"{packs_dir}: expected one pack folder {name}-* with a manifest.json, found "
+            f"{[p.name for p in found] or 'none'}"
+        )
     return found[0]
 
 
 def environment_lines(device: str) -> list[str]:
     import torch
 
-    lines = [f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
-             f"python {sys.version.split()[0]}, {os.cpu_count()} CPU cores"]
+    lines = [
+        f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPU cores"
+    ]
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         props = torch.cuda.get_device_properties(0)
-        lines.insert(0, f"GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability "
-                        f"{props.major}.{props.minor}")
+        lines.insert(
+            0, f"GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}"
+        )
     else:
         lines.insert(0, "no GPU: device cpu")
     return lines
@@ -107,14 +128,37 @@ def environment_lines(device: str) -> list[str]:
 # ------------------------------------------------------------------ the training runs
 def train_command(job: ModelJob, pack: Path, out: Path, args, workers: int, threads: int) -> list[str]:
     input_size = json.loads((pack / "manifest.json").read_text())["input_size"] if args.tiny else None
-    command = [sys.executable, "-m", "interactive_keypoints.train", "--pack", str(pack),
-               "--input", "x".join(map(str, input_size)) if input_size else job.input_size,
-               *(TINY_ARCHITECTURE if args.tiny else job.architecture), *RECIPE,
-               # the time budget ends the run, not an epoch count or early stopping
-               "--epochs", "100000", "--patience", "100000",
-               "--max-minutes", f"{args.minutes - RESERVE_MINUTES:.2f}", "--checkpoint-every", "0",
-               "--workers", str(workers), "--threads", str(threads), "--device", args.device,
-               "--seed", str(args.seed), "--out", str(out), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "interactive_keypoints.train",
+        "--pack",
+        str(pack),
+        "--input",
+        "x".join(map(str, input_size)) if input_size else job.input_size,
+        *(TINY_ARCHITECTURE if args.tiny else job.architecture),
+        *RECIPE,
+        # the time budget ends the run, not an epoch count or early stopping
+        "--epochs",
+        "100000",
+        "--patience",
+        "100000",
+        "--max-minutes",
+        f"{args.minutes - RESERVE_MINUTES:.2f}",
+        "--checkpoint-every",
+        "0",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     if args.max_steps is not None:
         command += ["--max-steps", str(args.max_steps)]
     if args.tiny:
@@ -151,8 +195,9 @@ def run_side_by_side(commands: dict[str, list[str]], deadline: float, log) -> di
     processes, readers = {}, []
     for name, command in commands.items():
         emit(name, "$ " + " ".join(command), False)
-        processes[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                           start_new_session=True)
+        processes[name] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         readers.append(threading.Thread(target=pump, args=(name, processes[name].stdout), daemon=True))
         readers[-1].start()
     for name, process in processes.items():
@@ -205,16 +250,20 @@ def best_figures(name: str, model_dir: Path) -> str:
     m = json.loads(metrics_path.read_text())
     s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     peak = f", peak {s['peak_memory_gib']} GiB" if "peak_memory_gib" in s else ""
-    return (f"{name}: best epoch {m['epoch']} of {s.get('epochs', '?')} ({s.get('elapsed_s', '?')} s{peak}): "
-            f"val MRE {m['mre0_px']:.2f} px at 0 clicks, {m['mre3_px']:.2f} after {m['clicks']} "
-            f"(manual {m['manual3_px']:.2f}, propagation gain {m['propagation_gain_px']:+.2f})")
+    return (
+        f"{name}: best epoch {m['epoch']} of {s.get('epochs', '?')} ({s.get('elapsed_s', '?')} s{peak}): "
+        f"val MRE {m['mre0_px']:.2f} px at 0 clicks, {m['mre3_px']:.2f} after {m['clicks']} "
+        f"(manual {m['manual3_px']:.2f}, propagation gain {m['propagation_gain_px']:+.2f})"
+    )
 
 
 def check_returned(files: list[Path]) -> None:
     """Refuse what would not come back whole (SHA256SUMS, written last, is the one more file)."""
     if len(files) + 1 > MAX_RETURNED_FILES:
-        raise SystemExit(f"{len(files) + 1} files for OUT, at most {MAX_RETURNED_FILES} come back: "
-                         f"{', '.join(str(p) for p in files)} and {SUMS_FILE}")
+        raise SystemExit(
+            f"{len(files) + 1} files for OUT, at most {MAX_RETURNED_FILES} come back: "
+            f"{', '.join(str(p) for p in files)} and {SUMS_FILE}"
+        )
     for path in files:
         if path.stat().st_size > MAX_RETURNED_BYTES:
             raise SystemExit(f"{path} is {path.stat().st_size} bytes: over the {MAX_RETURNED_BYTES} that come back")
@@ -224,8 +273,12 @@ def run_job(args) -> int:
     packs_dir, out = Path(args.packs_dir), Path(args.out_dir)
     missing = missing_modules()
     if missing:
-        print("cannot train, not importable: " + "; ".join(missing) +
-              "\n(nothing is installed from the network: pip install --no-index --find-links .whl monai)", flush=True)
+        print(
+            "cannot train, not importable: "
+            + "; ".join(missing)
+            + "\n(nothing is installed from the network: pip install --no-index --find-links .whl monai)",
+            flush=True,
+        )
         return 2
     packs = {job.name: find_pack(packs_dir, job.name) for job in MODEL_JOBS}
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +293,7 @@ def run_job(args) -> int:
     workers = 0 if args.device == "cpu" else max(0, per_run - 2)
     threads = max(1, min(per_run, 2 if workers else per_run))
     with open(out / LOG_FILE, "w") as log:
+
         def say(line: str) -> None:
             print(line, flush=True)
             log.write(line + "\n")
@@ -247,10 +301,14 @@ def run_job(args) -> int:
 
         for line in environment_lines(args.device):
             say(line)
-        say(f"job: {args.minutes} min, packs {', '.join(f'{k}={v}' for k, v in packs.items())}, scratch {scratch}, "
-            f"{workers} loader workers and {threads} threads per run" + (", tiny rehearsal models" if args.tiny else ""))
-        commands = {job.name: train_command(job, packs[job.name], scratch / job.name, args, workers, threads)
-                    for job in MODEL_JOBS}
+        say(
+            f"job: {args.minutes} min, packs {', '.join(f'{k}={v}' for k, v in packs.items())}, scratch {scratch}, "
+            f"{workers} loader workers and {threads} threads per run" + (", tiny rehearsal models" if args.tiny else "")
+        )
+        commands = {
+            job.name: train_command(job, packs[job.name], scratch / job.name, args, workers, threads)
+            for job in MODEL_JOBS
+        }
         codes = run_side_by_side(commands, deadline, log)
         say("exit codes: " + ", ".join(f"{k} {v}" for k, v in codes.items()))
         chosen = {}
@@ -296,8 +354,11 @@ def unpack_records(archive: Path, folder: Path) -> list[str]:
     names = []
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
-            if not member.isfile() or Path(member.name).name != member.name or \
-                    Path(member.name).suffix not in (".json", ".csv"):
+            if (
+                not member.isfile()
+                or Path(member.name).name != member.name
+                or Path(member.name).suffix not in (".json", ".csv")
+            ):
                 raise ValueError(f"{archive}: unexpected member {member.name!r}")
             (folder / member.name).write_bytes(tar.extractfile(member).read())
             names.append(member.name)
@@ -317,11 +378,13 @@ def join(returned: str | Path, models_dir: str | Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         unpack_records(archive, folder)
         for weights in (p for p in files if p.name.startswith(name + ".") and p.suffix == ".safetensors"):
-            shutil.copyfile(weights, folder / weights.name[len(name) + 1:])
+            shutil.copyfile(weights, folder / weights.name[len(name) + 1 :])
         model = load_model(folder)
         parameters = sum(p.numel() for p in model.network.parameters())
-        print(f"{name}: loaded {folder} ({model.config.num_keypoints} keypoints, input "
-              f"{'x'.join(map(str, model.config.input_size))}, width {model.config.width}, {parameters / 1e6:.2f} M parameters)")
+        print(
+            f"{name}: loaded {folder} ({model.config.num_keypoints} keypoints, input "
+            f"{'x'.join(map(str, model.config.input_size))}, width {model.config.width}, {parameters / 1e6:.2f} M parameters)"
+        )
         folders[name] = folder
     if not folders:
         raise ValueError(f"{returned}: no model archive (*{ARCHIVE_SUFFIX})")
@@ -330,8 +393,11 @@ def join(returned: str | Path, models_dir: str | Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m interactive_keypoints.gpu_job", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m interactive_keypoints.gpu_job",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("packs_dir", type=Path, help="folder with the aasce-* and isbi-* packs (with --join: OUT)")
     parser.add_argument("out_dir", type=Path, help="empty folder for what comes back (with --join: models folder)")
     parser.add_argument("--join", action="store_true", help="check returned files and rebuild + load the models")

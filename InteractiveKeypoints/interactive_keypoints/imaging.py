@@ -81,9 +81,7 @@ def load_radiograph(source, spacing=None) -> Radiograph:
     elif isinstance(source, torch.Tensor):
         radiograph = Radiograph(array=_grey_from_array(source.detach().cpu().numpy(), "the tensor"))
     else:
-        raise ImageError(
-            f"cannot load a radiograph from {type(source).__name__}; give a file path or a numpy array"
-        )
+        raise ImageError(f"cannot load a radiograph from {type(source).__name__}; give a file path or a numpy array")
     if spacing is not None:
         radiograph.spacing = _checked_spacing(spacing, radiograph.path or "the image")
         radiograph.spacing_known = True
@@ -129,8 +127,7 @@ def _load_file(path: Path) -> Radiograph:
     size = reader.GetSize()
     if reader.GetDimension() > 2 and int(np.prod(size[2:])) > 1:
         raise ImageError(
-            f"{name} has {int(np.prod(size[2:]))} slices; "
-            "InteractiveKeypoints needs a single 2-D radiograph"
+            f"{name} has {int(np.prod(size[2:]))} slices; InteractiveKeypoints needs a single 2-D radiograph"
         )
     try:
         image = reader.Execute()
@@ -174,9 +171,7 @@ def _grey_from_array(array: np.ndarray, name: str) -> np.ndarray:
     elif array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., :3].astype(np.float64) @ LUMINANCE_WEIGHTS  # RGB(A) -> luminance
     if array.ndim != 2:
-        raise ImageError(
-            f"{name} has shape {tuple(array.shape)}; expected a 2-D grey image (H, W) or RGB (H, W, 3)"
-        )
+        raise ImageError(f"{name} has shape {tuple(array.shape)}; expected a 2-D grey image (H, W) or RGB (H, W, 3)")
     if array.size == 0:
         raise ImageError(f"{name} is empty ({array.shape[0]} x {array.shape[1]} pixels)")
     grey = array.astype(np.float32)
@@ -184,8 +179,7 @@ def _grey_from_array(array: np.ndarray, name: str) -> np.ndarray:
         raise ImageError(f"{name} contains NaN or infinite pixel values")
     if grey.min() == grey.max():
         raise ImageError(
-            f"{name} has the same value ({grey.flat[0]:g}) in every pixel: "
-            "no contrast, it cannot be normalised"
+            f"{name} has the same value ({grey.flat[0]:g}) in every pixel: no contrast, it cannot be normalised"
         )
     return grey
 

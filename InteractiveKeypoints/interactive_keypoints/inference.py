@@ -42,7 +42,7 @@ def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_info() -> tuple[str, frozenset] | None:
     """(model name, feature flags) of the first CPU in /proc/cpuinfo; None where there is none."""
     try:
@@ -57,7 +57,7 @@ def cpu_info() -> tuple[str, frozenset] | None:
     return fields.get("model name", "unknown"), frozenset(fields.get("flags", "").split())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     info = cpu_info()
     if info is None:  # not Linux: let oneDNN decide whether bf16 is worth it
@@ -130,7 +130,10 @@ class Predictor:
         """Main logits in float32: (B, K, H/4, W/4), or at ``output_size`` when given.
         ``clicks``/``prev`` hold either all K channels or only ``channels``."""
         out = self.network.forward_cached(
-            image_features, self._prepare(clicks), self._prepare(prev), output_size,
+            image_features,
+            self._prepare(clicks),
+            self._prepare(prev),
+            output_size,
             None if channels is None else torch.as_tensor(channels, device=self.device, dtype=torch.long),
         )
         return out["logits"].float()

@@ -9,14 +9,16 @@ from .heatmaps import local_soft_argmax
 from .morphology import MorphologySelection, morphology_loss
 
 
-def heatmap_loss(outputs: dict, target: torch.Tensor, aux_weight: float = 1.0,
-                 channel_weight: torch.Tensor | None = None) -> torch.Tensor:
+def heatmap_loss(
+    outputs: dict, target: torch.Tensor, aux_weight: float = 1.0, channel_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Plain BCE between sigmoid(logits) and the Gaussian target, main + aux (paper L_g).
 
     ``channel_weight`` (B, K): a weighted mean over keypoint channels instead of the plain
     mean (all ones gives the plain mean), e.g. less weight on clicked keypoints, whose
     heatmap the click already gives away.
     """
+
     def bce(logits):
         if channel_weight is None:
             return F.binary_cross_entropy_with_logits(logits.float(), target)

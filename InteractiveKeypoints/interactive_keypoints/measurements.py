@@ -109,7 +109,6 @@ def _segment(a, b) -> Segment:
 # --------------------------------------------------------------------------- spine
 
 
-
 def _angle_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Unsigned angle in degrees between direction vectors (broadcasting over leading axes)."""
     cos = (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
@@ -336,7 +335,9 @@ def write_measurements(stem, records, measurement_set: str) -> list:
     import json
 
     json_path, csv_path = output_path(stem, MEASUREMENTS_JSON), output_path(stem, MEASUREMENTS_CSV)
-    json_path.write_text(json.dumps({"measurement_set": measurement_set, "measurements": [m.to_dict() for m in records]}, indent=1))
+    json_path.write_text(
+        json.dumps({"measurement_set": measurement_set, "measurements": [m.to_dict() for m in records]}, indent=1)
+    )
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", "value", "unit", "class", "landmarks", "description"])
         writer.writeheader()

@@ -46,8 +46,13 @@ def build_model(config: ModelConfig) -> KeypointModel:
     return KeypointModel(config, InteractiveKeypointNet(config))
 
 
-def save_model(folder: str | Path, model: KeypointModel, dtype: torch.dtype = torch.float32, extra_files: dict | None = None,
-               max_shard_bytes: int | None = MAX_SHARD_BYTES):
+def save_model(
+    folder: str | Path,
+    model: KeypointModel,
+    dtype: torch.dtype = torch.float32,
+    extra_files: dict | None = None,
+    max_shard_bytes: int | None = MAX_SHARD_BYTES,
+):
     """Write the model folder. ``extra_files`` maps file names to JSON-able objects.
 
     Weights above ``max_shard_bytes`` (None: no limit) go into shards plus an index."""
@@ -57,8 +62,12 @@ def save_model(folder: str | Path, model: KeypointModel, dtype: torch.dtype = to
         name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in model.network.state_dict().items()
     }
-    save_weights(folder, state, {"format": "interactive-keypoints", "format_version": str(model.config.format_version)},
-                 max_shard_bytes)
+    save_weights(
+        folder,
+        state,
+        {"format": "interactive-keypoints", "format_version": str(model.config.format_version)},
+        max_shard_bytes,
+    )
     model.config.save(folder / CONFIG_FILE)
     for name, content in (extra_files or {}).items():
         (folder / name).write_text(json.dumps(content, indent=2) + "\n")
@@ -76,7 +85,8 @@ def shard_groups(state: dict, max_shard_bytes: int | None) -> list[dict]:
     (a single tensor larger than that gets a shard of its own)."""
     if max_shard_bytes is None or _file_bytes(state) <= max_shard_bytes:
         return [state]
-    groups, current = [], {}
+    groups: list[dict[str, torch.Tensor]] = []
+    current: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if current and _file_bytes({**current, name: tensor}) > max_shard_bytes:
             groups.append(current)
@@ -92,18 +102,24 @@ def weight_files(folder: Path) -> list[Path]:
     ]
 
 
-def save_weights(folder: Path, state: dict, metadata: dict, max_shard_bytes: int | None = MAX_SHARD_BYTES) -> list[Path]:
+def save_weights(
+    folder: Path, state: dict, metadata: dict, max_shard_bytes: int | None = MAX_SHARD_BYTES
+) -> list[Path]:
     """Write ``state`` as one file or as shards + index; files of the other layout are removed."""
     groups = shard_groups(state, max_shard_bytes)
-    names = [WEIGHTS_FILE] if len(groups) == 1 else [SHARD_PATTERN.format(i + 1, len(groups)) for i in range(len(groups))]
+    names = (
+        [WEIGHTS_FILE] if len(groups) == 1 else [SHARD_PATTERN.format(i + 1, len(groups)) for i in range(len(groups))]
+    )
     for name, group in zip(names, groups):
         tmp = folder / (name + ".tmp")
         save_file(group, tmp, metadata=metadata)
         os.replace(tmp, folder / name)
     written = [folder / name for name in names]
     if len(groups) > 1:
-        index = {"metadata": {**metadata, "total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": {tensor: name for name, group in zip(names, groups) for tensor in group}}
+        index = {
+            "metadata": {**metadata, "total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {tensor: name for name, group in zip(names, groups) for tensor in group},
+        }
         (folder / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
         written.append(folder / WEIGHTS_INDEX_FILE)
     for stale in set(weight_files(folder)) - set(written):  # e.g. a single file after training wrote shards
@@ -138,8 +154,9 @@ def load_weights(folder: Path) -> tuple[dict, Path]:
         tensors = _read_safetensors(folder / shard)
         listed = {name for name, file in weight_map.items() if file == shard}
         if set(tensors) != listed:
-            raise ModelFormatError(f"{folder / shard} holds other tensors than {index_path} lists for it "
-                                   f"({len(tensors)} vs {len(listed)})")
+            raise ModelFormatError(
+                f"{folder / shard} holds other tensors than {index_path} lists for it ({len(tensors)} vs {len(listed)})"
+            )
         state.update(tensors)
     return state, index_path
 
@@ -178,4 +195,3 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
     if device is not None:
         network.to(device)
     return KeypointModel(config, network, folder)
-

@@ -56,12 +56,17 @@ class MorphologySelection:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MorphologySelection":
+    def from_dict(cls, d: dict) -> MorphologySelection:
         if d.get("format_version", 1) > FORMAT_VERSION:
             raise ValueError(f"morphology format_version {d['format_version']} is newer than this code")
         try:
-            return cls(pairs=d["pairs"], triplets=d["triplets"], variant=d["variant"],
-                       num_keypoints=int(d["num_keypoints"]), stats=d.get("stats", {}))
+            return cls(
+                pairs=d["pairs"],
+                triplets=d["triplets"],
+                variant=d["variant"],
+                num_keypoints=int(d["num_keypoints"]),
+                stats=d.get("stats", {}),
+            )
         except KeyError as e:
             raise ValueError(f"morphology selection has no {e.args[0]!r}") from None
 
@@ -69,7 +74,7 @@ class MorphologySelection:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "MorphologySelection":
+    def load(cls, path: str | Path) -> MorphologySelection:
         try:
             d = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -95,7 +100,9 @@ def all_pairs(num_keypoints: int) -> np.ndarray:
 
 def all_triplets(num_keypoints: int) -> np.ndarray:
     """Every (a, vertex, b) with a < b, both different from the vertex: K * C(K-1, 2) rows."""
-    rows = [(a, v, b) for v in range(num_keypoints) for a, b in combinations([k for k in range(num_keypoints) if k != v], 2)]
+    rows = [
+        (a, v, b) for v in range(num_keypoints) for a, b in combinations([k for k in range(num_keypoints) if k != v], 2)
+    ]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
@@ -123,10 +130,10 @@ def angle_circular_std(points_norm, triplets, chunk: int = 20000) -> np.ndarray:
     p = np.asarray(points_norm, dtype=np.float64)
     out = np.empty(len(triplets))
     for start in range(0, len(triplets), chunk):
-        dot, cross = ray_angles(p, triplets[start:start + chunk])
+        dot, cross = ray_angles(p, triplets[start : start + chunk])
         theta = np.arctan2(cross, dot)
         r = np.hypot(np.cos(theta).mean(axis=0), np.sin(theta).mean(axis=0))
-        out[start:start + chunk] = np.sqrt(-np.log(np.clip(r, 1e-12, 1.0) ** 2))
+        out[start : start + chunk] = np.sqrt(-np.log(np.clip(r, 1e-12, 1.0) ** 2))
     return out
 
 
@@ -162,8 +169,10 @@ def neighbour_offsets(points_norm, per_landmark: int = NEIGHBOURS) -> dict:
     pairs = np.array(pairs, dtype=np.int64).reshape(-1, 2)
     d = offsets[:, pairs[:, 0], pairs[:, 1]]  # (N, P, 2)
     centred = d - d.mean(0)
-    cov = np.stack([(centred[..., 0] ** 2).mean(0), (centred[..., 0] * centred[..., 1]).mean(0),
-                    (centred[..., 1] ** 2).mean(0)], axis=-1)
+    cov = np.stack(
+        [(centred[..., 0] ** 2).mean(0), (centred[..., 0] * centred[..., 1]).mean(0), (centred[..., 1] ** 2).mean(0)],
+        axis=-1,
+    )
     return {"neighbour_pairs": pairs.tolist(), "neighbour_mean": d.mean(0).tolist(), "neighbour_cov": cov.tolist()}
 
 
@@ -178,8 +187,9 @@ def with_review_stats(selection: MorphologySelection, points, sizes) -> Morpholo
     """The same selection with the review statistics of training labels ``points`` (N, K, 2)
     original pixels, ``sizes`` (N, 2) (H, W) added to its stats: for model folders written
     before they were recorded."""
-    stats = dict(selection.stats, **review_statistics(normalise_points(points, sizes), selection.pairs,
-                                                      selection.triplets))
+    stats = dict(
+        selection.stats, **review_statistics(normalise_points(points, sizes), selection.pairs, selection.triplets)
+    )
     return MorphologySelection(selection.pairs, selection.triplets, selection.variant, selection.num_keypoints, stats)
 
 
@@ -214,8 +224,15 @@ def _pick(std: np.ndarray, count: int | None, threshold: float | None, highest: 
     return order[: min(count, len(order))]
 
 
-def select_morphology(points, sizes, variant: str = "low", n_pairs: int = 70, n_triplets: int = 70,
-                      distance_threshold: float | None = None, angle_threshold: float | None = None) -> MorphologySelection:
+def select_morphology(
+    points,
+    sizes,
+    variant: str = "low",
+    n_pairs: int = 70,
+    n_triplets: int = 70,
+    distance_threshold: float | None = None,
+    angle_threshold: float | None = None,
+) -> MorphologySelection:
     """Choose the constrained pairs and triplets from training labels.
 
     ``points`` (N, K, 2) original pixels, ``sizes`` (N, 2) (H, W). Thresholds, when given,
@@ -242,8 +259,9 @@ def select_morphology(points, sizes, variant: str = "low", n_pairs: int = 70, n_
         keep_p = _pick(pair_std, n_pairs, distance_threshold, highest)
         keep_t = _pick(triplet_std, n_triplets, angle_threshold, highest)
         pairs, pair_std, triplets, triplet_std = pairs[keep_p], pair_std[keep_p], triplets[keep_t], triplet_std[keep_t]
-    stats = dict(base, pair_std=pair_std.tolist(), triplet_std=triplet_std.tolist(),
-                 **review_statistics(norm, pairs, triplets))
+    stats = dict(
+        base, pair_std=pair_std.tolist(), triplet_std=triplet_std.tolist(), **review_statistics(norm, pairs, triplets)
+    )
     return MorphologySelection(pairs, triplets, variant, k, stats)
 
 

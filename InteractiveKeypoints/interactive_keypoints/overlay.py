@@ -59,11 +59,15 @@ def save_overlay(
     axes.scatter(predicted[:, 0], predicted[:, 1], s=12, c=PREDICTED_COLOUR, edgecolors="black", linewidths=0.3)
     legend.append(Line2D([], [], ls="", marker="o", color=PREDICTED_COLOUR, label=PREDICTED))
     if fixed.any():
-        axes.scatter(points[fixed, 0], points[fixed, 1], marker="D", s=30, c=FIXED_COLOUR, edgecolors="black", linewidths=0.5)
+        axes.scatter(
+            points[fixed, 0], points[fixed, 1], marker="D", s=30, c=FIXED_COLOUR, edgecolors="black", linewidths=0.5
+        )
         legend.append(Line2D([], [], ls="", marker="D", color=FIXED_COLOUR, label=USER_FIXED))
     for start, end in moves or []:
         axes.annotate(
-            "", xy=tuple(end), xytext=tuple(start),
+            "",
+            xy=tuple(end),
+            xytext=tuple(start),
             arrowprops=dict(arrowstyle="->", color=ARROW_COLOUR, lw=1.5, shrinkA=0, shrinkB=2),
         )
     if moves:

@@ -23,13 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, help="the dataset's own top folder")
     parser.add_argument("--input", type=parse_size, required=True, help="network input HxW the pack is for")
     parser.add_argument("--out", type=Path, required=True, help="new folder to write the pack to")
-    parser.add_argument("--cache-scale", type=float, default=DEFAULT_CACHE_SCALE,
-                        help="images are stored this many times the input size (room for zoom augmentation)")
+    parser.add_argument(
+        "--cache-scale",
+        type=float,
+        default=DEFAULT_CACHE_SCALE,
+        help="images are stored this many times the input size (room for zoom augmentation)",
+    )
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
-    parser.add_argument("--drop-disordered-labels", action="store_true",
-                        help="AASCE: leave training labels with vertebrae out of order out (validation keeps them)")
+    parser.add_argument(
+        "--drop-disordered-labels",
+        action="store_true",
+        help="AASCE: leave training labels with vertebrae out of order out (validation keeps them)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -37,11 +44,24 @@ def run(args) -> int:
     from .data.pack import pack_dataset
 
     start = time.time()
-    manifest = pack_dataset(args.dataset, args.data_root, args.input, args.out, split_seed=args.split_seed,
-                            phantom_images=args.phantom_images, drop_disordered=args.drop_disordered_labels,
-                            cache_scale=args.cache_scale, quality=args.jpeg_quality, progress=not args.quiet)
+    manifest = pack_dataset(
+        args.dataset,
+        args.data_root,
+        args.input,
+        args.out,
+        split_seed=args.split_seed,
+        phantom_images=args.phantom_images,
+        drop_disordered=args.drop_disordered_labels,
+        cache_scale=args.cache_scale,
+        quality=args.jpeg_quality,
+        progress=not args.quiet,
+    )
     size = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
-    counts = ", ".join(f"{len(s['samples'])} {name} ({len(s['skipped'])} skipped)" for name, s in manifest["splits"].items())
-    print(f"pack {args.out}: {counts}; images {manifest['cache_size'][0]}x{manifest['cache_size'][1]}, "
-          f"{size / 2**20:.1f} MiB, {time.time() - start:.0f} s")
+    counts = ", ".join(
+        f"{len(s['samples'])} {name} ({len(s['skipped'])} skipped)" for name, s in manifest["splits"].items()
+    )
+    print(
+        f"pack {args.out}: {counts}; images {manifest['cache_size'][0]}x{manifest['cache_size'][1]}, "
+        f"{size / 2**20:.1f} MiB, {time.time() - start:.0f} s"
+    )
     return 0

@@ -326,8 +326,9 @@ def make_hidden_vertebra_phantom(seed: int, size: int = 128, vertebrae: int = HI
     image = ndimage.gaussian_filter(image, 0.7)
     image += rng.normal(0.0, 0.02, image.shape).astype(np.float32)
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
-    return PhantomSample(image=image, points=corners.reshape(-1, 2), spacing=(1.0, 1.0),
-                         names=hidden_vertebra_names(vertebrae))
+    return PhantomSample(
+        image=image, points=corners.reshape(-1, 2), spacing=(1.0, 1.0), names=hidden_vertebra_names(vertebrae)
+    )
 
 
 # --------------------------------------------------------------------------- datasets

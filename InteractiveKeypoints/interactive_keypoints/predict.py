@@ -32,7 +32,12 @@ def device_argument(value: str):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model and --device, shared by the commands that run a model."""
-    parser.add_argument("--model", type=Path, default=None, help="model folder (model.safetensors + model.json); default: the shipped model")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model folder (model.safetensors + model.json); default: the shipped model",
+    )
     parser.add_argument("--device", type=device_argument, default="auto", help="auto (default), cpu, cuda or mps")
 
 
@@ -56,10 +61,14 @@ def load_model_for(args, preference=None):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="radiograph files (PNG, JPEG, DICOM, NRRD, ...)")
+    parser.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="radiograph files (PNG, JPEG, DICOM, NRRD, ...)"
+    )
     add_model_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write results here (default: next to each image)")
-    parser.add_argument("--overlay", action="store_true", help="also write <stem>.png with the points drawn on the image")
+    parser.add_argument(
+        "--overlay", action="store_true", help="also write <stem>.png with the points drawn on the image"
+    )
 
 
 def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = "") -> list[Path]:

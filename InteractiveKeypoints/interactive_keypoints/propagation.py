@@ -31,7 +31,7 @@ def spine_vertebrae(landmark_names: list[str]) -> np.ndarray | None:
     """
     if not landmark_names or len(landmark_names) % 4:
         return None
-    vertebra_of = []
+    vertebra_of: list[str] = []
     for k, name in enumerate(landmark_names):
         match = _SPINE_NAME.match(name)
         if match is None or match["corner"] != SPINE_CORNERS[k % 4]:
@@ -119,7 +119,7 @@ def propagation_gain(model_mre: np.ndarray, manual_mre: np.ndarray, clicks: list
         raise ValueError(f"click counts {clicks} but the curves cover 0..{model_mre.shape[1] - 1} clicks")
     # both runs averaged over the same images: those with a value in both
     both = ~(np.isnan(model_mre) | np.isnan(manual_mre))
-    out = {"model": [], "manual": [], "gain": [], "percent": []}
+    out: dict[str, list[float]] = {"model": [], "manual": [], "gain": [], "percent": []}
     for c in clicks:
         rows = both[:, c]
         model = float(model_mre[rows, c].mean()) if rows.any() else float("nan")

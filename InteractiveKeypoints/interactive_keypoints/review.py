@@ -118,8 +118,10 @@ def neighbour_disagreement(points, image_size, selection: MorphologySelection) -
 def _check_review_stats(selection: MorphologySelection) -> None:
     missing = [key for key in ("pair_mean", "triplet_mean", "neighbour_pairs") if key not in selection.stats]
     if missing:
-        raise ValueError(f"this morphology.json has no {', '.join(missing)} (written before the review scores); "
-                         "add them with morphology.with_review_stats and the model's training labels")
+        raise ValueError(
+            f"this morphology.json has no {', '.join(missing)} (written before the review scores); "
+            "add them with morphology.with_review_stats and the model's training labels"
+        )
 
 
 def standardised(values, among) -> np.ndarray:
@@ -177,8 +179,10 @@ def available_score(requested: str | None, selection: MorphologySelection | None
     if requested not in SCORES:
         raise ValueError(f"unknown review score {requested!r}; expected one of {SCORES}")
     if requested in NEEDS_MORPHOLOGY and selection is None:
-        raise ValueError(f"the {requested!r} review score needs a morphology.json with the review statistics "
-                         "(pair_mean, triplet_mean, neighbour_pairs) in the model folder")
+        raise ValueError(
+            f"the {requested!r} review score needs a morphology.json with the review statistics "
+            "(pair_mean, triplet_mean, neighbour_pairs) in the model folder"
+        )
     return requested
 
 

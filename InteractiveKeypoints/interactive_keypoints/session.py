@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .conventions import inside_image, state_names
 from .correction_field import apply_correction_field
 from .heatmaps import decode_logits_locally, gaussian_heatmaps
 from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
@@ -58,12 +59,8 @@ class Prediction:
         if self.review_score is None:
             object.__setattr__(self, "review_score", np.where(np.asarray(self.fixed, bool), -np.inf, 0.0))
 
-    @property
-    def points_mm(self) -> np.ndarray:
-        return self.points * np.asarray(self.spacing)
-
     def states(self) -> list[str]:
-        return ["user-fixed" if f else "predicted" for f in self.fixed]
+        return state_names(self.fixed)
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,9 @@ class KeypointSession:
         self.prev_mode = prev_mode
         self._morphology = load_selection(model.folder)
         self.review_score_name = available_score(review_score, self._morphology)
-        self.correction_length = self.config.correction_length if correction_length is None else float(correction_length)
+        self.correction_length = (
+            self.config.correction_length if correction_length is None else float(correction_length)
+        )
         if self.correction_length < 0:
             raise ValueError(f"correction_length must be >= 0, got {self.correction_length}")
         self.radiograph: Radiograph = image if isinstance(image, Radiograph) else load_radiograph(image, spacing)
@@ -134,7 +133,7 @@ class KeypointSession:
         if not self._history:
             with self._exclusive():
                 self._push(self._infer({}, previous=None))
-        return self.prediction
+        return self._current()
 
     def refine(self, moves: dict) -> Prediction:
         """Fix each moved point where the user put it (original pixels) and re-infer."""
@@ -144,7 +143,7 @@ class KeypointSession:
             fixed[self._checked_index(index)] = self._checked_position(index, xy)
         with self._exclusive():
             self._push(self._infer(fixed, previous=self._history[self._position]))
-        return self.prediction
+        return self._current()
 
     def confirm(self, index) -> Prediction:
         """Fix point ``index`` where it is now and re-infer: a refine with zero move (undoable)."""
@@ -160,25 +159,29 @@ class KeypointSession:
             fixed.pop(self._checked_index(index), None)
         with self._exclusive():
             self._push(self._infer(fixed, previous=self._history[self._position]))
-        return self.prediction
+        return self._current()
 
     def reset(self) -> Prediction:
         """Back to the initial prediction (no fixed points); undoable."""
         self.predict()
         self._push(self._history[0])
-        return self.prediction
+        return self._current()
 
-    def undo(self) -> Prediction:
+    def undo(self) -> Prediction | None:
         if self.can_undo:
             self._position -= 1
         return self.prediction
 
-    def redo(self) -> Prediction:
+    def redo(self) -> Prediction | None:
         if self.can_redo:
             self._position += 1
         return self.prediction
 
     # ------------------------------------------------------------------ internals
+    def _current(self) -> Prediction:
+        """The current step's prediction, once there is one (after ``predict``)."""
+        return self._history[self._position].prediction
+
     @contextlib.contextmanager
     def _exclusive(self):
         if not self._busy.acquire(blocking=False):
@@ -206,7 +209,7 @@ class KeypointSession:
         xy = np.asarray(xy, dtype=float).reshape(-1)
         h, w = self.radiograph.size
         # the image covers pixel centres 0..W-1 plus half a pixel on each side
-        if xy.shape != (2,) or not np.all(np.isfinite(xy)) or not (-0.5 <= xy[0] <= w - 0.5 and -0.5 <= xy[1] <= h - 0.5):
+        if xy.shape != (2,) or not inside_image(xy, (h, w)):  # NaN counts as outside
             name = self.config.landmark_names[index]
             raise OutsideImageError(
                 f"cannot move {name} to ({xy[0]:.1f}, {xy[1]:.1f}): outside the {w} x {h} pixel image"
@@ -224,8 +227,11 @@ class KeypointSession:
         k = self.config.num_keypoints
         size = self.config.input_size
         channels = np.array(sorted(fixed), dtype=np.int64)
-        clicks = torch.stack([self._click_map(int(c), fixed[int(c)]) for c in channels]) if len(channels) else \
-            torch.zeros(0, *size)
+        clicks = (
+            torch.stack([self._click_map(int(c), fixed[int(c)]) for c in channels])
+            if len(channels)
+            else torch.zeros(0, *size)
+        )
         clicks = clicks[None]
         used = {(int(c), float(fixed[int(c)][0]), float(fixed[int(c)][1])) for c in channels}
         self._click_maps = {key: m for key, m in self._click_maps.items() if key in used}  # bounded by K
@@ -250,8 +256,10 @@ class KeypointSession:
             points[c] = fixed[int(c)]
             confidence[c] = 1.0
             is_fixed[c] = True
-        score = review_scores(self.review_score_name, points, confidence, logits[0], self.radiograph.size, is_fixed,
-                              self._morphology)
-        prediction = Prediction(points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing,
-                                score)
+        score = review_scores(
+            self.review_score_name, points, confidence, logits[0], self.radiograph.size, is_fixed, self._morphology
+        )
+        prediction = Prediction(
+            points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing, score
+        )
         return _Step(prediction, logits[0])

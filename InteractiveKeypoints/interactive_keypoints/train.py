@@ -56,8 +56,21 @@ CHECKPOINT_STATE = "checkpoint.json"
 LOG_FILE = "training_log.csv"
 TRAIN_CONFIG_FILE = "train_config.json"
 VAL_METRICS_FILE = "val_metrics.json"
-LOG_COLUMNS = ["epoch", "step", "loss", "loss_heatmap", "loss_morphology", "val_mre_px", "best_val_mre_px", "lr",
-               "images_per_s", "elapsed_s", "val_mre3_px", "val_manual3_px", "propagation_gain_px"]
+LOG_COLUMNS = [
+    "epoch",
+    "step",
+    "loss",
+    "loss_heatmap",
+    "loss_morphology",
+    "val_mre_px",
+    "best_val_mre_px",
+    "lr",
+    "images_per_s",
+    "elapsed_s",
+    "val_mre3_px",
+    "val_manual3_px",
+    "propagation_gain_px",
+]
 VALIDATION_CLICKS = 3
 
 
@@ -74,8 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=DATASETS)
-    source.add_argument("--pack", type=Path, help="a training pack (interactive-keypoints pack) instead of --dataset; "
-                                                  "--split-seed and --drop-disordered-labels must be the pack's")
+    source.add_argument(
+        "--pack",
+        type=Path,
+        help="a training pack (interactive-keypoints pack) instead of --dataset; "
+        "--split-seed and --drop-disordered-labels must be the pack's",
+    )
     data.add_argument("--data-root", type=Path, help="the dataset's own top folder")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
     data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
@@ -85,12 +102,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     model = parser.add_argument_group("model")
     model.add_argument("--width", type=int, default=18, help="HRNet width (18, 32, ...)")
-    model.add_argument("--depth", choices=["compact", "full"], default="compact",
-                       help="compact: HRNet-small stages; full: the paper's HRNetV2 (1/4/3 modules)")
+    model.add_argument(
+        "--depth",
+        choices=["compact", "full"],
+        default="compact",
+        help="compact: HRNet-small stages; full: the paper's HRNetV2 (1/4/3 modules)",
+    )
     model.add_argument("--input", type=parse_size, default=(256, 128), help="network input HxW")
-    model.add_argument("--ocr-channels", type=int, nargs=2, default=(256, 128), metavar=("MID", "KEY"),
-                       help="OCR head sizes (the paper's 256 128; smaller for tiny test models)")
-    model.add_argument("--sigma", type=float, default=None, help="heatmap sigma in input px (default: 7.5 at 512 px high, scaled)")
+    model.add_argument(
+        "--ocr-channels",
+        type=int,
+        nargs=2,
+        default=(256, 128),
+        metavar=("MID", "KEY"),
+        help="OCR head sizes (the paper's 256 128; smaller for tiny test models)",
+    )
+    model.add_argument(
+        "--sigma", type=float, default=None, help="heatmap sigma in input px (default: 7.5 at 512 px high, scaled)"
+    )
     model.add_argument("--no-gating", action="store_true", help="ablation: no interaction-guided gating")
     model.add_argument("--gating-pool", choices=["max", "avg"], default="max")
     model.add_argument("--gate-channels", type=int, default=256, help="the gating network's width (paper: 256)")
@@ -102,56 +131,105 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--epochs", type=int, default=300)
     run.add_argument("--batch-size", type=int, default=4, help="per process")
     run.add_argument("--lr", type=float, default=1e-3)
-    run.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
-                     help="cosine: decay from --lr to --min-lr over --epochs")
+    run.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="cosine: decay from --lr to --min-lr over --epochs",
+    )
     run.add_argument("--min-lr", type=float, default=1e-5)
     run.add_argument("--patience", type=int, default=50, help="early stopping on validation MRE (epochs)")
     run.add_argument("--iterative-max", type=int, default=2, help="extra no-grad click passes (0..N, uniform)")
     clicks = parser.add_argument_group("interaction (how simulated clicks teach the hint path)")
-    clicks.add_argument("--click-pass-bn", choices=["eval", "train"], default="eval",
-                        help="BatchNorm mode of the no-grad click passes: eval (as the paper's and RITM's code; "
-                             "running statistics see only graded passes) or train")
-    clicks.add_argument("--train-prev", choices=["all", "clicked"], default="all",
-                        help="previous prediction fed in training: all channels (paper) or only clicked ones "
-                             "(the paper's inference rule)")
-    clicks.add_argument("--clicked-loss-weight", type=float, default=1.0,
-                        help="heatmap-loss weight of clicked keypoints relative to unclicked ones")
-    clicks.add_argument("--hint-scale-init", type=float, default=None,
-                        help="set the hint-fusion scale |s| before training (RITM's 0.05 suits a pretrained "
-                             "backbone; from scratch the hints then stay too faint to learn from); default: keep")
-    clicks.add_argument("--occlusion-prob", type=float, default=0.0,
-                        help="probability of blanking a square around a random keypoint (clicks become informative)")
+    clicks.add_argument(
+        "--click-pass-bn",
+        choices=["eval", "train"],
+        default="eval",
+        help="BatchNorm mode of the no-grad click passes: eval (as the paper's and RITM's code; "
+        "running statistics see only graded passes) or train",
+    )
+    clicks.add_argument(
+        "--train-prev",
+        choices=["all", "clicked"],
+        default="all",
+        help="previous prediction fed in training: all channels (paper) or only clicked ones "
+        "(the paper's inference rule)",
+    )
+    clicks.add_argument(
+        "--clicked-loss-weight",
+        type=float,
+        default=1.0,
+        help="heatmap-loss weight of clicked keypoints relative to unclicked ones",
+    )
+    clicks.add_argument(
+        "--hint-scale-init",
+        type=float,
+        default=None,
+        help="set the hint-fusion scale |s| before training (RITM's 0.05 suits a pretrained "
+        "backbone; from scratch the hints then stay too faint to learn from); default: keep",
+    )
+    clicks.add_argument(
+        "--occlusion-prob",
+        type=float,
+        default=0.0,
+        help="probability of blanking a square around a random keypoint (clicks become informative)",
+    )
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
     run.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto")
-    run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads (default: all cores, shared between torchrun processes)")
+    run.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: all cores, shared between torchrun processes)"
+    )
     run.add_argument("--no-fast", action="store_true", help="disable bf16 autocast / channels_last")
     run.add_argument("--save-dtype", choices=["float32", "float16"], default="float16")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.*")
     start = parser.add_mutually_exclusive_group()
-    start.add_argument("--init-from", type=Path, default=None,
-                       help="start from the weights of this model folder (same architecture; fine-tuning)")
-    start.add_argument("--transfer-from", type=Path, default=None,
-                       help="start from the tensors of this model folder whose name and shape match "
-                            "(another dataset's model: backbone yes, K-sized hint and head layers no)")
+    start.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the weights of this model folder (same architecture; fine-tuning)",
+    )
+    start.add_argument(
+        "--transfer-from",
+        type=Path,
+        default=None,
+        help="start from the tensors of this model folder whose name and shape match "
+        "(another dataset's model: backbone yes, K-sized hint and head layers no)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_throughput_arguments(parser)
 
 
 def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("throughput, validation and output")
-    speed.add_argument("--workers", type=int, default=0,
-                       help="DataLoader worker processes (persistent); results do not depend on the number")
+    speed.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes (persistent); results do not depend on the number",
+    )
     speed.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
-    speed.add_argument("--select-on", choices=["mre0", "mre3"], default="mre0",
-                       help=f"keep the weights with the best val MRE at 0 clicks or after {VALIDATION_CLICKS}")
-    speed.add_argument("--checkpoint-every", type=int, default=1,
-                       help="write the resumable checkpoint every N epochs; 0: only at the end")
-    speed.add_argument("--max-shard-mb", type=float, default=MAX_SHARD_BYTES / 1e6,
-                       help="split the model weights into files of at most this many MB")
+    speed.add_argument(
+        "--select-on",
+        choices=["mre0", "mre3"],
+        default="mre0",
+        help=f"keep the weights with the best val MRE at 0 clicks or after {VALIDATION_CLICKS}",
+    )
+    speed.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        help="write the resumable checkpoint every N epochs; 0: only at the end",
+    )
+    speed.add_argument(
+        "--max-shard-mb",
+        type=float,
+        default=MAX_SHARD_BYTES / 1e6,
+        help="split the model weights into files of at most this many MB",
+    )
 
 
 # ------------------------------------------------------------------ the configuration as data
@@ -160,8 +238,9 @@ def _config_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interactive-keypoints train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="interactive-keypoints train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return parser
 
@@ -184,6 +263,7 @@ def train_config(args) -> TrainConfig:
 def config_to_json(config: TrainConfig) -> dict:
     def plain(value):
         return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
@@ -200,6 +280,7 @@ def config_from_json(data: dict) -> TrainConfig:
         if action.type is Path or isinstance(action.default, Path):
             return Path(value)
         return tuple(value) if isinstance(value, list) else value
+
     return TrainConfig(**{name: typed(actions[name], value) for name, value in data.items()})
 
 
@@ -253,8 +334,9 @@ def broadcast_flag(flag: bool, world: int, device=None) -> bool:
 # ------------------------------------------------------------------ data & config
 def load_splits(args):
     if args.pack is None:
-        return training_splits(args.dataset, args.data_root, args.split_seed, args.phantom_images,
-                               args.drop_disordered_labels)
+        return training_splits(
+            args.dataset, args.data_root, args.split_seed, args.phantom_images, args.drop_disordered_labels
+        )
     from .data.pack import load_pack_splits
 
     if args.data_root is not None:
@@ -314,7 +396,7 @@ def save_checkpoint(folder: Path, network, optimizer, state: dict) -> None:
 def load_checkpoint(folder: Path, network, optimizer) -> dict:
     state = json.loads((folder / CHECKPOINT_STATE).read_text())
     tensors = load_file(folder / CHECKPOINT_WEIGHTS)
-    network.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    network.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -347,8 +429,11 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     try:
         for _ in range(passes):
             with torch.no_grad(), autocast():
-                out = network(images, gaussian_heatmaps(points, size, config.sigma, clicked),
-                              previous_input(prev, clicked, args.train_prev))
+                out = network(
+                    images,
+                    gaussian_heatmaps(points, size, config.sigma, clicked),
+                    previous_input(prev, clicked, args.train_prev),
+                )
             prev = torch.sigmoid(out["logits"].float())
             predicted, _ = decode_heatmaps(prev)
             worst = worst_keypoints(predicted, points, clicked | ~visible)
@@ -357,15 +442,19 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     finally:
         network.train()
     with autocast():
-        out = (graded_network or network)(images, gaussian_heatmaps(points, size, config.sigma, clicked),
-                                          previous_input(prev, clicked, args.train_prev))
+        out = (graded_network or network)(
+            images,
+            gaussian_heatmaps(points, size, config.sigma, clicked),
+            previous_input(prev, clicked, args.train_prev),
+        )
     target = gaussian_heatmaps(points, size, config.sigma, visible)
     weight = None
     if args.clicked_loss_weight != 1.0:
         weight = torch.where(clicked, args.clicked_loss_weight, 1.0).to(torch.float32)
     loss_heatmap = heatmap_loss(out, target, channel_weight=weight)
-    loss_morph = morphology_term(out["logits"], points, visible, selection,
-                                 args.morphology_weight, args.morphology_weight)
+    loss_morph = morphology_term(
+        out["logits"], points, visible, selection, args.morphology_weight, args.morphology_weight
+    )
     return loss_heatmap, loss_morph
 
 
@@ -376,8 +465,9 @@ def previous_input(prev: torch.Tensor, clicked: torch.Tensor, channels: str) -> 
 
 
 @torch.no_grad()
-def validation_metrics(network, loader, config, device, autocast=nullcontext, channels_last: bool = False,
-                       clicks: int = VALIDATION_CLICKS) -> dict:
+def validation_metrics(
+    network, loader, config, device, autocast=nullcontext, channels_last: bool = False, clicks: int = VALIDATION_CLICKS
+) -> dict:
     """Mean radial errors in original pixels, eval mode (BN running stats), batched on the device.
 
     ``mre0_px``: no clicks. ``mre3_px``: model revision after ``clicks`` simulated clicks, as
@@ -422,8 +512,14 @@ def validation_metrics(network, loader, config, device, autocast=nullcontext, ch
         images_seen += b
     network.train()
     mre0, mre3, manual3 = (totals / max(images_seen, 1)).tolist()  # the one sync
-    return {"mre0_px": mre0, "mre3_px": mre3, "manual3_px": manual3, "propagation_gain_px": manual3 - mre3,
-            "clicks": clicks, "images": images_seen}
+    return {
+        "mre0_px": mre0,
+        "mre3_px": mre3,
+        "manual3_px": manual3,
+        "propagation_gain_px": manual3 - mre3,
+        "clicks": clicks,
+        "images": images_seen,
+    }
 
 
 def learning_rate(args, epoch: int, elapsed_s: float | None = None) -> float:
@@ -453,8 +549,10 @@ def initial_weights(folder: Path, config: ModelConfig) -> dict:
     mine, theirs = config.to_dict(), source.config.to_dict()
     differs = [key for key in mine if key not in NOT_ARCHITECTURE and mine[key] != theirs.get(key)]
     if differs:
-        raise ValueError(f"--init-from {folder}: its model differs in {', '.join(differs)} "
-                         f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differs)})")
+        raise ValueError(
+            f"--init-from {folder}: its model differs in {', '.join(differs)} "
+            f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differs)})"
+        )
     return source.network.state_dict()
 
 
@@ -496,16 +594,22 @@ def epoch_batches(args, epoch: int, num_items: int, rank: int, world: int) -> li
     order = np.random.default_rng([args.seed, epoch]).permutation(num_items)
     share = len(order) // world
     order = order[rank::world][:share]
-    return [[(epoch, int(i)) for i in order[i:i + args.batch_size]]
-            for i in range(0, share - args.batch_size + 1, args.batch_size)]
+    return [
+        [(epoch, int(i)) for i in order[i : i + args.batch_size]]
+        for i in range(0, share - args.batch_size + 1, args.batch_size)
+    ]
 
 
 def make_loaders(train_data, val_data, args, device):
     """Training and validation loaders; workers persist over epochs, their own RNG unused
     (the augmentation is seeded per item) and the global torch RNG left alone."""
     workers = max(0, args.workers)
-    common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                  generator=torch.Generator().manual_seed(args.seed))
+    common = dict(
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     sampler = EpochBatchSampler()
     train_loader = torch.utils.data.DataLoader(EpochItems(train_data), batch_sampler=sampler, **common)
     val_loader = torch.utils.data.DataLoader(val_data, batch_size=args.batch_size, shuffle=False, **common)
@@ -514,8 +618,10 @@ def make_loaders(train_data, val_data, args, device):
 
 def to_device(batch: dict, device) -> dict:
     """The training tensors of a batch on the device, copied asynchronously (pinned on CUDA)."""
-    return {key: value.to(device, non_blocking=True) if key in ("image", "points", "visible") else value
-            for key, value in batch.items()}
+    return {
+        key: value.to(device, non_blocking=True) if key in ("image", "points", "visible") else value
+        for key, value in batch.items()
+    }
 
 
 def device_description(device) -> str:
@@ -541,8 +647,10 @@ def epoch_line(epoch, images_per_s, loss, metrics, elapsed_s) -> str:
     if metrics is None:
         val = "val -"
     else:
-        val = (f"val MRE {metrics['mre0_px']:.2f} px, {metrics['mre3_px']:.2f} after {metrics['clicks']} clicks "
-               f"(gain {metrics['propagation_gain_px']:+.2f})")
+        val = (
+            f"val MRE {metrics['mre0_px']:.2f} px, {metrics['mre3_px']:.2f} after {metrics['clicks']} clicks "
+            f"(gain {metrics['propagation_gain_px']:+.2f})"
+        )
     return f"epoch {epoch}: {images_per_s:.1f} img/s loss {loss:.4f} {val} {elapsed_s:.0f} s"
 
 
@@ -571,8 +679,11 @@ def train(args) -> Path:
         fits, fresh = transferable_weights(args.transfer_from, model.network)
         model.network.load_state_dict(fits, strict=False)
         if is_main:
-            print(f"transferred {len(fits)} tensors from {args.transfer_from}; {len(fresh)} start fresh "
-                  f"(first: {', '.join(fresh[:4])})", flush=True)
+            print(
+                f"transferred {len(fits)} tensors from {args.transfer_from}; {len(fresh)} start fresh "
+                f"(first: {', '.join(fresh[:4])})",
+                flush=True,
+            )
     if args.hint_scale_init is not None and not args.resume:
         with torch.no_grad():
             model.network.hint_fusion.scale.fill_(args.hint_scale_init)
@@ -580,21 +691,38 @@ def train(args) -> Path:
     network, autocast, dtype = setup_fast_path(model.network.to(device), device, fast)
     optimizer = make_optimizer(network, args, device)
 
-    state = {"epoch": 0, "step": 0, "best_mre": math.inf, "best_epoch": -1, "epochs_without_improvement": 0,
-             "split": split_record, "seed": args.seed, "elapsed_s": 0.0, "select_on": args.select_on,
-             "init_from": str(args.init_from) if args.init_from else None,
-             "transfer_from": str(args.transfer_from) if args.transfer_from else None}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_mre": math.inf,
+        "best_epoch": -1,
+        "epochs_without_improvement": 0,
+        "split": split_record,
+        "seed": args.seed,
+        "elapsed_s": 0.0,
+        "select_on": args.select_on,
+        "init_from": str(args.init_from) if args.init_from else None,
+        "transfer_from": str(args.transfer_from) if args.transfer_from else None,
+    }
     if args.resume and (out / CHECKPOINT_STATE).is_file():
         state = load_checkpoint(out, network, optimizer)
         if used_ids(state["split"]) != used_ids(split_record):
-            raise ValueError("the checkpoint was trained on a different split; resume with the same --split-seed, "
-                             "data and --drop-disordered-labels")
+            raise ValueError(
+                "the checkpoint was trained on a different split; resume with the same --split-seed, "
+                "data and --drop-disordered-labels"
+            )
         if is_main:
             print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)", flush=True)
     ddp = DistributedDataParallel(network) if world > 1 else network
 
-    train_data = KeypointTrainingDataset(train_split, config.input_size, config.intensity, augment=True, seed=args.seed,
-                                         occlusion_prob=args.occlusion_prob)
+    train_data = KeypointTrainingDataset(
+        train_split,
+        config.input_size,
+        config.intensity,
+        augment=True,
+        seed=args.seed,
+        occlusion_prob=args.occlusion_prob,
+    )
     val_data = KeypointTrainingDataset(val_split, config.input_size, config.intensity, augment=False)
     train_data.preload()  # before the workers fork: they share the decoded images
     val_data.preload()
@@ -633,8 +761,9 @@ def train(args) -> Path:
             if by_time:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(args, epoch, time.time() - start_time)
-            loss_h, loss_m = training_step(network, to_device(batch, device), rng, config, selection, args, device,
-                                           autocast, ddp)
+            loss_h, loss_m = training_step(
+                network, to_device(batch, device), rng, config, selection, args, device, autocast, ddp
+            )
             loss = loss_h + loss_m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -652,7 +781,9 @@ def train(args) -> Path:
         state["epoch"] = epoch + 1
         elapsed = time.time() - start_time
         # the last epoch: by count, by steps, or because another one (with validation) would overrun the budget
-        final = stop or state["epoch"] >= args.epochs or (budget_s is not None and elapsed + train_s + 2 * val_s > budget_s)
+        final = (
+            stop or state["epoch"] >= args.epochs or (budget_s is not None and elapsed + train_s + 2 * val_s > budget_s)
+        )
         final = broadcast_flag(final, world, device)
 
         metrics = None
@@ -664,8 +795,9 @@ def train(args) -> Path:
             if score < state["best_mre"]:
                 state.update(best_mre=score, best_epoch=epoch, epochs_without_improvement=0)
                 save_model(out, model, dtype=getattr(torch, args.save_dtype), max_shard_bytes=max_shard_bytes)
-                (out / VAL_METRICS_FILE).write_text(json.dumps(
-                    {"epoch": epoch, "select_on": args.select_on, **metrics}, indent=1) + "\n")
+                (out / VAL_METRICS_FILE).write_text(
+                    json.dumps({"epoch": epoch, "select_on": args.select_on, **metrics}, indent=1) + "\n"
+                )
             else:
                 state["epochs_without_improvement"] = epoch - state["best_epoch"]
         out_of_patience = state["epochs_without_improvement"] >= args.patience
@@ -675,24 +807,52 @@ def train(args) -> Path:
             m = metrics or {}
             nan = math.nan
             with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow([epoch, state["step"], *np.round(mean_losses, 6), round(m.get("mre0_px", nan), 3),
-                                        round(state["best_mre"], 3), optimizer.param_groups[0]["lr"],
-                                        round(images_per_s, 2), round(state["elapsed_s"], 1),
-                                        *(round(m.get(key, nan), 3) for key in ("mre3_px", "manual3_px", "propagation_gain_px"))])
+                csv.writer(f).writerow(
+                    [
+                        epoch,
+                        state["step"],
+                        *np.round(mean_losses, 6),
+                        round(m.get("mre0_px", nan), 3),
+                        round(state["best_mre"], 3),
+                        optimizer.param_groups[0]["lr"],
+                        round(images_per_s, 2),
+                        round(state["elapsed_s"], 1),
+                        *(round(m.get(key, nan), 3) for key in ("mre3_px", "manual3_px", "propagation_gain_px")),
+                    ]
+                )
             print(epoch_line(epoch, images_per_s, mean_losses[0], metrics, state["elapsed_s"]), flush=True)
             if first_epoch:
-                peak = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if device.type == "cuda" else ""
-                print(f"device {device_description(device)}, torch {torch.__version__}, "
-                      f"autocast {dtype or 'off (float32)'}{peak}", flush=True)
+                peak = (
+                    f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+                    if device.type == "cuda"
+                    else ""
+                )
+                print(
+                    f"device {device_description(device)}, torch {torch.__version__}, "
+                    f"autocast {dtype or 'off (float32)'}{peak}",
+                    flush=True,
+                )
             if stop or (args.checkpoint_every > 0 and state["epoch"] % args.checkpoint_every == 0):
                 save_checkpoint(out, network, optimizer, state)
         first_epoch = False
 
-    summary = {"epochs": state["epoch"], "steps": state["step"], "best_val_mre_px": state["best_mre"],
-               "best_epoch": state["best_epoch"], "select_on": args.select_on, "init_from": state.get("init_from"),
-               "transfer_from": state.get("transfer_from"), "elapsed_s": round(state["elapsed_s"], 1), "world_size": world,
-               "device": str(device), "device_name": device_description(device), "torch": torch.__version__,
-               "fast_path": dtype is not None and str(dtype), "workers": args.workers, "command": command_line(args)}
+    summary = {
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "best_val_mre_px": state["best_mre"],
+        "best_epoch": state["best_epoch"],
+        "select_on": args.select_on,
+        "init_from": state.get("init_from"),
+        "transfer_from": state.get("transfer_from"),
+        "elapsed_s": round(state["elapsed_s"], 1),
+        "world_size": world,
+        "device": str(device),
+        "device_name": device_description(device),
+        "torch": torch.__version__,
+        "fast_path": dtype is not None and str(dtype),
+        "workers": args.workers,
+        "command": command_line(args),
+    }
     if device.type == "cuda":
         summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     if world > 1:

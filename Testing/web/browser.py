@@ -58,8 +58,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(args: list[str], log_path: Path, ready_url: str, timeout: float = 180.0, env=None,
-                   ready_statuses=(200,)):
+def running_server(
+    args: list[str], log_path: Path, ready_url: str, timeout: float = 180.0, env=None, ready_statuses=(200,)
+):
     """Start ``python -m interactive_keypoints.web <args>``; wait until ``ready_url`` answers with one of
     ``ready_statuses``."""
     import urllib.error
@@ -69,7 +70,9 @@ def running_server(args: list[str], log_path: Path, ready_url: str, timeout: flo
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "interactive_keypoints.web", *args],
-        stdout=log_file, stderr=subprocess.STDOUT, env=environment,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=environment,
     )
     try:
         deadline = time.monotonic() + timeout
@@ -105,7 +108,11 @@ def chromium_context():
 
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="ik-chromium-") as profile:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, viewport=VIEWPORT,
+            profile,
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport=VIEWPORT,
             accept_downloads=True,
         )
         try:
@@ -130,8 +137,7 @@ def view_to_page(page, view_xy, view_size) -> tuple[float, float]:
 def page_to_view(page, page_xy, view_size) -> tuple[float, float]:
     box = page.locator("#ik-view img, img").first.bounding_box()
     width, height = view_size
-    return ((page_xy[0] - box["x"]) * width / box["width"],
-            height - (page_xy[1] - box["y"]) * height / box["height"])
+    return ((page_xy[0] - box["x"]) * width / box["width"], height - (page_xy[1] - box["y"]) * height / box["height"])
 
 
 def drag(page, start, end, steps: int = 20, pause: float = 0.03):

@@ -106,8 +106,10 @@ async def wait_for_debug(page, predicate, timeout_s: float = 300, poll_s: float 
 
 async def view_to_page(page, view_xy, view_size):
     box = await page.locator("#ik-view img, img").first.bounding_box()
-    return (box["x"] + view_xy[0] * box["width"] / view_size[0],
-            box["y"] + (view_size[1] - view_xy[1]) * box["height"] / view_size[1])
+    return (
+        box["x"] + view_xy[0] * box["width"] / view_size[0],
+        box["y"] + (view_size[1] - view_xy[1]) * box["height"] / view_size[1],
+    )
 
 
 async def drag(page, start, end, steps: int = 15):
@@ -133,7 +135,7 @@ def spread_points(debug, count: int, skip: int) -> list[int]:
     distance = np.linalg.norm(xy[:, None] - xy[None], axis=2)
     np.fill_diagonal(distance, np.inf)
     order = [int(k) for k in np.argsort(-distance.min(axis=1))]
-    return order[skip * count:(skip + 1) * count]
+    return order[skip * count : (skip + 1) * count]
 
 
 async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: asyncio.Event, errors: list) -> dict:
@@ -148,7 +150,8 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
     await page.wait_for_selector("#ik-detect", timeout=600_000)
     await page.wait_for_function(
         "() => Array.from(document.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 100)",
-        timeout=600_000)
+        timeout=600_000,
+    )
     await wait_for_debug(page, lambda d: d.get("view_size", [0, 0])[0] > 0)
     ready = time.monotonic() - began
 
@@ -161,22 +164,23 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
     mine = spread_points(debug, drags, tab)
     for k in mine:
         start = await view_to_page(page, debug["points"][k]["view_xy"], debug["view_size"])
-        centre = await view_to_page(page, [sum(p["view_xy"][i] for p in debug["points"]) / 68 for i in (0, 1)],
-                                    debug["view_size"])
+        centre = await view_to_page(
+            page, [sum(p["view_xy"][i] for p in debug["points"]) / 68 for i in (0, 1)], debug["view_size"]
+        )
         towards = [25 if c >= s else -25 for s, c in zip(start, centre)]  # the drop stays on the image
         await drag(page, start, (start[0] + towards[0], start[1] + 1.4 * towards[1]))
         released = time.monotonic()
         try:
-            debug = await wait_for_debug(page, lambda d: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+            debug = await wait_for_debug(page, lambda d, k=k: d["points"][k]["state"] == "user-fixed" and not d["busy"])
         except AssertionError:
             fixed = [p["name"] for p in (await read_debug(page))["points"] if p["state"] == "user-fixed"]
-            raise AssertionError(f"tab {tab}: the drag of {debug['points'][k]['name']} (point {k}) did not fix it; "
-                                 f"fixed now: {fixed}") from None
+            raise AssertionError(
+                f"tab {tab}: the drag of {debug['points'][k]['name']} (point {k}) did not fix it; fixed now: {fixed}"
+            ) from None
         updated.append(time.monotonic() - released)
     fixed = {k for k, p in enumerate(debug["points"]) if p["state"] == "user-fixed"}
     assert fixed == set(mine), f"tab {tab} sees fixed points {sorted(fixed)}, its own are {sorted(mine)}"
-    return {"page": page, "context": context, "url": page.url, "ready": ready, "detect": detect,
-            "updated": updated}
+    return {"page": page, "context": context, "url": page.url, "ready": ready, "detect": detect, "updated": updated}
 
 
 # ------------------------------------------------------------------ one N
@@ -190,8 +194,9 @@ async def run_tabs(base_url: str, tabs: int, drags: int, server_log: Path) -> tu
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             start_signal = asyncio.Event()
-            runs = [asyncio.create_task(one_tab(browser, base_url, t, drags, start_signal, errors))
-                    for t in range(tabs)]
+            runs = [
+                asyncio.create_task(one_tab(browser, base_url, t, drags, start_signal, errors)) for t in range(tabs)
+            ]
             await asyncio.sleep(1.0)  # the contexts exist: the visits leave together
             start_signal.set()
             results = await asyncio.gather(*runs)
@@ -215,8 +220,18 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
     url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"load-{tabs}-tabs-server.log"
     with tempfile.TemporaryDirectory(prefix="ik-load-") as autosave:
-        args = ["--host", "127.0.0.1", "--port", str(port), "--autosave-dir", autosave,
-                "--max-sessions", str(max(tabs, 4)), "--start-timeout", str(run_timeout)]
+        args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--autosave-dir",
+            autosave,
+            "--max-sessions",
+            str(max(tabs, 4)),
+            "--start-timeout",
+            str(run_timeout),
+        ]
         if model:
             args += ["--model", model]
         args += list(server_args)
@@ -251,8 +266,9 @@ def main() -> None:
     parser.add_argument("--drags", type=int, default=3, help="drags per tab (each a different point)")
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--run-timeout", type=float, default=900, help="seconds allowed for each N")
-    parser.add_argument("--inference-threads", type=int, default=None,
-                        help="passed to serve (the test runs it with OMP_NUM_THREADS=1)")
+    parser.add_argument(
+        "--inference-threads", type=int, default=None, help="passed to serve (the test runs it with OMP_NUM_THREADS=1)"
+    )
     args = parser.parse_args()
     if any(n < 1 or n > 8 for n in args.tabs):
         parser.error(f"--tabs must be between 1 and 8 (loopback load on a small machine), not {args.tabs}")
@@ -267,13 +283,18 @@ def main() -> None:
             print(f"{tabs} tabs: not done within --run-timeout {args.run_timeout:g} s; larger runs skipped", flush=True)
             break
         rows.append(row)
-        print(f"{tabs} tabs: ready {row['ready']:.1f} s, detect {row['detect']:.2f} s, "
-              f"drag->updated {row['updated']:.2f} s, peak RSS {row['rss']:.2f} GB (PSS {row['pss']:.2f} GB), "
-              f"sessions closed {row['gone']:.1f} s after the tabs closed", flush=True)
+        print(
+            f"{tabs} tabs: ready {row['ready']:.1f} s, detect {row['detect']:.2f} s, "
+            f"drag->updated {row['updated']:.2f} s, peak RSS {row['rss']:.2f} GB (PSS {row['pss']:.2f} GB), "
+            f"sessions closed {row['gone']:.1f} s after the tabs closed",
+            flush=True,
+        )
     print("\n| tabs | ready | detect | drag -> updated | RSS (PSS), peak |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tabs']} | {r['ready']:.1f} | {r['detect']:.2f} | {r['updated']:.2f} | "
-              f"{r['rss']:.2f} GB ({r['pss']:.2f} GB) |")
+        print(
+            f"| {r['tabs']} | {r['ready']:.1f} | {r['detect']:.2f} | {r['updated']:.2f} | "
+            f"{r['rss']:.2f} GB ({r['pss']:.2f} GB) |"
+        )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def wait_for_still_frame(page, quiet_ms: int = 1000):
             if (img.src !== window.ikLastSrc) { window.ikLastSrc = img.src; window.ikSince = now; }
             return now - window.ikSince >= quiet;
         }""",
-        arg=quiet_ms, polling=100, timeout=60_000,
+        arg=quiet_ms,
+        polling=100,
+        timeout=60_000,
     )
 
 
@@ -105,13 +107,22 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ik-screenshots-") as work:
-        server = ["--host", "127.0.0.1", "--port", str(port), "--model", str(Path(args.model).resolve()),
-                  "--autosave-dir", work, "--max-sessions", "1"]
+        server = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model",
+            str(Path(args.model).resolve()),
+            "--autosave-dir",
+            work,
+            "--max-sessions",
+            "1",
+        ]
         # the launcher answers an unknown session path with 410 as soon as it listens
         log = HERE.parent / "artifacts" / "web" / "screenshots-server.log"  # kept for a failed run
         log.parent.mkdir(parents=True, exist_ok=True)
-        with running_server(server, log, ready_url=f"http://127.0.0.1:{port}/s/none/",
-                            ready_statuses=(410,)):
+        with running_server(server, log, ready_url=f"http://127.0.0.1:{port}/s/none/", ready_statuses=(410,)):
             take(f"http://127.0.0.1:{port}", out, args.landmark)
 
 

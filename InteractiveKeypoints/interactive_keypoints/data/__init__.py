@@ -68,8 +68,13 @@ def get_split_ids(name: str, root: str | Path | None = None, **options) -> dict[
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
 
 
-def training_splits(name: str, root: str | Path | None = None, split_seed: int = 0, phantom_images: int = 16,
-                    drop_disordered: bool = False) -> tuple[DatasetSplit, DatasetSplit, dict]:
+def training_splits(
+    name: str,
+    root: str | Path | None = None,
+    split_seed: int = 0,
+    phantom_images: int = 16,
+    drop_disordered: bool = False,
+) -> tuple[DatasetSplit, DatasetSplit, dict]:
     """(train, val, split record) as training uses them; the record is saved with the model and
     compared on resume. Disordered labels are dropped from training only (validation keeps them)."""
     options = dataset_options(name, split_seed, phantom_images)

@@ -17,8 +17,8 @@ from .common import (
     KeypointSample,
     keep_valid,
     log,
-    record_skip,
     read_image_size,
+    record_skip,
     require_dir,
     seeded_split,
 )
@@ -112,7 +112,9 @@ def load(
         first = next(iter(disordered.items()))
         log.warning(
             "AASCE %s: keeping %d label(s) with vertebrae out of order (first: %s: %s)",
-            split, len(disordered), *first,
+            split,
+            len(disordered),
+            *first,
         )
     return DatasetSplit(
         name="aasce",

@@ -103,7 +103,9 @@ def label_problem(points: np.ndarray, num_keypoints: int, image_size: tuple[int,
     return None
 
 
-def keep_valid(samples: list[KeypointSample], num_keypoints: int, dataset: str) -> tuple[list[KeypointSample], list[tuple[str, str]]]:
+def keep_valid(
+    samples: list[KeypointSample], num_keypoints: int, dataset: str
+) -> tuple[list[KeypointSample], list[tuple[str, str]]]:
     """Split samples into usable ones and (id, reason) for the rest, logging each skip."""
     valid, skipped = [], []
     for s in samples:

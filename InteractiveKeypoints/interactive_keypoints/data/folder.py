@@ -102,8 +102,18 @@ def load(root: str | Path, split: str = "train", val_fraction: float = 0.2, seed
         except ValueError as e:
             record_skip(skipped, "folder", stem, str(e))
             continue
-        samples.append(KeypointSample(id=stem, points=points, image_path=images[stem], spacing=spacing,
-                                      spacing_known=known, image_size=size))
+        samples.append(
+            KeypointSample(
+                id=stem, points=points, image_path=images[stem], spacing=spacing, spacing_known=known, image_size=size
+            )
+        )
     valid, invalid = keep_valid(samples, len(template.names), "folder")
-    return DatasetSplit(name="folder", split=split, samples=valid, landmark_names=list(template.names),
-                        flip_pairs=list(template.flip_pairs), flip_allowed=template.flip_allowed, skipped=skipped + invalid)
+    return DatasetSplit(
+        name="folder",
+        split=split,
+        samples=valid,
+        landmark_names=list(template.names),
+        flip_pairs=list(template.flip_pairs),
+        flip_allowed=template.flip_allowed,
+        skipped=skipped + invalid,
+    )

@@ -66,7 +66,9 @@ def load(root: str | Path, split: str = "train", annotators=ANNOTATORS) -> Datas
     ids = split_ids(split)
     root = Path(root)
     images = require_dir(root / "RawImage" / SPLITS[split][0], f"ISBI 2015 split {split!r}")
-    annotation_dirs = [require_dir(root / "AnnotationsByMD" / f"400_{a}", f"ISBI 2015 {a} annotations") for a in annotators]
+    annotation_dirs = [
+        require_dir(root / "AnnotationsByMD" / f"400_{a}", f"ISBI 2015 {a} annotations") for a in annotators
+    ]
     samples, skipped = [], []
     for stem in ids:
         try:
@@ -77,7 +79,9 @@ def load(root: str | Path, split: str = "train", annotators=ANNOTATORS) -> Datas
             record_skip(skipped, "ISBI 2015", stem, str(e))
             continue
         samples.append(
-            KeypointSample(id=stem, points=points, image_path=image_path, spacing=SPACING, spacing_known=True, image_size=size)
+            KeypointSample(
+                id=stem, points=points, image_path=image_path, spacing=SPACING, spacing_known=True, image_size=size
+            )
         )
     valid, invalid = keep_valid(samples, NUM_KEYPOINTS, "ISBI 2015")
     return DatasetSplit(

@@ -75,10 +75,21 @@ def from_uint8(pixels: np.ndarray, intensity: dict) -> np.ndarray:
     return (low + (high - low) / 255.0 * np.asarray(pixels, dtype=np.float32)).astype(np.float32)
 
 
-def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path, *, split_seed: int = 0,
-                 phantom_images: int = 64, drop_disordered: bool = False, cache_scale: float = DEFAULT_CACHE_SCALE,
-                 quality: int = DEFAULT_JPEG_QUALITY, intensity: dict | None = None, limit: int | None = None,
-                 progress: bool = False) -> dict:
+def pack_dataset(
+    name: str,
+    root: str | Path | None,
+    input_size,
+    out: str | Path,
+    *,
+    split_seed: int = 0,
+    phantom_images: int = 64,
+    drop_disordered: bool = False,
+    cache_scale: float = DEFAULT_CACHE_SCALE,
+    quality: int = DEFAULT_JPEG_QUALITY,
+    intensity: dict | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Write the train and val splits of a dataset as a pack in the new folder ``out``; returns
     the manifest. ``limit`` packs only the first N samples of each split (tests, quick looks; the
     split record still lists every id)."""
@@ -98,8 +109,10 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
     onednn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
-        splits = {split.split: _pack_split(split, input_size, intensity, cache_scale, quality, out, limit, progress)
-                  for split in (train, val)}
+        splits = {
+            split.split: _pack_split(split, input_size, intensity, cache_scale, quality, out, limit, progress)
+            for split in (train, val)
+        }
     finally:
         torch.backends.mkldnn.enabled = onednn
     manifest = {
@@ -108,16 +121,25 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
         "created_with": f"interactive-keypoints {__version__}",
         "dataset": name,
         "data_root": str(root) if root is not None else None,
-        "loader": {"split_seed": split_seed, "drop_disordered_labels": bool(drop_disordered),
-                   "phantom_images": phantom_images if name in synthetic.TASKS else None,
-                   "options": {**dataset_options(name, split_seed, phantom_images),
-                               **disordered_label_options(name, drop_disordered)}},
+        "loader": {
+            "split_seed": split_seed,
+            "drop_disordered_labels": bool(drop_disordered),
+            "phantom_images": phantom_images if name in synthetic.TASKS else None,
+            "options": {
+                **dataset_options(name, split_seed, phantom_images),
+                **disordered_label_options(name, drop_disordered),
+            },
+        },
         "input_size": list(input_size),
         "cache_scale": float(cache_scale),
         "cache_size": list(KeypointTrainingDataset(train, input_size, cache_scale=cache_scale).cache_size),
         "intensity": intensity,
-        "image_format": {"type": "JPEG", "mode": "L", "quality": int(quality),
-                         "values": "uint8 v is the normalised value low + (high - low) * v / 255 of intensity.range"},
+        "image_format": {
+            "type": "JPEG",
+            "mode": "L",
+            "quality": int(quality),
+            "values": "uint8 v is the normalised value low + (high - low) * v / 255 of intensity.range",
+        },
         "landmark_names": list(train.landmark_names),
         "flip_pairs": [list(p) for p in train.flip_pairs],
         "flip_allowed": bool(train.flip_allowed),
@@ -130,14 +152,29 @@ def pack_dataset(name: str, root: str | Path | None, input_size, out: str | Path
     return manifest
 
 
-def _pack_split(data: DatasetSplit, input_size, intensity: dict, cache_scale: float, quality: int, out: Path,
-                limit: int | None, progress: bool) -> dict:
+def _pack_split(
+    data: DatasetSplit,
+    input_size,
+    intensity: dict,
+    cache_scale: float,
+    quality: int,
+    out: Path,
+    limit: int | None,
+    progress: bool,
+) -> dict:
     """Write one split's images; its manifest entry."""
     from PIL import Image
 
     if limit is not None:
-        data = DatasetSplit(data.name, data.split, data.samples[:limit], data.landmark_names, data.flip_pairs,
-                            data.flip_allowed, data.skipped)
+        data = DatasetSplit(
+            data.name,
+            data.split,
+            data.samples[:limit],
+            data.landmark_names,
+            data.flip_pairs,
+            data.flip_allowed,
+            data.skipped,
+        )
     # the very cache training builds from the files, made by the same code
     cache = KeypointTrainingDataset(data, input_size, intensity, augment=False, cache=False, cache_scale=cache_scale)
     samples = []
@@ -184,10 +221,22 @@ def read_manifest(folder: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != PACK_FORMAT:
         raise PackError(f"{path} is not an interactive-keypoints training pack manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise PackError(f"{path} has pack format version {manifest.get('format_version')}; "
-                        f"this version reads {FORMAT_VERSION}: pack the dataset again")
-    required = ("dataset", "loader", "input_size", "cache_size", "intensity", "landmark_names", "flip_pairs",
-                "flip_allowed", "split_record", "splits")
+        raise PackError(
+            f"{path} has pack format version {manifest.get('format_version')}; "
+            f"this version reads {FORMAT_VERSION}: pack the dataset again"
+        )
+    required = (
+        "dataset",
+        "loader",
+        "input_size",
+        "cache_size",
+        "intensity",
+        "landmark_names",
+        "flip_pairs",
+        "flip_allowed",
+        "split_record",
+        "splits",
+    )
     missing = [key for key in required if key not in manifest]
     if missing:
         raise PackError(f"{path} lacks key(s) {', '.join(missing)}; pack the dataset again")
@@ -244,13 +293,18 @@ def _packed_sample(folder: Path, entry: dict, manifest: dict) -> KeypointSample:
         raise PackError(f"cannot decode its image {entry['image']}: {e}") from None
     cache_size = tuple(int(v) for v in manifest["cache_size"])
     if pixels.shape != cache_size:
-        raise PackError(f"its image {entry['image']} is {pixels.shape[0]} x {pixels.shape[1]}, "
-                        f"the manifest says {cache_size[0]} x {cache_size[1]}")
+        raise PackError(
+            f"its image {entry['image']} is {pixels.shape[0]} x {pixels.shape[1]}, "
+            f"the manifest says {cache_size[0]} x {cache_size[1]}"
+        )
     to_cache = resize_matrix(image_size, cache_size)
     if not np.allclose(np.asarray(entry["to_cache"], dtype=np.float64), to_cache, rtol=0, atol=1e-12):
         raise PackError("its to_cache matrix is not the resize of its image_size to the cache size")
     cache_points = np.asarray(entry["cache_points"], dtype=np.float64)
-    if cache_points.shape != points.shape or np.abs(cache_points - transform_points(points, to_cache)).max() > POINT_TOLERANCE_PX:
+    if (
+        cache_points.shape != points.shape
+        or np.abs(cache_points - transform_points(points, to_cache)).max() > POINT_TOLERANCE_PX
+    ):
         raise PackError("its cache_points are not its points mapped with to_cache")
     return KeypointSample(
         id=str(entry["id"]),
@@ -263,25 +317,31 @@ def _packed_sample(folder: Path, entry: dict, manifest: dict) -> KeypointSample:
     )
 
 
-def load_pack_splits(folder: str | Path, input_size=None, split_seed: int | None = None,
-                     drop_disordered: bool | None = None) -> tuple[DatasetSplit, DatasetSplit, dict]:
+def load_pack_splits(
+    folder: str | Path, input_size=None, split_seed: int | None = None, drop_disordered: bool | None = None
+) -> tuple[DatasetSplit, DatasetSplit, dict]:
     """(train, val, split record) of a pack, as :func:`data.training_splits` gives them from the
     files. Refuses a pack made with other loader options, or for a smaller input than ``input_size``."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     loader = manifest["loader"]
     if split_seed is not None and split_seed != loader.get("split_seed"):
-        raise PackError(f"training pack {folder} was made with --split-seed {loader.get('split_seed')}, "
-                        f"not {split_seed}; pass the pack's seed or pack again")
+        raise PackError(
+            f"training pack {folder} was made with --split-seed {loader.get('split_seed')}, "
+            f"not {split_seed}; pass the pack's seed or pack again"
+        )
     if drop_disordered is not None and bool(drop_disordered) != bool(loader.get("drop_disordered_labels")):
         state = "with" if loader.get("drop_disordered_labels") else "without"
-        raise PackError(f"training pack {folder} was made {state} --drop-disordered-labels; "
-                        "give the same flag or pack again")
+        raise PackError(
+            f"training pack {folder} was made {state} --drop-disordered-labels; give the same flag or pack again"
+        )
     if input_size is not None:
         packed = tuple(manifest["input_size"])
         if input_size[0] > packed[0] or input_size[1] > packed[1]:
-            raise PackError(f"training pack {folder} was made for inputs up to {packed[0]}x{packed[1]}, "
-                            f"not {input_size[0]}x{input_size[1]}; pack again with --input {input_size[0]}x{input_size[1]}")
+            raise PackError(
+                f"training pack {folder} was made for inputs up to {packed[0]}x{packed[1]}, "
+                f"not {input_size[0]}x{input_size[1]}; pack again with --input {input_size[0]}x{input_size[1]}"
+            )
     train = load_pack(folder, "train", manifest)
     val = load_pack(folder, "val", manifest)
     return train, val, manifest["split_record"]

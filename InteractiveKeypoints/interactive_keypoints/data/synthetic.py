@@ -17,12 +17,25 @@ TASKS = ("phantom", "phantom-hidden")
 
 
 def split_ids(num_images: int = 16, seed: int = 0) -> dict[str, list[str]]:
-    return {split: [f"phantom_{seed + offset + i:06d}" for i in range(num_images)] for split, offset in SPLIT_SEED_OFFSETS.items()}
+    return {
+        split: [f"phantom_{seed + offset + i:06d}" for i in range(num_images)]
+        for split, offset in SPLIT_SEED_OFFSETS.items()
+    }
 
 
-def load(split: str = "train", num_images: int = 16, seed: int = 0, height: int = 512, width: int = 256,
-         task: str = "phantom") -> DatasetSplit:
-    from ..phantom import hidden_vertebra_names, make_hidden_vertebra_phantom, make_spine_phantom  # needs scipy: only here
+def load(
+    split: str = "train",
+    num_images: int = 16,
+    seed: int = 0,
+    height: int = 512,
+    width: int = 256,
+    task: str = "phantom",
+) -> DatasetSplit:
+    from ..phantom import (  # needs scipy: only here
+        hidden_vertebra_names,
+        make_hidden_vertebra_phantom,
+        make_spine_phantom,
+    )
 
     if split not in SPLIT_SEED_OFFSETS:
         raise ValueError(f"phantom data has splits {sorted(SPLIT_SEED_OFFSETS)}, not {split!r}")
@@ -35,11 +48,21 @@ def load(split: str = "train", num_images: int = 16, seed: int = 0, height: int 
             p = make_spine_phantom(phantom_seed, height=height, width=width)
         else:
             p = make_hidden_vertebra_phantom(phantom_seed, size=height // 4)
-        samples.append(KeypointSample(id=f"phantom_{phantom_seed:06d}", points=p.points, image=p.image,
-                                      spacing=p.spacing, spacing_known=True))
+        samples.append(
+            KeypointSample(
+                id=f"phantom_{phantom_seed:06d}", points=p.points, image=p.image, spacing=p.spacing, spacing_known=True
+            )
+        )
     names = list(SPINE.names) if task == "phantom" else hidden_vertebra_names()
     # mirroring a hidden-vertebra phantom is valid, but left/right pairs are not needed to learn the task
     flip_pairs = list(SPINE.flip_pairs) if task == "phantom" else []
     valid, skipped = keep_valid(samples, len(names), task)
-    return DatasetSplit(name=task, split=split, samples=valid, landmark_names=names,
-                        flip_pairs=flip_pairs, flip_allowed=bool(flip_pairs), skipped=skipped)
+    return DatasetSplit(
+        name=task,
+        split=split,
+        samples=valid,
+        landmark_names=names,
+        flip_pairs=flip_pairs,
+        flip_allowed=bool(flip_pairs),
+        skipped=skipped,
+    )

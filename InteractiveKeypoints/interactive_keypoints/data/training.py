@@ -40,8 +40,17 @@ class KeypointTrainingDataset(Dataset):
     - ``orig_size`` (2,) (H, W); ``spacing`` (2,) (sx, sy); ``flipped`` bool; ``id`` str.
     """
 
-    def __init__(self, data: DatasetSplit, input_size, intensity: dict | None = None, augment: bool = True,
-                 cache: bool = True, cache_scale: float = 1.0, seed: int | None = 0, occlusion_prob: float = 0.0):
+    def __init__(
+        self,
+        data: DatasetSplit,
+        input_size,
+        intensity: dict | None = None,
+        augment: bool = True,
+        cache: bool = True,
+        cache_scale: float = 1.0,
+        seed: int | None = 0,
+        occlusion_prob: float = 0.0,
+    ):
         self.data = data
         self.input_size = tuple(int(v) for v in input_size)
         self.intensity = dict(intensity or DEFAULT_INTENSITY)
@@ -53,7 +62,12 @@ class KeypointTrainingDataset(Dataset):
         low = float(self.intensity.get("range", (-1.0, 1.0))[0])
         # outside the source image reads as the black level of the normalised range
         self.transform = training_transforms(
-            self.input_size, data.flip_pairs, data.flip_allowed, augment=augment, fill=low, seed=seed,
+            self.input_size,
+            data.flip_pairs,
+            data.flip_allowed,
+            augment=augment,
+            fill=low,
+            seed=seed,
             occlusion_prob=occlusion_prob,
         )
 
@@ -67,8 +81,10 @@ class KeypointTrainingDataset(Dataset):
         sample = self.data[index]
         if sample.cache_image is not None:  # made once by ``pack``: nothing to decode
             if sample.cache_intensity != self.intensity:
-                raise ValueError(f"{sample.id}: its packed image is normalised as {sample.cache_intensity}, "
-                                 f"the model expects {self.intensity}; pack the dataset again")
+                raise ValueError(
+                    f"{sample.id}: its packed image is normalised as {sample.cache_intensity}, "
+                    f"the model expects {self.intensity}; pack the dataset again"
+                )
             image = torch.from_numpy(np.asarray(sample.cache_image, dtype=np.float32))[np.newaxis]
         else:
             grey = load_grey_image(sample)

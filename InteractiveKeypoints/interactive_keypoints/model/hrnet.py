@@ -10,6 +10,8 @@ first conv (``stem1``) and before the second (``stem2``).
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,9 +37,7 @@ class BasicBlock(nn.Module):
         out_ch = planes * self.expansion
         self.body = nn.Sequential(conv_bn(in_ch, planes, 3, stride), conv_bn(planes, out_ch, 3, relu=False))
         self.shortcut = (
-            conv_bn(in_ch, out_ch, 1, stride, relu=False)
-            if stride != 1 or in_ch != out_ch
-            else nn.Identity()
+            conv_bn(in_ch, out_ch, 1, stride, relu=False) if stride != 1 or in_ch != out_ch else nn.Identity()
         )
 
     def forward(self, x):
@@ -58,9 +58,7 @@ class Bottleneck(nn.Module):
             conv_bn(planes, out_ch, 1, relu=False),
         )
         self.shortcut = (
-            conv_bn(in_ch, out_ch, 1, stride, relu=False)
-            if stride != 1 or in_ch != out_ch
-            else nn.Identity()
+            conv_bn(in_ch, out_ch, 1, stride, relu=False) if stride != 1 or in_ch != out_ch else nn.Identity()
         )
 
     def forward(self, x):
@@ -102,13 +100,14 @@ class FuseLayer(nn.Module):
         outs = []
         for i, row in enumerate(self.paths):
             size = xs[i].shape[-2:]
-            total = None
-            for j, path in enumerate(row):
+            total: torch.Tensor | None = None
+            for j, path in enumerate(typing.cast(nn.ModuleList, row)):  # a ModuleList of ModuleLists
                 y = path(xs[j])
                 if j > i:
                     y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
                 # the first term is copied (xs[i] is read again by other rows), the rest added in place
                 total = y.clone() if total is None and j == i else (y if total is None else total.add_(y))
+            assert total is not None  # every row has a path from every branch
             outs.append(total.relu_())
         return outs
 
@@ -116,9 +115,7 @@ class FuseLayer(nn.Module):
 class HighResolutionModule(nn.Module):
     def __init__(self, channels: list[int], num_blocks: int):
         super().__init__()
-        self.branches = nn.ModuleList(
-            stack_blocks(BasicBlock, ch, ch, num_blocks) for ch in channels
-        )
+        self.branches = nn.ModuleList(stack_blocks(BasicBlock, ch, ch, num_blocks) for ch in channels)
         self.fuse = FuseLayer(channels, len(channels))
 
     def forward(self, xs):
@@ -170,9 +167,7 @@ class HRNetBackbone(nn.Module):
         for transition, stage in zip(self.transitions, self.stages):
             xs = stage(transition(xs))
         size = xs[0].shape[-2:]
-        upsampled = [xs[0]] + [
-            F.interpolate(y, size=size, mode="bilinear", align_corners=False) for y in xs[1:]
-        ]
+        upsampled = [xs[0]] + [F.interpolate(y, size=size, mode="bilinear", align_corners=False) for y in xs[1:]]
         return features, torch.cat(upsampled, dim=1)
 
     def forward(self, image):

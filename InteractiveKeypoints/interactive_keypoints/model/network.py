@@ -97,8 +97,13 @@ class InteractiveKeypointNet(nn.Module):
         )
         self.hint_fusion = HintFusion(k, config.hint_channels, out_channels=64)
         self.gate = (
-            InteractionGate(self.backbone.layer1_channels, k, self.backbone.out_channels, pool=config.gating_pool,
-                            hidden=config.gate_channels)
+            InteractionGate(
+                self.backbone.layer1_channels,
+                k,
+                self.backbone.out_channels,
+                pool=config.gating_pool,
+                hidden=config.gate_channels,
+            )
             if config.gating
             else None
         )

@@ -98,4 +98,3 @@ class DragTracking:
     def _is_click(tracked: TrackedList, start_ras, xy) -> bool:
         start_xy = ras_to_pixels(start_ras, tracked.ijk_to_ras)[0]
         return bool(np.hypot(*(np.asarray(xy) - start_xy)) <= CLICK_TOLERANCE_PX)
-

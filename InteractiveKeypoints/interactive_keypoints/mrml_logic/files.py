@@ -131,7 +131,9 @@ class ExportAndBatch:
             volume = self.load_volume(path)
             # a new list, never a user's list that happens to have the same name
             node = self.detect(volume, self.new_point_list(volume.GetName() + POINT_LIST_SUFFIX), blocking=True)
-            outputs = [self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)]
+            outputs = [
+                self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)
+            ]
             if self.measurement_set():
                 outputs += [output_dir / (file_stem(path) + suffix) for suffix in (MEASUREMENTS_JSON, MEASUREMENTS_CSV)]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
@@ -146,4 +148,3 @@ class ExportAndBatch:
             for item in (node, volume):
                 if item is not None:
                     remove_with_children(self.scene, item)
-

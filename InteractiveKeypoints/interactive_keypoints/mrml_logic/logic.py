@@ -194,9 +194,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
             return node
         volume_node = volume_node or reference_volume(node)
         if volume_node is None:
-            raise ValueError(
-                f"point list {node.GetName()!r} has no radiograph volume: pass volume_node to attach()"
-            )
+            raise ValueError(f"point list {node.GetName()!r} has no radiograph volume: pass volume_node to attach()")
         states, _ = point_states(node)
         pixels = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume_node))
         num_keypoints = self.model_config().num_keypoints  # the weights load off this thread

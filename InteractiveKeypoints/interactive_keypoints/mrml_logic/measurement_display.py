@@ -130,4 +130,3 @@ class MeasurementDisplay:
             for end in ends:
                 line.AddControlPoint(*end)
             line.EndModify(was_modifying)
-

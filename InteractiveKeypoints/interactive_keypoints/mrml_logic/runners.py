@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Protocol, Union
+from collections.abc import Callable
+from typing import Any, Protocol, Union
 
 Outcome = Union[Any, Exception]  # what compute returned, or the exception it raised
 Compute = Callable[[], Any]
@@ -120,7 +121,7 @@ def waiting_runner(runner: ThreadedRunner, pump: Callable[[], Any] | None = None
     between polls (process GUI events, update a progress bar) until it is done."""
 
     def run(compute: Compute, finish: Finish) -> None:
-        outcome = []
+        outcome: list[Outcome] = []
         runner(compute, outcome.append)
         while not outcome:
             runner.poll(wait=wait)
@@ -129,4 +130,3 @@ def waiting_runner(runner: ThreadedRunner, pump: Callable[[], Any] | None = None
         finish(outcome[0])
 
     return run
-

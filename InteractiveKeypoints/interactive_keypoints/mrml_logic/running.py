@@ -85,7 +85,9 @@ class ModelRunning:
             tracked.latency = time.perf_counter() - started
             log.info(
                 "%s: model %.0f ms, %.0f ms from request to display",
-                tracked.node.GetName(), 1000 * sum(model_seconds), 1000 * tracked.latency,
+                tracked.node.GetName(),
+                1000 * sum(model_seconds),
+                1000 * tracked.latency,
             )
             self._set_busy(tracked, False)
             if self._tracked.get(tracked.node.GetID()) is not tracked:
@@ -122,4 +124,3 @@ class ModelRunning:
         tracked.busy = busy
         if self.on_busy is not None:
             self.on_busy(tracked.node, busy)
-

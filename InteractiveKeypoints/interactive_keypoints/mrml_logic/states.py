@@ -21,7 +21,7 @@ DEFAULT_LOW_CONFIDENCE = 0.5
 
 
 def describe_state(fixed: bool, confidence: float, low_confidence: float) -> str:
-    """"user-fixed" or "predicted; confidence=0.930" (+ "; low confidence")."""
+    """ "user-fixed" or "predicted; confidence=0.930" (+ "; low confidence")."""
     if fixed:
         return STATE_FIXED
     text = format_description(STATE_PREDICTED, confidence)
@@ -44,7 +44,6 @@ def point_states(node) -> tuple[list[str], np.ndarray]:
 
 def is_low_confidence(description: str) -> bool:
     return LOW_CONFIDENCE_TAG in (description or "")
-
 
 
 def write_state(node, k: int, fixed: bool, confidence: float, low_confidence: float):

@@ -51,9 +51,7 @@ def snapshot_volume(volume_node) -> VolumeSnapshot:
 
         if dims is None:
             raise ImageError(f"volume {name!r} has no image data")
-        raise ImageError(
-            f"volume {name!r} has {dims[2]} slices; InteractiveKeypoints needs a single 2-D radiograph"
-        )
+        raise ImageError(f"volume {name!r} has {dims[2]} slices; InteractiveKeypoints needs a single 2-D radiograph")
     pixels = np.array(slicer.util.arrayFromVolume(volume_node)[0])  # a copy, never the live buffer
     return VolumeSnapshot(name, pixels, tuple(volume_node.GetSpacing()[:2]))
 
@@ -94,7 +92,6 @@ def add_phantom_volume(scene, seed: int = 0, name: str = PHANTOM_VOLUME_NAME):
     slicer.util.updateVolumeFromArray(volume, phantom.image.astype(np.float32)[np.newaxis])
     volume.CreateDefaultDisplayNodes()
     return volume
-
 
 
 def remove_with_children(scene, node):

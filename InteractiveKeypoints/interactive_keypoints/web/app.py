@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 from slicer import vtkMRMLLayerDMPipelineFactory
 from trame.app import TrameApp
+from trame_server.utils.asynchronous import create_task
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
-from trame_server.utils.asynchronous import create_task
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from vtkmodules.vtkCommonCore import vtkCommand
 
 from .. import mrml_logic
+from ..conventions import ACTIVE_COLOR, FIXED_COLOR, POINTS_JSON, PREDICTED_COLOR, output_path
 from ..imaging import ImageError, Radiograph, check_size, load_radiograph
 from ..mrml_logic import LogicBusyError
 from .launcher import READY_MARK
@@ -70,9 +71,18 @@ def _no_view_ui(*_args):
 
 
 class KeypointsWebApp(TrameApp):
-    def __init__(self, server=None, model_dir=None, autosave_dir=None, load_sample: bool = True,
-                 max_file_bytes: int = MAX_FILE_BYTES, max_pixels: int = MAX_PIXELS, slow_inference_s: float = 0.0,
-                 hold_inference_while: str | None = None, shared_model: SharedModel | None = None):
+    def __init__(
+        self,
+        server=None,
+        model_dir=None,
+        autosave_dir=None,
+        load_sample: bool = True,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_pixels: int = MAX_PIXELS,
+        slow_inference_s: float = 0.0,
+        hold_inference_while: str | None = None,
+        shared_model: SharedModel | None = None,
+    ):
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.slicer_app = SlicerApp()
@@ -87,8 +97,12 @@ class KeypointsWebApp(TrameApp):
 
         self.shared_model = shared_model or SharedModel(model_dir)  # a host passes the one all its sessions use
         self.logic = self.shared_model.logic(scene)
-        self.logic.runner = AsyncioRunner(after_finish=self.state.flush, delay_s=slow_inference_s,
-                                          hold_path=hold_inference_while, executor=self.shared_model.inference_thread)
+        self.logic.runner = AsyncioRunner(
+            after_finish=self.state.flush,
+            delay_s=slow_inference_s,
+            hold_path=hold_inference_while,
+            executor=self.shared_model.inference_thread,
+        )
         self.logic.on_error = self.show_error
         self.logic.on_updated = self._on_points_updated
         self.logic.on_busy = self._on_busy
@@ -131,7 +145,9 @@ class KeypointsWebApp(TrameApp):
         s.ik_server_path = ""
         s.ik_export_stem = "landmarks"
         s.ik_max_file_bytes = self.max_file_bytes
-        s.ik_limits = f"files up to {self.max_file_bytes / 2**20:g} MB, images up to {self.max_pixels / 1e6:g} megapixels"
+        s.ik_limits = (
+            f"files up to {self.max_file_bytes / 2**20:g} MB, images up to {self.max_pixels / 1e6:g} megapixels"
+        )
         s.ik_autosave = ""
 
     def show_error(self, message: str):
@@ -243,7 +259,7 @@ class KeypointsWebApp(TrameApp):
         if self.autosave_dir is None or node.GetNumberOfControlPoints() == 0:
             return
         try:
-            path = self.logic.export(node, self.autosave_dir / f"{self.state.ik_export_stem}.mrk.json")
+            path = self.logic.export(node, output_path(self.autosave_dir / self.state.ik_export_stem, POINTS_JSON))
             self.state.ik_autosave = str(path)
         except (OSError, ValueError) as error:
             log.warning("autosave failed: %s", error)
@@ -369,9 +385,10 @@ class KeypointsWebApp(TrameApp):
 
     def _style_points(self, node):
         display = node.GetDisplayNode()
-        display.SetColor(0.2, 0.8, 1.0)  # predicted (unselected)
-        display.SetSelectedColor(1.0, 0.6, 0.1)  # user-fixed (selected)
-        display.SetActiveColor(1.0, 1.0, 0.3)
+        # the one palette (conventions), as in Slicer: exported files look the same wherever made
+        display.SetColor(*PREDICTED_COLOR)  # predicted (unselected)
+        display.SetSelectedColor(*FIXED_COLOR)  # user-fixed (selected)
+        display.SetActiveColor(*ACTIVE_COLOR)
         display.SetPointLabelsVisibility(False)  # 68 labels hide the image; the table names them
         display.SetGlyphScale(2.0)
 
@@ -466,18 +483,30 @@ def run_session(argv=None):
     parser.add_argument("--idle-timeout", type=int, default=300, help="seconds without a client before exiting")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
-    parser.add_argument("--slow-inference", type=float, default=0.0,
-                        help="add this many seconds to every model run (demos and tests of drags during inference)")
-    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests: runs wait for this file to go
+    parser.add_argument(
+        "--slow-inference",
+        type=float,
+        default=0.0,
+        help="add this many seconds to every model run (demos and tests of drags during inference)",
+    )
+    parser.add_argument(
+        "--hold-inference-while", default=None, help=argparse.SUPPRESS
+    )  # tests: runs wait for this file to go
     args, _ = parser.parse_known_args(argv)
     set_session_environment(args.max_file_mb)
     logging.basicConfig(level=logging.WARNING)
     from trame.app import get_server
 
     server = get_server(name="interactive-keypoints", client_type="vue3")
-    app = build_app(server, model_dir=args.model, autosave_dir=args.autosave_dir,
-                    max_file_bytes=int(args.max_file_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-                    slow_inference_s=args.slow_inference, hold_inference_while=args.hold_inference_while)
+    app = build_app(
+        server,
+        model_dir=args.model,
+        autosave_dir=args.autosave_dir,
+        max_file_bytes=int(args.max_file_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        slow_inference_s=args.slow_inference,
+        hold_inference_while=args.hold_inference_while,
+    )
     _announce_port(app)
     app.server.start(
         host=args.host,

@@ -71,13 +71,19 @@ class SessionHost:
             # of this session's SlicerApp from a process-wide factory when they are created
             server = get_server(name=_server_name(session_id), client_type="vue3")
             before = asyncio.all_tasks()
-            app = build_app(server, autosave_dir=autosave_dir, shared_model=self.shared_model,
-                            **self.session_options)
+            app = build_app(server, autosave_dir=autosave_dir, shared_model=self.shared_model, **self.session_options)
             self.apps[session_id] = app
             # the loops it started (the views' render and push): they run until cancelled
             self.tasks[session_id] = asyncio.all_tasks() - before
-            server.start(host="127.0.0.1", port=0, open_browser=False, show_connection_info=False,
-                         timeout=0, exec_mode="task", thread=True)  # thread: no signal handlers per server
+            server.start(
+                host="127.0.0.1",
+                port=0,
+                open_browser=False,
+                show_connection_info=False,
+                timeout=0,
+                exec_mode="task",
+                thread=True,
+            )  # thread: no signal handlers per server
             await server.ready
         except Exception as error:  # noqa: BLE001 - reported to the launcher, which tells the user
             log.exception("session %s could not start", session_id)
@@ -158,11 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
-    parser.add_argument("--slow-inference", type=float, default=0.0,
-                        help="add this many seconds to every model run (demos and tests of drags during inference)")
-    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests: runs wait for this file to go
-    parser.add_argument("--inference-threads", type=int, default=None,
-                        help="threads of a model run (default: torch's, which follows OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--slow-inference",
+        type=float,
+        default=0.0,
+        help="add this many seconds to every model run (demos and tests of drags during inference)",
+    )
+    parser.add_argument(
+        "--hold-inference-while", default=None, help=argparse.SUPPRESS
+    )  # tests: runs wait for this file to go
+    parser.add_argument(
+        "--inference-threads",
+        type=int,
+        default=None,
+        help="threads of a model run (default: torch's, which follows OMP_NUM_THREADS)",
+    )
     return parser
 
 
@@ -178,8 +194,12 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.inference_threads)
-    options = {"max_file_bytes": int(args.max_file_mb * 2**20), "max_pixels": int(args.max_megapixels * 1e6),
-               "slow_inference_s": args.slow_inference, "hold_inference_while": args.hold_inference_while}
+    options = {
+        "max_file_bytes": int(args.max_file_mb * 2**20),
+        "max_pixels": int(args.max_megapixels * 1e6),
+        "slow_inference_s": args.slow_inference,
+        "hold_inference_while": args.hold_inference_while,
+    }
     asyncio.run(serve(SharedModel(args.model), options))
 
 

@@ -45,8 +45,7 @@ IDLE_TIMEOUT_S = 300
 START_TIMEOUT_S = 300  # from the request; the host's first start on a loaded 2-core machine has needed 90-220 s
 STOP_TIMEOUT_S = 20.0  # a host still shutting down after this is killed (points are autosaved)
 HOST_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.host")
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length",
-               "content-encoding"}
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length", "content-encoding"}
 
 
 def default_autosave_root() -> Path:
@@ -70,8 +69,11 @@ class HostProcess:
 
     async def start(self):
         self.process = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, limit=2**20,
+            *self.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            limit=2**20,
         )
         asyncio.get_running_loop().create_task(self._read())
         await self.started
@@ -81,7 +83,7 @@ class HostProcess:
             text = line.decode(errors="replace").rstrip()
             if text.startswith(HOST_MARK + " "):
                 try:
-                    self._answer(json.loads(text[len(HOST_MARK) + 1:]))
+                    self._answer(json.loads(text[len(HOST_MARK) + 1 :]))
                     continue
                 except (ValueError, TypeError, KeyError):
                     log.warning("session host: an answer that is not understood: %s", text[:200])
@@ -163,10 +165,18 @@ class Session:
 
 
 class Launcher:
-    def __init__(self, model_dir=None, autosave_root=None, max_sessions: int = MAX_SESSIONS,
-                 idle_timeout: float = IDLE_TIMEOUT_S, session_args=(), spare_sessions: int = SPARE_SESSIONS,
-                 reconnect_grace: float = RECONNECT_GRACE_S, host_command=HOST_COMMAND,
-                 start_timeout: float = START_TIMEOUT_S):
+    def __init__(
+        self,
+        model_dir=None,
+        autosave_root=None,
+        max_sessions: int = MAX_SESSIONS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        session_args=(),
+        spare_sessions: int = SPARE_SESSIONS,
+        reconnect_grace: float = RECONNECT_GRACE_S,
+        host_command=HOST_COMMAND,
+        start_timeout: float = START_TIMEOUT_S,
+    ):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, not {max_sessions}")
         if spare_sessions < 0:
@@ -234,15 +244,21 @@ class Launcher:
     def _top_up_spares(self):
         if any(s.for_tab and s.port is None for s in self.live_sessions()):
             return  # a spare opening now would delay the tabs' sessions; topped up when they are done
-        while (not self._stopping and len(self.spares()) < self.spare_sessions
-               and len(self.live_sessions()) < self.max_sessions):
+        while (
+            not self._stopping
+            and len(self.spares()) < self.spare_sessions
+            and len(self.live_sessions()) < self.max_sessions
+        ):
             self._reserve(for_tab=False)
 
     def _running_host(self) -> HostProcess:
         """The session host, started when there is none (or it has exited)."""
         if self.host is None or self.host.exited:
-            command = [*self.host_command, *(["--model", str(self.model_dir)] if self.model_dir else []),
-                       *self.session_args]
+            command = [
+                *self.host_command,
+                *(["--model", str(self.model_dir)] if self.model_dir else []),
+                *self.session_args,
+            ]
             self.host = HostProcess(command, self._session_closed, self._host_exited)
             self.host.starting = asyncio.get_running_loop().create_task(self._start_host(self.host))
             self.host.starting.add_done_callback(lambda task: task.cancelled() or task.exception())  # logged there
@@ -256,8 +272,12 @@ class Launcher:
         except RuntimeError as error:
             log.error("the session host could not start: %s", error)
             raise
-        log.info("session host %d ready after %.1f s (pid %d)", self.hosts_started, time.monotonic() - began,
-                 host.process.pid)
+        log.info(
+            "session host %d ready after %.1f s (pid %d)",
+            self.hosts_started,
+            time.monotonic() - began,
+            host.process.pid,
+        )
 
     async def _start(self, session: Session) -> int:
         began = time.monotonic()
@@ -298,8 +318,12 @@ class Launcher:
         if host.process.returncode == 0:  # asked to (a signal to the whole process group): not restarted
             log.info("the session host exited; its %d sessions ended (%s)", opened, self._census())
             return
-        log.error("the session host exited with %s; its %d sessions ended (%s)", host.process.returncode, opened,
-                  self._census())
+        log.error(
+            "the session host exited with %s; its %d sessions ended (%s)",
+            host.process.returncode,
+            opened,
+            self._census(),
+        )
         if host.came_up:
             self._top_up_spares()  # a new host; one that failed to start is not restarted in a loop
 
@@ -329,8 +353,11 @@ class Launcher:
     def client_disconnected(self, session: Session):
         session.clients -= 1
         if session.clients == 0 and session.alive:
-            log.info("session %s: its last tab disconnected; ending in %g s unless it reconnects",
-                     session.id, self.reconnect_grace)
+            log.info(
+                "session %s: its last tab disconnected; ending in %g s unless it reconnects",
+                session.id,
+                self.reconnect_grace,
+            )
             self._end_later(session, self.reconnect_grace, "its tab did not reconnect")
 
     async def on_startup(self, _app):
@@ -354,12 +381,19 @@ class Launcher:
     async def new_session(self, request: web.Request) -> web.StreamResponse:
         session = self._claim()
         if session is None:
-            log.warning("refused a visit from %s: %s sessions live (--max-sessions %d)",
-                        request.remote, len(self.live_sessions()), self.max_sessions)
-            return _page(503, "Too many open sessions",
-                         f"This server runs at most {self.max_sessions} sessions at a time (one per browser tab). "
-                         "Close a tab you no longer need (its session ends a few seconds later), "
-                         "or start the server with a larger --max-sessions.")
+            log.warning(
+                "refused a visit from %s: %s sessions live (--max-sessions %d)",
+                request.remote,
+                len(self.live_sessions()),
+                self.max_sessions,
+            )
+            return _page(
+                503,
+                "Too many open sessions",
+                f"This server runs at most {self.max_sessions} sessions at a time (one per browser tab). "
+                "Close a tab you no longer need (its session ends a few seconds later), "
+                "or start the server with a larger --max-sessions.",
+            )
         log.info("session %s given to a tab (%s)", session.id, self._census())
         try:
             await asyncio.shield(session.starting)  # a visitor who gives up does not stop the start
@@ -372,16 +406,17 @@ class Launcher:
         saved = ""
         if session is not None and any(session.autosave_dir.glob("*")):
             saved = f" Your last points were saved in {html.escape(str(session.autosave_dir))}."
-        return _page(410, "This session has ended",
-                     f"The session ended after its tab was closed or left idle.{saved} "
-                     "<a href='/'>Start a new session</a>.")
+        return _page(
+            410,
+            "This session has ended",
+            f"The session ended after its tab was closed or left idle.{saved} <a href='/'>Start a new session</a>.",
+        )
 
     async def connection_info(self, request: web.Request) -> web.Response:
         """trame's page asks where its websocket is (the wslink launcher protocol) before connecting."""
         session = self.sessions.get(request.match_info["sid"])
         if session is None or not session.alive:
-            return web.json_response({"error": "This session has ended; open the server's address again."},
-                                     status=410)
+            return web.json_response({"error": "This session has ended; open the server's address again."}, status=410)
         # the page puts its own scheme and host in place of USE_HOST (and wss: under https)
         return web.json_response({"sessionURL": f"ws://USE_HOST/s/{session.id}/ws"})
 
@@ -397,8 +432,9 @@ class Launcher:
     async def _forward_http(self, request, session, tail):
         url = f"http://127.0.0.1:{session.port}/{tail}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        async with self._client.request(request.method, url, params=request.query, headers=headers,
-                                        data=await request.read(), allow_redirects=False) as upstream:
+        async with self._client.request(
+            request.method, url, params=request.query, headers=headers, data=await request.read(), allow_redirects=False
+        ) as upstream:
             body = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             if upstream.headers.get("content-encoding"):
@@ -452,54 +488,98 @@ async def _redirect_with_slash(request):
 
 
 def _page(status: int, title: str, body: str) -> web.Response:
-    text = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body style='font-family: sans-serif; margin: 3em;'><h2>{html.escape(title)}</h2>"
-            f"<p id='ik-launcher-message'>{body}</p></body></html>")
+    text = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body style='font-family: sans-serif; margin: 3em;'><h2>{html.escape(title)}</h2>"
+        f"<p id='ik-launcher-message'>{body}</p></body></html>"
+    )
     return web.Response(status=status, text=text, content_type="text/html")
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, model_dir=None, autosave_dir=None,
-          max_sessions: int = MAX_SESSIONS, idle_timeout: int = IDLE_TIMEOUT_S, session_args=(),
-          spare_sessions: int = SPARE_SESSIONS, reconnect_grace: float = RECONNECT_GRACE_S,
-          start_timeout: float = START_TIMEOUT_S):
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    model_dir=None,
+    autosave_dir=None,
+    max_sessions: int = MAX_SESSIONS,
+    idle_timeout: int = IDLE_TIMEOUT_S,
+    session_args=(),
+    spare_sessions: int = SPARE_SESSIONS,
+    reconnect_grace: float = RECONNECT_GRACE_S,
+    start_timeout: float = START_TIMEOUT_S,
+):
     """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise."""
-    launcher = Launcher(model_dir, autosave_dir, max_sessions, idle_timeout, session_args,
-                        spare_sessions=spare_sessions, reconnect_grace=reconnect_grace, start_timeout=start_timeout)
+    launcher = Launcher(
+        model_dir,
+        autosave_dir,
+        max_sessions,
+        idle_timeout,
+        session_args,
+        spare_sessions=spare_sessions,
+        reconnect_grace=reconnect_grace,
+        start_timeout=start_timeout,
+    )
     print(f"InteractiveKeypoints: open http://{host}:{port}/ (one session per browser tab)", flush=True)
     web.run_app(launcher.make_app(), host=host, port=port, print=None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes it)"
+    )
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    parser.add_argument("--autosave-dir", default=None,
-                        help=f"where sessions autosave their points (default {default_autosave_root()})")
-    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
-                        help=f"sessions (browser tabs) at a time, spares included (default {MAX_SESSIONS})")
-    parser.add_argument("--spare-sessions", type=int, default=SPARE_SESSIONS,
-                        help="sessions started before a tab asks for one, so it opens at once "
-                             f"(default {SPARE_SESSIONS}; each holds memory while it waits)")
-    parser.add_argument("--reconnect-grace", type=float, default=RECONNECT_GRACE_S,
-                        help="seconds a session is kept after its last tab disconnected, for a reload "
-                             f"(default {RECONNECT_GRACE_S:g})")
-    parser.add_argument("--start-timeout", type=float, default=START_TIMEOUT_S,
-                        help=f"seconds a session may take to start (default {START_TIMEOUT_S})")
-    parser.add_argument("--idle-timeout", type=int, default=IDLE_TIMEOUT_S,
-                        help=f"seconds a session waits for its first tab (default {IDLE_TIMEOUT_S})")
+    parser.add_argument(
+        "--autosave-dir", default=None, help=f"where sessions autosave their points (default {default_autosave_root()})"
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=MAX_SESSIONS,
+        help=f"sessions (browser tabs) at a time, spares included (default {MAX_SESSIONS})",
+    )
+    parser.add_argument(
+        "--spare-sessions",
+        type=int,
+        default=SPARE_SESSIONS,
+        help="sessions started before a tab asks for one, so it opens at once "
+        f"(default {SPARE_SESSIONS}; each holds memory while it waits)",
+    )
+    parser.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=RECONNECT_GRACE_S,
+        help=f"seconds a session is kept after its last tab disconnected, for a reload (default {RECONNECT_GRACE_S:g})",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=START_TIMEOUT_S,
+        help=f"seconds a session may take to start (default {START_TIMEOUT_S})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=int,
+        default=IDLE_TIMEOUT_S,
+        help=f"seconds a session waits for its first tab (default {IDLE_TIMEOUT_S})",
+    )
     parser.add_argument("--max-file-mb", type=float, default=None, help="largest image file accepted (default 64)")
     parser.add_argument("--max-megapixels", type=float, default=None, help="largest image accepted (default 30)")
-    parser.add_argument("--inference-threads", type=int, default=None,
-                        help="threads of one model run; all sessions share one model and run it one at a time "
-                             "(default: torch's, which follows OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--inference-threads",
+        type=int,
+        default=None,
+        help="threads of one model run; all sessions share one model and run it one at a time "
+        "(default: torch's, which follows OMP_NUM_THREADS)",
+    )
     parser.add_argument("--slow-inference", type=float, default=None, help=argparse.SUPPRESS)  # tests, demos
     parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interactive-keypoints serve",
-                                     description="Serve the InteractiveKeypoints browser app.")
+    parser = argparse.ArgumentParser(
+        prog="interactive-keypoints serve", description="Serve the InteractiveKeypoints browser app."
+    )
     add_arguments(parser)
     return parser
 
@@ -523,9 +603,18 @@ def run(args) -> int:
     if args.hold_inference_while is not None:
         session_args += ["--hold-inference-while", str(args.hold_inference_while)]
     try:
-        serve(args.host, args.port, args.model, args.autosave_dir, args.max_sessions, args.idle_timeout, session_args,
-              spare_sessions=args.spare_sessions, reconnect_grace=args.reconnect_grace,
-              start_timeout=args.start_timeout)
+        serve(
+            args.host,
+            args.port,
+            args.model,
+            args.autosave_dir,
+            args.max_sessions,
+            args.idle_timeout,
+            session_args,
+            spare_sessions=args.spare_sessions,
+            reconnect_grace=args.reconnect_grace,
+            start_timeout=args.start_timeout,
+        )
     except ValueError as error:
         print(f"interactive-keypoints serve: {error}", file=sys.stderr)
         return 2

@@ -30,8 +30,13 @@ class AsyncioRunner:
     """A :class:`~interactive_keypoints.mrml_logic.runners.Runner` for the logic: one
     computation at a time on a worker thread, ``finish`` on the event-loop thread."""
 
-    def __init__(self, after_finish=None, delay_s: float = 0.0, hold_path: str | None = None,
-                 executor: ThreadPoolExecutor | None = None):
+    def __init__(
+        self,
+        after_finish=None,
+        delay_s: float = 0.0,
+        hold_path: str | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ):
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
         self._after_finish = after_finish  # e.g. push the trame state to the browser

@@ -6,6 +6,8 @@ from trame.widgets import html
 from trame_vuetify.ui.vuetify3 import VAppLayout
 from trame_vuetify.widgets import vuetify3 as v3
 
+from ..conventions import FIXED_COLOR, POINTS_CSV, POINTS_JSON, PREDICTED_COLOR, hex_color
+
 TABLE_HEADERS = [
     {"title": "Landmark", "key": "name"},
     {"title": "x", "key": "x", "align": "end"},
@@ -21,8 +23,8 @@ MEASUREMENT_HEADERS = [
     {"title": "Unit", "key": "unit"},
     {"title": "Class", "key": "class"},
 ]
-PREDICTED_COLOUR = "#33ccff"  # keep in step with KeypointsWebApp._style_points
-FIXED_COLOUR = "#ff9919"
+PREDICTED_COLOUR = hex_color(PREDICTED_COLOR)  # the one palette (conventions), as the view draws them
+FIXED_COLOUR = hex_color(FIXED_COLOR)
 NEXT_COLOUR = "#ff3333"  # mrml_logic.NEXT_POINT_COLOR: the halo around the point to check next
 
 
@@ -50,8 +52,11 @@ def _app_bar(app, ctrl):
     )
     with v3.VAppBar(density="compact"):
         html.Div("InteractiveKeypoints", classes="text-h6 ml-4 mr-6")
-        html.Span("{{ ik_image_name }} {{ ik_image_size ? '(' + ik_image_size + ')' : '' }}",
-                  id="ik-image-name", classes="text-body-2 mr-4")
+        html.Span(
+            "{{ ik_image_name }} {{ ik_image_size ? '(' + ik_image_size + ')' : '' }}",
+            id="ik-image-name",
+            classes="text-body-2 mr-4",
+        )
         v3.VSpacer()
         v3.VFileInput(
             id="ik-upload",
@@ -73,43 +78,87 @@ def _app_bar(app, ctrl):
             classes="ml-2",
             keyup_enter=app.open_server_path,
         )
-        v3.VBtn("Open", id="ik-open-path", click=app.open_server_path, disabled=("ik_busy",), variant="tonal", classes="mx-2")
+        v3.VBtn(
+            "Open",
+            id="ik-open-path",
+            click=app.open_server_path,
+            disabled=("ik_busy",),
+            variant="tonal",
+            classes="mx-2",
+        )
 
 
 def _side_panel(app, ctrl):
-    download_json = ctrl.trigger_name(lambda: app.download(".mrk.json"))
-    download_csv = ctrl.trigger_name(lambda: app.download(".csv"))
+    download_json = ctrl.trigger_name(lambda: app.download(POINTS_JSON))
+    download_csv = ctrl.trigger_name(lambda: app.download(POINTS_CSV))
     with v3.VNavigationDrawer(location="right", permanent=True, width=510):
         with html.Div(classes="pa-3"):
             with html.Div(classes="d-flex flex-wrap ga-2"):
                 # Detecting again starts a new history: ask before dropping the user's corrections.
-                v3.VBtn("Detect", id="ik-detect", color="primary", disabled=("ik_busy",), prepend_icon="mdi-target",
-                        click="(!ik_rows.some(r => r.state === 'user-fixed') || "
-                              "window.confirm('Detect again? Your corrections will be replaced (undo cannot bring "
-                              f"them back; the last autosave can).')) && trigger('{ctrl.trigger_name(app.detect)}')")
-                v3.VBtn("Undo", id="ik-undo", click=app.undo, disabled=("ik_busy || !ik_can_undo",),
-                        prepend_icon="mdi-undo")
-                v3.VBtn("Redo", id="ik-redo", click=app.redo, disabled=("ik_busy || !ik_can_redo",),
-                        prepend_icon="mdi-redo")
-                v3.VBtn("Reset", id="ik-reset", click=app.reset, disabled=("ik_busy || !ik_has_points",),
-                        prepend_icon="mdi-restore")
+                v3.VBtn(
+                    "Detect",
+                    id="ik-detect",
+                    color="primary",
+                    disabled=("ik_busy",),
+                    prepend_icon="mdi-target",
+                    click="(!ik_rows.some(r => r.state === 'user-fixed') || "
+                    "window.confirm('Detect again? Your corrections will be replaced (undo cannot bring "
+                    f"them back; the last autosave can).')) && trigger('{ctrl.trigger_name(app.detect)}')",
+                )
+                v3.VBtn(
+                    "Undo", id="ik-undo", click=app.undo, disabled=("ik_busy || !ik_can_undo",), prepend_icon="mdi-undo"
+                )
+                v3.VBtn(
+                    "Redo", id="ik-redo", click=app.redo, disabled=("ik_busy || !ik_can_redo",), prepend_icon="mdi-redo"
+                )
+                v3.VBtn(
+                    "Reset",
+                    id="ik-reset",
+                    click=app.reset,
+                    disabled=("ik_busy || !ik_has_points",),
+                    prepend_icon="mdi-restore",
+                )
             with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
-                v3.VBtn("Next", id="ik-next", click=app.next_point, disabled=("!ik_has_points",),
-                        prepend_icon="mdi-crosshairs-question",
-                        title="Centre the view on the landmark the model is least sure of (not fixed yet)")
-                v3.VBtn("Confirm", id="ik-confirm", click=app.confirm, disabled=("ik_next < 0",),
-                        prepend_icon="mdi-check",
-                        title="Accept the suggested landmark where it is: it becomes user-fixed and the model re-runs")
-                html.Span("{{ ik_next >= 0 ? 'check: ' + ik_rows[ik_next].name : '' }}", id="ik-next-name",
-                          classes="text-body-2 align-self-center", style=f"color: {NEXT_COLOUR};")
+                v3.VBtn(
+                    "Next",
+                    id="ik-next",
+                    click=app.next_point,
+                    disabled=("!ik_has_points",),
+                    prepend_icon="mdi-crosshairs-question",
+                    title="Centre the view on the landmark the model is least sure of (not fixed yet)",
+                )
+                v3.VBtn(
+                    "Confirm",
+                    id="ik-confirm",
+                    click=app.confirm,
+                    disabled=("ik_next < 0",),
+                    prepend_icon="mdi-check",
+                    title="Accept the suggested landmark where it is: it becomes user-fixed and the model re-runs",
+                )
+                html.Span(
+                    "{{ ik_next >= 0 ? 'check: ' + ik_rows[ik_next].name : '' }}",
+                    id="ik-next-name",
+                    classes="text-body-2 align-self-center",
+                    style=f"color: {NEXT_COLOUR};",
+                )
             with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
-                v3.VBtn(".mrk.json", id="ik-download-json", variant="outlined", prepend_icon="mdi-download",
-                        disabled=("!ik_has_points",),
-                        click=f"utils.download(ik_export_stem + '.mrk.json', trigger('{download_json}'), "
-                              "'application/json')")
-                v3.VBtn("CSV", id="ik-download-csv", variant="outlined", prepend_icon="mdi-download",
-                        disabled=("!ik_has_points",),
-                        click=f"utils.download(ik_export_stem + '.csv', trigger('{download_csv}'), 'text/csv')")
+                v3.VBtn(
+                    ".mrk.json",
+                    id="ik-download-json",
+                    variant="outlined",
+                    prepend_icon="mdi-download",
+                    disabled=("!ik_has_points",),
+                    click=f"utils.download(ik_export_stem + '.mrk.json', trigger('{download_json}'), "
+                    "'application/json')",
+                )
+                v3.VBtn(
+                    "CSV",
+                    id="ik-download-csv",
+                    variant="outlined",
+                    prepend_icon="mdi-download",
+                    disabled=("!ik_has_points",),
+                    click=f"utils.download(ik_export_stem + '.csv', trigger('{download_csv}'), 'text/csv')",
+                )
             v3.VProgressLinear(indeterminate=True, v_show=("ik_busy",), id="ik-busy", classes="mt-2", color="primary")
             v3.VAlert(
                 model_value=("!!ik_message",),  # not v-show: a closed VAlert would stay closed
@@ -127,8 +176,9 @@ def _side_panel(app, ctrl):
                 html.Span("\u25cf user-fixed ", style=f"color: {FIXED_COLOUR};")
                 html.Span("\u25cf check next (halo) ", style=f"color: {NEXT_COLOUR};")
                 html.Span("- drag a point to fix it; the others follow. Limits: {{ ik_limits }}.")
-            html.Div("autosaved to {{ ik_autosave }}", v_show=("ik_autosave",), classes="text-caption",
-                     id="ik-autosave")
+            html.Div(
+                "autosaved to {{ ik_autosave }}", v_show=("ik_autosave",), classes="text-caption", id="ik-autosave"
+            )
         with html.Div(v_show=("ik_measurements.length",), classes="px-3 pb-2", id="ik-measurements-panel"):
             v3.VDataTable(
                 id="ik-measurements",
@@ -158,7 +208,9 @@ def _side_panel(app, ctrl):
             items_per_page=-1,
             hide_default_footer=True,
             fixed_header=True,
-            height=("ik_measurements.length ? 'calc(100vh - 330px - ' + (60 + 40 * ik_measurements.length) + 'px)' "
-                    ": 'calc(100vh - 330px)'",),
+            height=(
+                "ik_measurements.length ? 'calc(100vh - 330px - ' + (60 + 40 * ik_measurements.length) + 'px)' "
+                ": 'calc(100vh - 330px)'",
+            ),
             no_data_text="No landmarks yet: press Detect.",
         )
