@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from interactive_keypoints.conventions import PREDICTED, USER_FIXED
+from interactive_keypoints.conventions import POINTS_CSV, POINTS_JSON, PREDICTED, USER_FIXED
 from interactive_keypoints.dependencies import REQUIREMENTS_FILE, load_requirements, unmet_requirements
 from interactive_keypoints.model_folders import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, shipped_models
 from interactive_keypoints.mrml_logic import (
@@ -215,8 +215,8 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.resetButton.connect("clicked(bool)", self.onReset)
         self.ui.nextButton.connect("clicked(bool)", self.onNext)
         self.ui.confirmButton.connect("clicked(bool)", self.onConfirm)
-        self.ui.exportJsonButton.connect("clicked(bool)", lambda: self.onExport(".mrk.json"))
-        self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport(".csv"))
+        self.ui.exportJsonButton.connect("clicked(bool)", lambda: self.onExport(POINTS_JSON))
+        self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport(POINTS_CSV))
         self.ui.batchButton.connect("clicked(bool)", self.onProcessFolder)
         self.ui.landmarkTable.connect("cellClicked(int,int)", self.onTableClicked)
         self.ui.landmarkTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
@@ -645,7 +645,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         pointList = self._parameterNode.pointList
         if pointList is None:
             return
-        fileFilter = _("Slicer markups (*.mrk.json)") if extension == ".mrk.json" else _("CSV (*.csv)")
+        fileFilter = _("Slicer markups (*.mrk.json)") if extension == POINTS_JSON else _("CSV (*.csv)")
         path = qt.QFileDialog.getSaveFileName(
             self.parent, _("Save landmarks"), pointList.GetName() + extension, fileFilter
         )

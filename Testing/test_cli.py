@@ -80,6 +80,49 @@ def test_missing_model_folder_is_a_one_line_error(png, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_every_user_error_is_a_keypoints_error_and_keeps_its_builtin_base():
+    # the CLI prints KeypointsError as a message; older callers still catch the built-in base
+    from interactive_keypoints.config import ModelFormatError
+    from interactive_keypoints.data.common import DatasetNotFoundError
+    from interactive_keypoints.data.pack import PackError
+    from interactive_keypoints.errors import KeypointsError
+    from interactive_keypoints.imaging import ImageError
+    from interactive_keypoints.markups import MarkupsError
+    from interactive_keypoints.mrml_logic import LogicBusyError
+    from interactive_keypoints.session import OutsideImageError, SessionBusyError
+
+    bases = {
+        ModelFormatError: ValueError,
+        ImageError: ValueError,
+        PackError: ValueError,
+        MarkupsError: ValueError,
+        OutsideImageError: ValueError,
+        DatasetNotFoundError: FileNotFoundError,
+        SessionBusyError: RuntimeError,
+        LogicBusyError: RuntimeError,
+    }
+    for error_class, builtin in bases.items():
+        assert issubclass(error_class, KeypointsError) and issubclass(error_class, builtin), error_class
+
+
+def test_a_keypoints_error_is_a_message_and_a_bug_is_a_traceback(monkeypatch, capsys):
+    from interactive_keypoints import demo
+    from interactive_keypoints.errors import KeypointsError
+
+    def fails_with(error):
+        def run(args):
+            raise error
+
+        return run
+
+    monkeypatch.setattr(demo, "run", fails_with(KeypointsError("the image is 3-D")))
+    assert cli.main(["demo"]) == 2
+    assert capsys.readouterr().err.strip() == "error: the image is 3-D"
+    monkeypatch.setattr(demo, "run", fails_with(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["demo"])
+
+
 def test_unknown_device_is_a_usage_error(png, model_dir):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["predict", str(png), "--model", str(model_dir), "--device", "tpu"])

@@ -27,13 +27,6 @@ SUBCOMMANDS = {
 }
 
 # (module, class name) of errors caused by the user's input: printed as one line, exit 2
-USER_ERRORS = [
-    ("interactive_keypoints.imaging", "ImageError"),
-    ("interactive_keypoints.config", "ModelFormatError"),
-    ("interactive_keypoints.session", "OutsideImageError"),
-    ("interactive_keypoints.markups", "MarkupsError"),
-    ("interactive_keypoints.data.pack", "PackError"),
-]
 USER_ERROR_EXIT = 2
 
 
@@ -66,14 +59,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def _is_user_error(error: BaseException) -> bool:
-    if isinstance(error, FileNotFoundError):
-        return True
-    for module_name, class_name in USER_ERRORS:
-        module = sys.modules.get(module_name)  # an error class can only be raised once its module is loaded
-        error_class = getattr(module, class_name, None) if module else None
-        if error_class is not None and isinstance(error, error_class):
-            return True
-    return False
+    """Errors the user can fix, printed as a message; anything else is a bug: a traceback."""
+    from .errors import KeypointsError
+
+    return isinstance(error, (KeypointsError, FileNotFoundError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import KeypointsError
+
 FORMAT_VERSION = 1
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(KeypointsError, ValueError):
     """A model folder or config that cannot be used (missing, corrupt or inconsistent)."""
 
 

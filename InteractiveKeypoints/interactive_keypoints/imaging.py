@@ -22,12 +22,13 @@ from monai.transforms import (
 )
 
 from .conventions import header_spacing
+from .errors import KeypointsError
 
 # ITU-R BT.601 luma weights (what PIL's "L" mode and most viewers use for RGB -> grey).
 LUMINANCE_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
-class ImageError(ValueError):
+class ImageError(KeypointsError, ValueError):
     """An image that cannot be used as a radiograph (unreadable, wrong shape, no contrast...)."""
 
 

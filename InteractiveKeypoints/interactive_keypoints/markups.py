@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .conventions import ACTIVE_COLOR, FIXED_COLOR, PREDICTED, PREDICTED_COLOR, USER_FIXED, pixels_to_mm
+from .errors import KeypointsError
 
 MARKUPS_SCHEMA = (
     "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
@@ -43,7 +44,7 @@ _DISPLAY = {
 }
 
 
-class MarkupsError(ValueError):
+class MarkupsError(KeypointsError, ValueError):
     """A markups file that cannot be read as a point list."""
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .conventions import inside_image, state_names
 from .correction_field import apply_correction_field
+from .errors import KeypointsError
 from .heatmaps import decode_logits_locally, gaussian_heatmaps
 from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
 from .inference import Predictor
@@ -36,11 +37,11 @@ from .model_io import KeypointModel
 from .review import available_score, load_selection, review_scores
 
 
-class OutsideImageError(ValueError):
+class OutsideImageError(KeypointsError, ValueError):
     """A user move that lies outside the image."""
 
 
-class SessionBusyError(RuntimeError):
+class SessionBusyError(KeypointsError, RuntimeError):
     """A call that arrived while the session was still computing the previous one."""
 
 

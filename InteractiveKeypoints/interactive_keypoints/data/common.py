@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from ..conventions import inside_image
+from ..errors import KeypointsError
 from ..imaging import image_geometry, load_radiograph
 
 log = logging.getLogger(__name__)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(KeypointsError, FileNotFoundError):
     """A dataset folder (or one split of it) that is not on disk."""
 
 

@@ -35,6 +35,7 @@ import torch
 
 from .. import __version__
 from ..augment import transform_points
+from ..errors import KeypointsError
 from ..imaging import resize_matrix
 from . import dataset_options, disordered_label_options, synthetic, training_splits
 from .common import DatasetSplit, KeypointSample, label_problem
@@ -56,7 +57,7 @@ CACHE_POINT_DECIMALS = 6
 POINT_TOLERANCE_PX = 1e-5
 
 
-class PackError(ValueError):
+class PackError(KeypointsError, ValueError):
     """A training pack that is missing, incomplete or does not match what it is used for."""
 
 

@@ -13,12 +13,13 @@ import logging
 import time
 
 from ..conventions import inside_image
+from ..errors import KeypointsError
 from .tracked import TrackedList
 
 log = logging.getLogger(__name__)
 
 
-class LogicBusyError(RuntimeError):
+class LogicBusyError(KeypointsError, RuntimeError):
     """An operation was asked for while the model is still running on this point list."""
 
 
