@@ -473,14 +473,9 @@ def set_session_environment(max_file_mb: float):
     os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(max_file_mb * 2**20 * 1.4) + 2**22))
 
 
-def run_session(argv=None):
-    """One session server (what the launcher starts per tab; also usable alone)."""
-    parser = argparse.ArgumentParser(description="InteractiveKeypoints: one browser session")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
+def add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every session of a process shares (a lone session or the host's)."""
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    parser.add_argument("--autosave-dir", default=None, help="write the points here after every change")
-    parser.add_argument("--idle-timeout", type=int, default=300, help="seconds without a client before exiting")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
     parser.add_argument(
@@ -489,9 +484,28 @@ def run_session(argv=None):
         default=0.0,
         help="add this many seconds to every model run (demos and tests of drags during inference)",
     )
-    parser.add_argument(
-        "--hold-inference-while", default=None, help=argparse.SUPPRESS
-    )  # tests: runs wait for this file to go
+    # tests: model runs wait while this file exists
+    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)
+
+
+def session_options(args) -> dict:
+    """``KeypointsWebApp`` keyword arguments from :func:`add_session_arguments`' options."""
+    return {
+        "max_file_bytes": int(args.max_file_mb * 2**20),
+        "max_pixels": int(args.max_megapixels * 1e6),
+        "slow_inference_s": args.slow_inference,
+        "hold_inference_while": args.hold_inference_while,
+    }
+
+
+def run_session(argv=None):
+    """One session server (what the launcher starts per tab; also usable alone)."""
+    parser = argparse.ArgumentParser(description="InteractiveKeypoints: one browser session")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed at start)")
+    parser.add_argument("--autosave-dir", default=None, help="write the points here after every change")
+    parser.add_argument("--idle-timeout", type=int, default=300, help="seconds without a client before exiting")
+    add_session_arguments(parser)
     args, _ = parser.parse_known_args(argv)
     set_session_environment(args.max_file_mb)
     logging.basicConfig(level=logging.WARNING)
@@ -502,10 +516,7 @@ def run_session(argv=None):
         server,
         model_dir=args.model,
         autosave_dir=args.autosave_dir,
-        max_file_bytes=int(args.max_file_mb * 2**20),
-        max_pixels=int(args.max_megapixels * 1e6),
-        slow_inference_s=args.slow_inference,
-        hold_inference_while=args.hold_inference_while,
+        **session_options(args),
     )
     _announce_port(app)
     app.server.start(

@@ -158,21 +158,10 @@ async def serve(shared_model, session_options: dict):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .app import MAX_FILE_BYTES, MAX_PIXELS
+    from .app import add_session_arguments
 
     parser = argparse.ArgumentParser(description="InteractiveKeypoints: the process that runs the browser sessions")
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
-    parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
-    parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
-    parser.add_argument(
-        "--slow-inference",
-        type=float,
-        default=0.0,
-        help="add this many seconds to every model run (demos and tests of drags during inference)",
-    )
-    parser.add_argument(
-        "--hold-inference-while", default=None, help=argparse.SUPPRESS
-    )  # tests: runs wait for this file to go
+    add_session_arguments(parser)
     parser.add_argument(
         "--inference-threads",
         type=int,
@@ -186,7 +175,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     sys.argv = sys.argv[:1]  # trame reads the command line when a server starts: ours is not for it
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .app import set_session_environment
+    from .app import session_options, set_session_environment
     from .shared_model import SharedModel
 
     set_session_environment(args.max_file_mb)
@@ -194,13 +183,7 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.inference_threads)
-    options = {
-        "max_file_bytes": int(args.max_file_mb * 2**20),
-        "max_pixels": int(args.max_megapixels * 1e6),
-        "slow_inference_s": args.slow_inference,
-        "hold_inference_while": args.hold_inference_while,
-    }
-    asyncio.run(serve(SharedModel(args.model), options))
+    asyncio.run(serve(SharedModel(args.model), session_options(args)))
 
 
 if __name__ == "__main__":
