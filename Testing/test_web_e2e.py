@@ -30,6 +30,7 @@ from browser import (  # noqa: E402
     view_to_page,
     wait_for_debug,
 )
+from web_model import save_web_test_model  # noqa: E402
 
 pytestmark = [
     pytest.mark.browser,
@@ -52,29 +53,7 @@ HOLD_FILE: Path | None = None  # while this file exists, the server's model runs
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """An untrained, deterministic, small network: fast on CPU, and it does react to clicks."""
-    import torch
-
-    from interactive_keypoints.config import ModelConfig
-    from interactive_keypoints.conventions import SPINE
-    from interactive_keypoints.model_io import build_model, save_model
-
-    torch.manual_seed(0)
-    config = ModelConfig(
-        num_keypoints=SPINE.num_keypoints,
-        input_size=(256, 128),
-        landmark_names=list(SPINE.names),
-        width=8,
-        stage_modules=(1, 1, 1),
-        stage_blocks=1,
-        stem_blocks=1,
-        ocr_mid_channels=32,
-        ocr_key_channels=16,
-        hint_channels=8,
-        name="tiny-untrained-test",
-        measurements="aasce-cobb",
-    )
-    return save_model(tmp_path_factory.mktemp("model") / "tiny", build_model(config))
+    return save_web_test_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")

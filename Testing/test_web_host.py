@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,31 +24,15 @@ from interactive_keypoints.mrml_logic import control_point_positions, point_stat
 from interactive_keypoints.web.host import HOST_MARK, SessionHost  # noqa: E402
 from interactive_keypoints.web.shared_model import SharedModel  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent / "web"))
+from web_model import save_web_test_model  # noqa: E402
+
 MARKUPS = slicer.vtkMRMLMarkupsNode
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from interactive_keypoints.config import ModelConfig
-    from interactive_keypoints.conventions import SPINE
-    from interactive_keypoints.model_io import build_model, save_model
-
-    torch.manual_seed(0)
-    config = ModelConfig(
-        num_keypoints=SPINE.num_keypoints,
-        input_size=(256, 128),
-        landmark_names=list(SPINE.names),
-        width=8,
-        stage_modules=(1, 1, 1),
-        stage_blocks=1,
-        stem_blocks=1,
-        ocr_mid_channels=32,
-        ocr_key_channels=16,
-        hint_channels=8,
-        name="tiny-untrained-test",
-        measurements="aasce-cobb",
-    )
-    return save_model(tmp_path_factory.mktemp("model") / "tiny", build_model(config))
+    return save_web_test_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture

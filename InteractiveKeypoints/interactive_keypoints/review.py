@@ -24,6 +24,7 @@ Fixed points (placed or confirmed by the user) score -inf and are never ranked.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,20 @@ def review_scores(name: str, points, confidence, logits, image_size, fixed, sele
 
 
 def load_selection(model_folder) -> MorphologySelection | None:
-    """The model folder's morphology selection if it has the review statistics, else None."""
-    if model_folder is None or not (Path(model_folder) / "morphology.json").is_file():
+    """The model folder's morphology selection if it has the review statistics, else None.
+
+    Read once per file version, not once per image: every session of a model (evaluate's
+    images, the browser's tabs) shares the same read-only selection.
+    """
+    path = None if model_folder is None else Path(model_folder) / "morphology.json"
+    if path is None or not path.is_file():
         return None
-    selection = MorphologySelection.load(Path(model_folder) / "morphology.json")
+    return _selection_with_review_stats(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _selection_with_review_stats(path: str, _version: int) -> MorphologySelection | None:
+    selection = MorphologySelection.load(path)
     return selection if "neighbour_pairs" in selection.stats else None
 
 
