@@ -79,3 +79,28 @@ def test_bad_lengths_are_refused():
         tiny_config(correction_noise=0.0)
     with pytest.raises(ValueError, match="correction_length"):
         KeypointSession(build_model(tiny_config()), np.zeros((64, 32), np.float32), correction_length=-1)
+
+
+def test_evaluate_overrides_the_field_without_touching_the_model_folder(tmp_path):
+    import json
+    from pathlib import Path
+
+    from interactive_keypoints import cli
+
+    model = Path(__file__).resolve().parents[1] / "models" / "phantom-spine-68"
+    on_disk = (model / "model.json").read_text()
+
+    def run(out, *field):
+        common = ["evaluate", "--model", str(model), "--dataset", "phantom", "--phantom-images", "2", "--limit", "1"]
+        args = [*common, "--max-clicks", "2", "--targets", "5", "--threads", "1", "--quiet", "--out", str(out)]
+        assert cli.main([*args, *field]) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    shipped = run(tmp_path / "shipped")
+    alone = run(tmp_path / "alone", "--correction-length", "0")
+    other = run(tmp_path / "other", "--correction-length", "0.2", "--correction-noise", "0.05")
+    assert shipped["correction_length"] > 0 and alone["correction_length"] == 0
+    assert (other["correction_length"], other["correction_noise"]) == (0.2, 0.05)
+    assert alone["MRE_by_clicks"]["model"][2] != shipped["MRE_by_clicks"]["model"][2]  # the field moved points
+    assert alone["MRE_by_clicks"]["model"][0] == shipped["MRE_by_clicks"]["model"][0]  # before any click: the same
+    assert (model / "model.json").read_text() == on_disk

@@ -19,19 +19,25 @@ NAMES = ["T1-top-left", "T1-top-right", "T1-bottom-left"]
 POINTS = np.array([[10.25, 20.5], [40.0, 21.75], [11.5, 50.125]])
 STATES = ["predicted", "user-fixed", "predicted"]
 CONFIDENCE = np.array([0.93, np.nan, 0.41])
+SPACING, ORIGIN = (0.5, 0.25), (3.0, -2.0)
 
 
-def test_written_file_follows_the_slicer_schema(tmp_path):
-    path = write_markups_json(
+def write_example(tmp_path, **options):
+    """The example points written with spacing, origin, states and confidence."""
+    return write_markups_json(
         tmp_path / "a.mrk.json",
         POINTS,
         NAMES,
-        spacing=(0.5, 0.25),
-        origin=(3.0, -2.0),
+        spacing=SPACING,
+        origin=ORIGIN,
         states=STATES,
         confidence=CONFIDENCE,
-        node_name="Spine",
+        **options,
     )
+
+
+def test_written_file_follows_the_slicer_schema(tmp_path):
+    path = write_example(tmp_path, node_name="Spine")
     doc = json.loads(path.read_text())
     assert doc["@schema"] == MARKUPS_SCHEMA
     markup = doc["markups"][0]
@@ -49,16 +55,8 @@ def test_written_file_follows_the_slicer_schema(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    path = write_markups_json(
-        tmp_path / "a.mrk.json",
-        POINTS,
-        NAMES,
-        spacing=(0.5, 0.25),
-        origin=(3.0, -2.0),
-        states=STATES,
-        confidence=CONFIDENCE,
-    )
-    m = read_markups_points(path, spacing=(0.5, 0.25), origin=(3.0, -2.0))
+    path = write_example(tmp_path)
+    m = read_markups_points(path, spacing=SPACING, origin=ORIGIN)
     np.testing.assert_allclose(m.points, POINTS, atol=1e-9)
     assert m.names == NAMES and m.states == STATES
     np.testing.assert_allclose(m.confidence, [0.93, np.nan, 0.41])

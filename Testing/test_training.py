@@ -98,30 +98,19 @@ def test_dropping_disordered_labels_is_refused_outside_aasce(tmp_path):
         run_train(tmp_path / "phantom", "--epochs", "1", "--drop-disordered-labels")
 
 
+def train_one_step_at_lr_0(out, *flags, source):
+    """One step at learning rate 0 into ``out``: the source's and the result's tensors."""
+    assert run_train(out, "--epochs", "1", "--max-steps", "1", "--lr", "0", "--min-lr", "0", *flags) == 0
+    return load_file(source / "model.safetensors"), load_file(out / "model.safetensors")
+
+
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_given_weights(tmp_path, trained):
     # lr 0: the learned weights must come out as they went in (BN running stats do move in train mode)
     tuned = tmp_path / "tuned"
-    assert (
-        run_train(
-            tuned,
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--lr",
-            "0",
-            "--min-lr",
-            "0",
-            "--lr-schedule",
-            "cosine",
-            "--init-from",
-            str(trained),
-        )
-        == 0
+    source, result = train_one_step_at_lr_0(
+        tuned, "--lr-schedule", "cosine", "--init-from", str(trained), source=trained
     )
-    source = load_file(trained / "model.safetensors")
-    result = load_file(tuned / "model.safetensors")
     learned = [key for key in source if "running_" not in key and "num_batches" not in key]
     assert len(learned) > 100
     assert all((source[key] == result[key]).all() for key in learned)
@@ -142,25 +131,7 @@ def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
 def test_transfer_takes_the_tensors_that_fit(tmp_path, trained):
     # a model without gating: every tensor but the gate's can come from the gated source
     target = tmp_path / "transfer"
-    assert (
-        run_train(
-            target,
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--lr",
-            "0",
-            "--min-lr",
-            "0",
-            "--no-gating",
-            "--transfer-from",
-            str(trained),
-        )
-        == 0
-    )
-    source = load_file(trained / "model.safetensors")
-    result = load_file(target / "model.safetensors")
+    source, result = train_one_step_at_lr_0(target, "--no-gating", "--transfer-from", str(trained), source=trained)
     learned = [key for key in result if "running_" not in key and "num_batches" not in key]
     assert not any(key.startswith("gate.") for key in result) and any(key.startswith("gate.") for key in source)
     assert all((source[key] == result[key]).all() for key in learned)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -635,8 +636,13 @@ def run(args) -> int:
     if args.threads:  # e.g. beside a training: oversubscribed OpenMP threads crawl
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    if args.correction_noise is not None:  # a sweep of the field's settings, without editing model.json
-        model.config.correction_noise = args.correction_noise
+    field_settings = {
+        name: value
+        for name, value in (("correction_length", args.correction_length), ("correction_noise", args.correction_noise))
+        if value is not None
+    }
+    if field_settings:  # a sweep of the correction field's settings, without editing model.json
+        model.config = dataclasses.replace(model.config, **field_settings)
         model.config.validate()
     options = dataset_options(args.dataset, args.split_seed, args.phantom_images)
     options.update(disordered_label_options(args.dataset, args.drop_disordered_labels))
@@ -664,7 +670,6 @@ def run(args) -> int:
             args.click_noise,
             args.click_seed,
             args.unit,
-            args.correction_length,
         )
         for user in users
     }
@@ -672,13 +677,12 @@ def run(args) -> int:
     metrics = summarise(
         results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, split.landmark_names
     )
-    correction_length = model.config.correction_length if args.correction_length is None else args.correction_length
     metrics.update(
         model=str(args.model),
         dataset=args.dataset,
         split=args.split,
         prev_mode=args.prev_mode,
-        correction_length=correction_length,
+        correction_length=model.config.correction_length,
         correction_noise=model.config.correction_noise,
         skipped=split.skipped,
     )

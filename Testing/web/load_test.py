@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -30,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, running_server, session_closed  # noqa: E402
 
 SESSION_GONE_WITHIN_S = 15.0
+stages: dict[int, str] = {}  # tab -> what it is doing now (printed when a run does not finish)
 
 
 # ------------------------------------------------------------------ memory
@@ -139,13 +142,16 @@ def spread_points(debug, count: int, skip: int) -> list[int]:
 
 
 async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: asyncio.Event, errors: list) -> dict:
+    stages[tab] = "opening its browser context"
     context = await browser.new_context(viewport=VIEWPORT)
     page = await context.new_page()
     page.on("console", lambda m: errors.append(f"tab {tab}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"tab {tab}: {e}"))
     await start_signal.wait()
     began = time.monotonic()
+    stages[tab] = "loading /"
     await page.goto(base_url + "/", timeout=600_000)
+    stages[tab] = f"waiting for the first view of {page.url}"
     assert "/s/" in page.url, f"tab {tab} got no session: {page.url}"
     await page.wait_for_selector("#ik-detect", timeout=600_000)
     await page.wait_for_function(
@@ -156,6 +162,7 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
     ready = time.monotonic() - began
 
     began = time.monotonic()
+    stages[tab] = "detecting"
     await page.click("#ik-detect")
     debug = await wait_for_debug(page, lambda d: len(d.get("points", [])) == 68 and not d["busy"])
     detect = time.monotonic() - began
@@ -163,6 +170,7 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
     updated = []
     mine = spread_points(debug, drags, tab)
     for k in mine:
+        stages[tab] = f"dragging point {k}"
         start = await view_to_page(page, debug["points"][k]["view_xy"], debug["view_size"])
         centre = await view_to_page(
             page, [sum(p["view_xy"][i] for p in debug["points"]) / 68 for i in (0, 1)], debug["view_size"]
@@ -178,6 +186,7 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
                 f"tab {tab}: the drag of {debug['points'][k]['name']} (point {k}) did not fix it; fixed now: {fixed}"
             ) from None
         updated.append(time.monotonic() - released)
+    stages[tab] = "done"
     fixed = {k for k, p in enumerate(debug["points"]) if p["state"] == "user-fixed"}
     assert fixed == set(mine), f"tab {tab} sees fixed points {sorted(fixed)}, its own are {sorted(mine)}"
     return {"page": page, "context": context, "url": page.url, "ready": ready, "detect": detect, "updated": updated}
@@ -215,6 +224,18 @@ async def run_tabs(base_url: str, tabs: int, drags: int, server_log: Path) -> tu
     return results, gone
 
 
+def dump_host_stacks(server_pid: int):
+    """Ask the session host to print its threads' stacks into the server log (it registers SIGUSR1)."""
+    for pid in process_tree(server_pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"interactive_keypoints.web.host" in command:
+            os.kill(pid, signal.SIGUSR1)
+    time.sleep(2.0)  # the launcher copies the host's output into its log
+
+
 def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_dir: Path, server_args=()) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -244,8 +265,13 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
             sampler = MemorySampler(server.pid)
             sampler.start()
             began = time.monotonic()
+            stages.clear()
             try:
                 results, gone = asyncio.run(asyncio.wait_for(run_tabs(url, tabs, drags, log_path), run_timeout))
+            except (asyncio.TimeoutError, TimeoutError):
+                dump_host_stacks(server.pid)
+                where = "; ".join(f"tab {t}: {stage}" for t, stage in sorted(stages.items()))
+                raise TimeoutError(f"{where}; the host's thread stacks are in {log_path}") from None
             finally:
                 sampler.stop()
             rss, pss = sampler.peak_gb(since=began)
@@ -279,8 +305,11 @@ def main() -> None:
         try:
             server_args = ["--inference-threads", str(args.inference_threads)] if args.inference_threads else []
             row = measure(tabs, args.drags, args.model, args.run_timeout, log_dir, server_args)
-        except (asyncio.TimeoutError, TimeoutError):
-            print(f"{tabs} tabs: not done within --run-timeout {args.run_timeout:g} s; larger runs skipped", flush=True)
+        except (asyncio.TimeoutError, TimeoutError) as error:
+            print(
+                f"{tabs} tabs: not done within --run-timeout {args.run_timeout:g} s ({error}); larger runs skipped",
+                flush=True,
+            )
             break
         rows.append(row)
         print(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import faulthandler
 import gc
 import json
 import logging
@@ -179,6 +180,8 @@ def main(argv=None):
     from .shared_model import SharedModel
 
     set_session_environment(args.max_file_mb)
+    # `kill -USR1 <host pid>` prints every thread's stack (to the launcher's log): a hung session is diagnosable
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.inference_threads:
         import torch
 

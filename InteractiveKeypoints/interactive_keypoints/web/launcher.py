@@ -88,8 +88,11 @@ class HostProcess:
                 except (ValueError, TypeError, KeyError):
                     log.warning("session host: an answer that is not understood: %s", text[:200])
             self.tail = [*self.tail[-14:], text]
-            if "ERROR" in text or "Traceback" in text:
-                log.warning("session host: %s", text)
+            # its errors are warnings of ours; the rest (libraries' output, a stack dump asked for
+            # with SIGUSR1) goes to the log too, at info level
+            log.log(
+                logging.WARNING if "ERROR" in text or "Traceback" in text else logging.INFO, "session host: %s", text
+            )
         await self.process.wait()
         self.exited = True
         problem = RuntimeError(f"the session host exited with {self.process.returncode}:\n" + "\n".join(self.tail))

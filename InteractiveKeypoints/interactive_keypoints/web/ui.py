@@ -88,6 +88,11 @@ def _app_bar(app, ctrl):
         )
 
 
+def _button(label: str, element_id: str, icon: str, disabled: str, click, **props):
+    """A button of the side panel; ``disabled`` is a JavaScript expression of the state."""
+    return v3.VBtn(label, id=element_id, prepend_icon=icon, disabled=(disabled,), click=click, **props)
+
+
 def _side_panel(app, ctrl):
     download_json = ctrl.trigger_name(lambda: app.download(POINTS_JSON))
     download_csv = ctrl.trigger_name(lambda: app.download(POINTS_CSV))
@@ -95,44 +100,34 @@ def _side_panel(app, ctrl):
         with html.Div(classes="pa-3"):
             with html.Div(classes="d-flex flex-wrap ga-2"):
                 # Detecting again starts a new history: ask before dropping the user's corrections.
-                v3.VBtn(
+                _button(
                     "Detect",
-                    id="ik-detect",
-                    color="primary",
-                    disabled=("ik_busy",),
-                    prepend_icon="mdi-target",
+                    "ik-detect",
+                    "mdi-target",
+                    disabled="ik_busy",
                     click="(!ik_rows.some(r => r.state === 'user-fixed') || "
                     "window.confirm('Detect again? Your corrections will be replaced (undo cannot bring "
                     f"them back; the last autosave can).')) && trigger('{ctrl.trigger_name(app.detect)}')",
+                    color="primary",
                 )
-                v3.VBtn(
-                    "Undo", id="ik-undo", click=app.undo, disabled=("ik_busy || !ik_can_undo",), prepend_icon="mdi-undo"
-                )
-                v3.VBtn(
-                    "Redo", id="ik-redo", click=app.redo, disabled=("ik_busy || !ik_can_redo",), prepend_icon="mdi-redo"
-                )
-                v3.VBtn(
-                    "Reset",
-                    id="ik-reset",
-                    click=app.reset,
-                    disabled=("ik_busy || !ik_has_points",),
-                    prepend_icon="mdi-restore",
-                )
+                _button("Undo", "ik-undo", "mdi-undo", disabled="ik_busy || !ik_can_undo", click=app.undo)
+                _button("Redo", "ik-redo", "mdi-redo", disabled="ik_busy || !ik_can_redo", click=app.redo)
+                _button("Reset", "ik-reset", "mdi-restore", disabled="ik_busy || !ik_has_points", click=app.reset)
             with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
-                v3.VBtn(
+                _button(
                     "Next",
-                    id="ik-next",
+                    "ik-next",
+                    "mdi-crosshairs-question",
+                    disabled="!ik_has_points",
                     click=app.next_point,
-                    disabled=("!ik_has_points",),
-                    prepend_icon="mdi-crosshairs-question",
                     title="Centre the view on the landmark the model is least sure of (not fixed yet)",
                 )
-                v3.VBtn(
+                _button(
                     "Confirm",
-                    id="ik-confirm",
+                    "ik-confirm",
+                    "mdi-check",
+                    disabled="ik_next < 0",
                     click=app.confirm,
-                    disabled=("ik_next < 0",),
-                    prepend_icon="mdi-check",
                     title="Accept the suggested landmark where it is: it becomes user-fixed and the model re-runs",
                 )
                 html.Span(
@@ -142,22 +137,23 @@ def _side_panel(app, ctrl):
                     style=f"color: {NEXT_COLOUR};",
                 )
             with html.Div(classes="d-flex flex-wrap ga-2 mt-2"):
-                v3.VBtn(
+                # the browser saves what the server returns for the trigger, under the image's name
+                _button(
                     ".mrk.json",
-                    id="ik-download-json",
-                    variant="outlined",
-                    prepend_icon="mdi-download",
-                    disabled=("!ik_has_points",),
+                    "ik-download-json",
+                    "mdi-download",
+                    disabled="!ik_has_points",
                     click=f"utils.download(ik_export_stem + '.mrk.json', trigger('{download_json}'), "
                     "'application/json')",
-                )
-                v3.VBtn(
-                    "CSV",
-                    id="ik-download-csv",
                     variant="outlined",
-                    prepend_icon="mdi-download",
-                    disabled=("!ik_has_points",),
+                )
+                _button(
+                    "CSV",
+                    "ik-download-csv",
+                    "mdi-download",
+                    disabled="!ik_has_points",
                     click=f"utils.download(ik_export_stem + '.csv', trigger('{download_csv}'), 'text/csv')",
+                    variant="outlined",
                 )
             v3.VProgressLinear(indeterminate=True, v_show=("ik_busy",), id="ik-busy", classes="mt-2", color="primary")
             v3.VAlert(
