@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, running_server, session_closed  # noqa: E402
 
 SESSION_GONE_WITHIN_S = 15.0
+DRAG_TIMEOUT_S = 60.0  # a drop is refined within seconds; longer means the drag was lost
 stages: dict[int, str] = {}  # tab -> what it is doing now (printed when a run does not finish)
 
 
@@ -64,11 +65,26 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return values.get("Rss", 0), values.get("Pss", 0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class MemorySampler(threading.Thread):
+    """Memory of the server's process tree, and the CPU time of the server and of the browser
+    (this process's other children): on a 2-core machine they share the cores."""
+
     def __init__(self, root: int, every_s: float = 0.5):
         super().__init__(daemon=True)
         self.root, self.every_s = root, every_s
         self.samples: list[tuple[float, int, int, int]] = []  # time, processes, RSS, PSS (KiB)
+        self.cpu_at_start: dict[int, float] = {}
+        self.cpu_now: dict[int, float] = {}  # pid -> CPU seconds at its last sample
+        self.server_pids: set[int] = set()
         self._halt = threading.Event()
 
     def run(self):
@@ -76,7 +92,20 @@ class MemorySampler(threading.Thread):
             pids = process_tree(self.root)
             sizes = [memory_kib(pid) for pid in pids]
             self.samples.append((time.monotonic(), len(pids), sum(r for r, _ in sizes), sum(p for _, p in sizes)))
+            self.server_pids.update(pids)
+            for pid in process_tree(os.getpid()):
+                seconds = cpu_seconds(pid)
+                if seconds:
+                    self.cpu_at_start.setdefault(pid, seconds)
+                    self.cpu_now[pid] = seconds
             self._halt.wait(self.every_s)
+
+    def cpu_used(self) -> tuple[float, float]:
+        """CPU seconds used since sampling began by the server's tree and by the browser."""
+        used = {pid: self.cpu_now[pid] - self.cpu_at_start[pid] for pid in self.cpu_now}
+        server = sum(v for pid, v in used.items() if pid in self.server_pids)
+        browser = sum(v for pid, v in used.items() if pid not in self.server_pids and pid != os.getpid())
+        return server, browser
 
     def stop(self):
         self._halt.set()
@@ -141,6 +170,24 @@ def spread_points(debug, count: int, skip: int) -> list[int]:
     return order[skip * count : (skip + 1) * count]
 
 
+async def describe_lost_drag(page, tab: int, k: int, before: dict) -> str:
+    """What the page shows after a drag that did not fix its point (and a screenshot of it)."""
+    after = await read_debug(page)
+    box = await page.locator("#ik-view img, img").first.bounding_box()
+    natural = await page.evaluate(
+        "() => { const i = document.querySelector('img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
+    shot = HERE.parent / "artifacts" / "web" / f"lost-drag-tab-{tab}.png"
+    await page.screenshot(path=str(shot))
+    fixed = [p["name"] for p in after["points"] if p["state"] == "user-fixed"]
+    return (
+        f"tab {tab}: the drag of {before['points'][k]['name']} (point {k}) did not fix it within {DRAG_TIMEOUT_S:g} s; "
+        f"its pixel {before['points'][k]['pixel']} -> {after['points'][k]['pixel']}, busy {after['busy']}, "
+        f"runs started {before.get('runs_started')} -> {after.get('runs_started')}, fixed now {fixed}; "
+        f"view size {before['view_size']} -> {after['view_size']}, image element {box}, image {natural}; see {shot}"
+    )
+
+
 async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: asyncio.Event, errors: list) -> dict:
     stages[tab] = "opening its browser context"
     context = await browser.new_context(viewport=VIEWPORT)
@@ -179,12 +226,17 @@ async def one_tab(browser, base_url: str, tab: int, drags: int, start_signal: as
         await drag(page, start, (start[0] + towards[0], start[1] + 1.4 * towards[1]))
         released = time.monotonic()
         try:
-            debug = await wait_for_debug(page, lambda d, k=k: d["points"][k]["state"] == "user-fixed" and not d["busy"])
+            # the page can show the point fixed one state push before the model run starts: wait
+            # for a run begun after the drop to end, so the next drag presses where the point is now
+            debug = await wait_for_debug(
+                page,
+                lambda d, k=k, runs=debug["runs_started"]: (
+                    d["points"][k]["state"] == "user-fixed" and d["runs_started"] > runs and not d["busy"]
+                ),
+                DRAG_TIMEOUT_S,
+            )
         except AssertionError:
-            fixed = [p["name"] for p in (await read_debug(page))["points"] if p["state"] == "user-fixed"]
-            raise AssertionError(
-                f"tab {tab}: the drag of {debug['points'][k]['name']} (point {k}) did not fix it; fixed now: {fixed}"
-            ) from None
+            raise AssertionError(await describe_lost_drag(page, tab, k, debug)) from None
         updated.append(time.monotonic() - released)
     stages[tab] = "done"
     fixed = {k for k, p in enumerate(debug["points"]) if p["state"] == "user-fixed"}
@@ -275,6 +327,8 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
             finally:
                 sampler.stop()
             rss, pss = sampler.peak_gb(since=began)
+            server_cpu, browser_cpu = sampler.cpu_used()
+            wall = time.monotonic() - began
     return {
         "tabs": tabs,
         "ready": statistics.median(r["ready"] for r in results),
@@ -283,6 +337,9 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
         "rss": rss,
         "pss": pss,
         "gone": gone,
+        "server_cpu": server_cpu,
+        "browser_cpu": browser_cpu,
+        "wall": wall,
     }
 
 
@@ -315,7 +372,8 @@ def main() -> None:
         print(
             f"{tabs} tabs: ready {row['ready']:.1f} s, detect {row['detect']:.2f} s, "
             f"drag->updated {row['updated']:.2f} s, peak RSS {row['rss']:.2f} GB (PSS {row['pss']:.2f} GB), "
-            f"sessions closed {row['gone']:.1f} s after the tabs closed",
+            f"sessions closed {row['gone']:.1f} s after the tabs closed; CPU seconds over {row['wall']:.0f} s: "
+            f"server {row['server_cpu']:.0f}, browser {row['browser_cpu']:.0f}",
             flush=True,
         )
     print("\n| tabs | ready | detect | drag -> updated | RSS (PSS), peak |\n|---|---|---|---|---|")

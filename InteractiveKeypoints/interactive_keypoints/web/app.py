@@ -114,6 +114,7 @@ class KeypointsWebApp(TrameApp):
         self.points = None
         self._last_xy_to_ras = None
         self._runs_started = 0  # model runs begun (debug): tells "not started yet" from "already done"
+        self._push_scheduled = False
 
         self._init_state()
         self.ui = build_ui(self)
@@ -162,16 +163,32 @@ class KeypointsWebApp(TrameApp):
             self.state.ik_message_type = "info"
 
     def _on_busy(self, _node, busy: bool):
-        with self.state:
-            self._runs_started += bool(busy)
-            self.state.ik_busy = bool(busy)
-            self._refresh_debug()
+        self._runs_started += bool(busy)
+        self.state.ik_busy = bool(busy)
+        self._refresh_debug()
+        self._push_soon()
 
     def _on_points_updated(self, node):
-        with self.state:
-            self._refresh_table(node)
-            self._refresh_debug()
-            self._autosave(node)
+        self._refresh_table(node)
+        self._refresh_debug()
+        self._autosave(node)
+        self._push_soon()
+
+    def _push_soon(self):
+        """Send the state once the logic's current step is over: what it changes in one go (a
+        dropped point fixed, then the model busy) reaches the page in one message, never half."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not served (tests that build the app alone)
+            self.state.flush()
+            return
+        if not self._push_scheduled:
+            self._push_scheduled = True
+            loop.call_soon(self._push)
+
+    def _push(self):
+        self._push_scheduled = False
+        self.state.flush()
 
     def _refresh_table(self, node):
         positions = mrml_logic.control_point_positions(node)
