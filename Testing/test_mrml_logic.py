@@ -482,7 +482,7 @@ def test_each_correction_logs_the_time_the_user_waited(logic, volume, caplog):
             while logic.is_busy(node):
                 runner.poll(wait=0.02)
         timings = [r.getMessage() for r in caplog.records if "from request to display" in r.getMessage()]
-        assert len(timings) == 1 and timings[0].startswith("phantom keypoints: model ")
+        assert len(timings) == 1 and timings[0].startswith("phantom keypoints: correction: model ")
         assert logic.latency(node) > 0
     finally:
         runner.shutdown()

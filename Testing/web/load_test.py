@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import statistics
 import sys
@@ -276,6 +277,15 @@ async def run_tabs(base_url: str, tabs: int, drags: int, server_log: Path) -> tu
     return results, gone
 
 
+def model_runs(server_log: Path) -> tuple[float, float]:
+    """p50 over the drags' model runs of the run itself and of request -> points in MRML, in ms:
+    the server's share of drag -> updated (the host logs one line per run)."""
+    runs = re.findall(r": correction: model (\d+) ms, (\d+) ms from request to display", server_log.read_text())
+    if not runs:
+        return float("nan"), float("nan")
+    return statistics.median(int(m) for m, _ in runs), statistics.median(int(s) for _, s in runs)
+
+
 def dump_host_stacks(server_pid: int):
     """Ask the session host to print its threads' stacks into the server log (it registers SIGUSR1)."""
     for pid in process_tree(server_pid):
@@ -310,7 +320,10 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
         args += list(server_args)
         with running_server(args, log_path, ready_url=f"{url}/s/none/", ready_statuses=(410,)) as server:
             deadline = time.monotonic() + run_timeout
-            while "listening after" not in log_path.read_text():  # the spare session is up
+            spares = (
+                int(server_args[server_args.index("--spare-sessions") + 1]) if "--spare-sessions" in server_args else 1
+            )
+            while log_path.read_text().count("listening after") < spares:  # the spare sessions are up
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no spare session started; see {log_path}")
                 time.sleep(0.5)
@@ -327,6 +340,7 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
             finally:
                 sampler.stop()
             rss, pss = sampler.peak_gb(since=began)
+            model_ms, served_ms = model_runs(log_path)
             server_cpu, browser_cpu = sampler.cpu_used()
             wall = time.monotonic() - began
     return {
@@ -337,6 +351,8 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
         "rss": rss,
         "pss": pss,
         "gone": gone,
+        "model_ms": model_ms,
+        "served_ms": served_ms,
         "server_cpu": server_cpu,
         "browser_cpu": browser_cpu,
         "wall": wall,
@@ -352,6 +368,7 @@ def main() -> None:
     parser.add_argument(
         "--inference-threads", type=int, default=None, help="passed to serve (the test runs it with OMP_NUM_THREADS=1)"
     )
+    parser.add_argument("--spare-sessions", type=int, default=None, help="passed to serve (default: serve's)")
     args = parser.parse_args()
     if any(n < 1 or n > 8 for n in args.tabs):
         parser.error(f"--tabs must be between 1 and 8 (loopback load on a small machine), not {args.tabs}")
@@ -361,6 +378,8 @@ def main() -> None:
     for tabs in args.tabs:
         try:
             server_args = ["--inference-threads", str(args.inference_threads)] if args.inference_threads else []
+            if args.spare_sessions is not None:
+                server_args += ["--spare-sessions", str(args.spare_sessions)]
             row = measure(tabs, args.drags, args.model, args.run_timeout, log_dir, server_args)
         except (asyncio.TimeoutError, TimeoutError) as error:
             print(
@@ -372,7 +391,8 @@ def main() -> None:
         print(
             f"{tabs} tabs: ready {row['ready']:.1f} s, detect {row['detect']:.2f} s, "
             f"drag->updated {row['updated']:.2f} s, peak RSS {row['rss']:.2f} GB (PSS {row['pss']:.2f} GB), "
-            f"sessions closed {row['gone']:.1f} s after the tabs closed; CPU seconds over {row['wall']:.0f} s: "
+            f"sessions closed {row['gone']:.1f} s after the tabs closed; drags' model runs {row['model_ms']:.0f} ms, "
+            f"request -> points in MRML {row['served_ms']:.0f} ms; CPU seconds over {row['wall']:.0f} s: "
             f"server {row['server_cpu']:.0f}, browser {row['browser_cpu']:.0f}",
             flush=True,
         )

@@ -180,7 +180,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
             if not isinstance(outcome, Exception):
                 tracked.session = made["session"]
 
-        self._submit(tracked, compute, blocking, on_done=on_done)
+        self._submit(tracked, compute, blocking, on_done=on_done, what="detect")
         return node
 
     def attach(self, point_list_node, volume_node=None, blocking: bool = True):
@@ -319,11 +319,11 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
             tracked.pending.clear()
             self._apply(tracked, tracked.prediction)
             return
-        self._submit(tracked, tracked.session.undo, blocking=True)
+        self._submit(tracked, tracked.session.undo, blocking=True, what="undo")
 
     def redo(self, point_list_node):
         tracked = self._idle(point_list_node)
-        self._submit(tracked, tracked.session.redo, blocking=True)
+        self._submit(tracked, tracked.session.redo, blocking=True, what="redo")
 
     def unfix(self, point_list_node, indices, blocking: bool = True):
         """Let the model place these points again (re-runs the model, like refine)."""
@@ -332,13 +332,13 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         for k in indices:
             tracked.pending.pop(k, None)
         session = tracked.session
-        self._submit(tracked, lambda: session.unfix(indices), blocking)
+        self._submit(tracked, lambda: session.unfix(indices), blocking, what="unfix")
 
     def reset(self, point_list_node):
         """Forget all corrections: back to the model's first prediction."""
         tracked = self._idle(point_list_node)
         tracked.pending.clear()
-        self._submit(tracked, tracked.session.reset, blocking=True)
+        self._submit(tracked, tracked.session.reset, blocking=True, what="reset")
 
     def set_low_confidence(self, threshold: float):
         """Change the flagging threshold and re-describe the points of idle lists."""

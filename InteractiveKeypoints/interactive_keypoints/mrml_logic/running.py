@@ -51,7 +51,7 @@ class ModelRunning:
                 if tracked.pending.get(k) == fixes[k]:
                     del tracked.pending[k]
 
-        self._submit(tracked, compute, blocking, on_done=on_done, drop_fixes=fixes)
+        self._submit(tracked, compute, blocking, on_done=on_done, drop_fixes=fixes, what="correction")
 
     def _run_preview(self, tracked: TrackedList):
         if tracked.busy or tracked.preview is None:
@@ -62,10 +62,11 @@ class ModelRunning:
             return
         fixes = {**tracked.pending, k: xy}
         tracked.preview_steps += 1
-        self._submit(tracked, lambda: tracked.session.refine(fixes), blocking=False)
+        self._submit(tracked, lambda: tracked.session.refine(fixes), blocking=False, what="preview")
 
-    def _submit(self, tracked: TrackedList, compute, blocking: bool, on_done=None, drop_fixes=None):
-        """Run ``compute`` (session only) through the runner; write its result into MRML."""
+    def _submit(self, tracked: TrackedList, compute, blocking: bool, on_done=None, drop_fixes=None, what="model run"):
+        """Run ``compute`` (session only) through the runner; write its result into MRML.
+        ``what`` names the run in the log (detect, correction, undo ...)."""
         if tracked.busy:
             raise LogicBusyError(f"the model is still running on {tracked.node.GetName()!r}")
         self._set_busy(tracked, True)
@@ -85,8 +86,9 @@ class ModelRunning:
             # including the wait for the worker and for the main thread's poll
             tracked.latency = time.perf_counter() - started
             log.info(
-                "%s: model %.0f ms, %.0f ms from request to display",
+                "%s: %s: model %.0f ms, %.0f ms from request to display",
                 tracked.node.GetName(),
+                what,
                 1000 * sum(model_seconds),
                 1000 * tracked.latency,
             )

@@ -176,6 +176,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     sys.argv = sys.argv[:1]  # trame reads the command line when a server starts: ours is not for it
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # one line per model run (its time, and the wait from the request to the points in MRML)
+    logging.getLogger("interactive_keypoints.mrml_logic").setLevel(logging.INFO)
     from .app import session_options, set_session_environment
     from .shared_model import SharedModel
 
