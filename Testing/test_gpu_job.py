@@ -34,17 +34,22 @@ def test_verified_files_refuses_a_changed_or_unlisted_file(tmp_path):
         gpu_job.verified_files(tmp_path)
 
 
-def test_unpack_records_takes_only_plain_json_and_csv(tmp_path):
+def test_unpack_records_takes_only_model_folders_of_json_and_csv(tmp_path):
     (tmp_path / "model.json").write_text("{}")
-    good, bad = tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz"
-    with tarfile.open(good, "w:gz") as tar:
-        tar.add(tmp_path / "model.json", arcname="model.json")
-    with tarfile.open(bad, "w:gz") as tar:
-        tar.add(tmp_path / "model.json", arcname="../model.json")
-    (tmp_path / "unpacked").mkdir()
-    assert gpu_job.unpack_records(good, tmp_path / "unpacked") == ["model.json"]
-    with pytest.raises(ValueError, match="unexpected member"):
-        gpu_job.unpack_records(bad, tmp_path / "unpacked")
+
+    def archive(path, *names):
+        with tarfile.open(path, "w:gz") as tar:
+            for name in names:
+                tar.add(tmp_path / "model.json", arcname=name)
+        return path
+
+    good = archive(tmp_path / "good.tar.gz", "aasce/model.json", "isbi/model.json")
+    folders = gpu_job.unpack_records(good, tmp_path / "models")
+    assert folders == {"aasce": tmp_path / "models" / "aasce", "isbi": tmp_path / "models" / "isbi"}
+    assert (tmp_path / "models" / "isbi" / "model.json").read_text() == "{}"
+    for bad in ("../model.json", "aasce/../../model.json", "model.json", "aasce/weights.bin", "a/b/model.json"):
+        with pytest.raises(ValueError, match="unexpected member"):
+            gpu_job.unpack_records(archive(tmp_path / "bad.tar.gz", bad), tmp_path / "models")
 
 
 def test_shown_keeps_first_and_every_tenth_epoch_and_other_lines():
@@ -70,14 +75,18 @@ def test_paper_scale_train_commands_are_valid_train_arguments(tmp_path):
         for job in gpu_job.MODEL_JOBS
     }
     assert parsed["aasce"].input == (512, 256) and parsed["isbi"].input == (640, 512)
+    for name in ("aasce", "isbi"):
+        assert (parsed[name].width, parsed[name].depth) == (18, "full")
+    demo = parsed["phantom"]  # the demo model: under 2 MB in fp16 (test_model.py sizes this architecture)
+    assert (demo.input, demo.width, demo.depth, demo.gate_channels, demo.ocr_channels) == (
+        (256, 128),
+        8,
+        "compact",
+        64,
+        [32, 16],
+    )
     for run in parsed.values():
-        assert (run.width, run.depth, run.occlusion_prob, run.hint_scale_init, run.select_on) == (
-            18,
-            "full",
-            0.5,
-            1.0,
-            "mre3",
-        )
+        assert (run.occlusion_prob, run.hint_scale_init, run.select_on) == (0.5, 1.0, "mre3")
         assert (run.lr, run.lr_schedule) == (1e-3, "cosine")
         # the runs end by their budget, inside the job's, leaving time for start-up and the copy
         assert run.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES and run.max_steps is None
@@ -107,7 +116,8 @@ def test_rehearsal_without_simpleitk_then_join(tmp_path):
 
     packs = tmp_path / "packs"
     pack_dataset("phantom", None, (128, 64), packs / "aasce-phantom", phantom_images=8, progress=False)
-    shutil.copytree(packs / "aasce-phantom", packs / "isbi-phantom")  # one pack serves both runs
+    shutil.copytree(packs / "aasce-phantom", packs / "isbi-phantom")  # one pack serves all three runs
+    shutil.copytree(packs / "aasce-phantom", packs / "phantom-phantom")
     blocker = tmp_path / "no_simpleitk"  # the GPU machine has no SimpleITK: prove the job needs none
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['SimpleITK'] = None\n")
@@ -142,16 +152,15 @@ def test_rehearsal_without_simpleitk_then_join(tmp_path):
 
     returned = sorted(p.name for p in out.iterdir())
     assert len(returned) <= gpu_job.MAX_RETURNED_FILES
-    assert {"aasce.files.tar.gz", "isbi.files.tar.gz", "gpu_job.log", "SHA256SUMS"} <= set(returned)
+    assert {gpu_job.RECORDS_ARCHIVE, "gpu_job.log", "SHA256SUMS"} <= set(returned)
     assert "aasce.model-00001-of-00002.safetensors" in returned  # sharded, as the real models will be
     for name in returned:
         assert (out / name).stat().st_size <= gpu_job.MAX_RETURNED_BYTES
         assert any(line.startswith(hashlib.sha256((out / name).read_bytes()).hexdigest()) for line in lines)
 
     folders = gpu_job.join(out, tmp_path / "models")
-    assert sorted(folders) == ["aasce", "isbi"]
-    for folder in folders.values():
-        assert {"model.safetensors.index.json", "val_metrics.json", "training_log.csv", "split.json"} <= {
-            p.name for p in folder.iterdir()
-        }
+    assert sorted(folders) == ["aasce", "isbi", "phantom"]
+    for name, folder in folders.items():
+        weights = "model.safetensors" if name == "phantom" else "model.safetensors.index.json"  # one part or several
+        assert {weights, "val_metrics.json", "training_log.csv", "split.json"} <= {p.name for p in folder.iterdir()}
         assert load_model(folder).config.width == 8

@@ -5,20 +5,21 @@ must come back (issue #14); and the ``--join`` step that checks and loads them b
     python -m interactive_keypoints.gpu_job --join OUT models/trained
 
 PACKS_DIR holds one pack per model, found by its folder name: ``aasce-*`` and ``isbi-*`` (made
-with ``interactive-keypoints pack``). The job installs nothing and needs no network: it checks
+with ``interactive-keypoints pack``), and optionally ``phantom-*`` for the demo model. The job installs nothing and needs no network: it checks
 that torch, numpy, Pillow, safetensors, tqdm and MONAI import (MONAI's wheel can travel in
 ``.whl/``: ``pip install --no-index --find-links .whl monai``); SimpleITK is not needed.
 
 Models (same family: the paper's full-depth HRNetV2, width 18, gated, OCR head): AASCE at
 512 x 256 (12.5 M parameters, ~25 MB in fp16: two shards) and ISBI at 640 x 512 (the
 aspect of its 1935 x 2400 images and 2.5x the pixels of 512 x 256, for its 2 mm targets).
-Both use the recipe ``--occlusion-prob 0.5 --hint-scale-init 1.0 --select-on mre3`` and Adam
+The demo's phantom model is trained too when its pack is there: width 8, compact, gate 64,
+OCR 32/16 at 256 x 128 (1.8 MB in fp16). All use the recipe ``--occlusion-prob 0.5 --hint-scale-init 1.0 --select-on mre3`` and Adam
 at 1e-3 with a cosine decay over the time budget. ``--tiny`` swaps in width-8 compact models
 at the packs' own input size for a CPU rehearsal.
 
 Everything is written to a scratch folder; OUT receives at most 8 files: per model its weight
-files (<= 15 MB each) and one ``NAME.files.tar.gz`` of its JSON and CSV files, the job's log,
-and ``SHA256SUMS`` (``sha256sum -c`` format). The training runs end by their own time budget;
+files (<= 15 MB each, named ``NAME.*``), one ``records.files.tar.gz`` of every model's JSON and
+CSV files (``NAME/...``), the job's log, and ``SHA256SUMS`` (``sha256sum -c`` format). The training runs end by their own time budget;
 a run that overstays it is stopped, so the copy to OUT always happens.
 """
 
@@ -42,7 +43,7 @@ from pathlib import Path
 
 LOG_FILE = "gpu_job.log"
 SUMS_FILE = "SHA256SUMS"
-ARCHIVE_SUFFIX = ".files.tar.gz"
+RECORDS_ARCHIVE = "records.files.tar.gz"
 MAX_RETURNED_FILES = 8
 MAX_RETURNED_BYTES = 16 * 2**20
 # what a module needs to train from a pack (SimpleITK and scipy only make packs)
@@ -78,11 +79,19 @@ class ModelJob:
     name: str  # also the prefix of its pack folder and of its files in OUT
     input_size: str
     architecture: tuple[str, ...]
+    optional: bool = False  # trained only when its pack is there
 
 
 MODEL_JOBS = (
     ModelJob("aasce", "512x256", ("--width", "18", "--depth", "full")),
     ModelJob("isbi", "640x512", ("--width", "18", "--depth", "full")),
+    # the demo model: small enough to leave room in the tracked tree (issue #13)
+    ModelJob(
+        "phantom",
+        "256x128",
+        ("--width", "8", "--depth", "compact", "--ocr-channels", "32", "16", "--gate-channels", "64"),
+        optional=True,
+    ),
 )
 TINY_ARCHITECTURE = ("--width", "8", "--depth", "compact", "--ocr-channels", "16", "8", "--batch-size", "2")
 
@@ -98,8 +107,10 @@ def missing_modules() -> list[str]:
     return missing
 
 
-def find_pack(packs_dir: Path, name: str) -> Path:
+def find_pack(packs_dir: Path, name: str, optional: bool = False) -> Path | None:
     found = sorted(p for p in packs_dir.glob(f"{name}-*") if (p / "manifest.json").is_file())
+    if optional and not found:
+        return None
     if len(found) != 1:
         raise SystemExit(
             f"{packs_dir}: expected one pack folder {name}-* with a manifest.json, found "
@@ -161,7 +172,7 @@ def train_command(job: ModelJob, pack: Path, out: Path, args, workers: int, thre
     ]
     if args.max_steps is not None:
         command += ["--max-steps", str(args.max_steps)]
-    if args.tiny:
+    if args.tiny and not job.optional:  # the big models' weights come back in parts: so must the rehearsal's
         command += ["--max-shard-mb", str(args.tiny_shard_mb)]
     return command
 
@@ -225,22 +236,28 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def files_to_return(name: str, model_dir: Path, scratch: Path) -> dict[str, Path]:
-    """{name in OUT: file} for one model: its weight files and an archive of its JSON/CSV files."""
+def trained(model_dirs: dict[str, Path]) -> dict[str, Path]:
+    """The runs that wrote a model (a run stopped before its first validation wrote none)."""
+    return {name: folder for name, folder in model_dirs.items() if (folder / "model.json").is_file()}
+
+
+def weights_to_return(name: str, model_dir: Path) -> dict[str, Path]:
+    """{name in OUT: file} for one model's weight files (the index is JSON: it goes in the archive)."""
     from .model_folders import WEIGHTS_INDEX_FILE
     from .model_io import weight_files
 
-    if not (model_dir / "model.json").is_file():
-        return {}
-    # the index is JSON: it travels in the archive
-    chosen = {f"{name}.{p.name}": p for p in weight_files(model_dir) if p.name != WEIGHTS_INDEX_FILE}
-    # checkpoint.json describes weights that stay behind
-    records = sorted(p for p in model_dir.iterdir() if p.suffix in (".json", ".csv") and p.name != "checkpoint.json")
-    archive = scratch / f"{name}{ARCHIVE_SUFFIX}"
+    return {f"{name}.{p.name}": p for p in weight_files(model_dir) if p.name != WEIGHTS_INDEX_FILE}
+
+
+def records_archive(model_dirs: dict[str, Path], archive: Path) -> Path:
+    """One archive of every model's JSON and CSV files, as ``NAME/file``."""
     with tarfile.open(archive, "w:gz") as tar:
-        for record in records:
-            tar.add(record, arcname=record.name)
-    return {**chosen, archive.name: archive}
+        for name, model_dir in model_dirs.items():
+            for record in sorted(model_dir.iterdir()):
+                # checkpoint.json describes weights that stay behind
+                if record.suffix in (".json", ".csv") and record.name != "checkpoint.json":
+                    tar.add(record, arcname=f"{name}/{record.name}")
+    return archive
 
 
 def best_figures(name: str, model_dir: Path) -> str:
@@ -280,7 +297,8 @@ def run_job(args) -> int:
             flush=True,
         )
         return 2
-    packs = {job.name: find_pack(packs_dir, job.name) for job in MODEL_JOBS}
+    jobs = [job for job in MODEL_JOBS if find_pack(packs_dir, job.name, job.optional) is not None]
+    packs = {job.name: find_pack(packs_dir, job.name) for job in jobs}
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise SystemExit(f"{out} is not empty")
@@ -288,8 +306,8 @@ def run_job(args) -> int:
     deadline = start + 60 * args.minutes - 60 * RESERVE_MINUTES / 2 + OVERSTAY_S
     scratch = Path(tempfile.mkdtemp(prefix="gpu_job-", dir=args.scratch))
     cores = os.cpu_count() or 2
-    # two runs share the cores: half each for loader workers + the main thread
-    per_run = max(1, cores // len(MODEL_JOBS))
+    # the runs share the cores: loader workers + the main thread for each
+    per_run = max(1, cores // len(jobs))
     workers = 0 if args.device == "cpu" else max(0, per_run - 2)
     threads = max(1, min(per_run, 2 if workers else per_run))
     with open(out / LOG_FILE, "w") as log:
@@ -306,15 +324,18 @@ def run_job(args) -> int:
             f"{workers} loader workers and {threads} threads per run" + (", tiny rehearsal models" if args.tiny else "")
         )
         commands = {
-            job.name: train_command(job, packs[job.name], scratch / job.name, args, workers, threads)
-            for job in MODEL_JOBS
+            job.name: train_command(job, packs[job.name], scratch / job.name, args, workers, threads) for job in jobs
         }
         codes = run_side_by_side(commands, deadline, log)
         say("exit codes: " + ", ".join(f"{k} {v}" for k, v in codes.items()))
+        models = trained({job.name: scratch / job.name for job in jobs})
         chosen = {}
-        for job in MODEL_JOBS:
-            chosen.update(files_to_return(job.name, scratch / job.name, scratch))
+        for job in jobs:
+            if job.name in models:
+                chosen.update(weights_to_return(job.name, models[job.name]))
             say(best_figures(job.name, scratch / job.name))
+        if models:
+            chosen[RECORDS_ARCHIVE] = records_archive(models, scratch / RECORDS_ARCHIVE)
         check_returned([*chosen.values(), out / LOG_FILE])  # before anything more lands in OUT
         say(f"wall time {time.time() - start:.0f} s")
     for name, source in chosen.items():
@@ -349,20 +370,24 @@ def verified_files(returned: Path) -> list[Path]:
     return [returned / name for name in listed]
 
 
-def unpack_records(archive: Path, folder: Path) -> list[str]:
-    """Extract the archive's plain JSON/CSV files into ``folder`` (nothing else is accepted)."""
-    names = []
+def unpack_records(archive: Path, models_dir: Path) -> dict[str, Path]:
+    """Extract the archive's ``NAME/file`` JSON and CSV files into ``models_dir/NAME`` (nothing
+    else is accepted: no other depth, no '..', no links). The model folders, by name."""
+    folders = {}
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
+            parts = member.name.split("/")
             if (
                 not member.isfile()
-                or Path(member.name).name != member.name
-                or Path(member.name).suffix not in (".json", ".csv")
+                or len(parts) != 2
+                or any(part in ("", ".", "..") for part in parts)
+                or Path(parts[1]).suffix not in (".json", ".csv")
             ):
                 raise ValueError(f"{archive}: unexpected member {member.name!r}")
-            (folder / member.name).write_bytes(tar.extractfile(member).read())
-            names.append(member.name)
-    return names
+            folder = folders.setdefault(parts[0], models_dir / parts[0])
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / parts[1]).write_bytes(tar.extractfile(member).read())
+    return folders
 
 
 def join(returned: str | Path, models_dir: str | Path) -> dict[str, Path]:
@@ -371,12 +396,10 @@ def join(returned: str | Path, models_dir: str | Path) -> dict[str, Path]:
 
     returned, models_dir = Path(returned), Path(models_dir)
     files = verified_files(returned)
-    folders = {}
-    for archive in (p for p in files if p.name.endswith(ARCHIVE_SUFFIX)):
-        name = archive.name[: -len(ARCHIVE_SUFFIX)]
-        folder = models_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        unpack_records(archive, folder)
+    if returned / RECORDS_ARCHIVE not in files:
+        raise ValueError(f"{returned}: no {RECORDS_ARCHIVE} (no run wrote a model)")
+    folders = unpack_records(returned / RECORDS_ARCHIVE, models_dir)
+    for name, folder in folders.items():
         for weights in (p for p in files if p.name.startswith(name + ".") and p.suffix == ".safetensors"):
             shutil.copyfile(weights, folder / weights.name[len(name) + 1 :])
         model = load_model(folder)
@@ -385,9 +408,6 @@ def join(returned: str | Path, models_dir: str | Path) -> dict[str, Path]:
             f"{name}: loaded {folder} ({model.config.num_keypoints} keypoints, input "
             f"{'x'.join(map(str, model.config.input_size))}, width {model.config.width}, {parameters / 1e6:.2f} M parameters)"
         )
-        folders[name] = folder
-    if not folders:
-        raise ValueError(f"{returned}: no model archive (*{ARCHIVE_SUFFIX})")
     return folders
 
 
@@ -398,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("packs_dir", type=Path, help="folder with the aasce-* and isbi-* packs (with --join: OUT)")
+    parser.add_argument(
+        "packs_dir", type=Path, help="folder with the aasce-*, isbi-* and (optional) phantom-* packs (with --join: OUT)"
+    )
     parser.add_argument("out_dir", type=Path, help="empty folder for what comes back (with --join: models folder)")
     parser.add_argument("--join", action="store_true", help="check returned files and rebuild + load the models")
     parser.add_argument("--minutes", type=float, default=7.5, help="the whole job's wall-clock budget")
