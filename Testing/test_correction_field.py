@@ -83,11 +83,12 @@ def test_bad_lengths_are_refused():
 
 def test_evaluate_overrides_the_field_without_touching_the_model_folder(tmp_path):
     import json
-    from pathlib import Path
+
+    from conftest import REPO_ROOT
 
     from interactive_keypoints import cli
 
-    model = Path(__file__).resolve().parents[1] / "models" / "phantom-spine-68"
+    model = REPO_ROOT / "models" / "phantom-spine-68"
     on_disk = (model / "model.json").read_text()
 
     def run(out, *field):

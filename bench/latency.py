@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from interactive_keypoints.config import paper_config
+from interactive_keypoints.correction_field import apply_correction_field
 from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
 from interactive_keypoints.imaging import CoordinateMap, Radiograph, preprocess
 from interactive_keypoints.inference import cpu_has_native_bf16, cpu_info
@@ -140,6 +141,16 @@ def encode_once_saving_ms(session, repeats: int = 5) -> float:
     return 1000 * statistics.median(times)
 
 
+def correction_field_ms(points, fixed: dict, config, repeats: int = 200) -> float:
+    """What the correction field adds to a click (it runs after the network; the timed session has
+    it off so that both paths compare the network alone). Length: the model's, else 0.1."""
+    length = config.correction_length or 0.1
+    start = time.perf_counter()
+    for _ in range(repeats):
+        apply_correction_field(points, fixed, length, config.correction_noise)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
 def keypoint_difference(plain_results, session_results):
     """Max |difference| (original px) over free keypoints the fp32 path is confident about."""
     diffs = []
@@ -169,6 +180,7 @@ def main(argv=None) -> int:
 
     session, session_results, session_s = run_session(model, radiograph, sample.points, order)
     saving_ms = encode_once_saving_ms(session)
+    field_ms = correction_field_ms(session_results[-1][0], {k: sample.points[k] for k in order}, config)
     del session
     plain_results, plain_s = run_plain(model, radiograph, sample.points, order)
 
@@ -187,6 +199,7 @@ def main(argv=None) -> int:
         else round(max_diff * max(i / o for i, o in zip(config.input_size, radiograph.size)), 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "encode_once_saving_ms": round(saving_ms, 1),
+        "correction_field_ms": round(field_ms, 2),  # with all the run's clicks
         "threads": torch.get_num_threads(),
         "bf16": cpu_has_native_bf16(),
         "cpu": cpu_description(),

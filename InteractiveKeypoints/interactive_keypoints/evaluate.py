@@ -194,15 +194,14 @@ def evaluate_split(
     click_noise: float = 0.0,
     click_seed: int = 0,
     unit: str = "px",
-    correction_length: float | None = None,
 ):
     """RevisionCurves for every sample, sharing one inference copy of the network.
 
     ``user``: ``oracle`` (the protocol) or ``guided`` (see :func:`simulate_guided`, with
     ``tolerance`` and ``review_score``). ``click_noise``: SD of the clicks' error;
     ``tolerance`` and ``click_noise`` are in ``unit`` (mm: divided by each image's spacing).
-    Image n's click noise is seeded by (``click_seed``, n). ``correction_length``: override the
-    model's correction field (0 = the network alone).
+    Image n's click noise is seeded by (``click_seed``, n). The correction field is the model
+    config's (``run`` replaces the config to override it).
     """
     if user not in USERS:
         raise ValueError(f"unknown user {user!r}; expected one of {USERS}")
@@ -215,7 +214,6 @@ def evaluate_split(
             prev_mode=prev_mode,
             predictor=predictor,
             review_score=review_score,
-            correction_length=correction_length,
         )
         px_per_unit = 1.0 / sample.spacing[0] if unit == "mm" else 1.0
         place = exact_clicks

@@ -4,23 +4,25 @@ must come back (issue #14); and the ``--join`` step that checks and loads them b
     python -m interactive_keypoints.gpu_job .gpu OUT [--minutes 7.5] [--max-steps N] [--device auto]
     python -m interactive_keypoints.gpu_job --join OUT models/trained
 
-PACKS_DIR holds one pack per model, found by its folder name: ``aasce-*`` and ``isbi-*`` (made
-with ``interactive-keypoints pack``), and optionally ``phantom-*`` for the demo model. The job installs nothing and needs no network: it checks
-that torch, numpy, Pillow, safetensors, tqdm and MONAI import (MONAI's wheel can travel in
+PACKS_DIR holds one pack per model, found by its folder name: ``aasce-*``, ``isbi-*`` and,
+optionally, ``phantom-*`` for the demo model (made with ``interactive-keypoints pack``). The job
+installs nothing and needs no network: it checks that torch, numpy, Pillow, safetensors, tqdm and MONAI import (MONAI's wheel can travel in
 ``.whl/``: ``pip install --no-index --find-links .whl monai``); SimpleITK is not needed.
 
 Models (same family: the paper's full-depth HRNetV2, width 18, gated, OCR head): AASCE at
 512 x 256 (12.5 M parameters, ~25 MB in fp16: two shards) and ISBI at 640 x 512 (the
 aspect of its 1935 x 2400 images and 2.5x the pixels of 512 x 256, for its 2 mm targets).
 The demo's phantom model is trained too when its pack is there: width 8, compact, gate 64,
-OCR 32/16 at 256 x 128 (1.8 MB in fp16). All use the recipe ``--occlusion-prob 0.5 --hint-scale-init 1.0 --select-on mre3`` and Adam
-at 1e-3 with a cosine decay over the time budget. ``--tiny`` swaps in width-8 compact models
-at the packs' own input size for a CPU rehearsal.
+OCR 32/16 at 256 x 128 (1.8 MB in fp16). All use the recipe ``--occlusion-prob 0.5
+--hint-scale-init 1.0 --select-on mre3`` and Adam at 1e-3 with a cosine decay over the time
+budget. ``--tiny`` swaps in width-8 compact models at the packs' own input size for a CPU
+rehearsal.
 
 Everything is written to a scratch folder; OUT receives at most 8 files: per model its weight
 files (<= 15 MB each, named ``NAME.*``), one ``records.files.tar.gz`` of every model's JSON and
-CSV files (``NAME/...``), the job's log, and ``SHA256SUMS`` (``sha256sum -c`` format). The training runs end by their own time budget;
-a run that overstays it is stopped, so the copy to OUT always happens.
+CSV files (``NAME/...``), the job's log, and ``SHA256SUMS`` (``sha256sum -c`` format). The
+training runs end by their own time budget; a run that overstays it is stopped, so the copy to
+OUT always happens.
 """
 
 from __future__ import annotations
@@ -297,8 +299,8 @@ def run_job(args) -> int:
             flush=True,
         )
         return 2
-    jobs = [job for job in MODEL_JOBS if find_pack(packs_dir, job.name, job.optional) is not None]
-    packs = {job.name: find_pack(packs_dir, job.name) for job in jobs}
+    packs = {job.name: find_pack(packs_dir, job.name, job.optional) for job in MODEL_JOBS}
+    jobs = [job for job in MODEL_JOBS if packs[job.name] is not None]  # an optional pack may be absent
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise SystemExit(f"{out} is not empty")

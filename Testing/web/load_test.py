@@ -37,20 +37,27 @@ DRAG_TIMEOUT_S = 60.0  # a drop is refined within seconds; longer means the drag
 stages: dict[int, str] = {}  # tab -> what it is doing now (printed when a run does not finish)
 
 
-# ------------------------------------------------------------------ memory
+# ------------------------------------------------------------------ memory and CPU
 
 
-def process_tree(root: int) -> list[int]:
-    parents = {}
+def proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds so far), in one pass over /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(stat.parent.name)] = int(fields[1])
+        stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return stats
+
+
+def process_tree(root: int, stats: dict[int, tuple[int, float]] | None = None) -> list[int]:
+    stats = proc_stats() if stats is None else stats
     tree, grew = {root}, True
     while grew:
-        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        children = {pid for pid, (parent, _) in stats.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
     return sorted(tree)
@@ -66,16 +73,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return values.get("Rss", 0), values.get("Pss", 0)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far; 0 once it has gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class MemorySampler(threading.Thread):
+class ResourceSampler(threading.Thread):
     """Memory of the server's process tree, and the CPU time of the server and of the browser
     (this process's other children): on a 2-core machine they share the cores."""
 
@@ -90,15 +88,14 @@ class MemorySampler(threading.Thread):
 
     def run(self):
         while not self._halt.is_set():
-            pids = process_tree(self.root)
+            stats = proc_stats()
+            pids = process_tree(self.root, stats)
             sizes = [memory_kib(pid) for pid in pids]
             self.samples.append((time.monotonic(), len(pids), sum(r for r, _ in sizes), sum(p for _, p in sizes)))
             self.server_pids.update(pids)
-            for pid in process_tree(os.getpid()):
-                seconds = cpu_seconds(pid)
-                if seconds:
-                    self.cpu_at_start.setdefault(pid, seconds)
-                    self.cpu_now[pid] = seconds
+            for pid in process_tree(os.getpid(), stats):
+                self.cpu_at_start.setdefault(pid, stats[pid][1])
+                self.cpu_now[pid] = stats[pid][1]
             self._halt.wait(self.every_s)
 
     def cpu_used(self) -> tuple[float, float]:
@@ -327,7 +324,7 @@ def measure(tabs: int, drags: int, model: str | None, run_timeout: float, log_di
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no spare session started; see {log_path}")
                 time.sleep(0.5)
-            sampler = MemorySampler(server.pid)
+            sampler = ResourceSampler(server.pid)
             sampler.start()
             began = time.monotonic()
             stages.clear()

@@ -98,7 +98,6 @@ class KeypointsWebApp(TrameApp):
         self.shared_model = shared_model or SharedModel(model_dir)  # a host passes the one all its sessions use
         self.logic = self.shared_model.logic(scene)
         self.logic.runner = AsyncioRunner(
-            after_finish=self.state.flush,
             delay_s=slow_inference_s,
             hold_path=hold_inference_while,
             executor=self.shared_model.inference_thread,

@@ -499,29 +499,10 @@ def _page(status: int, title: str, body: str) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/html")
 
 
-def serve(
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    model_dir=None,
-    autosave_dir=None,
-    max_sessions: int = MAX_SESSIONS,
-    idle_timeout: int = IDLE_TIMEOUT_S,
-    session_args=(),
-    spare_sessions: int = SPARE_SESSIONS,
-    reconnect_grace: float = RECONNECT_GRACE_S,
-    start_timeout: float = START_TIMEOUT_S,
-):
-    """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise."""
-    launcher = Launcher(
-        model_dir,
-        autosave_dir,
-        max_sessions,
-        idle_timeout,
-        session_args,
-        spare_sessions=spare_sessions,
-        reconnect_grace=reconnect_grace,
-        start_timeout=start_timeout,
-    )
+def serve(host: str = "127.0.0.1", port: int = 8080, **launcher_options):
+    """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise;
+    ``launcher_options`` are :class:`Launcher`'s."""
+    launcher = Launcher(**launcher_options)
     print(f"InteractiveKeypoints: open http://{host}:{port}/ (one session per browser tab)", flush=True)
     web.run_app(launcher.make_app(), host=host, port=port, print=None)
 
@@ -609,11 +590,11 @@ def run(args) -> int:
         serve(
             args.host,
             args.port,
-            args.model,
-            args.autosave_dir,
-            args.max_sessions,
-            args.idle_timeout,
-            session_args,
+            model_dir=args.model,
+            autosave_root=args.autosave_dir,
+            max_sessions=args.max_sessions,
+            idle_timeout=args.idle_timeout,
+            session_args=session_args,
             spare_sessions=args.spare_sessions,
             reconnect_grace=args.reconnect_grace,
             start_timeout=args.start_timeout,

@@ -32,14 +32,12 @@ class AsyncioRunner:
 
     def __init__(
         self,
-        after_finish=None,
         delay_s: float = 0.0,
         hold_path: str | None = None,
         executor: ThreadPoolExecutor | None = None,
     ):
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ik-inference")
-        self._after_finish = after_finish  # e.g. push the trame state to the browser
         self.delay_s = float(delay_s)
         self.hold_path = hold_path
         self.in_flight = 0
@@ -52,11 +50,7 @@ class AsyncioRunner:
 
     def _finish(self, finish, outcome):
         self.in_flight -= 1
-        try:
-            finish(outcome)
-        finally:
-            if self._after_finish is not None:
-                self._after_finish()
+        finish(outcome)  # the app pushes its state from the logic's callbacks
 
     def shutdown(self):
         if self._own_executor:  # a shared one belongs to the process
