@@ -12,16 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import json
 import logging
 import os
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
-from slicer import vtkMRMLLayerDMPipelineFactory
+from slicer import (
+    vtkMRMLLayerDMObjectEventObserverScripted,
+    vtkMRMLLayerDMPipelineFactory,
+    vtkMRMLLayerDMPipelineScriptedCreator,
+)
 from trame.app import TrameApp
+from trame_server import Server
 from trame_server.utils.asynchronous import create_task
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -66,6 +73,38 @@ def sample_radiograph() -> Radiograph:
     return radiograph
 
 
+def _ignore_event(*_args):
+    """What a closed session's scripted observers call: nothing (it holds no session object)."""
+
+
+def _clear_scripted_callbacks(slicer_app: SlicerApp) -> int:
+    """Clear the Python callbacks of the slicer-layer-dm observers and pipeline creators that
+    ``slicer_app`` owns; returns how many.
+
+    trame-slicer's views, segmentation effects and node wrappers each own such an observer,
+    whose C++ side holds a callback bound to its owner: a cycle through C++ that Python's gc
+    cannot see, so a closed session (its scene, views and app) would never be freed (~9 MB
+    each). The walk follows instance attributes and containers, not functions, classes or
+    modules, and stops at trame servers, apps, other SlicerApps and the shared model: those
+    lead to other sessions, whose observers must keep working."""
+    boundaries = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+    boundaries += (Server, TrameApp, SlicerApp, SharedModel)
+    cleared, seen, stack = 0, {id(slicer_app)}, list(gc.get_referents(slicer_app))
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, boundaries):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (vtkMRMLLayerDMObjectEventObserverScripted, vtkMRMLLayerDMPipelineScriptedCreator)):
+            # a no-op, not None: the C++ side may still call it while the session is taken
+            # apart (None would raise into whatever Python code runs then); ClearCallback
+            # keeps the reference
+            obj.SetPythonCallback(_ignore_event)
+            cleared += 1
+        stack.extend(gc.get_referents(obj))
+    return cleared
+
+
 def _no_view_ui(*_args):
     """No slice slider or gutter buttons: the radiograph is a single slice."""
 
@@ -94,6 +133,9 @@ class KeypointsWebApp(TrameApp):
         )
         self.layout_manager.set_layout(LAYOUT_ID)
         self.view = self.slicer_app.view_manager.get_slice_views()[0]
+        # trame-slicer asks for 8x multisampling; in software OpenGL (servers without a GPU) it
+        # makes each frame of a drag ~4x dearer (bench/view_render.py), for smoother glyph edges only
+        self.view.render_window().SetMultiSamples(0)
 
         self.shared_model = shared_model or SharedModel(model_dir)  # a host passes the one all its sessions use
         self.logic = self.shared_model.logic(scene)
@@ -327,16 +369,23 @@ class KeypointsWebApp(TrameApp):
         """Let go of this session's points, image, views and scene once its server has stopped
         (a host process runs on, with its other sessions)."""
         self._remove_current()
+        # the logic's observer of the scene is held from C++: left there, it would keep the
+        # logic, this app and its scene alive after the session (~9 MB per closed session)
+        self.logic.forget_all()
         self.logic.runner.shutdown()
         self.view.get_view_node().RemoveObserver(self._view_observer)
         for view in self.slicer_app.view_manager.get_views():
             view.finalize()
         self.slicer_app.scene.Clear(True)
+        # nothing of a closed session reacts to its scene any more (an observer left there would
+        # be called while gc takes the session apart)
+        self.slicer_app.scene.RemoveAllObservers()
         # trame-slicer registers every SlicerApp's segmentation pipelines with a process-wide
         # factory, which would keep this session's scene alive
         creator = getattr(self.slicer_app.segmentation_editor, "_pipeline_creator", None)
         if creator is not None:
             vtkMRMLLayerDMPipelineFactory.GetInstance().RemovePipelineCreator(creator)
+        _clear_scripted_callbacks(self.slicer_app)
 
     def open_file(self, path, display_name: str | None = None):
         """Load an image file; a bad file leaves the current image and points untouched."""
@@ -485,6 +534,9 @@ def _announce_port(app: KeypointsWebApp):
 def set_session_environment(max_file_mb: float):
     """What a process needs before its first session server starts."""
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # headless servers
+    # Mesa's software rasterizer (llvmpipe) on its render threads costs more CPU than it saves
+    # for one 2-D view, and the sessions' renders queue on the event-loop thread anyway
+    os.environ.setdefault("LP_NUM_THREADS", "0")
     # uploads arrive over the websocket: let a file of the stated limit through
     os.environ.setdefault("TRAME_WS_MAX_MSG_SIZE", str(int(max_file_mb * 2**20 * 1.4) + 2**22))
 
