@@ -34,7 +34,7 @@ from interactive_keypoints.config import paper_config
 from interactive_keypoints.correction_field import apply_correction_field
 from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
 from interactive_keypoints.imaging import CoordinateMap, Radiograph, preprocess
-from interactive_keypoints.inference import cpu_has_native_bf16, cpu_info
+from interactive_keypoints.inference import cpu_description, cpu_has_native_bf16
 from interactive_keypoints.model_io import build_model, load_model
 from interactive_keypoints.phantom import make_spine_phantom
 from interactive_keypoints.session import KeypointSession
@@ -83,16 +83,6 @@ class PlainFp32:
         for index, xy in fixed.items():
             points[index] = xy
         return points, confidence[0].numpy().astype(np.float64)
-
-
-def cpu_description() -> str:
-    """Model name and the vector extensions that decide the CPU path (bf16 needs AVX512-BF16/AMX)."""
-    info = cpu_info()
-    if info is None:
-        return "unknown"
-    name, flags = info
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(isa) or 'no AVX2'})"
 
 
 def click_order(num_keypoints: int, steps: int, seed: int) -> list[int]:

@@ -35,7 +35,7 @@ from interactive_keypoints import train
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.data import get_dataset
 from interactive_keypoints.data.training import KeypointTrainingDataset
-from interactive_keypoints.inference import cpu_has_native_bf16, cpu_info, pick_device
+from interactive_keypoints.inference import cpu_description, cpu_has_native_bf16, pick_device
 from interactive_keypoints.model_io import build_model
 from interactive_keypoints.morphology import select_morphology
 
@@ -107,11 +107,8 @@ def run_path(fast: bool, network, batch, selection, config, args, device, warmup
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    info = cpu_info()
-    if device.type == "cpu" and info is not None:
-        name, flags = info
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-        return f"{name} ({', '.join(isa) or 'no AVX2'})"
+    if device.type == "cpu":
+        return cpu_description()
     return device.type
 
 

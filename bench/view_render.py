@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from interactive_keypoints.inference import cpu_info
+from interactive_keypoints.inference import cpu_description
 
 
 def parse_args(argv=None):
@@ -66,17 +66,16 @@ async def measure(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from interactive_keypoints.web.app import set_session_environment
+    from interactive_keypoints.web.app import MAX_FILE_BYTES, set_session_environment
 
-    set_session_environment(max_file_mb=64)
+    set_session_environment(max_file_mb=MAX_FILE_BYTES / 2**20)
     results = asyncio.run(measure(args))
-    name, flags = cpu_info() or ("unknown", frozenset())
     results.update(
         cpu_ratio=round(results["multisampling_8"]["cpu_ms"] / max(results["no_multisampling"]["cpu_ms"], 1e-6), 1),
         size=args.size,
         frames=args.frames,
         lp_num_threads=os.environ.get("LP_NUM_THREADS"),
-        cpu=f"{name} ({'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else 'other'})",
+        cpu=cpu_description(),
     )
     print(json.dumps(results))
 

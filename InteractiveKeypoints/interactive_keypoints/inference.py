@@ -57,6 +57,17 @@ def cpu_info() -> tuple[str, frozenset] | None:
     return fields.get("model name", "unknown"), frozenset(fields.get("flags", "").split())
 
 
+def cpu_description() -> str:
+    """Model name and the vector extensions that decide the CPU path (bf16 needs AVX512-BF16/AMX):
+    what every benchmark prints next to its figures."""
+    info = cpu_info()
+    if info is None:
+        return "unknown"
+    name, flags = info
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'})"
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     info = cpu_info()

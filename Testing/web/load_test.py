@@ -36,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, running_server, session_closed  # noqa: E402
 
+from interactive_keypoints.web.launcher import SPARE_SESSIONS  # noqa: E402
+
 SESSION_GONE_WITHIN_S = 15.0
 DRAG_TIMEOUT_S = 60.0  # a drop is refined within seconds; longer means the drag was lost
 stages: dict[int, str] = {}  # tab -> what it is doing now (printed when a run does not finish)
@@ -340,7 +342,14 @@ def dump_host_stacks(server_pid: int):
 
 
 def measure(
-    tabs: int, drags: int, model: str | None, run_timeout: float, log_dir: Path, server_args=(), browser_nice: int = 0
+    tabs: int,
+    drags: int,
+    model: str | None,
+    run_timeout: float,
+    log_dir: Path,
+    spare_sessions: int = SPARE_SESSIONS,
+    inference_threads: int | None = None,
+    browser_nice: int = 0,
 ) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -360,13 +369,12 @@ def measure(
         ]
         if model:
             args += ["--model", model]
-        args += list(server_args)
+        args += ["--spare-sessions", str(spare_sessions)]
+        if inference_threads:
+            args += ["--inference-threads", str(inference_threads)]
         with running_server(args, log_path, ready_url=f"{url}/s/none/", ready_statuses=(410,)) as server:
             deadline = time.monotonic() + run_timeout
-            spares = (
-                int(server_args[server_args.index("--spare-sessions") + 1]) if "--spare-sessions" in server_args else 1
-            )
-            while log_path.read_text().count("listening after") < spares:  # the spare sessions are up
+            while log_path.read_text().count("listening after") < spare_sessions:  # the spare sessions are up
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no spare session started; see {log_path}")
                 time.sleep(0.5)
@@ -413,7 +421,12 @@ def main() -> None:
     parser.add_argument(
         "--inference-threads", type=int, default=None, help="passed to serve (the test runs it with OMP_NUM_THREADS=1)"
     )
-    parser.add_argument("--spare-sessions", type=int, default=None, help="passed to serve (default: serve's)")
+    parser.add_argument(
+        "--spare-sessions",
+        type=int,
+        default=SPARE_SESSIONS,
+        help=f"passed to serve (default {SPARE_SESSIONS}, serve's)",
+    )
     parser.add_argument(
         "--browser-nice",
         type=int,
@@ -431,10 +444,16 @@ def main() -> None:
     rows = []
     for tabs in args.tabs:
         try:
-            server_args = ["--inference-threads", str(args.inference_threads)] if args.inference_threads else []
-            if args.spare_sessions is not None:
-                server_args += ["--spare-sessions", str(args.spare_sessions)]
-            row = measure(tabs, args.drags, args.model, args.run_timeout, log_dir, server_args, args.browser_nice)
+            row = measure(
+                tabs,
+                args.drags,
+                args.model,
+                args.run_timeout,
+                log_dir,
+                args.spare_sessions,
+                args.inference_threads,
+                args.browser_nice,
+            )
         except (asyncio.TimeoutError, TimeoutError) as error:
             print(
                 f"{tabs} tabs: not done within --run-timeout {args.run_timeout:g} s ({error}); larger runs skipped",

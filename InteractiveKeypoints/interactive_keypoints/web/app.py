@@ -77,9 +77,9 @@ def _ignore_event(*_args):
     """What a closed session's scripted observers call: nothing (it holds no session object)."""
 
 
-def _clear_scripted_callbacks(slicer_app: SlicerApp) -> int:
+def _clear_scripted_callbacks(slicer_app: SlicerApp):
     """Clear the Python callbacks of the slicer-layer-dm observers and pipeline creators that
-    ``slicer_app`` owns; returns how many.
+    ``slicer_app`` owns.
 
     trame-slicer's views, segmentation effects and node wrappers each own such an observer,
     whose C++ side holds a callback bound to its owner: a cycle through C++ that Python's gc
@@ -89,7 +89,7 @@ def _clear_scripted_callbacks(slicer_app: SlicerApp) -> int:
     lead to other sessions, whose observers must keep working."""
     boundaries = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
     boundaries += (Server, TrameApp, SlicerApp, SharedModel)
-    cleared, seen, stack = 0, {id(slicer_app)}, list(gc.get_referents(slicer_app))
+    seen, stack = {id(slicer_app)}, list(gc.get_referents(slicer_app))
     while stack:
         obj = stack.pop()
         if id(obj) in seen or isinstance(obj, boundaries):
@@ -100,9 +100,7 @@ def _clear_scripted_callbacks(slicer_app: SlicerApp) -> int:
             # apart (None would raise into whatever Python code runs then); ClearCallback
             # keeps the reference
             obj.SetPythonCallback(_ignore_event)
-            cleared += 1
         stack.extend(gc.get_referents(obj))
-    return cleared
 
 
 def _no_view_ui(*_args):
