@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trame.widgets import html
+from trame.widgets import client, html
 from trame_vuetify.ui.vuetify3 import VAppLayout
 from trame_vuetify.widgets import vuetify3 as v3
 
@@ -27,10 +27,25 @@ PREDICTED_COLOUR = hex_color(PREDICTED_COLOR)  # the one palette (conventions), 
 FIXED_COLOUR = hex_color(FIXED_COLOR)
 NEXT_COLOUR = "#ff3333"  # mrml_logic.NEXT_POINT_COLOR: the halo around the point to check next
 
+# trame-rca (2.11.8) leaves the promise of its view-resize call unhandled. When a page is
+# leaving (reload, tab closed) that call fails with wslink's "connection not open" and
+# Chromium reports an uncaught error on every such page. Only that rejection is quietened,
+# and it stays visible as a warning; any other unhandled rejection is still an error.
+QUIET_CALLS_AFTER_DISCONNECT_JS = """
+window.addEventListener('unhandledrejection', (event) => {
+  const reason = event.reason;
+  if (reason && reason.code === -32099 && /connection not open/.test(String(reason.message))) {
+    event.preventDefault();
+    console.warn('after the connection closed: ' + reason.message);
+  }
+});
+"""
+
 
 def build_ui(app) -> VAppLayout:
     ctrl = app.server.controller
     with VAppLayout(app.server, full_height=True) as layout:
+        client.Script(QUIET_CALLS_AFTER_DISCONNECT_JS)
         _app_bar(app, ctrl)
         _side_panel(app, ctrl)
         with v3.VMain(), html.Div(style="position: relative; width: 100%; height: calc(100vh - 48px);"):
