@@ -29,8 +29,10 @@ NEXT_COLOUR = "#ff3333"  # mrml_logic.NEXT_POINT_COLOR: the halo around the poin
 
 # trame-rca (2.11.8) leaves the promise of its view-resize call unhandled. When a page is
 # leaving (reload, tab closed) that call fails with wslink's "connection not open" and
-# Chromium reports an uncaught error on every such page. Only that rejection is quietened,
-# and it stays visible as a warning; any other unhandled rejection is still an error.
+# Chromium reports an uncaught error on every such page. Only wslink's rejection of a call
+# made after the connection closed (code -32099, "connection not open") is quietened, and it
+# stays visible as a warning; any other unhandled rejection is still an error. Remove this
+# when trame-rca catches that rejection itself.
 QUIET_CALLS_AFTER_DISCONNECT_JS = """
 window.addEventListener('unhandledrejection', (event) => {
   const reason = event.reason;
