@@ -63,8 +63,8 @@ def resolve_image(root, name) -> Path:
     Raises :class:`PathRefusedError`, with the same message whatever the reason."""
     if not isinstance(name, str) or not name or "\0" in name:
         raise _refused(name)
-    parts = PurePosixPath(name).parts
-    if PurePosixPath(name).is_absolute() or any(part in ("..", ".") or part.startswith(".") for part in parts):
+    # the name as listed: relative, no empty, '.', '..' or hidden parts (split as written, not normalised)
+    if PurePosixPath(name).is_absolute() or any(not part or part.startswith(".") for part in name.split("/")):
         raise _refused(name)
     root = Path(root).resolve()
     try:
