@@ -263,6 +263,26 @@ def test_one_visitor_cannot_take_every_session(tmp_path):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
+def test_behind_a_proxy_on_this_machine_each_forwarded_address_is_a_visitor(tmp_path):
+    served = launcher(tmp_path, access=Access(PASSWORD, PASSWORD_VALUE), max_sessions=4, max_sessions_per_client=1)
+
+    async def scenario():
+        async with running(served) as (base, client):
+            await client.post(base + "/sign-in", data={"password": PASSWORD_VALUE, "next": "/s/none/"})
+
+            async def visit_from(forwarded_for: str) -> int:
+                return await status_of(client, "GET", base + "/", headers={"X-Forwarded-For": forwarded_for})
+
+            assert await visit_from("203.0.113.5") == 302
+            assert await visit_from("203.0.113.5") == 429
+            assert await visit_from("198.51.100.7") == 302
+            # the proxy adds the address it saw last: a first entry sent by the visitor changes nothing
+            assert await visit_from("192.0.2.1, 198.51.100.7") == 429
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- autosaves
 
 

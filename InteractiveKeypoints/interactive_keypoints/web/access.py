@@ -73,10 +73,16 @@ class Access:
         return hmac.new(self.secret.encode(), b"interactive-keypoints signed in", hashlib.sha256).hexdigest()
 
     def client(self, request: web.Request) -> str:
-        """Who is asking, for per-client limits: the proxy's signed-in user, else the address."""
+        """Who is asking, for per-client limits: the proxy's signed-in user, else the address;
+        behind a proxy on this machine (the request comes from loopback), the address the proxy
+        saw, which it adds last to X-Forwarded-For (one sent from elsewhere is not believed)."""
         if self.mode == PROXY and request.headers.get(self.user_header):
             return "user " + request.headers[self.user_header]
-        return request.remote or "unknown"
+        remote = request.remote or "unknown"
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded and is_loopback(remote):
+            return forwarded.split(",")[-1].strip() or remote
+        return remote
 
 
 def is_loopback(host: str) -> bool:
@@ -137,7 +143,8 @@ def start_url(host: str, port: int, access: Access) -> str:
     return f"http://{shown}:{port}/{query}"
 
 
-def _https(request: web.Request) -> bool:
+def is_https(request: web.Request) -> bool:
+    """Whether the browser reached us over TLS (directly, or through a proxy that says so)."""
     return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
 
 
@@ -190,7 +197,7 @@ class AccessGate:
             path="/",
             httponly=True,
             samesite="Lax",
-            secure=_https(request),
+            secure=is_https(request),
         )
         log.info("signed in a browser at %s", self.access.client(request))
         return response

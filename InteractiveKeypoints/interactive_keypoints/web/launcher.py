@@ -43,7 +43,16 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from .access import PROXY_USER_HEADER, Access, AccessError, AccessGate, choose_access, is_loopback, start_url
+from .access import (
+    PROXY_USER_HEADER,
+    Access,
+    AccessError,
+    AccessGate,
+    choose_access,
+    is_https,
+    is_loopback,
+    start_url,
+)
 from .host import HOST_MARK
 from .pages import page as _page
 
@@ -508,7 +517,9 @@ class Launcher:
             return _page(500, "The session could not start", html.escape(str(error)))
         response = web.Response(status=302, headers={"Location": f"/s/{session.id}/"})
         if new_browser:
-            response.set_cookie(BROWSER_COOKIE, browser, path="/", httponly=True, samesite="Lax")
+            response.set_cookie(
+                BROWSER_COOKIE, browser, path="/", httponly=True, samesite="Lax", secure=is_https(request)
+            )
         return response
 
     def _owned(self, request: web.Request, session: Session) -> bool:
