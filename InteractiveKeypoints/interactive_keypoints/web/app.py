@@ -636,6 +636,12 @@ def run_session(argv=None):
     parser.add_argument("--idle-timeout", type=int, default=300, help="seconds without a client before exiting")
     add_session_arguments(parser)
     args, _ = parser.parse_known_args(argv)
+    from .access import is_loopback
+
+    if not is_loopback(args.host):  # no sign-in, no per-browser sessions here: `serve` has them
+        parser.error(
+            f"a lone session serves this machine only, not --host {args.host}; use `interactive-keypoints serve`"
+        )
     set_session_environment(args.max_file_mb)
     logging.basicConfig(level=logging.WARNING)
     from trame.app import get_server

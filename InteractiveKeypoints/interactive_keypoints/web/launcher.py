@@ -44,6 +44,7 @@ import aiohttp
 from aiohttp import web
 
 from .access import (
+    OPEN,
     PROXY_USER_HEADER,
     Access,
     AccessError,
@@ -658,7 +659,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080, **launcher_options):
     """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise;
     ``launcher_options`` are :class:`Launcher`'s."""
     launcher = Launcher(**launcher_options)
-    if launcher.access.mode == "open" and not is_loopback(host):
+    if launcher.access.mode == OPEN and not is_loopback(host):
         log.warning("--no-auth on %s: anyone who can reach port %d can use this server", host or "every address", port)
     url = start_url(host, port, launcher.access)
     print(f"InteractiveKeypoints: open {url} (one session per browser tab)", flush=True)
@@ -667,7 +668,10 @@ def serve(host: str = "127.0.0.1", port: int = 8080, **launcher_options):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes it)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; another, such as 0.0.0.0, needs one of "
+        "--token, --password-file, --trust-proxy-auth or --no-auth)",
     )
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
