@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "web"))
 from browser import (  # noqa: E402
     chromium_context,
+    detect,
     drag,
     free_port,
     missing_browser_reason,
@@ -29,6 +30,7 @@ from browser import (  # noqa: E402
     session_closed,
     view_to_page,
     wait_for_debug,
+    wait_until_rendered,
 )
 from web_model import save_web_test_model  # noqa: E402
 
@@ -46,6 +48,7 @@ SLOW_INFERENCE_S = 1.5  # every model run takes this much longer, so a quick sec
 RECONNECT_GRACE_S = 3.0
 SESSION_GONE_WITHIN_S = 15.0  # after its tab closed (#19)
 HOLD_FILE: Path | None = None  # while this file exists, the server's model runs wait (set by base_url)
+AUTOSAVE: Path | None = None  # the server's autosave folder (set by base_url)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -61,8 +64,8 @@ def base_url(tiny_model, tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    autosave = tmp_path_factory.mktemp("autosave")
-    global HOLD_FILE
+    global HOLD_FILE, AUTOSAVE
+    AUTOSAVE = tmp_path_factory.mktemp("autosave")
     HOLD_FILE = tmp_path_factory.mktemp("hold") / "hold-inference"
     args = [
         "--host",
@@ -72,7 +75,7 @@ def base_url(tiny_model, tmp_path_factory):
         "--model",
         str(tiny_model),
         "--autosave-dir",
-        str(autosave),
+        str(AUTOSAVE),
         "--max-sessions",
         "6",
         "--idle-timeout",
@@ -125,21 +128,6 @@ def open_session(browser, base_url, name: str):
     assert "/s/" in page.url, f"the launcher did not give a session: {page.url}"
     wait_until_rendered(page)
     return page
-
-
-def wait_until_rendered(page):
-    """The streamed view shows a real frame (not the loading spinner) and positions are known."""
-    page.wait_for_selector("#ik-detect", timeout=120_000)
-    page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 100)",
-        timeout=120_000,
-    )
-    wait_for_debug(page, lambda d: d.get("view_size", [0, 0])[0] > 0)
-
-
-def detect(page) -> dict:
-    page.click("#ik-detect")
-    return wait_for_debug(page, lambda d: len(d.get("points", [])) > 0 and not d["busy"])
 
 
 def pixels(debug) -> np.ndarray:
@@ -348,10 +336,9 @@ def test_user_points_are_never_lost(browser, base_url, tmp_path):
     assert_points_kept("an image over the pixel limit")
     dismiss()
 
-    page.fill("#ik-server-path", str(tmp_path / "missing.png"))
-    page.click("#ik-open-path")
-    assert "not found" in message()
-    assert_points_kept("a missing server path")
+    # served without --data-root: the page offers no images of the server's and names no folder of it
+    assert page.locator("#ik-server-image, #ik-open-server-image").count() == 0
+    assert str(AUTOSAVE) not in page.content()
 
     # reload, and close then reopen the tab: the session and its points are still there
     session_url = page.url

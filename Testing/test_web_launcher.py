@@ -1,9 +1,8 @@
-"""The launcher's session bookkeeping, with a stand-in session host (no trame, no model, no browser).
+"""The launcher's session bookkeeping, with a stand-in session host (Testing/web/stand_in_host.py:
+no trame, no model, no browser).
 
-The stand-in host speaks the real host's protocol (JSON lines in, ``IK_HOST`` lines out) and
-serves each session as a small aiohttp server on a port of its own, so these tests check the
-limit under simultaneous visits, the end of a session after its last tab disconnected, a
-host that dies, and the connection info the page asks for, in a few seconds.
+These tests check the limit under simultaneous visits, the end of a session after its last
+tab disconnected, a host that dies, and the connection info the page asks for, in a few seconds.
 """
 
 from __future__ import annotations
@@ -13,104 +12,22 @@ import logging
 import os
 import signal
 import sys
-import time
-from contextlib import asynccontextmanager
+from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from interactive_keypoints.web.host import HOST_MARK
 from interactive_keypoints.web.launcher import Launcher
 
-FAKE_HOST = f"""
-import asyncio, json, sys, time
-from aiohttp import web
-
-time.sleep({{host_delay}})  # the real host imports its libraries and loads the model first
-OPEN_DELAY = {{open_delay}}  # and builds a session's scene and views
-sites = {{}}
-
-
-def answer(event, **fields):
-    print("{HOST_MARK} " + json.dumps({{"event": event, **fields}}), flush=True)
-
-
-async def websocket(request):
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for message in ws:
-        await ws.send_str(message.data)
-    return ws
-
-
-async def open_session(session_id):
-    await asyncio.sleep(OPEN_DELAY)
-    app = web.Application()
-    app.router.add_get("/", lambda r: web.Response(text="stand-in session " + session_id))
-    app.router.add_get("/ws", websocket)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sites[session_id] = runner
-    answer("ready", id=session_id, port=site._server.sockets[0].getsockname()[1])
-
-
-async def main():
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    answer("host-ready")
-    while line := await reader.readline():
-        command = json.loads(line)
-        if "open" in command:
-            await open_session(command["open"])
-        elif "close" in command:
-            if command["close"] in sites:
-                await sites.pop(command["close"]).cleanup()
-            answer("closed", id=command["close"])
-
-asyncio.run(main())
-"""
+sys.path.insert(0, str(Path(__file__).parent / "web"))
+from stand_in_host import running, stand_in_host_command, visit, wait_until  # noqa: E402
 
 
 @pytest.fixture
 def host_command(tmp_path):
     def command(host_delay: float = 0.5, open_delay: float = 0.1):
-        script = tmp_path / f"fake_host_{host_delay:g}_{open_delay:g}.py"
-        script.write_text(FAKE_HOST.replace("{host_delay}", repr(host_delay)).replace("{open_delay}", repr(open_delay)))
-        return [sys.executable, str(script)]
+        return stand_in_host_command(tmp_path, host_delay, open_delay)
 
     return command
-
-
-@asynccontextmanager
-async def running(launcher: Launcher):
-    runner = web.AppRunner(launcher.make_app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with aiohttp.ClientSession() as client:
-            yield f"http://127.0.0.1:{port}", client
-    finally:
-        await runner.cleanup()  # ends every session (on_shutdown)
-
-
-async def visit(client, base) -> tuple[int, str]:
-    async with client.get(base + "/", allow_redirects=False) as response:
-        return response.status, response.headers.get("Location", "")
-
-
-async def wait_until(condition, timeout_s: float) -> float:
-    """Seconds until ``condition()`` held; fails after ``timeout_s``."""
-    began = time.monotonic()
-    while not condition():
-        assert time.monotonic() - began < timeout_s, f"not within {timeout_s} s"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - began
 
 
 @pytest.mark.slow

@@ -121,6 +121,23 @@ def chromium_context():
             context.close()
 
 
+@contextmanager
+def chromium_browser():
+    """One Chromium; each ``browser.new_context(**CONTEXT_OPTIONS)`` is a browser of its own
+    (its own cookies), as two people's browsers are."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+CONTEXT_OPTIONS = {"viewport": VIEWPORT, "accept_downloads": True}
+
+
 def read_debug(page) -> dict:
     return json.loads(page.locator("#ik-debug").text_content() or "{}")
 
@@ -154,6 +171,22 @@ def drag(page, start, end, steps: int = 20, pause: float = 0.03):
         page.wait_for_timeout(int(pause * 1000))
     page.wait_for_timeout(200)
     page.mouse.up()
+
+
+def wait_until_rendered(page):
+    """The streamed view shows a real frame (not the loading spinner) and positions are known."""
+    page.wait_for_selector("#ik-detect", timeout=120_000)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('img')).some(i => i.complete && i.naturalWidth > 100)",
+        timeout=120_000,
+    )
+    wait_for_debug(page, lambda d: d.get("view_size", [0, 0])[0] > 0)
+
+
+def detect(page) -> dict:
+    """Press Detect and wait for the points."""
+    page.click("#ik-detect")
+    return wait_for_debug(page, lambda d: len(d.get("points", [])) > 0 and not d["busy"])
 
 
 def wait_for_debug(page, predicate, timeout_ms: int = 120_000, poll_ms: int = 250) -> dict:

@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import types
@@ -37,9 +38,11 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 from vtkmodules.vtkCommonCore import vtkCommand
 
 from .. import mrml_logic
-from ..conventions import ACTIVE_COLOR, FIXED_COLOR, POINTS_JSON, PREDICTED_COLOR, output_path
-from ..imaging import ImageError, Radiograph, check_size, load_radiograph
+from ..conventions import ACTIVE_COLOR, FIXED_COLOR, POINTS_JSON, PREDICTED_COLOR, file_stem, output_path
+from ..errors import KeypointsError
+from ..imaging import ImageError, Radiograph, check_size, image_geometry, load_radiograph
 from ..mrml_logic import LogicBusyError
+from .data_root import check_self_contained, check_upload_name, list_images, resolve_image
 from .launcher import READY_MARK
 from .runner import AsyncioRunner
 from .shared_model import SharedModel
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 30_000_000
 LAYOUT_ID = "radiograph"
+UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,12 +111,29 @@ def _no_view_ui(*_args):
     """No slice slider or gutter buttons: the radiograph is a single slice."""
 
 
+def safe_stem(name: str, fallback: str = "radiograph") -> str:
+    """A file stem made of letters, digits, ``._-`` from an image's name: what the autosave
+    and the downloads are called (a name from the page never becomes a path of its own)."""
+    stem = UNSAFE_NAME_CHARACTERS.sub("_", file_stem(Path(str(name)).name)).strip("._")
+    return stem[:100] or fallback
+
+
+def _upload_file_name(name: str) -> str:
+    """What an upload is written as in its private folder: ``upload`` and the suffix of its name
+    (SimpleITK picks its reader by the suffix), nothing else of the name."""
+    suffixes = "".join(Path(name).suffixes[-2:]).lower()
+    if not suffixes.endswith(".nii.gz"):
+        suffixes = Path(name).suffix.lower()
+    return "upload" + UNSAFE_NAME_CHARACTERS.sub("", suffixes)
+
+
 class KeypointsWebApp(TrameApp):
     def __init__(
         self,
         server=None,
         model_dir=None,
         autosave_dir=None,
+        data_root=None,
         load_sample: bool = True,
         max_file_bytes: int = MAX_FILE_BYTES,
         max_pixels: int = MAX_PIXELS,
@@ -147,6 +168,8 @@ class KeypointsWebApp(TrameApp):
         self.logic.on_busy = self._on_busy
 
         self.autosave_dir = Path(autosave_dir) if autosave_dir else None
+        self.data_root = Path(data_root).resolve() if data_root else None  # images the page may open
+        self.export_stem = "landmarks"  # the autosave's and the downloads' name (kept here: the page may change state)
         self.max_file_bytes = int(max_file_bytes)
         self.max_pixels = int(max_pixels)
         self.volume = None
@@ -182,13 +205,21 @@ class KeypointsWebApp(TrameApp):
         s.ik_can_redo = False
         s.ik_next = -1  # the landmark Next suggested, until it is fixed; -1: none
         s.ik_debug = "{}"
-        s.ik_server_path = ""
+        s.ik_server_images = self._list_server_images()
+        s.ik_server_choice = None
         s.ik_export_stem = "landmarks"
         s.ik_max_file_bytes = self.max_file_bytes
         s.ik_limits = (
             f"files up to {self.max_file_bytes / 2**20:g} MB, images up to {self.max_pixels / 1e6:g} megapixels"
         )
-        s.ik_autosave = ""
+        s.ik_autosave = ""  # the autosave's file name (the page links to it; the folder is not shown)
+
+    def _list_server_images(self) -> list[str]:
+        if self.data_root is None:
+            return []
+        names = list_images(self.data_root)
+        log.info("%d images listed under the data root", len(names))
+        return names
 
     def show_error(self, message: str):
         log.error(message)
@@ -315,8 +346,8 @@ class KeypointsWebApp(TrameApp):
         if self.autosave_dir is None or node.GetNumberOfControlPoints() == 0:
             return
         try:
-            path = self.logic.export(node, output_path(self.autosave_dir / self.state.ik_export_stem, POINTS_JSON))
-            self.state.ik_autosave = str(path)
+            path = self.logic.export(node, output_path(self.autosave_dir / self.export_stem, POINTS_JSON))
+            self.state.ik_autosave = path.name
         except (OSError, ValueError) as error:
             log.warning("autosave failed: %s", error)
 
@@ -340,10 +371,11 @@ class KeypointsWebApp(TrameApp):
         self.volume = mrml_logic.add_volume_from_radiograph(self.slicer_app.scene, radiograph, name)
         self.view.set_background_volume_id(self.volume.GetID())
         self.view.fit_view_to_content()
+        self.export_stem = safe_stem(name)
         with self.state:
             self.state.ik_image_name = self.volume.GetName()
             self.state.ik_image_size = f"{radiograph.width} x {radiograph.height} px"
-            self.state.ik_export_stem = self.volume.GetName()
+            self.state.ik_export_stem = self.export_stem
             self.state.ik_rows = []
             self.state.ik_measurements = []
             self.state.ik_measurement_names = []
@@ -386,47 +418,76 @@ class KeypointsWebApp(TrameApp):
         _clear_scripted_callbacks(self.slicer_app)
 
     def open_file(self, path, display_name: str | None = None):
-        """Load an image file; a bad file leaves the current image and points untouched."""
+        """Load an image file; a bad file leaves the current image and points untouched.
+        ``display_name`` is what the page is told (never a server path)."""
         path = Path(path).expanduser()
+        name = display_name or path.name
         try:
             if path.is_file() and path.stat().st_size > self.max_file_bytes:
                 raise ImageError(
-                    f"{display_name or path.name} is {path.stat().st_size / 2**20:.1f} MB, more than the "
+                    f"{name} is {path.stat().st_size / 2**20:.1f} MB, more than the "
                     f"limit of {self.max_file_bytes / 2**20:g} MB"
                 )
+            self._check_header_size(path, name)
             radiograph = load_radiograph(path)
-            radiograph.path = display_name or str(path)
+            radiograph.path = name
             self.load_radiograph(radiograph)
-        except (ImageError, LogicBusyError, OSError) as error:
-            reason = str(error).replace(str(path), display_name) if display_name else str(error)
-            self.show_error(f"could not open {display_name or path}: {reason}")
+        except (KeypointsError, OSError) as error:
+            reason = str(error).replace(str(path), name)
+            self.show_error(f"could not open {name}: {reason}")
             return False
-        self.show_info(f"opened {display_name or path.name}")
+        self.show_info(f"opened {name}")
         return True
 
+    def _check_header_size(self, path: Path, name: str):
+        """Refuse an image with too many pixels from its header, before a pixel is decoded: a
+        small file can claim 100000 x 100000 pixels (a decompression bomb)."""
+        (height, width), *_ = image_geometry(path)
+        if height * width > self.max_pixels:
+            raise ImageError(
+                f"{name} has {width} x {height} = {height * width} pixels, more than the limit of "
+                f"{self.max_pixels} pixels"
+            )
+
     def upload(self, files):
-        """Files from the browser's file input (dicts with name, size and content)."""
+        """Files from the browser's file input (dicts with name, size and content). Written to a
+        private temporary folder for the reader, and gone once read."""
         if not files:
             return
         file = files[0] if isinstance(files, list) else files
-        name = Path(str(file.get("name") or "upload")).name
+        name = Path(str(file.get("name") or "upload")).name[:200]
         content = file.get("content") or b""
         if isinstance(content, list):  # chunked by the client
             content = b"".join(content)
         if len(content) > self.max_file_bytes:
             self.show_error(f"{name} is larger than the {self.max_file_bytes / 2**20:g} MB limit")
             return
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / name  # keep the suffix: SimpleITK picks its reader by it
-            path.write_bytes(content)
+        with tempfile.TemporaryDirectory(prefix="ik-upload-") as folder:
+            path = Path(folder) / _upload_file_name(name)
+            try:
+                check_upload_name(name)
+                path.write_bytes(content)
+                check_self_contained(path, name)
+            except (KeypointsError, OSError) as error:
+                self.show_error(f"could not open {name}: {str(error).replace(str(path), name)}")
+                return
             self.open_file(path, display_name=name)
 
-    def open_server_path(self):
-        path = (self.state.ik_server_path or "").strip()
-        if not path:
-            self.show_error("type the path of an image file on the server first")
+    def open_server_image(self):
+        """Open the image chosen from the data root's list (the only images of the server a page can open)."""
+        if self.data_root is None:
+            self.show_error("this server offers no images of its own: open a file from your computer")
             return
-        self.open_file(path)
+        choice = self.state.ik_server_choice
+        if not choice:
+            self.show_error("choose an image from the list first")
+            return
+        try:
+            path = resolve_image(self.data_root, choice)
+        except KeypointsError as error:
+            self.show_error(str(error))
+            return
+        self.open_file(path, display_name=str(choice))
 
     # --------------------------------------------------------------- landmarks
 
@@ -506,7 +567,7 @@ class KeypointsWebApp(TrameApp):
             self.show_error("nothing to download yet: run Detect first")
             return None
         with tempfile.TemporaryDirectory() as folder:
-            path = self.logic.export(self.points, Path(folder) / f"{self.state.ik_export_stem}{suffix}")
+            path = self.logic.export(self.points, Path(folder) / f"{self.export_stem}{suffix}")
             return path.read_bytes()
 
     def download(self, suffix: str):
@@ -518,7 +579,7 @@ class KeypointsWebApp(TrameApp):
 
 
 def build_app(server=None, model_dir=None, **kwargs) -> KeypointsWebApp:
-    """One session's app; kwargs: autosave_dir, load_sample, max_file_bytes, max_pixels."""
+    """One session's app; kwargs: autosave_dir, data_root, load_sample, max_file_bytes, max_pixels."""
     return KeypointsWebApp(server=server, model_dir=model_dir, **kwargs)
 
 
@@ -544,6 +605,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
+    parser.add_argument("--data-root", default=None, help="the folder whose images the page lists (default: none)")
     parser.add_argument(
         "--slow-inference",
         type=float,
@@ -559,6 +621,7 @@ def session_options(args) -> dict:
     return {
         "max_file_bytes": int(args.max_file_mb * 2**20),
         "max_pixels": int(args.max_megapixels * 1e6),
+        "data_root": args.data_root,
         "slow_inference_s": args.slow_inference,
         "hold_inference_while": args.hold_inference_while,
     }
@@ -573,6 +636,12 @@ def run_session(argv=None):
     parser.add_argument("--idle-timeout", type=int, default=300, help="seconds without a client before exiting")
     add_session_arguments(parser)
     args, _ = parser.parse_known_args(argv)
+    from .access import is_loopback
+
+    if not is_loopback(args.host):  # no sign-in, no per-browser sessions here: `serve` has them
+        parser.error(
+            f"a lone session serves this machine only, not --host {args.host}; use `interactive-keypoints serve`"
+        )
     set_session_environment(args.max_file_mb)
     logging.basicConfig(level=logging.WARNING)
     from trame.app import get_server

@@ -55,7 +55,7 @@ def _give_back_freed_memory():
 class SessionHost:
     def __init__(self, shared_model, session_options: dict):
         self.shared_model = shared_model
-        self.session_options = session_options  # max_file_bytes, max_pixels, slow_inference_s, hold_inference_while
+        self.session_options = session_options  # max_file_bytes, max_pixels, data_root, slow_inference_s, ...; see app
         self.apps = {}  # session id -> KeypointsWebApp
         self.tasks: dict[str, set[asyncio.Task]] = {}  # session id -> tasks started while building it
 

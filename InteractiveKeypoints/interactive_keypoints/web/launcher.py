@@ -14,26 +14,48 @@ logged. ``--spare-sessions`` sessions are opened ahead of the visits that will t
 The launcher sees every tab's websocket: a session whose last tab disconnected ends after
 ``--reconnect-grace`` seconds (a reload reconnects within them), and a session no tab ever
 connects to ends after ``--idle-timeout``. Points are autosaved under ``--autosave-dir``.
+
+Every request passes :class:`.access.AccessGate` first (a token, a password or a signed-in
+proxy user on a shared network). A session belongs to the browser it was given to (a cookie):
+its page, websocket and autosaves answer only that browser, each visitor may hold at most
+``--max-sessions-per-client`` sessions, and autosaves older than ``--keep-autosaves-days``
+are removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import html
 import json
 import logging
 import os
+import re
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
+from .access import (
+    OPEN,
+    PROXY_USER_HEADER,
+    Access,
+    AccessError,
+    AccessGate,
+    choose_access,
+    is_https,
+    is_loopback,
+    start_url,
+)
 from .host import HOST_MARK
+from .pages import page as _page
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +68,12 @@ START_TIMEOUT_S = 300  # from the request; the host's first start on a loaded 2-
 STOP_TIMEOUT_S = 20.0  # a host still shutting down after this is killed (points are autosaved)
 HOST_COMMAND = (sys.executable, "-m", "interactive_keypoints.web.host")
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length", "content-encoding"}
+SESSIONS_PER_CLIENT_SHARED = 2  # default per visitor when the server serves other machines
+KEEP_AUTOSAVES_DAYS = 14.0
+SWEEP_EVERY_S = 3600.0  # how often old autosaves are looked for
+BROWSER_COOKIE = "ik_browser"  # which browser a session was given to
+SESSION_ID = re.compile(r"[0-9a-f]{24}")  # secrets.token_hex(12): autosave folders are named so
+BROWSER_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 def default_autosave_root() -> Path:
@@ -149,6 +177,8 @@ class HostProcess:
 class Session:
     id: str
     autosave_dir: Path
+    owner: str = ""  # the browser cookie of the tab it was given to
+    client: str = ""  # the visitor it was given to (address, or the proxy's user)
     host: HostProcess | None = None
     port: int | None = None
     starting: asyncio.Task | None = None  # open it in the host and read its port
@@ -179,13 +209,28 @@ class Launcher:
         reconnect_grace: float = RECONNECT_GRACE_S,
         host_command=HOST_COMMAND,
         start_timeout: float = START_TIMEOUT_S,
+        access: Access | None = None,
+        data_root=None,
+        max_sessions_per_client: int | None = None,
+        keep_autosaves_days: float = KEEP_AUTOSAVES_DAYS,
+        sweep_every_s: float = SWEEP_EVERY_S,
     ):
         if max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, not {max_sessions}")
         if spare_sessions < 0:
             raise ValueError(f"--spare-sessions cannot be negative ({spare_sessions})")
+        if max_sessions_per_client is not None and max_sessions_per_client < 1:
+            raise ValueError(f"--max-sessions-per-client must be at least 1, not {max_sessions_per_client}")
+        if keep_autosaves_days < 0:
+            raise ValueError(f"--keep-autosaves-days cannot be negative ({keep_autosaves_days:g})")
         self.model_dir = model_dir
         self.autosave_root = Path(autosave_root) if autosave_root else default_autosave_root()
+        self.data_root = _checked_data_root(data_root, self.autosave_root) if data_root else None
+        self.access = access or Access()
+        self.max_sessions_per_client = max_sessions_per_client or max_sessions
+        self.keep_autosaves_s = keep_autosaves_days * 86400
+        self.sweep_every_s = sweep_every_s
+        self._sweeping: asyncio.Task | None = None
         self.max_sessions = max_sessions
         self.spare_sessions = spare_sessions
         self.idle_timeout = idle_timeout
@@ -193,6 +238,8 @@ class Launcher:
         self.start_timeout = start_timeout
         self.host_command = list(host_command)
         self.session_args = list(session_args)  # passed on to the host (limits)
+        if self.data_root is not None:
+            self.session_args += ["--data-root", str(self.data_root)]
         self.host: HostProcess | None = None
         self.hosts_started = 0
         self.sessions: dict[str, Session] = {}  # ended ones stay, for the "has ended" page
@@ -228,6 +275,9 @@ class Launcher:
             log.error("spare session %s could not start: %s", session.id, task.exception())  # a tab's is logged there
             return  # not replaced at once: a failing start would be retried in a loop
         self._top_up_spares()
+
+    def sessions_of(self, client: str) -> list[Session]:
+        return [s for s in self.live_sessions() if s.for_tab and s.client == client]
 
     def _claim(self) -> Session | None:
         """A spare (a started one first), else a new session if the limit allows; None: refused."""
@@ -363,13 +413,56 @@ class Launcher:
             )
             self._end_later(session, self.reconnect_grace, "its tab did not reconnect")
 
+    # ------------------------------------------------------------ autosaves
+
+    def remove_old_autosaves(self) -> list[Path]:
+        """Remove the autosave folders of sessions that are not live and whose newest file is
+        older than --keep-autosaves-days; only folders named as sessions are (other folders
+        under the root are not ours)."""
+        if not self.autosave_root.is_dir():
+            return []
+        cutoff = time.time() - self.keep_autosaves_s
+        live = {s.id for s in self.live_sessions()}
+        removed = []
+        for folder in self.autosave_root.iterdir():
+            if not SESSION_ID.fullmatch(folder.name) or folder.name in live:
+                continue
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            try:
+                newest = max([folder.stat().st_mtime, *(p.lstat().st_mtime for p in folder.iterdir())])
+                if newest < cutoff:
+                    shutil.rmtree(folder)
+                    removed.append(folder)
+            except OSError as error:
+                log.warning("could not remove the old autosave folder %s: %s", folder, error)
+        if removed:
+            log.info("removed %d autosave folders older than %g days", len(removed), self.keep_autosaves_s / 86400)
+        return removed
+
+    async def _sweep_autosaves(self):
+        while True:
+            self.remove_old_autosaves()
+            await asyncio.sleep(self.sweep_every_s)
+
+    def _saved_files(self, session: Session) -> list[Path]:
+        """The session's autosaved files (plain files directly in its folder)."""
+        try:
+            return sorted(p for p in session.autosave_dir.iterdir() if p.is_file() and not p.is_symlink())
+        except OSError:
+            return []
+
     async def on_startup(self, _app):
+        self.autosave_root.mkdir(parents=True, exist_ok=True, mode=0o700)  # the points of other patients
+        self._sweeping = asyncio.get_running_loop().create_task(self._sweep_autosaves())
         self._client = aiohttp.ClientSession(auto_decompress=False)
         self._running_host()  # loading the libraries and the model takes the longest: begin at once
         self._top_up_spares()
 
     async def stop_all(self, *_):
         self._stopping = True
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         for session in list(self.sessions.values()):
             self._cancel_end(session)
             if session.starting is not None and not session.starting.done():
@@ -382,11 +475,26 @@ class Launcher:
     # -------------------------------------------------------------- handlers
 
     async def new_session(self, request: web.Request) -> web.StreamResponse:
+        client = self.access.client(request)
+        held = len(self.sessions_of(client))
+        if held >= self.max_sessions_per_client < self.max_sessions:  # a cap of its own (else the server's)
+            log.warning(
+                "refused a visit from %s: it holds %d sessions (--max-sessions-per-client %d)",
+                client,
+                held,
+                self.max_sessions_per_client,
+            )
+            return _page(
+                429,
+                "Too many sessions of yours",
+                f"You have {held} sessions open, the most one visitor may hold here. Close a tab you no "
+                "longer need (its session ends a few seconds later), then open this address again.",
+            )
         session = self._claim()
         if session is None:
             log.warning(
                 "refused a visit from %s: %s sessions live (--max-sessions %d)",
-                request.remote,
+                client,
                 len(self.live_sessions()),
                 self.max_sessions,
             )
@@ -397,37 +505,81 @@ class Launcher:
                 "Close a tab you no longer need (its session ends a few seconds later), "
                 "or start the server with a larger --max-sessions.",
             )
+        browser = request.cookies.get(BROWSER_COOKIE, "")
+        new_browser = not BROWSER_ID.fullmatch(browser)
+        if new_browser:
+            browser = secrets.token_urlsafe(24)
+        session.owner, session.client = browser, client
         log.info("session %s given to a tab (%s)", session.id, self._census())
         try:
             await asyncio.shield(session.starting)  # a visitor who gives up does not stop the start
         except RuntimeError as error:
             log.error("could not start session %s: %s", session.id, error)
             return _page(500, "The session could not start", html.escape(str(error)))
-        raise web.HTTPFound(f"/s/{session.id}/")
+        response = web.Response(status=302, headers={"Location": f"/s/{session.id}/"})
+        if new_browser:
+            response.set_cookie(
+                BROWSER_COOKIE, browser, path="/", httponly=True, samesite="Lax", secure=is_https(request)
+            )
+        return response
 
-    def _ended_page(self, session: Session | None) -> web.Response:
+    def _owned(self, request: web.Request, session: Session) -> bool:
+        """Whether the request comes from the browser the session was given to."""
+        browser = request.cookies.get(BROWSER_COOKIE, "")
+        return bool(session.owner) and hmac.compare_digest(browser.encode(), session.owner.encode())
+
+    def _not_yours(self, request: web.Request, session: Session) -> web.Response:
+        log.warning("refused %s %s from %s: another browser's session", request.method, request.path, request.remote)
+        return _page(
+            403,
+            "Not your session",
+            "This session was opened in another browser. <a href='/'>Start a session of your own</a>.",
+        )
+
+    def _ended_page(self, request: web.Request, session: Session | None) -> web.Response:
         saved = ""
-        if session is not None and any(session.autosave_dir.glob("*")):
-            saved = f" Your last points were saved in {html.escape(str(session.autosave_dir))}."
+        if session is not None and self._owned(request, session) and (files := self._saved_files(session)):
+            links = ", ".join(
+                f"<a href='/s/{session.id}/autosaved/{quote(p.name)}' download>{html.escape(p.name)}</a>" for p in files
+            )
+            saved = f" Your last points were saved: {links}."
         return _page(
             410,
             "This session has ended",
             f"The session ended after its tab was closed or left idle.{saved} <a href='/'>Start a new session</a>.",
         )
 
+    async def autosaved_file(self, request: web.Request) -> web.StreamResponse:
+        """A file the session autosaved, for the browser it was given to (while it runs and after)."""
+        session = self.sessions.get(request.match_info["sid"])
+        name = request.match_info["name"]
+        if session is not None and self._owned(request, session):
+            for path in self._saved_files(session):
+                if path.name == name:  # a name from the folder's listing, never a path built from the request
+                    return web.FileResponse(
+                        path, headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(path.name)}"}
+                    )
+        return _page(404, "No such file", "This session has no saved file of that name.")
+
     async def connection_info(self, request: web.Request) -> web.Response:
         """trame's page asks where its websocket is (the wslink launcher protocol) before connecting."""
         session = self.sessions.get(request.match_info["sid"])
         if session is None or not session.alive:
             return web.json_response({"error": "This session has ended; open the server's address again."}, status=410)
+        if not self._owned(request, session):
+            return web.json_response({"error": "This session was opened in another browser."}, status=403)
         # the page puts its own scheme and host in place of USE_HOST (and wss: under https)
         return web.json_response({"sessionURL": f"ws://USE_HOST/s/{session.id}/ws"})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         session = self.sessions.get(request.match_info["sid"])
         if session is None or not session.ready:
-            return self._ended_page(session)
+            return self._ended_page(request, session)
+        if not self._owned(request, session):
+            return self._not_yours(request, session)
         tail = request.match_info.get("tail", "")
+        if any(part in ("..", ".") for part in tail.replace("\\", "/").split("/")):
+            return _page(404, "Not found", "No such page.")  # the session's server only sees paths of its own
         if request.headers.get("upgrade", "").lower() == "websocket":
             return await self._forward_websocket(request, session, tail)
         return await self._forward_http(request, session, tail)
@@ -456,11 +608,12 @@ class Launcher:
         return browser_ws
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024**3)
+        app = web.Application(client_max_size=1024**3, middlewares=[AccessGate(self.access).middleware])
         app.router.add_get("/", self.new_session)
         app.router.add_get("/favicon.ico", _no_icon)  # browsers ask for it on the launcher's own pages
         app.router.add_get("/s/{sid}", _redirect_with_slash)
         app.router.add_post("/s/{sid}/paraview/", self.connection_info)
+        app.router.add_get("/s/{sid}/autosaved/{name}", self.autosaved_file)
         app.router.add_route("*", "/s/{sid}/{tail:.*}", self.forward)
         app.on_startup.append(self.on_startup)
         app.on_shutdown.append(self.stop_all)
@@ -490,37 +643,86 @@ async def _redirect_with_slash(request):
     raise web.HTTPFound(f"/s/{request.match_info['sid']}/")
 
 
-def _page(status: int, title: str, body: str) -> web.Response:
-    text = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body style='font-family: sans-serif; margin: 3em;'><h2>{html.escape(title)}</h2>"
-        f"<p id='ik-launcher-message'>{body}</p></body></html>"
-    )
-    return web.Response(status=status, text=text, content_type="text/html")
+def _checked_data_root(data_root, autosave_root: Path) -> Path:
+    """The data root, resolved; the autosaves may not lie under it (every session could list
+    the others' points)."""
+    root = Path(data_root).expanduser().resolve()
+    if not root.is_dir():
+        raise ValueError(f"--data-root {data_root} is not a folder")
+    autosaves = autosave_root.expanduser().resolve()
+    if autosaves.is_relative_to(root):
+        raise ValueError(f"--autosave-dir {autosave_root} lies inside --data-root {data_root}; put it elsewhere")
+    return root
 
 
 def serve(host: str = "127.0.0.1", port: int = 8080, **launcher_options):
     """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise;
     ``launcher_options`` are :class:`Launcher`'s."""
     launcher = Launcher(**launcher_options)
-    print(f"InteractiveKeypoints: open http://{host}:{port}/ (one session per browser tab)", flush=True)
+    if launcher.access.mode == OPEN and not is_loopback(host):
+        log.warning("--no-auth on %s: anyone who can reach port %d can use this server", host or "every address", port)
+    url = start_url(host, port, launcher.access)
+    print(f"InteractiveKeypoints: open {url} (one session per browser tab)", flush=True)
     web.run_app(launcher.make_app(), host=host, port=port, print=None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes it)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; another, such as 0.0.0.0, needs one of "
+        "--token, --password-file, --trust-proxy-auth or --no-auth)",
     )
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    who = parser.add_argument_group(
+        "who may use it",
+        "on an address other than loopback, one of these is needed (the server does not start without)",
+    )
+    who.add_argument(
+        "--token",
+        action="store_true",
+        help="visitors need a token, printed in the address to open at start (random, or $INTERACTIVE_KEYPOINTS_TOKEN); "
+        "a browser that came with it is remembered by a cookie",
+    )
+    who.add_argument("--password-file", default=None, help="visitors sign in with the password in this file")
+    who.add_argument(
+        "--trust-proxy-auth",
+        action="store_true",
+        help="a reverse proxy signs users in and names them in --proxy-user-header; requests without it are refused",
+    )
+    who.add_argument(
+        "--proxy-user-header",
+        default=PROXY_USER_HEADER,
+        help=f"the header the proxy names the signed-in user in (default {PROXY_USER_HEADER})",
+    )
+    who.add_argument("--no-auth", action="store_true", help="anyone who can reach the port may use it")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="a folder whose images the page lists to open from the server (default: none; only uploads)",
+    )
     parser.add_argument(
         "--autosave-dir", default=None, help=f"where sessions autosave their points (default {default_autosave_root()})"
+    )
+    parser.add_argument(
+        "--keep-autosaves-days",
+        type=float,
+        default=KEEP_AUTOSAVES_DAYS,
+        help=f"autosaves of ended sessions are removed after this many days (default {KEEP_AUTOSAVES_DAYS:g})",
     )
     parser.add_argument(
         "--max-sessions",
         type=int,
         default=MAX_SESSIONS,
         help=f"sessions (browser tabs) at a time, spares included (default {MAX_SESSIONS})",
+    )
+    parser.add_argument(
+        "--max-sessions-per-client",
+        type=int,
+        default=None,
+        help=f"sessions one visitor (address, or the proxy's user) may hold (default {SESSIONS_PER_CLIENT_SHARED} "
+        "when the server serves other machines, else --max-sessions)",
     )
     parser.add_argument(
         "--spare-sessions",
@@ -587,9 +789,24 @@ def run(args) -> int:
     if args.hold_inference_while is not None:
         session_args += ["--hold-inference-while", str(args.hold_inference_while)]
     try:
+        access = choose_access(
+            args.host,
+            token=args.token,
+            password_file=args.password_file,
+            trust_proxy_auth=args.trust_proxy_auth,
+            no_auth=args.no_auth,
+            user_header=args.proxy_user_header,
+        )
+        per_client = args.max_sessions_per_client
+        if per_client is None and (access.exposed or not is_loopback(args.host)):
+            per_client = min(SESSIONS_PER_CLIENT_SHARED, args.max_sessions)
         serve(
             args.host,
             args.port,
+            access=access,
+            data_root=args.data_root,
+            max_sessions_per_client=per_client,
+            keep_autosaves_days=args.keep_autosaves_days,
             model_dir=args.model,
             autosave_root=args.autosave_dir,
             max_sessions=args.max_sessions,
@@ -599,7 +816,7 @@ def run(args) -> int:
             reconnect_grace=args.reconnect_grace,
             start_timeout=args.start_timeout,
         )
-    except ValueError as error:
+    except (ValueError, AccessError) as error:
         print(f"interactive-keypoints serve: {error}", file=sys.stderr)
         return 2
     return 0

@@ -85,24 +85,32 @@ def _app_bar(app, ctrl):
             disabled=("ik_busy",),
             change=on_change,
         )
-        v3.VTextField(
-            v_model=("ik_server_path",),
-            id="ik-server-path",
-            label="Image path on the server",
-            density="compact",
-            hide_details=True,
-            style="max-width: 280px;",
-            classes="ml-2",
-            keyup_enter=app.open_server_path,
-        )
-        v3.VBtn(
-            "Open",
-            id="ik-open-path",
-            click=app.open_server_path,
-            disabled=("ik_busy",),
-            variant="tonal",
-            classes="mx-2",
-        )
+        if app.data_root is not None:
+            _server_images(app)
+
+
+def _server_images(app):
+    """The data root's images, as a list to pick from (no free text: a path typed here would be
+    refused anyway, and the list shows what there is)."""
+    v3.VAutocomplete(
+        v_model=("ik_server_choice",),
+        items=("ik_server_images",),
+        id="ik-server-image",
+        label="Image on the server",
+        no_data_text="no images under the server's data root",
+        density="compact",
+        hide_details=True,
+        style="max-width: 320px; min-width: 220px;",
+        classes="ml-2",
+    )
+    v3.VBtn(
+        "Open",
+        id="ik-open-server-image",
+        click=app.open_server_image,
+        disabled=("ik_busy || !ik_server_choice",),
+        variant="tonal",
+        classes="mx-2",
+    )
 
 
 def _button(label: str, element_id: str, icon: str, disabled: str, click, **props):
@@ -189,9 +197,16 @@ def _side_panel(app, ctrl):
                 html.Span("\u25cf user-fixed ", style=f"color: {FIXED_COLOUR};")
                 html.Span("\u25cf check next (halo) ", style=f"color: {NEXT_COLOUR};")
                 html.Span("- drag a point to fix it; the others follow. Limits: {{ ik_limits }}.")
-            html.Div(
-                "autosaved to {{ ik_autosave }}", v_show=("ik_autosave",), classes="text-caption", id="ik-autosave"
-            )
+            # the autosave is this session's own file, offered as a download (the launcher serves it
+            # to the browser the session was given to, also after the session has ended)
+            with html.Div(v_show=("ik_autosave",), classes="text-caption", id="ik-autosave"):
+                html.Span("Autosaved after every change: ")
+                html.A(
+                    "{{ ik_autosave }}",
+                    href=("'autosaved/' + encodeURIComponent(ik_autosave)",),
+                    download=("ik_autosave",),
+                    id="ik-autosave-link",
+                )
         with html.Div(v_show=("ik_measurements.length",), classes="px-3 pb-2", id="ik-measurements-panel"):
             v3.VDataTable(
                 id="ik-measurements",
