@@ -2,12 +2,16 @@
 
     python bench/latency.py                      # paper config (W32, K 68, 512 x 256), random weights
     python bench/latency.py --model models/X     # a trained model folder (its own architecture)
+    python bench/latency.py --model models/isbi-ceph-19 --image CEPH.jpg   # any landmark set, a real image
+
+Where the model folder has a local stage (local_stage.py), the JSON's ``local_stage`` compares
+the optimized session's clicks with and without it (same clicks, same image).
 
 Prints ONE JSON object. A benchmark, not a test: figures depend on the machine and its load.
 
 Both paths see the same image, weights and click sequence: an initial prediction, then one
 click per step, each click fixing one more landmark at its true phantom position (as a user
-does). Each timed click is the median over ``--clicks`` steps after ``--warmup`` steps.
+does; with ``--image``, at the first prediction's position moved by a seeded 20 px). Each timed click is the median over ``--clicks`` steps after ``--warmup`` steps.
 
 The plain baseline is what a straightforward implementation does per click: dense K-channel
 click/prev heatmaps, ``network(image, clicks, prev)`` (stem included), logits upsampled to
@@ -33,7 +37,7 @@ import torch
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.correction_field import apply_correction_field
 from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
-from interactive_keypoints.imaging import CoordinateMap, Radiograph, preprocess
+from interactive_keypoints.imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
 from interactive_keypoints.inference import cpu_description, cpu_has_native_bf16
 from interactive_keypoints.model_io import build_model, load_model
 from interactive_keypoints.phantom import make_spine_phantom
@@ -51,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--clicks", type=int, default=10, help="timed clicks per path (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed clicks first (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="phantom and weight seed")
+    parser.add_argument(
+        "--image", type=Path, default=None, help="time on this radiograph instead of the spine phantom (any model)"
+    )
     return parser.parse_args(argv)
 
 
@@ -105,9 +112,11 @@ def run_plain(model, radiograph, truth, order):
     return results, seconds
 
 
-def run_session(model, radiograph, truth, order):
+def run_session(model, radiograph, truth, order, local_stage: bool = False):
     # the network alone: the plain loop has no correction field, and the points are compared
-    session = KeypointSession(model, radiograph, device="cpu", optimized=True, correction_length=0)
+    session = KeypointSession(
+        model, radiograph, device="cpu", optimized=True, correction_length=0, local_stage=local_stage
+    )
     first = session.predict()
     results, seconds = [(first.points, first.confidence, first.fixed)], []
     for index in order:
@@ -116,6 +125,16 @@ def run_session(model, radiograph, truth, order):
         seconds.append(time.perf_counter() - start)
         results.append((p.points, p.confidence, p.fixed))
     return session, results, seconds
+
+
+def stand_in_truth(model, radiograph: Radiograph, seed: int, shift_px: float = 20.0) -> np.ndarray:
+    """Where the clicks go on a real image without labels: the first prediction moved by a seeded
+    ``shift_px`` in a random direction (a user's correction of about that size)."""
+    first = KeypointSession(model, radiograph, device="cpu", local_stage=False).predict().points
+    angles = np.random.default_rng(seed).uniform(0, 2 * np.pi, len(first))
+    moved = first + shift_px * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    h, w = radiograph.size
+    return np.clip(moved, 0, [w - 1, h - 1])
 
 
 def encode_once_saving_ms(session, repeats: int = 5) -> float:
@@ -162,17 +181,29 @@ def main(argv=None) -> int:
         model.network.eval()
     config = model.config
 
-    sample = make_spine_phantom(args.seed)
-    if len(sample.points) != config.num_keypoints:
-        sys.exit(f"error: the phantom has {len(sample.points)} landmarks, the model {config.num_keypoints}")
-    radiograph = Radiograph(sample.image, sample.spacing, spacing_known=True)
-    order = click_order(config.num_keypoints, args.warmup + args.clicks, args.seed)
+    if args.image is not None:
+        radiograph = load_radiograph(args.image)
+        truth = stand_in_truth(model, radiograph, args.seed)
+    else:
+        sample = make_spine_phantom(args.seed)
+        if len(sample.points) != config.num_keypoints:
+            sys.exit(
+                f"error: the phantom has {len(sample.points)} landmarks, the model {config.num_keypoints}: "
+                "give --image"
+            )
+        radiograph, truth = Radiograph(sample.image, sample.spacing, spacing_known=True), sample.points
+    clicks = min(args.warmup + args.clicks, config.num_keypoints)
+    order = click_order(config.num_keypoints, clicks, args.seed)
 
-    session, session_results, session_s = run_session(model, radiograph, sample.points, order)
+    stage = None
+    if model.local_stage is not None:  # the same clicks with the stage: what it adds per click
+        _, _, staged_s = run_session(model, radiograph, truth, order, local_stage=True)
+        stage = 1000 * statistics.median(staged_s[args.warmup :])
+    session, session_results, session_s = run_session(model, radiograph, truth, order)
     saving_ms = encode_once_saving_ms(session)
-    field_ms = correction_field_ms(session_results[-1][0], {k: sample.points[k] for k in order}, config)
+    field_ms = correction_field_ms(session_results[-1][0], {k: truth[k] for k in order}, config)
     del session
-    plain_results, plain_s = run_plain(model, radiograph, sample.points, order)
+    plain_results, plain_s = run_plain(model, radiograph, truth, order)
 
     fp32_ms = 1000 * statistics.median(plain_s[args.warmup :])
     optimized_ms = 1000 * statistics.median(session_s[args.warmup :])
@@ -190,6 +221,10 @@ def main(argv=None) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "encode_once_saving_ms": round(saving_ms, 1),
         "correction_field_ms": round(field_ms, 2),  # with all the run's clicks
+        # per click with the model's local stage, the same clicks (null: the folder has none)
+        "local_stage": None
+        if stage is None
+        else {"with_ms": round(stage, 1), "without_ms": round(optimized_ms, 1), "stage_ms": round(stage - optimized_ms, 1)},
         "threads": torch.get_num_threads(),
         "bf16": cpu_has_native_bf16(),
         "cpu": cpu_description(),

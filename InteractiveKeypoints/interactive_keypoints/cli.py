@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "predict": ("interactive_keypoints.predict", "place landmarks on radiographs; write .mrk.json and .csv"),
     "pack": ("interactive_keypoints.pack", "pack a dataset's train/val images and labels for training elsewhere"),
     "train": ("interactive_keypoints.train", "train a model"),
+    "train-local": ("interactive_keypoints.train_local", "train a model folder's full-resolution local stage"),
     "evaluate": ("interactive_keypoints.evaluate", "evaluate a model with simulated user corrections"),
     "serve": ("interactive_keypoints.web.launcher", "serve the browser app"),
 }

@@ -54,6 +54,8 @@ class ModelConfig:
     description: str = ""
     # clinical measurements shown with the points: "aasce-cobb", "isbi-ceph" or "" (none)
     measurements: str = ""
+    # the full-resolution local stage (local_stage.LocalStageConfig as a dict); empty: none
+    local_stage: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -91,6 +93,16 @@ class ModelConfig:
                 problems.append(f"measurements must be one of {MEASUREMENT_SETS} or '', got {self.measurements!r}")
             elif self.num_keypoints != MEASUREMENT_TEMPLATES[self.measurements].num_keypoints:
                 problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
+        if self.local_stage:
+            from .local_stage import LocalStageConfig
+
+            try:
+                stage = LocalStageConfig.from_dict(self.local_stage)
+            except ModelFormatError as e:
+                problems.append(str(e))
+            else:
+                if stage.num_keypoints != self.num_keypoints:
+                    problems.append(f"the local stage has {stage.num_keypoints} landmarks, the model {self.num_keypoints}")
         if self.format_version > FORMAT_VERSION:
             problems.append(f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})")
         if problems:
@@ -101,6 +113,8 @@ class ModelConfig:
         d["input_size"] = list(self.input_size)
         d["stage_modules"] = list(self.stage_modules)
         d["flip_pairs"] = [list(p) for p in self.flip_pairs]
+        if not self.local_stage:
+            del d["local_stage"]  # a folder without a stage writes model.json as before
         return d
 
     @classmethod

@@ -115,6 +115,7 @@ USER_FIXED = "user-fixed"  # placed by the user; the model never moves it
 PREDICTED_COLOR = (1.0, 0.75, 0.2)  # amber
 FIXED_COLOR = (0.3, 1.0, 0.4)  # green
 ACTIVE_COLOR = (0.4, 1.0, 1.0)
+MEASUREMENT_COLOR = (1.0, 0.25, 0.85)  # magenta: a measurement's lines, apart from both point colours
 
 
 def state_names(fixed) -> list[str]:

@@ -51,7 +51,9 @@ def simulate_one_correction(model, sample, device) -> DemoResult:
     return DemoResult(before, after, corrected, sample.points, tuple(sample.spacing), predict_ms, refine_ms)
 
 
-def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dict[str, Path]:
+def write_outputs(
+    out: Path, sample, result: DemoResult, model_name: str, measurement_set: str = ""
+) -> dict[str, Path]:
     from .conventions import POINTS_CSV, POINTS_JSON, output_path
     from .markups import write_csv, write_markups_json
     from .metrics import mre
@@ -72,7 +74,16 @@ def write_outputs(out: Path, sample, result: DemoResult, model_name: str) -> dic
         if moves:
             title += f"\nuser moved {prediction.names[k]}"
         paths[key] = save_overlay(
-            out / f"{key}.png", sample.image, prediction.points, prediction.fixed, truth, moves, spacing, title
+            out / f"{key}.png",
+            sample.image,
+            prediction.points,
+            prediction.fixed,
+            truth,
+            moves,
+            spacing,
+            title,
+            measurement_set=measurement_set,
+            names=prediction.names,
         )
     after = result.after
     # phantom.png carries no spacing, so the markups use the geometry Slicer gives the PNG
@@ -136,6 +147,8 @@ def run(args) -> int:
             f"{model.folder} has {model.config.num_keypoints} landmarks"
         )
     result = simulate_one_correction(model, sample, args.device)
-    paths = write_outputs(args.out, sample, result, model.folder.name if model.folder else "model")
+    paths = write_outputs(
+        args.out, sample, result, model.folder.name if model.folder else "model", model.config.measurements
+    )
     print(summary(result, paths))
     return 0

@@ -194,6 +194,7 @@ def evaluate_split(
     click_noise: float = 0.0,
     click_seed: int = 0,
     unit: str = "px",
+    local_stage: bool = True,
 ):
     """RevisionCurves for every sample, sharing one inference copy of the network.
 
@@ -201,7 +202,8 @@ def evaluate_split(
     ``tolerance`` and ``review_score``). ``click_noise``: SD of the clicks' error;
     ``tolerance`` and ``click_noise`` are in ``unit`` (mm: divided by each image's spacing).
     Image n's click noise is seeded by (``click_seed``, n). The correction field is the model
-    config's (``run`` replaces the config to override it).
+    config's (``run`` replaces the config to override it); ``local_stage=False`` leaves the
+    model's local stage out.
     """
     if user not in USERS:
         raise ValueError(f"unknown user {user!r}; expected one of {USERS}")
@@ -214,6 +216,7 @@ def evaluate_split(
             prev_mode=prev_mode,
             predictor=predictor,
             review_score=review_score,
+            local_stage=local_stage,
         )
         px_per_unit = 1.0 / sample.spacing[0] if unit == "mm" else 1.0
         place = exact_clicks
@@ -588,6 +591,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="correction field noise, relative to the kernel's variance (default: the model's)",
     )
+    parser.add_argument(
+        "--local-stage",
+        choices=["on", "off", "both"],
+        default="on",
+        help="the model's full-resolution local stage (where its folder has one): on, off, or both "
+        "(the outputs are with it; metrics.json 'local_stage' has both curves)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument(
         "--sample",
@@ -654,27 +664,42 @@ def run(args) -> int:
         raise ValueError(f"--click-noise {args.click_noise} must be 0 or more")
     users = list(dict.fromkeys(args.user))
     tolerance = min(args.targets) if args.guided_tolerance is None else args.guided_tolerance
-    results_by_user = {
-        user: evaluate_split(
-            model,
-            samples,
-            args.max_clicks,
-            args.device,
-            args.prev_mode,
-            not args.quiet,
-            user,
-            args.review_score,
-            tolerance,
-            args.click_noise,
-            args.click_seed,
-            args.unit,
-        )
-        for user in users
-    }
+    if args.local_stage != "off" and model.local_stage is None:
+        print(f"note: {args.model} has no local stage; --local-stage {args.local_stage} evaluates the first stage")
+    with_stage = args.local_stage != "off" and model.local_stage is not None
+
+    def evaluate_users(local_stage: bool) -> dict:
+        return {
+            user: evaluate_split(
+                model,
+                samples,
+                args.max_clicks,
+                args.device,
+                args.prev_mode,
+                not args.quiet,
+                user,
+                args.review_score,
+                tolerance,
+                args.click_noise,
+                args.click_seed,
+                args.unit,
+                local_stage,
+            )
+            for user in users
+        }
+
+    results_by_user = evaluate_users(with_stage)
     results = results_by_user[users[0]]
     metrics = summarise(
         results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, split.landmark_names
     )
+    if args.local_stage == "both" and model.local_stage is not None:
+        without = evaluate_users(False)[users[0]]
+        metrics["local_stage"] = local_stage_comparison(
+            {"with": results, "without": without}, samples, args, split.landmark_names, model.config.measurements
+        )
+        print_local_stage_comparison(metrics["local_stage"], args.unit)
+    metrics["local_stage_used"] = with_stage
     metrics.update(
         model=str(args.model),
         dataset=args.dataset,
@@ -754,6 +779,34 @@ def run(args) -> int:
                 + ", ".join(f"{k} {v:.1f}%" for k, v in entry["FR"].items())
             )
     return 0
+
+
+def local_stage_comparison(results_by_variant: dict, samples, args, landmark_names, measurement_set: str) -> dict:
+    """The first user's MRE, SDR, NoC / FR (and measurement) curves with and without the local stage."""
+    key = "MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks"
+    comparison = {}
+    for variant, results in results_by_variant.items():
+        summary = summarise(
+            results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, landmark_names
+        )
+        entry = {key: summary[key]["model"], "NoC": summary["NoC"], "FR": summary["FR"]}
+        if "SDR_by_clicks" in summary:
+            entry["SDR_by_clicks"] = summary["SDR_by_clicks"]
+        if measurement_set:
+            entry["measurements"] = summarise_measurements(results, samples, measurement_set)
+        comparison[variant] = entry
+    return comparison
+
+
+def print_local_stage_comparison(comparison: dict, unit: str) -> None:
+    key = "MRE_by_clicks_mm" if unit == "mm" else "MRE_by_clicks"
+    for variant, entry in comparison.items():
+        print(
+            f"local stage {variant:>7}: MRE by clicks ({unit}) "
+            + ", ".join(f"{v:.2f}" for v in entry[key][:6])
+            + " | NoC "
+            + ", ".join(f"{k} {v:.2f}" for k, v in entry["NoC"].items())
+        )
 
 
 def review_score_name(model: KeypointModel, requested: str | None) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .local_stage import LocalStage
 from .model_io import KeypointModel
 
 DEVICE_ENV = "INTERACTIVE_KEYPOINTS_DEVICE"
@@ -126,6 +127,12 @@ class Predictor:
             self.network = inference_network(model.network, self.device, self.dtype)
         else:
             self.network = model.network.to(self.device).eval()
+        # the model's full-resolution local stage, when it has one (same device and precision)
+        self.local_stage = (
+            LocalStage(model.local_stage_config, copy.deepcopy(model.local_stage), self.device, self.dtype)
+            if model.local_stage is not None and model.local_stage_config is not None
+            else None
+        )
 
     def _prepare(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device, self.dtype)

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, ModelFormatError
+from .local_stage import LocalStageConfig, LocalStageNet, load_local_stage_network, save_local_stage_weights
 from .model import InteractiveKeypointNet
 
 # model discovery lives in model_folders (no torch); default_model_dir is re-exported
@@ -35,10 +36,16 @@ class KeypointModel:
     config: ModelConfig
     network: InteractiveKeypointNet
     folder: Path | None = None
+    # the full-resolution local stage (local_stage.py), when model.json declares one
+    local_stage: LocalStageNet | None = None
 
     @property
     def landmark_names(self) -> list[str]:
         return self.config.landmark_names
+
+    @property
+    def local_stage_config(self) -> LocalStageConfig | None:
+        return LocalStageConfig.from_dict(self.config.local_stage) if self.config.local_stage else None
 
 
 def build_model(config: ModelConfig) -> KeypointModel:
@@ -68,6 +75,8 @@ def save_model(
         {"format": "interactive-keypoints", "format_version": str(model.config.format_version)},
         max_shard_bytes,
     )
+    if model.local_stage is not None:
+        save_local_stage_weights(folder, model.local_stage)
     model.config.save(folder / CONFIG_FILE)
     for name, content in (extra_files or {}).items():
         (folder / name).write_text(json.dumps(content, indent=2) + "\n")
@@ -127,7 +136,7 @@ def save_weights(
     return written
 
 
-def _read_safetensors(path: Path) -> dict:
+def read_safetensors(path: Path) -> dict:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -138,7 +147,7 @@ def load_weights(folder: Path) -> tuple[dict, Path]:
     """(state dict, the file that names the weights) from the single file or the shards + index."""
     single, index_path = folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE
     if single.is_file():
-        return _read_safetensors(single), single
+        return read_safetensors(single), single
     if not index_path.is_file():
         raise ModelFormatError(f"model folder {folder} has no {WEIGHTS_FILE} (nor {WEIGHTS_INDEX_FILE} and its shards)")
     try:
@@ -151,7 +160,7 @@ def load_weights(folder: Path) -> tuple[dict, Path]:
             raise ModelFormatError(f"{index_path} names the shard {shard!r}, which is not in {folder}")
     state = {}
     for shard in shards:
-        tensors = _read_safetensors(folder / shard)
+        tensors = read_safetensors(folder / shard)
         listed = {name for name, file in weight_map.items() if file == shard}
         if set(tensors) != listed:
             raise ModelFormatError(
@@ -192,6 +201,7 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
         )
     network.load_state_dict({name: t.to(expected[name].dtype) for name, t in state.items()})
     network.eval()
+    local_stage = load_local_stage_network(folder, LocalStageConfig.from_dict(config.local_stage)) if config.local_stage else None
     if device is not None:
         network.to(device)
-    return KeypointModel(config, network, folder)
+    return KeypointModel(config, network, folder, local_stage)

@@ -125,6 +125,9 @@ def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
                 prediction.points,
                 spacing=radiograph.spacing,
                 title=f"{image_path.name}: {len(prediction.points)} landmarks",
+                measurement_set=model.config.measurements,
+                names=prediction.names,
+                spacing_known=radiograph.spacing_known,
             )
         )
     print(f"{image_path}: {len(prediction.points)} landmarks in {elapsed_ms:.0f} ms -> {', '.join(map(str, written))}")

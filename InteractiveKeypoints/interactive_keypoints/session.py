@@ -7,7 +7,9 @@ Inference rule (paper, sec. 2.1 and the reference protocol):
   as in training);
 - fixed points are returned exactly where the user put them; the others move freely, and
   with a model whose ``correction_length`` is > 0 also by the correction field of the
-  residuals at the fixed points (``correction_field.py``; 0 is the paper's rule).
+  residuals at the fixed points (``correction_field.py``; 0 is the paper's rule);
+- then, where the model folder has one, the full-resolution local stage refines every point
+  that is not fixed in a patch of the original image (``local_stage.py``).
 
 Every refine/confirm/unfix/reset is one step on an undo stack that holds the whole state,
 so undo restores every point, not only the moved one.
@@ -33,6 +35,7 @@ from .errors import KeypointsError
 from .heatmaps import decode_logits_locally, gaussian_heatmaps
 from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
 from .inference import Predictor
+from .local_stage import PatchSource
 from .model_io import KeypointModel
 from .review import available_score, load_selection, review_scores
 
@@ -82,13 +85,15 @@ class KeypointSession:
         predictor: Predictor | None = None,
         review_score: str | None = None,
         correction_length: float | None = None,
+        local_stage: bool = True,
     ):
         """``image``: a Radiograph, an array or a file path. ``predictor``: share one
         across sessions of the same model (it holds the inference copy of the network).
         ``review_score``: the "check next" score of :mod:`.review` (None: the default where
         the model folder's morphology allows it, else ``low-confidence``).
         ``correction_length``: the correction field's length (fraction of the landmarks'
-        extent, 0 = off); default: the model's."""
+        extent, 0 = off); default: the model's. ``local_stage``: run the model's local stage
+        (where it has one); False gives the first stage's points."""
         if prev_mode not in ("fixed", "all"):
             raise ValueError(f"prev_mode must be 'fixed' or 'all', got {prev_mode!r}")
         self.model = model
@@ -115,6 +120,11 @@ class KeypointSession:
         image_tensor = preprocess(self.radiograph, self.config.input_size, self.config.intensity)
         image_tensor = image_tensor.expand(self.config.in_channels, -1, -1)[None]
         self._image_features = self.predictor.encode_image(image_tensor)
+        # the local stage reads the original pixels, normalised once per image
+        self.local_stage = self.predictor.local_stage if local_stage else None
+        self._patch_source = (
+            PatchSource.from_image(self.radiograph, self.config.intensity) if self.local_stage is not None else None
+        )
 
     # ------------------------------------------------------------------ public API
     @property
@@ -251,6 +261,10 @@ class KeypointSession:
         points_in, confidence = decode_logits_locally(logits, size)
         points = self.coords.to_original(points_in[0].numpy().astype(np.float64))
         points = apply_correction_field(points, fixed, self.correction_length, self.config.correction_noise)
+        if self.local_stage is not None and self._patch_source is not None:
+            movable = np.ones(k, dtype=bool)
+            movable[channels] = False
+            points = self.local_stage.refine(self._patch_source, points, movable)
         confidence = confidence[0].numpy().astype(np.float64)
         is_fixed = np.zeros(k, dtype=bool)
         for c in channels:  # user-fixed points stay exactly where the user put them

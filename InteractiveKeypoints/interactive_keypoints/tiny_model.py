@@ -33,3 +33,18 @@ def tiny_model(landmark_names=SPINE.names, seed: int = 0, click_scale: float | N
             model.network.hint_fusion.scale.fill_(click_scale)
     model.network.eval()
     return model
+
+
+def with_tiny_local_stage(model, seed: int = 0, **overrides):
+    """``model`` with a tiny untrained local stage attached (as if its folder declared one)."""
+    import torch
+
+    from .local_stage import LocalStageConfig, LocalStageNet
+
+    torch.manual_seed(seed)
+    settings = {"patch_size": 16, "pixels_per_height": 256.0, "channels": (4, 8), "identity": "input"} | overrides
+    config = LocalStageConfig(model.config.num_keypoints, **settings)
+    model.config.local_stage = config.to_dict()
+    model.config.validate()
+    model.local_stage = LocalStageNet(config).eval()
+    return model
