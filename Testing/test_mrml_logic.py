@@ -620,7 +620,8 @@ def test_csv_export_has_pixels_mm_state_and_confidence(logic, volume, phantom, t
     drag(node, 2, pixel_target(node, volume, 2, (1.0, 1.0)))
     path = logic.export(node, tmp_path / "case.csv")
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence"]
+    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence", "spacing"]
+    assert rows[0]["spacing"] == f"{phantom.spacing[0]:g} x {phantom.spacing[1]:g} mm per pixel from the user"
     assert [r["name"] for r in rows] == SPINE_LANDMARK_NAMES
     points = logic.prediction(node).points
     np.testing.assert_allclose([[float(r["x_px"]), float(r["y_px"])] for r in rows], points, atol=1e-3)
@@ -1081,3 +1082,84 @@ def test_jump_to_point_centres_the_slice_views_on_it(logic, volume, scene):
     np.testing.assert_allclose(centre, control_point_positions(node)[30], atol=1e-6)
     with pytest.raises(ValueError, match="no point"):
         logic.jump_to_point(node, K)
+
+
+# ------------------------------------------------------------------ DICOM radiographs
+
+
+@pytest.fixture
+def films(tmp_path):
+    pytest.importorskip("pydicom", reason="pydicom writes the test's DICOM files (dev extra)")
+    from radiographs import grey_image, write_radiograph_files
+
+    return write_radiograph_files(tmp_path / "films", grey_image())
+
+
+def exported_millimetres(logic, node, path):
+    """(K, 2) mm and the spacing column of the list's CSV export."""
+    rows = list(csv.DictReader(logic.export(node, path).open()))
+    return np.array([[float(r["x_mm"]), float(r["y_mm"])] for r in rows]), rows[0]["spacing"]
+
+
+def browser_millimetres(logic, scene, path, tmp_path, spacing=None):
+    """The browser's loading path (web/app.py open_file): the engine reads the file, the logic
+    gets a volume made from it."""
+    volume = add_volume_from_radiograph(scene, load_radiograph(path, spacing=spacing), path.stem)
+    return volume, *exported_millimetres(logic, logic.detect(volume), tmp_path / f"browser-{path.stem}.csv")
+
+
+def test_dicom_loaded_by_slicers_dicom_module_gives_the_engines_millimetres(logic, scene, films, tmp_path, monkeypatch):
+    """PNG (spacing given), MONOCHROME2 and MONOCHROME1 DICOM: the same landmarks in mm whether
+    the browser/CLI loading reads the file or Slicer's DICOM module loads it for the module."""
+    from radiographs import SPACING, DicomDatabase, load_like_slicers_dicom_plugin
+
+    _, reference, spacing = browser_millimetres(logic, scene, films["png"], tmp_path, spacing=SPACING)
+    assert spacing == "0.15 x 0.2 mm per pixel from the user"
+    monkeypatch.setattr(slicer, "dicomDatabase", DicomDatabase(films["m2"], films["m1"]), raising=False)
+    for key in ("m2", "m1"):
+        _, browser_mm, browser_spacing = browser_millimetres(logic, scene, films[key], tmp_path)
+        np.testing.assert_allclose(browser_mm, reference, atol=1e-3)
+        volume = load_like_slicers_dicom_plugin(scene, films[key], f"slicer-{key}")
+        assert volume.GetSpacing()[:2] == pytest.approx(SPACING)  # Slicer's reader: Imager Pixel Spacing
+        node = logic.detect(volume)
+        module_mm, module_spacing = exported_millimetres(logic, node, tmp_path / f"module-{key}.csv")
+        np.testing.assert_allclose(module_mm, reference, atol=1e-3)
+        assert module_spacing == browser_spacing
+        assert module_spacing == "0.15 x 0.2 mm per pixel from Imager Pixel Spacing (0018,1164), at the detector"
+        assert logic.spacing_description(node) == module_spacing
+
+
+def test_dicom_added_as_a_file_gives_the_same_millimetres(logic, scene, films, tmp_path):
+    """Add Data (a volume storage node reading the .dcm with Slicer's reader): same result."""
+    from radiographs import SPACING
+
+    _, reference, _ = browser_millimetres(logic, scene, films["png"], tmp_path, spacing=SPACING)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "added")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(films["m1"]))
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(volume)
+    mm, spacing = exported_millimetres(logic, logic.detect(volume), tmp_path / "added.csv")
+    np.testing.assert_allclose(mm, reference, atol=1e-3)
+    assert "Imager Pixel Spacing (0018,1164)" in spacing
+
+
+def test_points_on_an_oriented_dicom_overlay_it_as_slicer_loads_it(logic, scene, films, tmp_path):
+    """Defect E: a film with Image Orientation/Position (a coronal AP film): points detected
+    on the engine's volume and exported, loaded next to the volume Slicer's reader makes of the
+    same file, fall on the same pixels (IJK-to-RAS from origin, spacing and direction)."""
+    from radiographs import POSITION, load_like_slicers_dicom_plugin
+
+    engine_volume = add_volume_from_radiograph(scene, load_radiograph(films["m2"]), "engine")
+    slicer_volume = load_like_slicers_dicom_plugin(scene, films["m2"], "slicer")
+    np.testing.assert_allclose(ijk_to_ras_matrix(engine_volume), ijk_to_ras_matrix(slicer_volume), atol=1e-9)
+    node = logic.detect(engine_volume)
+    path = logic.export(node, tmp_path / "film.mrk.json")
+    storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    loaded = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "loaded")
+    storage.SetFileName(str(path))
+    loaded.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(loaded)
+    pixels = ras_to_pixels(control_point_positions(loaded), ijk_to_ras_matrix(slicer_volume))
+    np.testing.assert_allclose(pixels, logic.prediction(node).points, atol=1e-3)
+    assert control_point_positions(loaded)[:, 1] == pytest.approx(-POSITION[1])  # RAS A = -LPS P: the film's plane

@@ -71,7 +71,9 @@ from .volumes import (
     radiograph_from_volume,
     reference_volume,
     snapshot_volume,
+    source_file,
     volume_ijk_to_ras,
+    volume_spacing,
 )
 
 __all__ = [
@@ -113,6 +115,8 @@ __all__ = [
     "reference_volume",
     "run_inline",
     "snapshot_volume",
+    "source_file",
     "volume_ijk_to_ras",
+    "volume_spacing",
     "waiting_runner",
 ]

@@ -10,7 +10,7 @@ from ..conventions import MEASUREMENTS_CSV, MEASUREMENTS_JSON, POINTS_CSV, POINT
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
 from .runners import ThreadedRunner, run_inline, waiting_runner
 from .states import point_states
-from .volumes import add_volume_from_radiograph, remove_with_children
+from .volumes import add_volume_from_radiograph, remove_with_children, volume_spacing
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,18 @@ class ExportAndBatch:
         names = [node.GetNthControlPointLabel(k) for k in range(node.GetNumberOfControlPoints())]
         points_xy = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume))
         states, confidence = point_states(node)
+        spacing, source = volume_spacing(volume)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(path, names, points_xy, tuple(volume.GetSpacing()[:2]), states, confidence)
+        write_csv(path, names, points_xy, spacing, states, confidence, spacing_source=source)
         return path
+
+    def spacing_description(self, point_list_node) -> str:
+        """The spacing the list's millimetres use and where it came from (the CSV says the same)."""
+        from ..conventions import describe_spacing
+
+        volume = self._volume_of(point_list_node)
+        spacing, source = volume_spacing(volume)
+        return describe_spacing(volume.GetSpacing()[:2], spacing is not None, source)
 
     def load_volume(self, path, name: str | None = None):
         """Read an image file with SimpleITK (PNG, JPEG, DICOM, NRRD, ...) into a volume node."""

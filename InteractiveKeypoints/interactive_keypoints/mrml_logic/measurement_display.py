@@ -13,7 +13,7 @@ import vtk
 
 from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
 from .tracked import TrackedList
-from .volumes import remove_with_children
+from .volumes import remove_with_children, volume_spacing
 
 # point list -> its measurements table / the line nodes drawn for the selected measurement
 MEASUREMENTS_REFERENCE_ROLE = "InteractiveKeypoints.Measurements"
@@ -46,7 +46,7 @@ class MeasurementDisplay:
             pixels = ras_to_pixels(control_point_positions(points), ijk_to_ras_matrix(volume))
         spacing = height = None
         if volume is not None:
-            spacing = tuple(volume.GetSpacing()[:2])
+            spacing = volume_spacing(volume)[0]  # None (lengths in pixels) when the file had none
             height = volume.GetImageData().GetDimensions()[1] if volume.GetImageData() is not None else None
         return measure(pixels, measurement_set, spacing=spacing, image_height=height)
 
