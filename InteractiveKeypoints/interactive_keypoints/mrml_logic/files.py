@@ -20,8 +20,9 @@ POINT_LIST_SUFFIX = " keypoints"
 class ExportAndBatch:
     """Mixin of :class:`~.logic.KeypointsMRMLLogic`: export, image loading, batch.
 
-    Uses from the logic: ``scene``, ``detect``, ``detach``, ``new_point_list``,
-    ``measurement_set``, ``measurements``, ``_volume_of``, ``_blocking_runner``, ``_report``.
+    Uses from the logic: ``scene``, ``detect``, ``detach``, ``is_tracked``, ``new_point_list``,
+    ``model_config``, ``measurement_set``, ``measurements``, ``_volume_of``, ``_blocking_runner``,
+    ``_report``.
     """
 
     def export(self, point_list_node, path) -> Path:
@@ -43,9 +44,13 @@ class ExportAndBatch:
         model has no measurement set."""
         from ..measurements import write_measurements
 
-        measurement_set = self.measurement_set()
+        measurement_set = self.measurement_set(point_list_node)
         if not measurement_set:
             return []
+        if not self.is_tracked(point_list_node) and (
+            point_list_node.GetNumberOfControlPoints() != self.model_config().num_keypoints
+        ):
+            return []  # a list of another model's landmarks: the chosen model's set does not apply
         Path(stem).parent.mkdir(parents=True, exist_ok=True)
         return write_measurements(stem, self.measurements(point_list_node), measurement_set)
 
@@ -143,7 +148,7 @@ class ExportAndBatch:
             outputs = [
                 self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)
             ]
-            if self.measurement_set():
+            if self.measurement_set(node):
                 outputs += [output_dir / (file_stem(path) + suffix) for suffix in (MEASUREMENTS_JSON, MEASUREMENTS_CSV)]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
         except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch

@@ -25,23 +25,30 @@ MEASUREMENT_LINE_COLOR = (1.0, 0.25, 0.85)  # magenta: apart from both point col
 class MeasurementDisplay:
     """Mixin of :class:`~.logic.KeypointsMRMLLogic`: the measurements table and lines.
 
-    Uses from the logic: ``scene``, ``model_config``, ``_get`` and ``_volume_of``.
+    Uses from the logic: ``scene``, ``model_config``, ``_tracked``, ``_get`` and ``_volume_of``.
     """
 
-    def measurement_set(self) -> str:
-        """The chosen model's measurement set ("aasce-cobb", "isbi-ceph" or "" for none)."""
+    def measurement_set(self, point_list_node=None) -> str:
+        """The measurement set ("aasce-cobb", "isbi-ceph" or "" for none) of a tracked point
+        list's own model (a list keeps the model it was detected with when another is chosen),
+        or of the chosen model."""
+        tracked = self._tracked.get(point_list_node.GetID()) if point_list_node is not None else None
+        if tracked is not None and tracked.config is not None:
+            return tracked.measurement_set
         return self.model_config().measurements
 
     def measurements(self, points, volume_node=None) -> list:
-        """The model's clinical measurements (``Measurement`` records) of a point list's
-        current positions, or of (K, 2) points in original pixels (``volume_node`` then
-        gives spacing and image height; without it lengths stay in pixels)."""
+        """The clinical measurements (``Measurement`` records) of a point list's current
+        positions (its own model's set), or of (K, 2) points in original pixels with the chosen
+        model's set (``volume_node`` then gives spacing and image height; without it lengths
+        stay in pixels)."""
         from ..measurements import measure
 
-        measurement_set = self.measurement_set()
         if isinstance(points, (np.ndarray, list, tuple)):
+            measurement_set = self.measurement_set()
             pixels, volume = np.asarray(points, dtype=float), volume_node
         else:
+            measurement_set = self.measurement_set(points)
             volume = volume_node or self._volume_of(points)
             pixels = ras_to_pixels(control_point_positions(points), ijk_to_ras_matrix(volume))
         spacing = height = None
@@ -53,7 +60,7 @@ class MeasurementDisplay:
     def measurement_table(self, point_list_node):
         """The list's measurements table node (created on first use), or None when the
         model has no measurement set."""
-        if not self.measurement_set():
+        if not self.measurement_set(point_list_node):
             return None
         table = point_list_node.GetNodeReference(MEASUREMENTS_REFERENCE_ROLE)
         if table is None:

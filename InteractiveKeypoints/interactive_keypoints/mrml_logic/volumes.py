@@ -162,9 +162,12 @@ def add_phantom_volume(scene, seed: int = 0, name: str = PHANTOM_VOLUME_NAME):
 
 
 def remove_with_children(scene, node):
-    """Remove a node with its display and storage nodes."""
-    display_and_storage = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-    display_and_storage.append(node.GetStorageNode())
+    """Remove a node with its display and storage nodes (a table has no display node)."""
+    display_and_storage = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        display_and_storage += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        display_and_storage.append(node.GetStorageNode())
     for child in display_and_storage:
         if child is not None:
             scene.RemoveNode(child)
