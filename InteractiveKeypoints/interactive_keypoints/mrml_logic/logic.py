@@ -119,12 +119,11 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
 
             return ModelConfig.load(Path(self.model_folder or default_model_dir()) / CONFIG_FILE)
 
-    def predictor(self, model=None):
-        """The inference copy of ``model`` (default: the chosen one) on the chosen device,
-        shared by all sessions of that model."""
+    def predictor(self):
+        """The inference copy of the model on the chosen device, shared by all sessions."""
         from ..inference import Predictor
 
-        model = model if model is not None else self.model()
+        model = self.model()
         with self._model_lock:
             if self._predictor is None or self._predictor.model is not model:
                 self._predictor = Predictor(model, self.device)
@@ -226,8 +225,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
             from ..session import KeypointSession
 
             image = checked_image if checked_image is not None else snapshot.radiograph()
-            model = self.model()
-            session = KeypointSession(model, image, predictor=self.predictor(model))
+            session = KeypointSession(self.model(), image, predictor=self.predictor())
             made["session"] = session
             prediction = session.predict()
             return session.refine(fixes) if fixes else prediction
