@@ -3,6 +3,7 @@ volumes made from image files or the phantom, and the point list -> volume refer
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,10 @@ class VolumeSnapshot:
 
     def radiograph(self):
         """The engine ``Radiograph`` (grey, float32); imports the engine (torch)."""
-        from ..dicom import displayed_values, read_tags
+        from ..dicom import displayed_values
         from ..imaging import load_radiograph
 
-        tags = read_tags(self.source) if self.source else {}
+        tags = file_tags(self.source) if self.source else {}
         pixels = displayed_values(self.pixels, tags) if tags and self.pixels.ndim == 2 else self.pixels
         image = load_radiograph(pixels, spacing=self.spacing)
         image.path = self.name
@@ -85,16 +86,29 @@ def volume_spacing(volume_node) -> tuple[tuple[float, float] | None, str]:
     path = source_file(volume_node)
     if path is not None and Path(path).suffix.lower() in PRINT_RESOLUTION_SUFFIXES:
         return None, ""
-    tags = {}
-    if path is not None:
-        from ..dicom import read_tags
-
-        tags = read_tags(path)
+    tags = file_tags(path) if path is not None else {}
     if tags:
         from ..dicom import spacing_source
 
         return (spacing if spacing != (1.0, 1.0) else None), spacing_source(tags, spacing)
     return spacing, "the volume (Slicer)"
+
+
+def file_tags(path) -> dict:
+    """The DICOM tags of a file ({} for other files), read once per file version: the status
+    line and the measurements ask after every model run, and GDCM parses the whole file."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return {}
+    return dict(_read_tags(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_tags(path: str, mtime_ns: int, size: int) -> dict:
+    from ..dicom import read_tags
+
+    return read_tags(path)
 
 
 # the suffixes of conventions.PRINT_RESOLUTION_IOS' formats
