@@ -882,10 +882,12 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         volume = add_phantom_volume(slicer.mrmlScene)
         slicer.util.selectModule("InteractiveKeypoints")
         widget = slicer.util.getModuleWidget("InteractiveKeypoints")
+        widget._parameterNode.inputVolume = None
+        widget.initializeParameterNode()  # what entering the module does: pick a radiograph
         self.assertIs(widget._parameterNode.inputVolume, volume)
         missing = bool(missingPackages())
-        self.assertEqual(widget.ui.dependencyLabel.visible, missing)
-        self.assertEqual(widget.ui.installButton.visible, missing)
+        self.assertEqual(not widget.ui.dependencyLabel.isHidden(), missing)
+        self.assertEqual(not widget.ui.installButton.isHidden(), missing)
         self.assertEqual(widget.ui.detectButton.enabled, not missing and widget.ui.modelSelector.count > 0)
         self.assertIs(widget.ui.measurementTable.mrmlScene(), slicer.mrmlScene)
         widget._attachRefused.add("vtkMRMLMarkupsFiducialNode1")

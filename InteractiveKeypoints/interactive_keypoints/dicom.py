@@ -44,6 +44,7 @@ SPACING_TAGS = {
 }
 MAGNIFICATION = "0018|1114"  # Estimated Radiographic Magnification Factor
 ITK_DICOM_IO = "GDCMImageIO"
+WINDOW_BLOCK_ROWS = 256
 
 
 def tags_of(reader) -> dict:
@@ -114,13 +115,12 @@ def monochrome1_reflection(tags: dict) -> float:
 
 
 def _apply_voi(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2: modality values -> [0, 1] (in the values' float type)."""
-    kind = values.dtype.type if np.issubdtype(values.dtype, np.floating) else np.float64
+    """DICOM PS3.3 C.11.2.1.2: modality values -> [0, 1]."""
     if function == "LINEAR_EXACT":
-        return np.clip((values - kind(center)) / kind(width) + kind(0.5), 0.0, 1.0)
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(kind(-4.0) * (values - kind(center)) / kind(width)))
-    return np.clip((values - kind(center - 0.5)) / kind(width - 1.0) + kind(0.5), 0.0, 1.0)
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
 def displayed_values(array: np.ndarray, tags: dict) -> np.ndarray:
@@ -130,13 +130,19 @@ def displayed_values(array: np.ndarray, tags: dict) -> np.ndarray:
     window = voi_window(tags)
     if window is None:
         return array
-    # float32 holds 16-bit values exactly and halves the memory of a 4000 x 5000 film
-    values = np.asarray(array, dtype=np.float32)
-    if is_monochrome1(tags):
-        # the window is defined on the file's own values; the minimum is shown white after it
-        modality = np.float32(monochrome1_reflection(tags)) - values
-        return (1.0 - _apply_voi(modality, *window)).astype(np.float32)
-    return _apply_voi(values, *window).astype(np.float32)
+    array = np.asarray(array)
+    shown = np.empty(array.shape, dtype=np.float32)
+    reflection = monochrome1_reflection(tags) if is_monochrome1(tags) else None
+    # float64 rounds once, at the end, whatever the polarity (a MONOCHROME1 and a MONOCHROME2
+    # copy of a film give the same float32 image); by blocks of rows: a 4000 x 5000 film
+    # needs no extra gigabyte
+    for rows in range(0, array.shape[0], WINDOW_BLOCK_ROWS):
+        values = array[rows : rows + WINDOW_BLOCK_ROWS].astype(np.float64)
+        if reflection is None:
+            shown[rows : rows + WINDOW_BLOCK_ROWS] = _apply_voi(values, *window)
+        else:  # the window is defined on the file's own values; the minimum is shown white after it
+            shown[rows : rows + WINDOW_BLOCK_ROWS] = 1.0 - _apply_voi(reflection - values, *window)
+    return shown
 
 
 def spacing_source(tags: dict, spacing) -> str:
