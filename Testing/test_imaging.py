@@ -162,7 +162,7 @@ def test_spacing_and_origin_kept_from_medical_formats(tmp_path, suffix):
     sitk.WriteImage(image, str(path))
     r = load_radiograph(path)
     assert r.spacing == pytest.approx((0.143, 0.2)) and r.spacing_known
-    np.testing.assert_allclose(r.origin, [-5.0, 7.5])
+    np.testing.assert_allclose(r.origin, [-5.0, 7.5, 0.0])
 
 
 def test_one_slice_volume_is_accepted(tmp_path):

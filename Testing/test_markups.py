@@ -126,12 +126,14 @@ def _read_csv(path):
 def test_csv(tmp_path):
     path = write_csv(tmp_path / "a.csv", NAMES, POINTS, spacing=(0.5, 0.25), states=STATES, confidence=CONFIDENCE)
     rows = _read_csv(path)
-    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence"]
+    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence", "spacing"]
     assert rows[0]["name"] == "T1-top-left"
+    assert rows[0]["spacing"] == "0.5 x 0.25 mm per pixel"
     assert float(rows[0]["x_mm"]) == pytest.approx(5.125) and float(rows[0]["y_mm"]) == pytest.approx(5.125)
     assert rows[1]["state"] == "user-fixed" and rows[1]["confidence"] == ""
     no_spacing = _read_csv(write_csv(tmp_path / "b.csv", NAMES, POINTS))
     assert no_spacing[2]["x_mm"] == "" and float(no_spacing[2]["y_px"]) == pytest.approx(50.125)
+    assert no_spacing[0]["spacing"].startswith("unknown")
 
 
 # ------------------------------------------------------------------ real Slicer reader

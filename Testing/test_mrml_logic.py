@@ -620,7 +620,8 @@ def test_csv_export_has_pixels_mm_state_and_confidence(logic, volume, phantom, t
     drag(node, 2, pixel_target(node, volume, 2, (1.0, 1.0)))
     path = logic.export(node, tmp_path / "case.csv")
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence"]
+    assert list(rows[0]) == ["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence", "spacing"]
+    assert rows[0]["spacing"] == f"{phantom.spacing[0]:g} x {phantom.spacing[1]:g} mm per pixel from the user"
     assert [r["name"] for r in rows] == SPINE_LANDMARK_NAMES
     points = logic.prediction(node).points
     np.testing.assert_allclose([[float(r["x_px"]), float(r["y_px"])] for r in rows], points, atol=1e-3)
@@ -1081,3 +1082,242 @@ def test_jump_to_point_centres_the_slice_views_on_it(logic, volume, scene):
     np.testing.assert_allclose(centre, control_point_positions(node)[30], atol=1e-6)
     with pytest.raises(ValueError, match="no point"):
         logic.jump_to_point(node, K)
+
+
+# ------------------------------------------------------------------ DICOM radiographs
+
+
+@pytest.fixture
+def films(tmp_path):
+    pytest.importorskip("pydicom", reason="pydicom writes the test's DICOM files (dev extra)")
+    from radiographs import grey_image, write_radiograph_files
+
+    return write_radiograph_files(tmp_path / "films", grey_image())
+
+
+def exported_millimetres(logic, node, path):
+    """(K, 2) mm and the spacing column of the list's CSV export."""
+    rows = list(csv.DictReader(logic.export(node, path).open()))
+    return np.array([[float(r["x_mm"]), float(r["y_mm"])] for r in rows]), rows[0]["spacing"]
+
+
+def browser_millimetres(logic, scene, path, tmp_path, spacing=None):
+    """The browser's loading path (web/app.py open_file): the engine reads the file, the logic
+    gets a volume made from it."""
+    volume = add_volume_from_radiograph(scene, load_radiograph(path, spacing=spacing), path.stem)
+    return volume, *exported_millimetres(logic, logic.detect(volume), tmp_path / f"browser-{path.stem}.csv")
+
+
+def test_dicom_loaded_by_slicers_dicom_module_gives_the_engines_millimetres(logic, scene, films, tmp_path, monkeypatch):
+    """PNG (spacing given), MONOCHROME2 and MONOCHROME1 DICOM: the same landmarks in mm whether
+    the browser/CLI loading reads the file or Slicer's DICOM module loads it for the module."""
+    from radiographs import SPACING, DicomDatabase, load_like_slicers_dicom_plugin
+
+    _, reference, spacing = browser_millimetres(logic, scene, films["png"], tmp_path, spacing=SPACING)
+    assert spacing == "0.15 x 0.2 mm per pixel from the user"
+    monkeypatch.setattr(slicer, "dicomDatabase", DicomDatabase(films["m2"], films["m1"]), raising=False)
+    for key in ("m2", "m1"):
+        _, browser_mm, browser_spacing = browser_millimetres(logic, scene, films[key], tmp_path)
+        np.testing.assert_allclose(browser_mm, reference, atol=1e-3)
+        volume = load_like_slicers_dicom_plugin(scene, films[key], f"slicer-{key}")
+        assert volume.GetSpacing()[:2] == pytest.approx(SPACING)  # Slicer's reader: Imager Pixel Spacing
+        node = logic.detect(volume)
+        module_mm, module_spacing = exported_millimetres(logic, node, tmp_path / f"module-{key}.csv")
+        np.testing.assert_allclose(module_mm, reference, atol=1e-3)
+        assert module_spacing == browser_spacing
+        assert module_spacing == "0.15 x 0.2 mm per pixel from Imager Pixel Spacing (0018,1164), at the detector"
+        assert logic.spacing_description(node) == module_spacing
+
+
+def test_dicom_added_as_a_file_gives_the_same_millimetres(logic, scene, films, tmp_path):
+    """Add Data (a volume storage node reading the .dcm with Slicer's reader): same result."""
+    from radiographs import SPACING
+
+    _, reference, _ = browser_millimetres(logic, scene, films["png"], tmp_path, spacing=SPACING)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "added")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(films["m1"]))
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(volume)
+    mm, spacing = exported_millimetres(logic, logic.detect(volume), tmp_path / "added.csv")
+    np.testing.assert_allclose(mm, reference, atol=1e-3)
+    assert "Imager Pixel Spacing (0018,1164)" in spacing
+
+
+def test_points_on_an_oriented_dicom_overlay_it_as_slicer_loads_it(logic, scene, films, tmp_path):
+    """Defect E: a film with Image Orientation/Position (a coronal AP film): points detected
+    on the engine's volume and exported, loaded next to the volume Slicer's reader makes of the
+    same file, fall on the same pixels (IJK-to-RAS from origin, spacing and direction)."""
+    from radiographs import POSITION, load_like_slicers_dicom_plugin
+
+    engine_volume = add_volume_from_radiograph(scene, load_radiograph(films["m2"]), "engine")
+    slicer_volume = load_like_slicers_dicom_plugin(scene, films["m2"], "slicer")
+    np.testing.assert_allclose(ijk_to_ras_matrix(engine_volume), ijk_to_ras_matrix(slicer_volume), atol=1e-9)
+    node = logic.detect(engine_volume)
+    path = logic.export(node, tmp_path / "film.mrk.json")
+    storage = scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+    loaded = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "loaded")
+    storage.SetFileName(str(path))
+    loaded.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(loaded)
+    pixels = ras_to_pixels(control_point_positions(loaded), ijk_to_ras_matrix(slicer_volume))
+    np.testing.assert_allclose(pixels, logic.prediction(node).points, atol=1e-3)
+    assert control_point_positions(loaded)[:, 1] == pytest.approx(-POSITION[1])  # RAS A = -LPS P: the film's plane
+
+
+# ------------------------------------------------------- second reading (issue 26)
+
+
+@pytest.fixture
+def model_folders(tmp_path):
+    """Two model folders: a spine model with Cobb angles and a ceph model with its analysis."""
+    from interactive_keypoints.conventions import CEPH
+
+    spine = tiny_model(measurements="aasce-cobb")
+    ceph = tiny_model(landmark_names=CEPH.names, measurements="isbi-ceph")
+    return save_model(tmp_path / "spine", spine), save_model(tmp_path / "ceph", ceph)
+
+
+def test_a_list_keeps_its_model_when_another_model_is_chosen(scene, volume, model_folders, errors, tmp_path):
+    """Defect A: drags, the table and Export of a list keep working with the model it was
+    detected with after the panel switched to a model of other landmarks."""
+    spine, ceph = model_folders
+    logic = KeypointsMRMLLogic(scene=scene, model_folder=spine, device="cpu")
+    logic.on_error = errors.append
+    node = logic.detect(volume)
+    logic.set_model(ceph)
+    drag(node, 10, pixel_target(node, volume, 10, (6.0, -5.0)))
+    assert not errors and logic.prediction(node).fixed[10]
+    logic.export(node, tmp_path / "case.mrk.json")  # used to fail after writing the points
+    records = json.loads((tmp_path / "case.measurements.json").read_text())
+    assert records["measurement_set"] == "aasce-cobb"
+    assert logic.measurement_set(node) == "aasce-cobb" and logic.measurement_set() == "isbi-ceph"
+    assert [row[0] for row in table_rows(logic.measurement_table(node))] == ["Cobb MT", "Cobb PT", "Cobb TL"]
+    # a new detection takes the chosen model
+    other = logic.detect(volume, logic.new_point_list("ceph"))
+    assert other.GetNumberOfControlPoints() == 19 and logic.measurement_set(other) == "isbi-ceph"
+
+
+def test_detect_again_keeps_the_users_fixes(logic, volume):
+    """Defect C: Detect on a corrected list re-runs the model around the user's fixes."""
+    node = logic.detect(volume)
+    target = pixel_target(node, volume, 10, (6.0, -5.0))
+    drag(node, 10, target)
+    assert logic.detect(volume) is node
+    np.testing.assert_allclose(control_point_positions(node)[10], target, atol=1e-6)
+    assert point_states(node)[0][10] == "user-fixed" and logic.prediction(node).fixed[10]
+    assert sum(logic.prediction(node).fixed) == 1
+
+
+def test_detect_with_a_model_of_other_landmarks_refuses_to_drop_fixes_unless_told(scene, volume, model_folders, errors):
+    from interactive_keypoints.mrml_logic import FixesWouldBeLostError
+
+    spine, ceph = model_folders
+    logic = KeypointsMRMLLogic(scene=scene, model_folder=spine, device="cpu")
+    node = logic.detect(volume)
+    drag(node, 3, pixel_target(node, volume, 3, (4.0, 4.0)))
+    logic.set_model(ceph)
+    before = control_point_positions(node)
+    with pytest.raises(FixesWouldBeLostError, match="1 user-fixed"):
+        logic.detect(volume, blocking=False)
+    np.testing.assert_allclose(control_point_positions(node), before)
+    assert point_states(node)[0][3] == "user-fixed"
+    assert logic.detect(volume, keep_fixes=False) is node and node.GetNumberOfControlPoints() == 19
+
+
+def test_a_deleted_point_list_takes_its_halo_table_and_lines_with_it(cobb_logic, volume, scene, review_engine):
+    """Defect D: nothing of a deleted list stays in the scene."""
+    node = cobb_logic.detect(volume)
+    cobb_logic.select_measurement(node, "Cobb MT")
+    cobb_logic.next_point(node)
+    owned = [
+        cobb_logic.next_point_marker(node),
+        cobb_logic.measurement_table(node),
+        *cobb_logic.measurement_lines(node),
+    ]
+    assert all(item is not None for item in owned) and len(owned) >= 4
+    owned += [item.GetDisplayNode() for item in owned if item.IsA("vtkMRMLDisplayableNode")]
+    scene.RemoveNode(node)
+    assert [item.GetID() for item in owned if scene.GetNodeByID(item.GetID()) is item] == []
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+
+
+def test_batch_processing_leaves_no_measurement_tables(cobb_logic, scene, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = (make_spine_phantom(1, height=256, width=128).image * 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(inputs / "case.png"))
+    results = cobb_logic.process_folder(inputs, tmp_path / "out")
+    assert "error" not in results[0] and (tmp_path / "out" / "case.measurements.json").is_file()
+    for class_name in ("vtkMRMLTableNode", "vtkMRMLMarkupsNode", "vtkMRMLVolumeNode"):
+        assert scene.GetNumberOfNodesByClass(class_name) == 0, class_name
+
+
+def test_the_check_next_halo_is_hidden_from_node_selectors_and_not_saved(logic, volume, review_engine):
+    node = logic.detect(volume)
+    logic.next_point(node)
+    marker = logic.next_point_marker(node)
+    assert marker.GetHideFromEditors() and not marker.GetSaveWithScene()
+    assert not node.GetHideFromEditors()
+
+
+def snap(node, k, ras):
+    """What the markups widget does for its snap-to-slice key: start an interaction and move
+    the point, with no end (vtkSlicerMarkupsWidget::ProcessControlPointSnapToSlice)."""
+    node.GetDisplayNode().SetActiveControlPoint(k)
+    node.InvokeEvent(MARKUPS.PointStartInteractionEvent)
+    node.SetNthControlPointPosition(k, *ras)
+
+
+def test_snap_to_slice_without_an_end_does_not_block_the_list(logic, volume):
+    """Defect G: an interaction that never ends is ended on request (the panel asks once no
+    mouse button is down) or by the next one, as a drop where the point is."""
+    started = []
+    logic.on_drag_started = started.append
+    node = logic.detect(volume)
+    target = pixel_target(node, volume, 12, (3.0, 2.0))
+    snap(node, 12, target)
+    assert started == [node] and logic.is_dragging(node) and logic.is_dragging()
+    logic.end_interaction()
+    assert not logic.is_dragging(node)
+    assert logic.prediction(node).fixed[12] and point_states(node)[0][12] == "user-fixed"
+    np.testing.assert_allclose(control_point_positions(node)[12], target, atol=1e-9)
+
+    second = pixel_target(node, volume, 20, (-3.0, 2.0))
+    snap(node, 20, second)
+    drag(node, 30, pixel_target(node, volume, 30, (2.0, 2.0)))  # the next drag ends the snap first
+    prediction = logic.prediction(node)
+    assert prediction.fixed[20] and prediction.fixed[30] and not logic.is_dragging()
+    np.testing.assert_allclose(control_point_positions(node)[20], second, atol=1e-9)
+
+
+def test_a_coordinate_typed_in_the_markups_table_is_a_user_fix(logic, volume, errors):
+    """The Markups module's table sets positions with no interaction events
+    (qSlicerMarkupsModuleWidget::onActiveMarkupTableCellChanged): a move the logic did not
+    make is the user's, so the next run does not overwrite it."""
+    node = logic.detect(volume)
+    node.SetNthControlPointLabel(16, node.GetNthControlPointLabel(16))  # no move: not a fix
+    node.SetNthControlPointLocked(16, True)
+    assert point_states(node)[0] == ["predicted"] * K
+    target = pixel_target(node, volume, 15, (3.0, 4.0))
+    node.SetNthControlPointPosition(15, *target)
+    assert logic.prediction(node).fixed[15] and point_states(node)[0][15] == "user-fixed"
+    drag(node, 40, pixel_target(node, volume, 40, (2.0, -2.0)))  # a later run keeps the typed point
+    np.testing.assert_allclose(control_point_positions(node)[15], target, atol=1e-9)
+    before = control_point_positions(node)
+    node.SetNthControlPointPosition(20, 1000.0, 1000.0, 0.0)  # outside the image: put back
+    np.testing.assert_allclose(control_point_positions(node), before, atol=1e-9)
+    assert len(errors) == 1 and "outside" in errors[0]
+
+
+def test_the_first_radiograph_offered_is_never_a_label_map(logic, scene, phantom):
+    """The panel's automatic choice: a label map (a scalar volume subclass) loaded first is
+    skipped, so is a volume of several slices."""
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    slicer.util.updateVolumeFromArray(label, np.zeros((1, 8, 8), np.uint8))
+    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    slicer.util.updateVolumeFromArray(ct, np.zeros((3, 8, 8), np.float32))
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is label  # what the panel used to take
+    assert logic.first_radiograph() is None
+    volume = add_volume_from_radiograph(scene, load_radiograph(phantom.image), "film")
+    assert logic.first_radiograph() is volume

@@ -97,3 +97,104 @@ def test_the_landmark_table_has_the_check_next_column_the_module_sorts_by():
     column = int(re.search(r"^SCORE_COLUMN = (\d+)$", MODULE_FILE.read_text(), re.M).group(1))
     assert headers[column] == "Check next"
     assert int(table.find("property[@name='columnCount']/number").text) == len(headers)
+
+
+# --------------------------------------------------------------- the panel's wiring
+# The Widget needs Qt and the Slicer application, so it runs only in Slicer
+# (InteractiveKeypointsTest.test_PanelWiring, which needs no torch); here its wiring is read
+# from the source and the .ui: what would fail only when a user clicks.
+
+# the Qt signals of the classes the panel connects (Qt 5 documentation)
+SIGNALS = {
+    "QPushButton": {"clicked(bool)", "clicked()", "toggled(bool)"},
+    "QComboBox": {"currentIndexChanged(int)", "currentTextChanged(QString)"},
+    "QTableWidget": {"cellClicked(int,int)", "itemSelectionChanged()"},
+    "QHeaderView": {"sectionClicked(int)"},
+    "QTimer": {"timeout()"},
+    "QShortcut": {"activated()"},
+}
+
+
+def ui_classes() -> dict[str, str]:
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "InteractiveKeypoints.ui")
+    return {w.get("name"): w.get("class") for w in ui.iter("widget")}
+
+
+def widget_class() -> ast.ClassDef:
+    tree = ast.parse(MODULE_FILE.read_text())
+    return next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "InteractiveKeypointsWidget")
+
+
+def connections():
+    """(sender expression, signal, slot expression) of every ``X.connect("signal", slot)``."""
+    for node in ast.walk(widget_class()):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect":
+            if len(node.args) == 2 and isinstance(node.args[0], ast.Constant):
+                yield ast.unparse(node.func.value), node.args[0].value, node.args[1]
+
+
+def test_every_connected_signal_exists_on_its_widget_and_every_slot_is_a_method():
+    classes, methods = ui_classes(), {n.name for n in widget_class().body if isinstance(n, ast.FunctionDef)}
+    found = list(connections())
+    assert len(found) >= 20
+    for sender, signal, slot in found:
+        if sender.startswith("self.ui.") and sender.endswith(".horizontalHeader()"):
+            kind = "QHeaderView"
+        elif sender.startswith("self.ui."):
+            kind = classes[sender.removeprefix("self.ui.")]
+        elif sender in ("self._pollTimer", "self._interactionTimer"):
+            kind = "QTimer"
+        elif sender == "shortcut":  # _installShortcuts: qt.QShortcut(keys, mainWindow)
+            kind = "QShortcut"
+        else:
+            raise AssertionError(f"unexpected sender {sender}")
+        assert signal in SIGNALS[kind], f"{sender} ({kind}) has no signal {signal}"
+        if isinstance(slot, ast.Attribute):  # self.onX; lambdas call methods checked below
+            assert slot.attr in methods, f"{sender} {signal} -> missing slot {slot.attr}"
+    referenced = {
+        n.attr
+        for n in ast.walk(widget_class())
+        if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self" and n.attr.startswith("on")
+    }
+    assert {"onExport", "onUnfix", "onConfirm", "onInteractionTimer"} <= referenced <= methods
+
+
+def test_the_panel_takes_every_callback_the_logic_offers():
+    """A logic callback left unset is a behaviour the panel silently lacks (the end of a snap
+    to slice, a failed run's dialog)."""
+    logic_source = (MODULE_DIR / "interactive_keypoints" / "mrml_logic" / "logic.py").read_text()
+    offered = set(re.findall(r"^        self\.(on_\w+) = None$", logic_source, re.M))
+    assert {"on_error", "on_run_failed", "on_updated", "on_busy", "on_drag_started"} <= offered
+    assigned = {}
+    for node in ast.walk(widget_class()):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute):
+            target = ast.unparse(node.targets[0])
+            if target.startswith("self.logic.on_"):
+                assigned[target.removeprefix("self.logic.")] = ast.unparse(node.value)
+    assert set(assigned) == offered
+    methods = {n.name for n in widget_class().body if isinstance(n, ast.FunctionDef)}
+    assert {value.removeprefix("self.") for value in assigned.values()} <= methods
+
+
+def test_every_mrml_widget_of_the_panel_gets_the_scene():
+    """uiWidget.setMRMLScene reaches a qMRML widget only through a .ui connection from the
+    panel's mrmlSceneChanged signal (the measurements table view had none)."""
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "InteractiveKeypoints.ui")
+    mrml_widgets = {name for name, kind in ui_classes().items() if kind.startswith("qMRML") and kind != "qMRMLWidget"}
+    connected = {
+        c.findtext("receiver")
+        for c in ui.iter("connection")
+        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert "measurementTable" in mrml_widgets
+    assert mrml_widgets <= connected, f"no scene for {sorted(mrml_widgets - connected)}"
+
+
+def test_the_module_test_skips_with_its_reason_instead_of_passing_without_torch():
+    tree = ast.parse(MODULE_FILE.read_text())
+    test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "InteractiveKeypointsTest")
+    run = next(n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")
+    source = ast.unparse(run)
+    assert "self.skipTest(" in source and "return" not in source
+    assert source.index("test_PanelWiring") < source.index("skipTest")  # the panel is tested without torch

@@ -4,8 +4,8 @@
   left/right pairs a horizontal flip swaps;
 * point states (``predicted`` / ``user-fixed``) and the one palette they are drawn in;
 * file names: which files are images, a file's stem, the names written next to an image;
-* pixel geometry: which points lie on the image, radial error, pixels to mm, spacing from
-  an image header.
+* pixel geometry: which points lie on the image, radial error, pixels to mm, pixels to physical
+  LPS positions, spacing from an image header and how the output names it.
 
 Points are (x, y) = (column, row) in original-image pixels with pixel centres at integers,
 so an (H, W) image covers [-0.5, W - 0.5] x [-0.5, H - 0.5].
@@ -198,6 +198,35 @@ def pixels_to_mm(vectors, spacing) -> np.ndarray:
     return vectors * np.asarray(spacing, dtype=np.float64).reshape(2)
 
 
+def ijk_to_lps(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.ndarray:
+    """(4, 4) matrix from pixel (x, y, slice, 1) to physical LPS mm, as ITK and DICOM define an
+    image's geometry: LPS = origin + direction @ (spacing * index). ``origin`` is the position of
+    pixel (0, 0) (2 or 3 values); ``direction`` (3, 3) has the LPS directions of the columns, the
+    rows and the normal as its columns (None: identity, the geometry of a PNG)."""
+    origin = np.asarray(origin, dtype=np.float64).reshape(-1)
+    origin = np.append(origin, np.zeros(3 - origin.size)) if origin.size < 3 else origin[:3]
+    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    sx, sy = (float(v) for v in np.asarray(spacing, dtype=np.float64).reshape(2))
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction @ np.diag([sx, sy, 1.0])
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def pixels_to_lps(points_xy, matrix: np.ndarray) -> np.ndarray:
+    """(K, 2) pixel (x, y) -> (K, 3) LPS mm through an :func:`ijk_to_lps` matrix."""
+    points_xy = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    ijk = np.column_stack([points_xy, np.zeros(len(points_xy)), np.ones(len(points_xy))])
+    return (ijk @ np.asarray(matrix, dtype=np.float64).T)[:, :3]
+
+
+def lps_to_pixels(points_lps, matrix: np.ndarray) -> np.ndarray:
+    """(K, 3) LPS mm -> (K, 2) pixel (x, y), projected on the image plane."""
+    points_lps = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
+    homogeneous = np.column_stack([points_lps, np.ones(len(points_lps))])
+    return (homogeneous @ np.linalg.inv(np.asarray(matrix, dtype=np.float64)).T)[:, :2]
+
+
 def radial_errors(pred, truth, spacing=None) -> np.ndarray:
     """Euclidean distance per point, (..., K); in mm when ``spacing`` (sx, sy) is given."""
     diff = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
@@ -217,3 +246,11 @@ def header_spacing(io_name: str, spacing) -> tuple[tuple[float, float], bool]:
     spacing = (float(spacing[0]), float(spacing[1]))
     known = io_name not in PRINT_RESOLUTION_IOS and spacing != (1.0, 1.0)
     return (spacing if known else (1.0, 1.0)), known
+
+
+def describe_spacing(spacing, known: bool, source: str = "") -> str:
+    """What the output says about the spacing its millimetres come from."""
+    if not known:
+        return "unknown (the file stores none): positions in pixels only"
+    sx, sy = (float(v) for v in spacing)
+    return f"{sx:g} x {sy:g} mm per pixel" + (f" from {source}" if source else "")

@@ -21,7 +21,8 @@ from monai.transforms import (
     ScaleIntensityRangePercentiles,
 )
 
-from .conventions import header_spacing
+from . import dicom
+from .conventions import describe_spacing, header_spacing, ijk_to_lps
 from .errors import KeypointsError
 
 # ITU-R BT.601 luma weights (what PIL's "L" mode and most viewers use for RGB -> grey).
@@ -38,18 +39,35 @@ class Radiograph:
 
     ``spacing`` is (sx, sy) in mm per pixel; ``spacing_known`` is False when the file
     carried no real spacing (PNG/JPEG), in which case ``spacing`` is (1.0, 1.0).
-    ``origin`` is the physical position (mm) of pixel (0, 0) as the reader gave it.
+    ``origin`` is the physical LPS position (mm) of pixel (0, 0) and ``direction`` the LPS
+    directions of the columns, rows and normal (as columns), as the reader gave them (a DICOM's
+    Image Position and Orientation (Patient)); :meth:`ijk_to_lps` combines them with the spacing.
+    ``spacing_source`` names where the spacing came from and ``presentation`` how the pixel
+    values were prepared (DICOM window, MONOCHROME1), for the output.
     """
 
     array: np.ndarray
     spacing: tuple[float, float] = (1.0, 1.0)
     spacing_known: bool = False
-    origin: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
     path: str | None = None
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    spacing_source: str = ""
+    presentation: str = ""
 
     def __post_init__(self):
         self.spacing = (float(self.spacing[0]), float(self.spacing[1]))
-        self.origin = np.asarray(self.origin, dtype=float).reshape(2)
+        origin = np.asarray(self.origin, dtype=float).reshape(-1)
+        self.origin = np.append(origin, np.zeros(3 - origin.size)) if origin.size < 3 else origin[:3]
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """(4, 4) pixel (x, y, 0, 1) -> LPS mm: origin, spacing and direction together."""
+        return ijk_to_lps(self.spacing, self.origin, self.direction)
+
+    def spacing_description(self) -> str:
+        """The spacing and where it came from, as the outputs state it."""
+        return describe_spacing(self.spacing, self.spacing_known, self.spacing_source)
 
     @property
     def height(self) -> int:
@@ -86,6 +104,7 @@ def load_radiograph(source, spacing=None) -> Radiograph:
     if spacing is not None:
         radiograph.spacing = _checked_spacing(spacing, radiograph.path or "the image")
         radiograph.spacing_known = True
+        radiograph.spacing_source = "the user"
     return radiograph
 
 
@@ -140,16 +159,29 @@ def _load_file(path: Path) -> Radiograph:
         array = array.reshape(array.shape[-2:])  # single-slice volume -> 2-D
     elif image.GetNumberOfComponentsPerPixel() > 1 and image.GetDimension() > 2:
         array = array.reshape(array.shape[-3:])
-    grey = _grey_from_array(array, name)
-
     spacing, spacing_known = header_spacing(io_name, image.GetSpacing()[:2])
+    tags = dicom.tags_of(reader) if io_name == dicom.ITK_DICOM_IO else {}
+    if tags and image.GetNumberOfComponentsPerPixel() == 1:
+        array = dicom.displayed_values(array, tags)  # the file's window, MONOCHROME2 polarity
+    grey = _grey_from_array(array, name)
+    source = (dicom.spacing_source(tags, spacing) if tags else "the file header") if spacing_known else ""
     return Radiograph(
         array=grey,
         spacing=spacing,
         spacing_known=spacing_known,
-        origin=np.array(image.GetOrigin()[:2], dtype=float),
+        origin=np.array(image.GetOrigin(), dtype=float),
         path=name,
+        direction=_direction3(image.GetDirection(), image.GetDimension()),
+        spacing_source=source,
+        presentation=dicom.presentation_note(tags),
     )
+
+
+def _direction3(direction, dimension: int) -> np.ndarray:
+    """ITK's row-major direction of a 2-D or 3-D image as a 3 x 3 matrix."""
+    matrix = np.eye(3)
+    matrix[:dimension, :dimension] = np.asarray(direction, dtype=float).reshape(dimension, dimension)
+    return matrix
 
 
 def _sitk_message(error: RuntimeError) -> str:

@@ -1,8 +1,9 @@
 """Slicer markups point-list files (``.mrk.json``) and CSV, written and read without Slicer.
 
-Positions in the file are physical LPS millimetres. For a 2-D image with identity
-direction (what ITK/SimpleITK and Slicer give a PNG), pixel (x, y) is at
-LPS (ox + x * sx, oy + y * sy, oz) - the same place Slicer shows that pixel.
+Positions in the file are physical LPS millimetres: pixel (x, y) is at
+``origin + direction @ (x * sx, y * sy, 0)`` - the same place Slicer shows that pixel. For a PNG
+(identity direction) that is LPS (ox + x * sx, oy + y * sy, oz); a DICOM brings its Image
+Position and Orientation (Patient).
 
 Each control point's ``description`` holds its state and, when known, the model's
 confidence: ``"predicted; confidence=0.930"`` or ``"user-fixed"``. The ``selected`` flag
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import conventions
 from .conventions import ACTIVE_COLOR, FIXED_COLOR, PREDICTED, PREDICTED_COLOR, USER_FIXED, pixels_to_mm
 from .errors import KeypointsError
 
@@ -60,25 +62,15 @@ class MarkupsPoints:
 # ----------------------------------------------------------------------------- geometry
 
 
-def _origin3(origin) -> np.ndarray:
-    origin = np.asarray(origin, dtype=float).reshape(-1)
-    if origin.size not in (2, 3):
-        raise ValueError(f"origin must have 2 or 3 values, got {origin.size}")
-    return np.append(origin, 0.0) if origin.size == 2 else origin
+def pixels_to_lps(points_xy, spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=None) -> np.ndarray:
+    """(K, 2) pixel (x, y) -> (K, 3) physical LPS mm of an image with this geometry (origin:
+    2 or 3 values; direction: (3, 3), None for identity, see :func:`conventions.ijk_to_lps`)."""
+    return conventions.pixels_to_lps(points_xy, conventions.ijk_to_lps(spacing, origin, direction))
 
 
-def pixels_to_lps(points_xy, spacing=(1.0, 1.0), origin=(0.0, 0.0)) -> np.ndarray:
-    """(K, 2) pixel (x, y) -> (K, 3) physical LPS mm for an identity-direction 2-D image."""
-    points_xy = np.asarray(points_xy, dtype=float).reshape(-1, 2)
-    o = _origin3(origin)
-    xy = o[:2] + points_xy * np.asarray(spacing, dtype=float).reshape(2)
-    return np.column_stack([xy, np.full(len(xy), o[2])])
-
-
-def lps_to_pixels(lps, spacing=(1.0, 1.0), origin=(0.0, 0.0)) -> np.ndarray:
+def lps_to_pixels(lps, spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=None) -> np.ndarray:
     """(K, 3) physical LPS mm -> (K, 2) pixel (x, y); the inverse of :func:`pixels_to_lps`."""
-    lps = np.asarray(lps, dtype=float).reshape(-1, 3)
-    return (lps[:, :2] - _origin3(origin)[:2]) / np.asarray(spacing, dtype=float).reshape(2)
+    return conventions.lps_to_pixels(lps, conventions.ijk_to_lps(spacing, origin, direction))
 
 
 # -------------------------------------------------------------------------- description
@@ -128,13 +120,15 @@ def write_markups_json(
     *,
     spacing=(1.0, 1.0),
     origin=(0.0, 0.0),
+    direction=None,
     states=None,
     confidence=None,
     node_name: str = "Landmarks",
 ) -> Path:
-    """Write a Slicer point list (``.mrk.json``) for landmarks in original-image pixels."""
+    """Write a Slicer point list (``.mrk.json``) for landmarks in original-image pixels, placed
+    in the image's geometry (spacing, origin, direction) so that it overlays the image in Slicer."""
     points_xy, names, states, confidence = _checked(points_xy, names, states, confidence)
-    lps = pixels_to_lps(points_xy, spacing, origin)
+    lps = pixels_to_lps(points_xy, spacing, origin, direction)
     control_points = []
     for i, (name, state, conf, pos) in enumerate(zip(names, states, confidence, lps)):
         defined = bool(np.isfinite(pos).all())
@@ -177,21 +171,28 @@ def write_markups_json(
     return path
 
 
-def write_csv(path, names, points_xy, spacing=None, states=None, confidence=None) -> Path:
-    """CSV ``name,x_px,y_px,x_mm,y_mm,state,confidence``; mm columns empty when spacing is None.
+CSV_COLUMNS = ("name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence", "spacing")
 
-    mm values are ``pixel * spacing`` (relative to pixel (0, 0), no origin).
+
+def write_csv(path, names, points_xy, spacing=None, states=None, confidence=None, spacing_source: str = "") -> Path:
+    """CSV ``name,x_px,y_px,x_mm,y_mm,state,confidence,spacing``; mm columns empty when spacing
+    is None. The ``spacing`` column says which spacing the mm values use and where it came from.
+
+    mm values are ``pixel * spacing`` (in the image plane, relative to pixel (0, 0)).
     """
     points_xy, names, states, confidence = _checked(points_xy, names, states, confidence)
     mm = pixels_to_mm(points_xy, spacing) if spacing is not None else None
+    spacing_text = conventions.describe_spacing(
+        spacing if spacing is not None else (1.0, 1.0), spacing is not None, spacing_source
+    )
     path = Path(path)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "x_px", "y_px", "x_mm", "y_mm", "state", "confidence"])
+        writer.writerow(CSV_COLUMNS)
         for i, name in enumerate(names):
             row = [name, f"{points_xy[i, 0]:.3f}", f"{points_xy[i, 1]:.3f}"]
             row += [f"{mm[i, 0]:.3f}", f"{mm[i, 1]:.3f}"] if mm is not None else ["", ""]
-            row += [states[i], f"{confidence[i]:.4f}" if np.isfinite(confidence[i]) else ""]
+            row += [states[i], f"{confidence[i]:.4f}" if np.isfinite(confidence[i]) else "", spacing_text]
             writer.writerow(row)
     return path
 
@@ -199,7 +200,7 @@ def write_csv(path, names, points_xy, spacing=None, states=None, confidence=None
 # ------------------------------------------------------------------------------ reading
 
 
-def read_markups_points(path, spacing=(1.0, 1.0), origin=(0.0, 0.0)) -> MarkupsPoints:
+def read_markups_points(path, spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=None) -> MarkupsPoints:
     """Read the first point list of a ``.mrk.json`` (ours or Slicer's, LPS or RAS)."""
     path = Path(path)
     try:
@@ -238,7 +239,7 @@ def read_markups_points(path, spacing=(1.0, 1.0), origin=(0.0, 0.0)) -> MarkupsP
         names.append(str(cp.get("label", f"L{i + 1}")))
         states.append(state)
         confidence.append(conf)
-    points = lps_to_pixels(np.array(positions).reshape(-1, 3), spacing, origin)
+    points = lps_to_pixels(np.array(positions).reshape(-1, 3), spacing, origin, direction)
     return MarkupsPoints(
         points=points,
         names=names,

@@ -69,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overlay", action="store_true", help="also write <stem>.png with the points drawn on the image"
     )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs="+",
+        metavar="MM",
+        default=None,
+        help="pixel spacing SX [SY] in mm, for images that store none (PNG, JPEG); overrides the file's",
+    )
 
 
 def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = "") -> list[Path]:
@@ -84,6 +92,7 @@ def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = 
         prediction.names,
         spacing=radiograph.spacing,
         origin=radiograph.origin,
+        direction=radiograph.direction,
         states=prediction.states(),
         confidence=prediction.confidence,
         node_name=stem.name,
@@ -95,6 +104,7 @@ def write_prediction(stem: Path, prediction, radiograph, measurement_set: str = 
         spacing=radiograph.spacing if radiograph.spacing_known else None,
         states=prediction.states(),
         confidence=prediction.confidence,
+        spacing_source=radiograph.spacing_source,
     )
     written = [markups, table]
     if measurement_set:
@@ -109,7 +119,7 @@ def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
     from .imaging import load_radiograph
     from .session import KeypointSession
 
-    radiograph = load_radiograph(image_path)
+    radiograph = load_radiograph(image_path, spacing=args.spacing)
     start = time.perf_counter()
     prediction = KeypointSession(model, radiograph, predictor=predictor).predict()
     elapsed_ms = 1000 * (time.perf_counter() - start)
@@ -131,6 +141,8 @@ def predict_one(model, predictor, image_path: Path, args) -> list[Path]:
             )
         )
     print(f"{image_path}: {len(prediction.points)} landmarks in {elapsed_ms:.0f} ms -> {', '.join(map(str, written))}")
+    prepared = f"; pixels: {radiograph.presentation}" if radiograph.presentation else ""
+    print(f"  spacing: {radiograph.spacing_description()}{prepared}")
     return written
 
 

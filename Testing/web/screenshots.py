@@ -2,9 +2,11 @@
 
     python Testing/web/screenshots.py --model models/phantom-spine-68 --out Resources/Screenshots
 
-Serves the app on a free loopback port, opens the sample (phantom) image in Debian's
-headless Chromium, presses Detect (``browser-detect.png``), drags one landmark 25 view pixels and waits
-for the refinement (``browser-refined.png``). Drives the page with the e2e test's helpers.
+Serves the app on a free loopback port, opens the sample image (a generated spine phantom:
+nothing from a dataset) in Debian's headless Chromium, presses Detect and draws the lines of
+the largest Cobb angle (``browser-detect.png``), drags one landmark 25 view pixels and waits for
+the refinement (``browser-refined.png``). Drives the page with the e2e test's helpers; the
+point and line colours it waits for are the project's (conventions, mrml_logic).
 """
 
 from __future__ import annotations
@@ -19,10 +21,21 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from browser import chromium_context, drag, free_port, running_server, view_to_page, wait_for_debug  # noqa: E402
 from test_web_e2e import detect, wait_until_rendered  # noqa: E402
 
+from interactive_keypoints.conventions import FIXED_COLOR, PREDICTED_COLOR  # noqa: E402
+from interactive_keypoints.mrml_logic import MEASUREMENT_LINE_COLOR  # noqa: E402
+
 DRAG_VIEW_PX = (-25, 0)  # visible in the screenshot: out to the left, off the vertebra
-PREDICTED_RGB = (51, 204, 255)  # the app's point colours (app.py _style_points)
-USER_FIXED_RGB = (255, 153, 25)
 MAX_PNG_BYTES = 400_000
+
+
+def rgb255(colour) -> tuple[int, int, int]:
+    """(r, g, b) in 0..1 -> 0..255, as the view draws it."""
+    return tuple(int(255 * float(c) + 0.5) for c in colour)
+
+
+PREDICTED_RGB = rgb255(PREDICTED_COLOR)  # the one palette of Slicer, the browser and the files
+USER_FIXED_RGB = rgb255(FIXED_COLOR)
+LINE_RGB = rgb255(MEASUREMENT_LINE_COLOR)
 
 
 def wait_for_colour(page, page_xy, rgb, tolerance: int = 40, radius: int = 4):
@@ -71,6 +84,33 @@ def save_png(page, path: Path) -> None:
     print(f"{path} {image.width}x{image.height} {path.stat().st_size // 1024} kB")
 
 
+def show_cobb_lines(page) -> None:
+    """Draw the lines of the first measurement (the major Cobb angle) and wait until the view shows them."""
+    debug = wait_for_debug(page, lambda d: len(d.get("measurements", [])) > 0)
+    name = debug["measurements"][0]["measurement"]
+    page.locator("#ik-measurement-select").click(force=True)  # the field overlay takes the click
+    page.get_by_role("option", name=name).click()
+    wait_for_debug(page, lambda d: d.get("measurement_lines") == 2)
+    page.wait_for_function(
+        """([rgb, tolerance]) => {
+            const img = document.querySelector('#ik-view img') || document.querySelector('img');
+            const canvas = document.createElement('canvas');
+            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+            const context = canvas.getContext('2d');
+            context.drawImage(img, 0, 0);
+            const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+            let count = 0;
+            for (let i = 0; i < data.length; i += 4) {
+                if (Math.abs(data[i] - rgb[0]) <= tolerance && Math.abs(data[i + 1] - rgb[1]) <= tolerance
+                    && Math.abs(data[i + 2] - rgb[2]) <= tolerance) count++;
+            }
+            return count > 50;
+        }""",
+        arg=[list(LINE_RGB), 60],
+        timeout=60_000,
+    )
+
+
 def take(base_url: str, out: Path, landmark: str) -> None:
     with chromium_context() as context:
         page = context.new_page()
@@ -82,6 +122,7 @@ def take(base_url: str, out: Path, landmark: str) -> None:
         start = view_to_page(page, (x, y), before["view_size"])
         page.wait_for_selector("#ik-download-json:not([disabled])")
         wait_for_colour(page, start, PREDICTED_RGB)
+        show_cobb_lines(page)
         wait_for_still_frame(page)
         save_png(page, out / "browser-detect.png")
 

@@ -41,7 +41,7 @@ from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_r
 from .dragging import CLICK_TOLERANCE_PX
 from .files import POINT_LIST_SUFFIX
 from .guidance import NEXT_POINT_COLOR, NEXT_POINT_ROLE
-from .logic import KeypointsMRMLLogic
+from .logic import RADIOGRAPH_CLASSES, FixesWouldBeLostError, KeypointsMRMLLogic
 from .measurement_display import (
     MEASUREMENT_COLUMNS,
     MEASUREMENT_LINE_COLOR,
@@ -71,7 +71,9 @@ from .volumes import (
     radiograph_from_volume,
     reference_volume,
     snapshot_volume,
+    source_file,
     volume_ijk_to_ras,
+    volume_spacing,
 )
 
 __all__ = [
@@ -89,9 +91,11 @@ __all__ = [
     "PHANTOM_VOLUME_NAME",
     "POINT_LIST_SUFFIX",
     "PREDICTED_COLOR",
+    "RADIOGRAPH_CLASSES",
     "STATE_FIXED",
     "STATE_PREDICTED",
     "VOLUME_REFERENCE_ROLE",
+    "FixesWouldBeLostError",
     "KeypointsMRMLLogic",
     "LogicBusyError",
     "Runner",
@@ -113,6 +117,8 @@ __all__ = [
     "reference_volume",
     "run_inline",
     "snapshot_volume",
+    "source_file",
     "volume_ijk_to_ras",
+    "volume_spacing",
     "waiting_runner",
 ]

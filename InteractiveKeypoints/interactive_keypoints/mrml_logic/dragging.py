@@ -1,10 +1,19 @@
-"""Drag tracking: turns the markups interaction events of a point list into corrections.
+"""Drag tracking: turns the markups events of a point list into corrections.
 
 A user drag (``PointStartInteractionEvent`` ... ``PointEndInteractionEvent``) makes the
 dragged point user-fixed and queues it for the model; a press and release without a move
 (Slicer sends the same events for a plain click) is not a correction; a drop outside the
 image is put back and reported. With ``refine_while_dragging`` each move of the dragged
 point (``PointModifiedEvent``) asks for a preview run.
+
+Two changes come without a release:
+
+* Slicer's snap-to-slice key ("s" on a point, ``vtkSlicerMarkupsWidget::ProcessControlPointSnapToSlice``)
+  starts an interaction and moves the point, but never ends it. The next start ends it, and
+  :meth:`DragTracking.end_interaction` ends it on request (the panel asks once no mouse button
+  is down), as a drop where the point is.
+* A coordinate typed in the Markups module's table (or set by a script) moves a point with
+  ``PointModifiedEvent`` alone: a move the logic did not make is the user's correction, a drop.
 """
 
 from __future__ import annotations
@@ -54,20 +63,68 @@ class DragTracking:
             return None
         return index
 
+    def is_dragging(self, point_list_node=None) -> bool:
+        """Whether a view interaction is open on this list (any list when None)."""
+        lists = self._tracked.values() if point_list_node is None else [self._tracked.get(point_list_node.GetID())]
+        return any(tracked is not None and tracked.dragging is not None for tracked in lists)
+
+    def end_interaction(self, point_list_node=None):
+        """End an interaction the view started and never ended (snap to slice), on this list
+        or on every list: a moved point is a drop, as at a mouse release."""
+        lists = (
+            list(self._tracked.values()) if point_list_node is None else [self._tracked.get(point_list_node.GetID())]
+        )
+        for tracked in lists:
+            if tracked is not None and tracked.dragging is not None:
+                self._on_drag_end(tracked)
+
     def _on_drag_start(self, tracked: TrackedList):
         if tracked.writing:
             return
+        if tracked.dragging is not None:  # the last interaction never ended (snap to slice)
+            self._on_drag_end(tracked)
         k = self._active_index(tracked)
         tracked.dragging = k
         tracked.preview = None
         if k is not None:
             tracked.drag_start = control_point_positions(tracked.node)[k]
+        if self.on_drag_started is not None:
+            self.on_drag_started(tracked.node)
 
     def _on_point_modified(self, tracked: TrackedList, index):
-        if tracked.writing or not self.refine_while_dragging or index is None or index != tracked.dragging:
+        if tracked.writing:
             return
-        tracked.preview = (index, tracked.pixel_of(index))
-        self._run_preview(tracked)
+        if tracked.dragging is None:
+            self._take_edits(tracked, index)
+        elif self.refine_while_dragging and index is not None and index == tracked.dragging:
+            tracked.preview = (index, tracked.pixel_of(index))
+            self._run_preview(tracked)
+
+    def _take_edits(self, tracked: TrackedList, index):
+        """Points moved without a drag (the Markups table, a script): drops where they are now."""
+        if tracked.shown is None or len(tracked.shown) != tracked.node.GetNumberOfControlPoints():
+            return  # nothing of ours written yet
+        candidates = range(len(tracked.shown)) if index is None else [index]
+        edits = {}
+        for k in candidates:
+            if not 0 <= k < tracked.num_keypoints:
+                continue
+            xy = tracked.pixel_of(k)
+            if np.hypot(*(np.asarray(xy) - tracked.shown[k])) <= CLICK_TOLERANCE_PX:
+                continue  # a label, state or lock change
+            try:
+                tracked.check_inside(k, xy)
+            except ValueError as error:
+                tracked.put_back(k, tracked.shown_ras(k))
+                self._report(str(error))
+                continue
+            edits[k] = xy
+        if not edits:
+            return
+        tracked.pending.update(edits)
+        self._mark_fixed(tracked, edits)
+        if self.auto_refine:
+            self._run_pending(tracked, blocking=False)
 
     def _on_drag_end(self, tracked: TrackedList):
         if tracked.writing:

@@ -10,7 +10,7 @@ from ..conventions import MEASUREMENTS_CSV, MEASUREMENTS_JSON, POINTS_CSV, POINT
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
 from .runners import ThreadedRunner, run_inline, waiting_runner
 from .states import point_states
-from .volumes import add_volume_from_radiograph, remove_with_children
+from .volumes import add_volume_from_radiograph, remove_with_children, volume_spacing
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ POINT_LIST_SUFFIX = " keypoints"
 class ExportAndBatch:
     """Mixin of :class:`~.logic.KeypointsMRMLLogic`: export, image loading, batch.
 
-    Uses from the logic: ``scene``, ``detect``, ``detach``, ``new_point_list``,
-    ``measurement_set``, ``measurements``, ``_volume_of``, ``_blocking_runner``, ``_report``.
+    Uses from the logic: ``scene``, ``detect``, ``detach``, ``is_tracked``, ``new_point_list``,
+    ``model_config``, ``measurement_set``, ``measurements``, ``_volume_of``, ``_blocking_runner``,
+    ``_report``.
     """
 
     def export(self, point_list_node, path) -> Path:
@@ -43,9 +44,13 @@ class ExportAndBatch:
         model has no measurement set."""
         from ..measurements import write_measurements
 
-        measurement_set = self.measurement_set()
+        measurement_set = self.measurement_set(point_list_node)
         if not measurement_set:
             return []
+        if not self.is_tracked(point_list_node) and (
+            point_list_node.GetNumberOfControlPoints() != self.model_config().num_keypoints
+        ):
+            return []  # a list of another model's landmarks: the chosen model's set does not apply
         Path(stem).parent.mkdir(parents=True, exist_ok=True)
         return write_measurements(stem, self.measurements(point_list_node), measurement_set)
 
@@ -67,9 +72,18 @@ class ExportAndBatch:
         names = [node.GetNthControlPointLabel(k) for k in range(node.GetNumberOfControlPoints())]
         points_xy = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume))
         states, confidence = point_states(node)
+        spacing, source = volume_spacing(volume)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(path, names, points_xy, tuple(volume.GetSpacing()[:2]), states, confidence)
+        write_csv(path, names, points_xy, spacing, states, confidence, spacing_source=source)
         return path
+
+    def spacing_description(self, point_list_node) -> str:
+        """The spacing the list's millimetres use and where it came from (the CSV says the same)."""
+        from ..conventions import describe_spacing
+
+        volume = self._volume_of(point_list_node)
+        spacing, source = volume_spacing(volume)
+        return describe_spacing(volume.GetSpacing()[:2], spacing is not None, source)
 
     def load_volume(self, path, name: str | None = None):
         """Read an image file with SimpleITK (PNG, JPEG, DICOM, NRRD, ...) into a volume node."""
@@ -134,7 +148,7 @@ class ExportAndBatch:
             outputs = [
                 self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)
             ]
-            if self.measurement_set():
+            if self.measurement_set(node):
                 outputs += [output_dir / (file_stem(path) + suffix) for suffix in (MEASUREMENTS_JSON, MEASUREMENTS_CSV)]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
         except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch

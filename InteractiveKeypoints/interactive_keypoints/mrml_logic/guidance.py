@@ -111,6 +111,9 @@ class ReviewGuidance:
             display.SetPointLabelsVisibility(False)  # the table names it
         # locked: the 2-D widget does not pick it, so drags still reach the point beneath
         marker.SetLocked(True)
+        # a view aid, not data: out of node selectors and the Data module, not saved
+        marker.SetHideFromEditors(True)
+        marker.SetSaveWithScene(False)
         node.SetNodeReferenceID(NEXT_POINT_ROLE, marker.GetID())
         return marker
 

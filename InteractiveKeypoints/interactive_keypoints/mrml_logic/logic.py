@@ -15,18 +15,30 @@ from pathlib import Path
 import slicer
 import vtk
 
+from ..conventions import inside_image
+from ..errors import KeypointsError
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
 from .dragging import DragTracking
 from .files import POINT_LIST_SUFFIX, ExportAndBatch
-from .guidance import ReviewGuidance
-from .measurement_display import MeasurementDisplay
+from .guidance import NEXT_POINT_ROLE, ReviewGuidance
+from .measurement_display import MEASUREMENT_LINE_ROLE, MEASUREMENTS_REFERENCE_ROLE, MeasurementDisplay
 from .runners import Runner, run_inline
 from .running import LogicBusyError, ModelRunning
 from .states import DEFAULT_LOW_CONFIDENCE, STATE_FIXED, point_states, style_point_list
 from .tracked import TrackedList
-from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, snapshot_volume
+from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, remove_with_children, snapshot_volume
 
 log = logging.getLogger(__name__)
+
+# what the panel offers as a radiograph (its volume selector names the same two classes)
+RADIOGRAPH_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
+# the nodes a point list owns: removed with it
+OWNED_ROLES = (NEXT_POINT_ROLE, MEASUREMENTS_REFERENCE_ROLE, MEASUREMENT_LINE_ROLE)
+
+
+class FixesWouldBeLostError(KeypointsError, ValueError):
+    """Detect was asked to keep a list's corrections that the chosen model cannot take
+    (another landmark set): ``detect(..., keep_fixes=False)`` replaces them."""
 
 
 class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewGuidance, ExportAndBatch):
@@ -43,7 +55,9 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
     Callbacks (optional): ``on_error(message)`` for every problem (a refused drop, a failed
     run), ``on_run_failed(message)`` only when a model run on the runner failed (a model
     that does not load, a bad image: the GUI shows these as an error dialog),
-    ``on_updated(node)`` after each write into MRML, ``on_busy(node, busy)``.
+    ``on_updated(node)`` after each write into MRML, ``on_busy(node, busy)``,
+    ``on_drag_started(node)`` when a view starts an interaction on a point (the GUI ends one
+    that has no mouse button behind it: :meth:`end_interaction`).
     """
 
     def __init__(self, scene=None, model=None, model_folder=None, device: str = "auto"):
@@ -60,6 +74,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         self.on_run_failed = None
         self.on_updated = None
         self.on_busy = None
+        self.on_drag_started = None
         self._tracked: dict[str, TrackedList] = {}
         self._predictor = None  # one inference copy of the network, shared by all sessions
         # the model is loaded by the inference thread (detect) or a preloading thread (web)
@@ -129,14 +144,53 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         style_point_list(node)
         return node
 
-    def detect(self, volume_node, point_list_node=None, blocking: bool = True):
+    def detect(self, volume_node, point_list_node=None, blocking: bool = True, keep_fixes: bool = True):
         """Place all landmarks of the model on the volume; returns the point list.
 
-        Any previous correction history of that point list is dropped. With
-        ``blocking=False`` the list is returned at once and filled when the model is done;
-        loading the model and encoding the image happen off the calling thread too.
+        The points the user fixed in that list (on this volume) are kept and the others are
+        placed around them; raises ``FixesWouldBeLostError`` when the chosen model places
+        other landmarks, unless ``keep_fixes=False`` (then every point is replaced). The
+        list's undo history starts again. With ``blocking=False`` the list is returned at
+        once and filled when the model is done; loading the model and encoding the image
+        happen off the calling thread too.
         """
-        return self._start(volume_node, point_list_node, {}, blocking)
+        existing = point_list_node or self._existing_point_list(volume_node)
+        fixes = self._kept_fixes(existing, volume_node) if keep_fixes and existing is not None else {}
+        return self._start(volume_node, point_list_node, fixes, blocking)
+
+    def _existing_point_list(self, volume_node):
+        name = volume_node.GetName() + POINT_LIST_SUFFIX
+        return self.scene.GetFirstNode(name, "vtkMRMLMarkupsFiducialNode", False, True)
+
+    def _kept_fixes(self, node, volume_node) -> dict:
+        """{k: (x, y)} of the list's user-fixed points that a new detection keeps."""
+        states, _ = point_states(node)
+        fixed = [k for k, state in enumerate(states) if state == STATE_FIXED]
+        reference = reference_volume(node)
+        if not fixed or (reference is not None and reference is not volume_node):
+            return {}  # nothing fixed, or fixed on another image
+        names = self._landmark_names()
+        labels = [node.GetNthControlPointLabel(k) for k in range(node.GetNumberOfControlPoints())]
+        if names is None:
+            return {}
+        if labels != names:
+            raise FixesWouldBeLostError(
+                f"{node.GetName()!r} has {len(fixed)} user-fixed points of other landmarks than the chosen "
+                f"model places ({len(labels)} vs {len(names)}); a new detection would replace them"
+            )
+        pixels = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume_node))
+        dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() is not None else (0, 0)
+        return {k: tuple(pixels[k]) for k in fixed if inside_image(pixels[k], (dims[1], dims[0]))}
+
+    def _landmark_names(self) -> list[str] | None:
+        """The chosen model's landmark names, or None when its folder cannot be read (the
+        detection then fails on its own, with the reason)."""
+        from ..config import ModelFormatError
+
+        try:
+            return list(self.model_config().landmark_names)
+        except (ModelFormatError, OSError):
+            return None
 
     def _start(self, volume_node, point_list_node, fixes: dict, blocking: bool):
         """New session for the point list: predict, then refine with ``fixes`` if any."""
@@ -162,7 +216,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         )
         self._tracked[node.GetID()] = tracked
         self._observe(tracked)
-        self._watch_scene()
+        self.watch_scene()
         made = {}
 
         def compute():
@@ -179,6 +233,8 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         def on_done(outcome):  # main thread: the session becomes visible with its result
             if not isinstance(outcome, Exception):
                 tracked.session = made["session"]
+                # the list keeps its model's landmarks and measurements when another is chosen
+                tracked.config = tracked.session.config
 
         self._submit(tracked, compute, blocking, on_done=on_done, what="detect")
         return node
@@ -218,12 +274,19 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
             self.detach(self._tracked[node_id].node)
         self._unwatch_scene()
 
-    def _watch_scene(self):
-        """Observe node removal: a point list deleted by the user releases its session."""
+    def watch_scene(self):
+        """Observe node removal: a point list the user deletes releases its session and takes
+        the nodes it owns with it (check-next halo, measurements table and lines)."""
         scene = self.scene
         if self._watched_scene is not None and self._watched_scene[0] is scene:
             return
         self._unwatch_scene()
+
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def on_node_about_to_be_removed(caller, event, node=None):
+            # before the removal: the list's references still resolve. A closing scene goes whole.
+            if node is not None and not scene.IsClosing() and node.IsA("vtkMRMLMarkupsFiducialNode"):
+                self._remove_owned_nodes(node)
 
         @vtk.calldata_type(vtk.VTK_OBJECT)
         def on_node_removed(caller, event, node=None):
@@ -233,13 +296,40 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
                 if tracked.node is node:
                     self.detach(node)
 
-        self._watched_scene = (scene, scene.AddObserver(scene.NodeRemovedEvent, on_node_removed))
+        tags = [
+            scene.AddObserver(scene.NodeAboutToBeRemovedEvent, on_node_about_to_be_removed),
+            scene.AddObserver(scene.NodeRemovedEvent, on_node_removed),
+        ]
+        self._watched_scene = (scene, tags)
+
+    def _remove_owned_nodes(self, node):
+        owned = [
+            node.GetNthNodeReference(role, i)
+            for role in OWNED_ROLES
+            for i in range(node.GetNumberOfNodeReferences(role))
+        ]
+        for role in OWNED_ROLES:
+            node.RemoveNodeReferenceIDs(role)
+        for item in owned:
+            if item is not None and item.GetScene() is self.scene:
+                remove_with_children(self.scene, item)
 
     def _unwatch_scene(self):
         if self._watched_scene is not None:
-            scene, tag = self._watched_scene
-            scene.RemoveObserver(tag)
+            scene, tags = self._watched_scene
+            for tag in tags:
+                scene.RemoveObserver(tag)
             self._watched_scene = None
+
+    def first_radiograph(self):
+        """The volume to offer first: the first one-slice scalar or RGB volume, never a label
+        map (a subclass of the scalar volume) or another kind of volume."""
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode")):
+            volume = self.scene.GetNthNodeByClass(i, "vtkMRMLVolumeNode")
+            image = volume.GetImageData()
+            if volume.GetClassName() in RADIOGRAPH_CLASSES and image is not None and image.GetDimensions()[2] == 1:
+                return volume
+        return None
 
     def is_tracked(self, point_list_node) -> bool:
         return point_list_node is not None and point_list_node.GetID() in self._tracked

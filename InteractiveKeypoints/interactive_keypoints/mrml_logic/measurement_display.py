@@ -13,7 +13,7 @@ import vtk
 
 from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
 from .tracked import TrackedList
-from .volumes import remove_with_children
+from .volumes import remove_with_children, volume_spacing
 
 # point list -> its measurements table / the line nodes drawn for the selected measurement
 MEASUREMENTS_REFERENCE_ROLE = "InteractiveKeypoints.Measurements"
@@ -25,35 +25,42 @@ MEASUREMENT_LINE_COLOR = (1.0, 0.25, 0.85)  # magenta: apart from both point col
 class MeasurementDisplay:
     """Mixin of :class:`~.logic.KeypointsMRMLLogic`: the measurements table and lines.
 
-    Uses from the logic: ``scene``, ``model_config``, ``_get`` and ``_volume_of``.
+    Uses from the logic: ``scene``, ``model_config``, ``_tracked``, ``_get`` and ``_volume_of``.
     """
 
-    def measurement_set(self) -> str:
-        """The chosen model's measurement set ("aasce-cobb", "isbi-ceph" or "" for none)."""
+    def measurement_set(self, point_list_node=None) -> str:
+        """The measurement set ("aasce-cobb", "isbi-ceph" or "" for none) of a tracked point
+        list's own model (a list keeps the model it was detected with when another is chosen),
+        or of the chosen model."""
+        tracked = self._tracked.get(point_list_node.GetID()) if point_list_node is not None else None
+        if tracked is not None and tracked.config is not None:
+            return tracked.measurement_set
         return self.model_config().measurements
 
     def measurements(self, points, volume_node=None) -> list:
-        """The model's clinical measurements (``Measurement`` records) of a point list's
-        current positions, or of (K, 2) points in original pixels (``volume_node`` then
-        gives spacing and image height; without it lengths stay in pixels)."""
+        """The clinical measurements (``Measurement`` records) of a point list's current
+        positions (its own model's set), or of (K, 2) points in original pixels with the chosen
+        model's set (``volume_node`` then gives spacing and image height; without it lengths
+        stay in pixels)."""
         from ..measurements import measure
 
-        measurement_set = self.measurement_set()
         if isinstance(points, (np.ndarray, list, tuple)):
+            measurement_set = self.measurement_set()
             pixels, volume = np.asarray(points, dtype=float), volume_node
         else:
+            measurement_set = self.measurement_set(points)
             volume = volume_node or self._volume_of(points)
             pixels = ras_to_pixels(control_point_positions(points), ijk_to_ras_matrix(volume))
         spacing = height = None
         if volume is not None:
-            spacing = tuple(volume.GetSpacing()[:2])
+            spacing = volume_spacing(volume)[0]  # None (lengths in pixels) when the file had none
             height = volume.GetImageData().GetDimensions()[1] if volume.GetImageData() is not None else None
         return measure(pixels, measurement_set, spacing=spacing, image_height=height)
 
     def measurement_table(self, point_list_node):
         """The list's measurements table node (created on first use), or None when the
         model has no measurement set."""
-        if not self.measurement_set():
+        if not self.measurement_set(point_list_node):
             return None
         table = point_list_node.GetNodeReference(MEASUREMENTS_REFERENCE_ROLE)
         if table is None:

@@ -26,6 +26,7 @@ class TrackedList:
     session: object  # KeypointSession; None until the first computation made it
     ijk_to_ras: np.ndarray
     size: tuple[int, int]  # (H, W) of the radiograph
+    config: object = None  # ModelConfig of the list's model: kept when another model is chosen
     observer_tags: list = field(default_factory=list)
     busy: bool = False
     pending: dict = field(default_factory=dict)  # queued drops {k: (x, y)}; latest wins
@@ -37,6 +38,7 @@ class TrackedList:
     latency: float | None = None  # seconds of the last computation
     selected_measurement: str = ""  # name of the measurement whose lines are drawn
     suggested: int | None = None  # the point next_point() gave a halo, until it is fixed
+    shown: np.ndarray | None = None  # (K, 2) pixels of the points as the logic last left them
 
     @property
     def prediction(self):
@@ -46,6 +48,11 @@ class TrackedList:
     def num_keypoints(self) -> int:
         return len(self.prediction.points) if self.prediction is not None else 0
 
+    @property
+    def measurement_set(self) -> str:
+        """The measurement set of the list's own model ("" for none)."""
+        return self.config.measurements if self.config is not None else ""
+
     # ------------------------------------------------------------------ reading
 
     def pixel_of(self, k: int) -> tuple[float, float]:
@@ -53,6 +60,10 @@ class TrackedList:
         point = [0.0, 0.0, 0.0]
         self.node.GetNthControlPointPosition(k, point)
         return tuple(float(v) for v in ras_to_pixels(point, self.ijk_to_ras)[0])
+
+    def shown_ras(self, k: int):
+        """RAS of point k where the logic last left it."""
+        return pixels_to_ras(self.shown[k], self.ijk_to_ras)[0] if self.shown is not None else None
 
     def check_inside(self, k: int, xy):
         """Raise ``OutsideImageError`` (a ValueError) naming the landmark when xy is off the image."""
@@ -68,6 +79,18 @@ class TrackedList:
 
     # ------------------------------------------------------------------ writing
 
+    def pixels(self) -> np.ndarray:
+        """(N, 2) pixels of all points in the list now."""
+        positions = np.zeros((self.node.GetNumberOfControlPoints(), 3))
+        for k in range(len(positions)):
+            self.node.GetNthControlPointPosition(k, positions[k])
+        return ras_to_pixels(positions, self.ijk_to_ras)
+
+    def remember_shown(self):
+        """The positions now in the list are the logic's (or an accepted correction's): a later
+        change that is not ours is the user's."""
+        self.shown = self.pixels()
+
     @contextlib.contextmanager
     def own_writes(self):
         """Our own changes fire markups events: ignore them, and batch them into one."""
@@ -78,6 +101,7 @@ class TrackedList:
         finally:
             self.node.EndModify(was_modifying)
             self.writing = was_writing
+            self.remember_shown()
 
     def put_back(self, k: int, ras):
         """Return point k to ``ras`` (its position before the drag), or to the model's."""

@@ -370,6 +370,8 @@ class KeypointsWebApp(TrameApp):
         name = Path(radiograph.path).stem if radiograph.path else "radiograph"
         self.volume = mrml_logic.add_volume_from_radiograph(self.slicer_app.scene, radiograph, name)
         self.view.set_background_volume_id(self.volume.GetID())
+        # a DICOM film keeps its orientation (usually coronal): show it in its own plane
+        self.view.get_view_node().RotateToVolumePlane(self.volume)
         self.view.fit_view_to_content()
         self.export_stem = safe_stem(name)
         with self.state:
