@@ -60,6 +60,19 @@ def test_a_point_lands_where_to_patch_says_in_both_channels(rotation, zoom):
     np.testing.assert_allclose(from_patch(to_patch(dot[None], matrices), matrices)[0], dot, atol=1e-9)
 
 
+def test_patches_are_plain_tensors_not_monai_meta_tensors():
+    """A MetaTensor routes every torch op through MONAI: training and inference ran many times slower."""
+    from monai.transforms import Compose
+
+    from interactive_keypoints.augment import intensity_augmentations
+    from interactive_keypoints.train_local import augment_intensity
+
+    source = PatchSource.from_image(dot_image((50.0, 60.0)), INTENSITY)
+    patches = cut_patches(source, patch_matrices(np.array([[50.0, 60.0]]), 16, 1.0), 16, 2.0)
+    augmented = augment_intensity(patches, Compose(intensity_augmentations()), seed=0)
+    assert type(source.shifted) is torch.Tensor and type(patches) is torch.Tensor and type(augmented) is torch.Tensor
+
+
 def test_a_patch_at_the_border_is_padded_not_shifted():
     image = dot_image((2.0, 3.0))
     source = PatchSource.from_image(image, INTENSITY)

@@ -197,8 +197,8 @@ class ApplyGeometryd(Transform):
                 image_only=True,
             )
             # zero padding, shifted so that outside the source reads as `fill`
-            image = _plain_tensor(resample(image - self.fill)) + self.fill
-        d[self.image_key] = _plain_tensor(image)
+            image = plain_tensor(resample(image - self.fill)) + self.fill
+        d[self.image_key] = plain_tensor(image)
         points = transform_points(d[self.points_key], matrix)
         d[self.points_key] = points
         d["visible"] = inside_image(points, output_size)
@@ -246,7 +246,7 @@ class RandOccludeKeypointd(RandomizableTransform):
         return d
 
 
-def _plain_tensor(image) -> torch.Tensor:
+def plain_tensor(image) -> torch.Tensor:
     """A float32 torch tensor without MONAI metadata (collates and prints like any tensor)."""
     if hasattr(image, "as_tensor"):
         image = image.as_tensor()

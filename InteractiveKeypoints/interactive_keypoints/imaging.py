@@ -256,6 +256,18 @@ def intensity_transform(intensity: dict):
     raise ValueError(f"unknown intensity mode {mode!r}; expected 'minmax' or 'percentile'")
 
 
+def normalise_transform(intensity: dict) -> Compose:
+    """(1, H, W) array/tensor -> the same size as a plain float32 tensor, normalised as ``intensity``
+    says (no MONAI metadata: a MetaTensor would route every later torch op through MONAI)."""
+    return Compose(
+        [
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+            intensity_transform(intensity),
+            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
+
+
 def preprocess_transform(input_size, intensity: dict) -> Compose:
     """(1, H, W) array/tensor -> (1, H_in, W_in) float32 tensor: normalise, then resize.
 

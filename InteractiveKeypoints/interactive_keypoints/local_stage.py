@@ -39,7 +39,7 @@ from torch import nn
 
 from .config import ModelFormatError
 from .heatmaps import decode_heatmaps
-from .imaging import Radiograph, about_centre, intensity_transform
+from .imaging import Radiograph, about_centre, normalise_transform
 
 WEIGHTS_FILE = "local_stage.safetensors"
 IDENTITIES = ("output", "input")
@@ -166,8 +166,8 @@ class PatchSource:
     @classmethod
     def from_image(cls, radiograph: Radiograph | np.ndarray, intensity: dict) -> PatchSource:
         array = radiograph.array if isinstance(radiograph, Radiograph) else np.asarray(radiograph)
-        image = torch.as_tensor(intensity_transform(intensity)(torch.as_tensor(array, dtype=torch.float32)[None]))
-        image = image.float().reshape(1, 1, *array.shape[-2:])
+        image = normalise_transform(intensity)(np.asarray(array, dtype=np.float32)[None])
+        image = image.reshape(1, 1, *array.shape[-2:])
         fill = float(image.amin())
         return cls(image.sub_(fill), fill)
 

@@ -28,8 +28,14 @@ DPI = 100
 TITLE_BAND = 0.06  # fraction of the figure height above the image for the title (two lines)
 
 
-def save_overlay(
-    path,
+def save_overlay(path, image: np.ndarray, points, **drawing) -> Path:
+    """Write :func:`overlay_figure` of ``image`` and ``points`` as a PNG at ``path``."""
+    path = Path(path)
+    overlay_figure(image, points, **drawing).savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def overlay_figure(
     image: np.ndarray,
     points,
     fixed=None,
@@ -40,8 +46,8 @@ def save_overlay(
     measurement_set: str = "",
     names=None,
     spacing_known: bool = True,
-) -> Path:
-    """Write ``image`` (H, W) in grey with landmarks on top.
+):
+    """A matplotlib Figure of ``image`` (H, W) in grey with landmarks on top.
 
     points (K, 2) original pixels; fixed (K,) bool marks user-fixed points; truth (K, 2)
     drawn as small crosses; moves is a list of ((x0, y0), (x1, y1)) drawn as arrows.
@@ -93,9 +99,7 @@ def save_overlay(
     axes.legend(handles=legend, loc="lower right", fontsize="small", framealpha=0.7)
     if title:
         figure.suptitle(title, fontsize="small", y=1.0 - TITLE_BAND / 2, va="center")
-    path = Path(path)
-    figure.savefig(path, dpi=DPI, facecolor="white")
-    return path
+    return figure
 
 
 def _figure_size(height: float, width: float, titled: bool) -> tuple[float, float]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from monai.transforms import Compose
 from tqdm import tqdm
 
-from .augment import flip_permutation, intensity_augmentations
+from .augment import flip_permutation, intensity_augmentations, plain_tensor
 from .data import DATASETS, DatasetSplit, training_splits
 from .data.common import load_grey_image
 from .heatmaps import gaussian_heatmaps
@@ -217,7 +217,7 @@ def training_patches(images: StageImages, config: LocalStageConfig, args, rng: n
 def augment_intensity(patches: torch.Tensor, pipeline: Compose, seed: int) -> torch.Tensor:
     """The first stage's brightness/contrast augmentation (MONAI), per patch, both channels alike."""
     pipeline.set_random_state(seed=seed)
-    return torch.stack([torch.as_tensor(pipeline({"image": p})["image"]) for p in patches]).float()
+    return torch.stack([plain_tensor(pipeline({"image": p})["image"]) for p in patches])
 
 
 def patch_loss(logits: torch.Tensor, targets: torch.Tensor, config: LocalStageConfig) -> torch.Tensor:
