@@ -276,8 +276,7 @@ def preprocess_transform(input_size, intensity: dict) -> Compose:
     """
     return Compose(
         [
-            EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False),
-            intensity_transform(intensity),
+            normalise_transform(intensity),
             Resize(
                 spatial_size=tuple(int(v) for v in input_size),
                 mode="bilinear",
