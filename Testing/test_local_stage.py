@@ -150,6 +150,36 @@ def test_the_session_runs_the_stage_after_the_first_stage_and_never_moves_fixed_
 
 
 @pytest.mark.slow
+def test_a_click_refines_only_the_points_whose_coarse_position_moved(staged_session):
+    stage = staged_session.local_stage
+    asked = []
+    real_refine = stage.refine
+
+    def spy(source, points, movable):
+        asked.append(np.array(movable))
+        return real_refine(source, points, movable)
+
+    stage.refine = spy
+    try:
+        before = staged_session.predict()
+        previous = staged_session._history[-1]
+        after = staged_session.refine({5: (100.0, 200.0)})
+    finally:
+        stage.refine = real_refine
+    current = staged_session._history[-1]
+    moved = np.linalg.norm(current.coarse - previous.coarse, axis=1)
+    tolerance = 0.5 * stage.config.fine_pixel(staged_session._patch_source.height)
+    free = ~after.fixed
+    still, shifted = free & (moved < tolerance), free & (moved >= tolerance)
+    assert still.any() and shifted.any(), "the phantom click moves some coarse points and not others"
+    np.testing.assert_array_equal(asked[-1], shifted)  # the stage ran on the moved points only
+    np.testing.assert_array_equal(after.points[still], before.points[still])
+    np.testing.assert_allclose(
+        after.points[shifted], real_refine(staged_session._patch_source, current.coarse, shifted)[shifted]
+    )
+
+
+@pytest.mark.slow
 def test_undo_and_redo_restore_the_exact_refined_points(staged_session):
     initial = staged_session.predict()
     first = staged_session.refine({5: (100.0, 200.0)})

@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-root", type=Path)
     data.add_argument("--split-seed", type=int, default=0)
     data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
+    data.add_argument(
+        "--drop-disordered-labels", action="store_true", help="AASCE: leave labels with vertebrae out of order out"
+    )
     stage = parser.add_argument_group("the stage (local_stage.LocalStageConfig)")
     stage.add_argument("--patch-size", type=int, default=64, help="P: patches are P x P fine pixels")
     stage.add_argument("--pixels-per-height", type=float, default=1200.0, help="the image height in fine patch pixels")
@@ -302,7 +305,9 @@ def train_local(args) -> Path:
     out = Path(args.out)
     device = pick_device(args.device)
     model = load_model(args.model)
-    train_split, val_split, _ = training_splits(args.dataset, args.data_root, args.split_seed, args.phantom_images)
+    train_split, val_split, _ = training_splits(
+        args.dataset, args.data_root, args.split_seed, args.phantom_images, args.drop_disordered_labels
+    )
     if train_split.num_keypoints != model.config.num_keypoints:
         raise ValueError(
             f"{args.model} has {model.config.num_keypoints} landmarks, the dataset {train_split.num_keypoints}"
