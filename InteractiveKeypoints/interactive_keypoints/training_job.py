@@ -26,6 +26,7 @@ from .model_folders import CONFIG_FILE, is_model_folder, shipped_models
 from .training_set import list_images, models_folder, next_model_folder, points_path, read_template
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # put on the process's path: Slicer's PythonSlicer lacks it
+TRAIN_MODULE = "interactive_keypoints.train"  # what the process runs (the extension ships it)
 LAUNCH_FILE = "launch.json"  # the command a run was started with (resume repeats it)
 LOG_FILE = "train.log"
 PROGRESS_FILE = "progress.json"  # written by train.py
@@ -91,7 +92,7 @@ def training_command(
     folder, out, start_from, minutes: float, input_size, threads: int | None = None, python=None, extra=()
 ) -> list[str]:
     """The ``train`` command of a training set's model."""
-    command = [*(python or [sys.executable]), "-m", "interactive_keypoints.train", "--dataset", "folder"]
+    command = [*(python or [sys.executable]), "-m", TRAIN_MODULE, "--dataset", "folder"]
     command += ["--data-root", str(folder), "--out", str(out), "--input", f"{input_size[0]}x{input_size[1]}"]
     command += [*RECIPE, "--max-minutes", f"{minutes:g}"]
     command += ["--init-from", str(start_from)] if start_from else ["--hint-scale-init", "1.0"]

@@ -36,13 +36,19 @@ class TrainingSetMismatchError(KeypointsError, ValueError):
 
 def raw_states(node) -> list[str]:
     """Each point's state as its description says it: "" for a point placed by hand (a label),
-    "predicted" for one the model placed and nobody reviewed; a point without a position
-    (missing, being placed) says "predicted" too: it is no label."""
-    states = []
+    "predicted" for one the model placed and nobody reviewed (point_states says "predicted"
+    for both)."""
+    return [parse_description(node.GetNthControlPointDescription(k))[0] for k in range(node.GetNumberOfControlPoints())]
+
+
+def list_pixels(node, volume) -> np.ndarray:
+    """(K, 2) pixel positions of the list's points on ``volume``; NaN for a point without a
+    position (skipped as missing, or still being placed): it is no label."""
+    points = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume))
     for k in range(node.GetNumberOfControlPoints()):
-        defined = node.GetNthControlPointPositionStatus(k) == slicer.vtkMRMLMarkupsNode.PositionDefined
-        states.append(parse_description(node.GetNthControlPointDescription(k))[0] if defined else "predicted")
-    return states
+        if node.GetNthControlPointPositionStatus(k) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+            points[k] = np.nan
+    return points
 
 
 class TrainingLoop:
@@ -74,7 +80,7 @@ class TrainingLoop:
         snapshot = snapshot_volume(volume)
         radiograph = snapshot.radiograph()  # grey, DICOM window applied: what the model sees
         names = [point_list_node.GetNthControlPointLabel(k) for k in range(point_list_node.GetNumberOfControlPoints())]
-        points = ras_to_pixels(control_point_positions(point_list_node), ijk_to_ras_matrix(volume))
+        points = list_pixels(point_list_node, volume)
         states = raw_states(point_list_node)
         template = template_from_file(template_file) if template_file else None
         return add_image(
