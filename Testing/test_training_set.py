@@ -301,3 +301,6 @@ def test_the_nearest_shipped_model_and_the_input_shape():
     assert training_job.nearest_model(LandmarkTemplate(("a", "b")), aspect=1.2).name == "isbi-ceph-19"
     assert training_job.input_size_for(2400 / 1935) == (320, 256)
     assert training_job.input_size_for(2.0) == (416, 192)
+    # a model of the same landmarks is fine-tuned (or continued) at its own input size
+    assert training_job.input_size(ceph, CEPH, aspect=2.0) == (320, 256)
+    assert training_job.input_size(ceph, LandmarkTemplate(("a", "b")), aspect=2.0) == (416, 192)

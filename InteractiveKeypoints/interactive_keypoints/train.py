@@ -763,7 +763,13 @@ class Progress:
             "val_images": val_images,
         }
         total = round(budget_s) if budget_s else args.epochs
-        self.bar = tqdm(total=total, unit="s" if budget_s else "epoch", desc="training", disable=args.quiet)
+        of = f"s of the {args.budget_clock}-clock budget" if budget_s else "epochs"
+        self.bar = tqdm(
+            total=total,
+            desc="training",
+            disable=args.quiet,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} " + of + " [{elapsed}{postfix}]",
+        )
 
     def fraction(self, state: dict) -> float:
         done = [state["elapsed_s"] / self.budget_s] if self.budget_s else [state["epoch"] / max(self.args.epochs, 1)]

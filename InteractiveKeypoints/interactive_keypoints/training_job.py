@@ -70,6 +70,15 @@ def input_size_for(aspect: float, pixels: int = INPUT_PIXELS) -> tuple[int, int]
     return height, width
 
 
+def input_size(start_from, template: LandmarkTemplate, aspect: float) -> tuple[int, int]:
+    """A model of these very landmarks is fine-tuned at its own input size (continuing a set's
+    model too); a transfer gets the size of the set's images' shape."""
+    config = json.loads((Path(start_from) / CONFIG_FILE).read_text()) if start_from else {}
+    if config.get("landmark_names") == list(template.names):
+        return tuple(config["input_size"])
+    return input_size_for(aspect)
+
+
 def nearest_model(template: LandmarkTemplate, aspect: float, models=None) -> Path:
     """The shipped model to start from: the most landmarks of the same name (a model of this very
     template is fine-tuned), then the input shape nearest the images', then the preferred one
@@ -213,8 +222,9 @@ def start(
     if start_from is None:
         start_from = nearest_model(template, aspect)
     command = training_command(
-        folder, next_model_folder(folder), start_from, minutes, input_size_for(aspect), threads, python, extra
-    )
+        folder, next_model_folder(folder), start_from, minutes, input_size(start_from, template, aspect), threads,
+        python, extra,
+    )  # fmt: skip
     job = TrainingJob(Path(command[command.index("--out") + 1]), command)
     return job.start()
 
