@@ -188,8 +188,7 @@ def main(argv=None) -> int:
         sample = make_spine_phantom(args.seed)
         if len(sample.points) != config.num_keypoints:
             sys.exit(
-                f"error: the phantom has {len(sample.points)} landmarks, the model {config.num_keypoints}: "
-                "give --image"
+                f"error: the phantom has {len(sample.points)} landmarks, the model {config.num_keypoints}: give --image"
             )
         radiograph, truth = Radiograph(sample.image, sample.spacing, spacing_known=True), sample.points
     clicks = min(args.warmup + args.clicks, config.num_keypoints)
@@ -224,7 +223,11 @@ def main(argv=None) -> int:
         # per click with the model's local stage, the same clicks (null: the folder has none)
         "local_stage": None
         if stage is None
-        else {"with_ms": round(stage, 1), "without_ms": round(optimized_ms, 1), "stage_ms": round(stage - optimized_ms, 1)},
+        else {
+            "with_ms": round(stage, 1),
+            "without_ms": round(optimized_ms, 1),
+            "stage_ms": round(stage - optimized_ms, 1),
+        },
         "threads": torch.get_num_threads(),
         "bf16": cpu_has_native_bf16(),
         "cpu": cpu_description(),

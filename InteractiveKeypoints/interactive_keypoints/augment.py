@@ -32,7 +32,7 @@ from monai.transforms import (
 )
 
 from .conventions import inside_image
-from .imaging import resize_matrix
+from .imaging import about_centre, resize_matrix
 
 GEOMETRY = "geometry"  # (3, 3) float64: source pixel (x, y, 1) -> output pixel
 OUTPUT_SIZE = "output_size"  # (H, W) of the output image
@@ -45,16 +45,6 @@ def transform_points(points, matrix) -> np.ndarray:
     """Apply a (3, 3) (x, y) pixel matrix to (..., 2) points."""
     points = np.asarray(points, dtype=np.float64)
     return points @ matrix[:2, :2].T + matrix[:2, 2]
-
-
-def about_centre(linear: np.ndarray, size) -> np.ndarray:
-    """A (2, 2) linear map applied about the centre of an (H, W) image, as a (3, 3) matrix."""
-    h, w = size
-    centre = np.array([(w - 1) / 2, (h - 1) / 2])
-    m = np.eye(3)
-    m[:2, :2] = linear
-    m[:2, 2] = centre - linear @ centre
-    return m
 
 
 def rotation_matrix(degrees: float, size) -> np.ndarray:

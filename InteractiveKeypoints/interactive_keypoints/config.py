@@ -102,7 +102,9 @@ class ModelConfig:
                 problems.append(str(e))
             else:
                 if stage.num_keypoints != self.num_keypoints:
-                    problems.append(f"the local stage has {stage.num_keypoints} landmarks, the model {self.num_keypoints}")
+                    problems.append(
+                        f"the local stage has {stage.num_keypoints} landmarks, the model {self.num_keypoints}"
+                    )
         if self.format_version > FORMAT_VERSION:
             problems.append(f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})")
         if problems:

@@ -51,9 +51,7 @@ def simulate_one_correction(model, sample, device) -> DemoResult:
     return DemoResult(before, after, corrected, sample.points, tuple(sample.spacing), predict_ms, refine_ms)
 
 
-def write_outputs(
-    out: Path, sample, result: DemoResult, model_name: str, measurement_set: str = ""
-) -> dict[str, Path]:
+def write_outputs(out: Path, sample, result: DemoResult, model_name: str, measurement_set: str = "") -> dict[str, Path]:
     from .conventions import POINTS_CSV, POINTS_JSON, output_path
     from .markups import write_csv, write_markups_json
     from .metrics import mre

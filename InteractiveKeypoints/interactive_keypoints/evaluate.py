@@ -786,9 +786,7 @@ def local_stage_comparison(results_by_variant: dict, samples, args, landmark_nam
     key = "MRE_by_clicks_mm" if args.unit == "mm" else "MRE_by_clicks"
     comparison = {}
     for variant, results in results_by_variant.items():
-        summary = summarise(
-            results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, landmark_names
-        )
+        summary = summarise(results, samples, args.max_clicks, args.targets, args.unit, args.noc_clicks, landmark_names)
         entry = {key: summary[key]["model"], "NoC": summary["NoC"], "FR": summary["FR"]}
         if "SDR_by_clicks" in summary:
             entry["SDR_by_clicks"] = summary["SDR_by_clicks"]

@@ -297,6 +297,16 @@ def resize_matrix(original_size, input_size) -> np.ndarray:
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
+def about_centre(linear: np.ndarray, size) -> np.ndarray:
+    """A (2, 2) linear map applied about the centre of an (H, W) image, as a (3, 3) matrix."""
+    h, w = size
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    m = np.eye(3)
+    m[:2, :2] = linear
+    m[:2, 2] = centre - linear @ centre
+    return m
+
+
 def to_input(points, original_size, input_size) -> np.ndarray:
     """Original-pixel (x, y) -> network-input pixels; points (..., 2), sizes (H, W)."""
     points = np.asarray(points, dtype=float)

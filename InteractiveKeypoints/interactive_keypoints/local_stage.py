@@ -37,14 +37,14 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from .augment import about_centre
 from .config import ModelFormatError
 from .heatmaps import decode_heatmaps
-from .imaging import Radiograph, intensity_transform
+from .imaging import Radiograph, about_centre, intensity_transform
 
 WEIGHTS_FILE = "local_stage.safetensors"
 IDENTITIES = ("output", "input")
 HEADS = ("heatmap", "integral")
+OUTPUT_BIAS_PRIOR = -4.0
 
 
 @dataclass
@@ -130,6 +130,11 @@ class LocalStageNet(nn.Module):
             num_res_units=1,
             norm="batch",
         )
+        # heatmaps are almost all background: start every output near sigmoid = 0.02 (the focal-loss
+        # prior of RetinaNet), so early steps learn the peak instead of first unlearning a grey map
+        last_conv = [m for m in self.unet.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
+        if last_conv.bias is not None:
+            nn.init.constant_(last_conv.bias, OUTPUT_BIAS_PRIOR)
 
     def forward(self, patches: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
         """patches (N, 2, P, P), landmarks (N,) long -> (N, 1, P, P) logits of each patch's landmark."""
@@ -167,9 +172,7 @@ class PatchSource:
         return cls(image.sub_(fill), fill)
 
 
-def patch_matrices(
-    centres: np.ndarray, patch_size: int, fine_pixel: float, rotation_deg=None, zoom=None
-) -> np.ndarray:
+def patch_matrices(centres: np.ndarray, patch_size: int, fine_pixel: float, rotation_deg=None, zoom=None) -> np.ndarray:
     """(N, 3, 3) maps original pixel (x, y) -> fine patch pixel, the centre at the patch's middle.
 
     ``rotation_deg`` / ``zoom`` (N,) (augmentation; None = none) act about the patch centre as in

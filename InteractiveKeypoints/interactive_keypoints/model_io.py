@@ -201,7 +201,9 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
         )
     network.load_state_dict({name: t.to(expected[name].dtype) for name, t in state.items()})
     network.eval()
-    local_stage = load_local_stage_network(folder, LocalStageConfig.from_dict(config.local_stage)) if config.local_stage else None
+    local_stage = (
+        load_local_stage_network(folder, LocalStageConfig.from_dict(config.local_stage)) if config.local_stage else None
+    )
     if device is not None:
         network.to(device)
     return KeypointModel(config, network, folder, local_stage)

@@ -142,7 +142,13 @@ def draw_measurements(axes, points: np.ndarray, measurement_set: str, names, spa
     readable = [patheffects.withStroke(linewidth=1.5, foreground="black")]  # white on bone stays legible
     for name, (x, y) in zip(names or [], points):
         axes.annotate(
-            name, xy=(x, y), xytext=(4, -4), textcoords="offset points", color="white", fontsize=6, path_effects=readable
+            name,
+            xy=(x, y),
+            xytext=(4, -4),
+            textcoords="offset points",
+            color="white",
+            fontsize=6,
+            path_effects=readable,
         )
     table = "\n".join(
         f"{r.name} {r.value:.1f} {'' if r.unit == 'ratio' else r.unit}" + (f"  {r.category}" if r.category else "")

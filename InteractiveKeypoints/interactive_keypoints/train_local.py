@@ -43,8 +43,8 @@ from .heatmaps import gaussian_heatmaps
 from .imaging import Radiograph
 from .inference import Predictor, pick_device
 from .local_stage import (
-    IDENTITIES,
     HEADS,
+    IDENTITIES,
     LocalStageConfig,
     LocalStageNet,
     PatchSource,
@@ -57,7 +57,7 @@ from .local_stage import (
 )
 from .model_io import KeypointModel, load_model, weight_files
 from .session import KeypointSession
-from .train import device_description, load_checkpoint, learning_rate, save_checkpoint, setup_fast_path
+from .train import device_description, learning_rate, load_checkpoint, save_checkpoint, setup_fast_path
 
 CHECKPOINT_STATE = "checkpoint.json"
 LOG_FILE = "local_stage_log.csv"
@@ -74,9 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
     stage = parser.add_argument_group("the stage (local_stage.LocalStageConfig)")
     stage.add_argument("--patch-size", type=int, default=64, help="P: patches are P x P fine pixels")
-    stage.add_argument(
-        "--pixels-per-height", type=float, default=1200.0, help="the image height in fine patch pixels"
-    )
+    stage.add_argument("--pixels-per-height", type=float, default=1200.0, help="the image height in fine patch pixels")
     stage.add_argument("--context", type=float, default=4.0, help="the context channel's pixel, in fine pixels")
     stage.add_argument("--identity", choices=IDENTITIES, default="output", help="landmark identity: output or input")
     stage.add_argument("--head", choices=HEADS, default="heatmap")
@@ -195,7 +193,8 @@ def training_patches(images: StageImages, config: LocalStageConfig, args, rng: n
     for i in rng.choice(n, size=args.images_per_step, replace=n < args.images_per_step):
         ks = rng.choice(k, size=args.patches_per_image, replace=k < args.patches_per_image)
         donors = rng.integers(0, n, size=len(ks))  # whose measured error this patch's start repeats
-        scale = rng.uniform(*args.offset_scale, size=(len(ks), 1))
+        low, high = args.offset_scale
+        scale = rng.uniform(low, high, size=(len(ks), 1))
         centres = images.truth[i, ks] + scale * images.residuals[donors, ks]
         # the first stage's augmentation family, each with probability 0.5, about the patch centre
         rotation = np.where(rng.random(len(ks)) < 0.5, rng.uniform(-15, 15, len(ks)), 0.0)
@@ -264,7 +263,9 @@ class ValidationPatches:
 
 
 @torch.no_grad()
-def validate(network: LocalStageNet, val: ValidationPatches, config: LocalStageConfig, autocast, batch: int = 256) -> dict:
+def validate(
+    network: LocalStageNet, val: ValidationPatches, config: LocalStageConfig, autocast, batch: int = 256
+) -> dict:
     network.eval()
     found = []
     for i in range(0, len(val.patches), batch):
