@@ -259,6 +259,7 @@ def add_image(
     images = (record or new_record())["images"]
     if stem is None:
         stem = next((s for s, entry in images.items() if entry.get("sha256") == digest), None)
+        stem = stem if stem in list_images(folder) else None  # its file removed by hand: added anew
         is_new = stem is None
     else:
         if stem not in list_images(folder):
