@@ -16,6 +16,7 @@ link to the images (nothing is copied); never put OUT inside the repository.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -69,11 +70,31 @@ def train_run(folder: Path, run: Path, start: str, minutes: float, threads: int,
 def evaluate_run(isbi: Path, run: Path, threads: int) -> dict:
     out = run / "test1"
     if not (out / "metrics.json").is_file():
-        command = [sys.executable, "-m", "interactive_keypoints.evaluate", "--model", str(run), "--dataset", "isbi"]
+        command = [
+            sys.executable,
+            "-m",
+            "interactive_keypoints.cli",
+            "evaluate",
+            "--model",
+            str(run),
+            "--dataset",
+            "isbi",
+        ]
         command += ["--data-root", str(isbi), "--split", "test1", "--max-clicks", "3", "--unit", "mm"]
         command += ["--targets", "2", "--threads", str(threads), "--quiet", "--out", str(out)]
         subprocess.run(command, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     return json.loads((out / "metrics.json").read_text())
+
+
+def held_back_by_minutes(run: Path, minutes=(5, 10, 20, 30)) -> dict:
+    """The best held-back MRE (px, the set's own held-back images) reached within each number of
+    CPU minutes: the training log's budget-clock ``elapsed_s`` against ``best_val_mre_px``."""
+    with open(run / "training_log.csv", newline="") as f:
+        rows = [(float(r["elapsed_s"]), float(r["best_val_mre_px"])) for r in csv.DictReader(f)]
+    return {
+        f"{m}min": round(min((best for elapsed, best in rows if elapsed <= 60 * m), default=float("nan")), 2)
+        for m in minutes
+    }
 
 
 def main(argv=None) -> int:
@@ -106,6 +127,7 @@ def main(argv=None) -> int:
                 "epochs": summary["epochs"],
                 "test1_mre_mm": [round(float(v), 3) for v in mre[:4]],
                 "test1_sdr_2mm": round(float(metrics["SDR"]["2mm"]), 1),
+                "held_back_px_within": held_back_by_minutes(run),
                 "device": summary["device_name"],
                 "run": str(run),
             }
