@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Union
@@ -46,6 +47,7 @@ from interactive_keypoints.mrml_logic import (
     point_states,
     reference_volume,
 )
+from interactive_keypoints.training_set import AlreadyAddedError
 
 DEVICES = {"auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 HOMEPAGE = "https://github.com/InteractiveKeypoints/SlicerInteractiveKeypoints"
@@ -62,6 +64,8 @@ CONFIRM_KEY = "C"
 # landmark table: the landmark index of a row (rows are reordered when sorted by score)
 LANDMARK_ROLE = qt.Qt.UserRole
 SCORE_COLUMN = 3
+# how often a training run's progress is read (its process writes it after every epoch)
+TRAINING_POLL_MS = 1000
 
 
 _unmetRequirements = None  # cached: checked at every button update, refreshed after installs
@@ -187,6 +191,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._runner = None
         self._pollTimer = None  # made in setup(); cleanup() must work if setup() failed before
         self._interactionTimer = None
+        self._trainingTimer = None
         self._shortcuts = []
         self._attachRefused = set()
         self._sortByScore = False  # the landmark table: by check-next score, or landmark order
@@ -214,6 +219,9 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._interactionTimer = qt.QTimer()
         self._interactionTimer.setInterval(INTERACTION_CHECK_MS)
         self._interactionTimer.connect("timeout()", self.onInteractionTimer)
+        self._trainingTimer = qt.QTimer()
+        self._trainingTimer.setInterval(TRAINING_POLL_MS)
+        self._trainingTimer.connect("timeout()", self.onTrainingTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -237,6 +245,13 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.landmarkTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
         self.ui.landmarkTable.horizontalHeader().connect("sectionClicked(int)", self.onTableHeaderClicked)
         self.ui.measurementSelector.connect("currentIndexChanged(int)", self.onMeasurementSelected)
+        self.ui.trainingSetPath.connect("currentPathChanged(QString)", self.onTrainingSetChanged)
+        self.ui.addToSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
+        self.ui.annotateNextButton.connect("clicked(bool)", self.onAnnotateNext)
+        self.ui.trainButton.connect("clicked(bool)", lambda: self.onTrain(continueTraining=False))
+        self.ui.continueTrainingButton.connect("clicked(bool)", lambda: self.onTrain(continueTraining=True))
+        self.ui.resumeTrainingButton.connect("clicked(bool)", self.onResumeTraining)
+        self.ui.cancelTrainingButton.connect("clicked(bool)", self.onCancelTraining)
 
         self.refreshModelList()
         self.updateDependencyStatus()
@@ -248,8 +263,10 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if self._pollTimer is not None:
             self._pollTimer.stop()
             self._interactionTimer.stop()
+            self._trainingTimer.stop()
         if self.logic is not None:
             self.logic.forget_all()
+            self.logic.cancel_training()  # with Slicer: the run keeps its best model, Resume continues it
         if self._runner is not None:
             self._runner.shutdown()
             self._runner = None
@@ -354,7 +371,8 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         current = selector.currentData
         wasBlocked = selector.blockSignals(True)
         selector.clear()
-        for folder in shipped_models():  # the same discovery as the logic, CLI and web app
+        # the same discovery as the logic, CLI and web app, and the training set's own models
+        for folder in shipped_models() + self.logic.training_set_models(self._trainingSet()):
             selector.addItem(folder.name, str(folder))
             selector.setItemData(selector.count - 1, modelDescription(folder), qt.Qt.ToolTipRole)
         if current:
@@ -594,6 +612,18 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.exportJsonButton.enabled = hasPoints
         self.ui.exportCsvButton.enabled = hasPoints
         self.ui.batchButton.enabled = ready
+        self.updateTrainingButtons()
+
+    def updateTrainingButtons(self) -> None:
+        trainingSet = self._trainingSet()
+        running = self.logic.training_job is not None and self.logic.training_job.running
+        idle = trainingSet is not None and not running and not missingPackages()
+        self.ui.addToSetButton.enabled = trainingSet is not None and self._parameterNode.pointList is not None
+        self.ui.annotateNextButton.enabled = idle and self.ui.modelSelector.count > 0
+        self.ui.trainButton.enabled = idle
+        self.ui.continueTrainingButton.enabled = idle and bool(self.logic.training_set_models(trainingSet))
+        self.ui.resumeTrainingButton.enabled = idle and self.logic.can_resume_training(trainingSet)
+        self.ui.cancelTrainingButton.enabled = running
 
     def updateTable(self) -> None:
         table = self.ui.landmarkTable
@@ -685,6 +715,102 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if pointList is not None and k < pointList.GetNumberOfControlPoints():
             slicer.modules.markups.logic().JumpSlicesToNthPointInMarkup(pointList.GetID(), k, True)
 
+    # -------------------------------------------------------------- your own landmarks
+
+    def _trainingSet(self):
+        return self.ui.trainingSetPath.currentPath or None
+
+    def onTrainingSetChanged(self, path=None) -> None:
+        self.refreshModelList()  # the set's models join the shipped ones
+
+    def onAddToTrainingSet(self) -> None:
+        """Save the radiograph and the point list into the training set (asks before replacing
+        the points of an image that is in it already)."""
+        pointList, volume = self._parameterNode.pointList, self._parameterNode.inputVolume
+        if pointList is None or self._trainingSet() is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not add to the training set."), waitCursor=True):
+            try:
+                path = self.logic.add_to_training_set(pointList, self._trainingSet(), volume)
+            except AlreadyAddedError as error:
+                if not slicer.util.confirmOkCancelDisplay(
+                    _("{reason}. Replace its points with these?").format(reason=error), windowTitle=_("Training set")
+                ):
+                    return
+                path = self.logic.add_to_training_set(pointList, self._trainingSet(), volume, replace=True)
+            self.ui.trainingStatusLabel.text = _("Added {name} to the training set.").format(name=Path(path).name)
+        self.updateTrainingButtons()
+
+    def onTrain(self, continueTraining=False) -> None:
+        """Train a new model of the set in a process of its own (Slicer's PythonSlicer)."""
+        with slicer.util.tryWithErrorDisplay(_("Could not start the training."), waitCursor=True):
+            self.logic.start_training(
+                self._trainingSet(),
+                self.ui.trainingMinutes.value,
+                continue_training=continueTraining,
+                python=trainingPython(),
+                threads=max(1, (os.cpu_count() or 2) - 1),  # a core left for Slicer
+            )
+            self._trainingTimer.start()
+        self.updateTrainingButtons()
+
+    def onResumeTraining(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not resume the training."), waitCursor=True):
+            self.logic.resume_training(self._trainingSet(), python=trainingPython())
+            self._trainingTimer.start()
+        self.updateTrainingButtons()
+
+    def onCancelTraining(self) -> None:
+        self.logic.cancel_training()
+        self.onTrainingTimer()
+
+    def onTrainingTimer(self) -> None:
+        """Show the run's progress; when it ends, list its model and choose it."""
+        progress = self.logic.training_progress()
+        if progress is None:
+            self._trainingTimer.stop()
+            return
+        self.ui.trainingProgressBar.value = int(100 * progress["fraction"])
+        self.ui.trainingStatusLabel.text = progress["message"]
+        if progress["status"] in ("starting", "training"):
+            return
+        self._trainingTimer.stop()
+        self.refreshModelList()
+        if progress["model"] is not None:  # the new model appears in the selector, chosen
+            self.ui.modelSelector.setCurrentIndex(self.ui.modelSelector.findData(str(progress["model"])))
+        self.updateTrainingButtons()
+
+    def onAnnotateNext(self) -> None:
+        """Open the set's image the model is least sure of, its points placed by the model."""
+        dialog = slicer.util.createProgressDialog(
+            labelText=_("Ranking the unannotated images..."),
+            windowTitle=_("Annotate next"),
+            maximum=1,
+            autoClose=False,
+            windowModality=qt.Qt.ApplicationModal,
+        )
+
+        def progress(done, total, name):
+            dialog.maximum, dialog.value = max(total, 1), done
+            slicer.app.processEvents()
+            return not dialog.wasCanceled
+
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Annotate next failed."), waitCursor=False):
+                result = self.logic.annotate_next(self._trainingSet(), progress=progress, runner=self._runner)
+                if result is None:
+                    slicer.util.infoDisplay(_("Every image of the training set is annotated."))
+                    return
+                volume, pointList = result
+                self._parameterNode.inputVolume = volume
+                self._parameterNode.pointList = pointList
+                showRadiograph(volume)
+                self.ui.trainingStatusLabel.text = _(
+                    "{name}: correct the points (Next shows the least sure), then Add to training set."
+                ).format(name=volume.GetName())
+        finally:
+            dialog.close()
+
     # ------------------------------------------------------------------------- export
 
     def onExport(self, extension) -> None:
@@ -750,6 +876,15 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if failed:
             message += "\n\n" + "\n".join(f"{Path(r['input']).name}: {r['error']}" for r in failed)
         (slicer.util.errorDisplay if failed else slicer.util.infoDisplay)(message)
+
+
+def trainingPython() -> list:
+    """The interpreter the training process runs in: Slicer's PythonSlicer (on the PATH of
+    Slicer's processes; slicer.util.executePythonModule finds it the same way)."""
+    python = shutil.which("PythonSlicer")
+    if not python:
+        raise RuntimeError(_("PythonSlicer was not found: the training process cannot start."))
+    return [python]
 
 
 def installDependencies() -> bool:
@@ -897,6 +1032,11 @@ class InteractiveKeypointsTest(ScriptedLoadableModuleTest):
         widget._attachRefused.add("vtkMRMLMarkupsFiducialNode1")
         slicer.mrmlScene.Clear()
         self.assertFalse(widget._attachRefused)
+        # your own landmarks: nothing to add to or train without a training set
+        widget.ui.trainingSetPath.currentPath = ""
+        widget.updateButtons()
+        self.assertFalse(widget.ui.addToSetButton.enabled or widget.ui.trainButton.enabled)
+        self.assertFalse(widget.ui.cancelTrainingButton.enabled)
         self.delayDisplay("Test passed")
 
     def _setUpCase(self):

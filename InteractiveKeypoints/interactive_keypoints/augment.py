@@ -150,10 +150,11 @@ class RandFlipKeypointsd(RandomizableTransform):
     """With probability ``prob``, mirror left-right and swap the paired keypoint indices.
 
     ``keypoint_keys`` are per-keypoint arrays (first axis K) reordered with the points, so
-    that the "left" channel still holds the left landmark after the flip. Sets ``flipped``.
+    that the "left" channel still holds the left landmark after the flip (a key the sample
+    lacks is left out). Sets ``flipped``.
     """
 
-    def __init__(self, flip_pairs, prob: float = 0.5, keypoint_keys=("points",)):
+    def __init__(self, flip_pairs, prob: float = 0.5, keypoint_keys=("points", "labelled")):
         RandomizableTransform.__init__(self, prob)
         self.flip_pairs = [tuple(p) for p in flip_pairs]
         self.keypoint_keys = tuple(keypoint_keys)
@@ -166,7 +167,8 @@ class RandFlipKeypointsd(RandomizableTransform):
             d[GEOMETRY] = hflip_matrix(d[OUTPUT_SIZE]) @ d[GEOMETRY]
             perm = flip_permutation(len(d[self.keypoint_keys[0]]), self.flip_pairs)
             for key in self.keypoint_keys:
-                d[key] = d[key][perm]
+                if key in d:
+                    d[key] = d[key][perm]
         return d
 
 

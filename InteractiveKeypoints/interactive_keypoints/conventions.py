@@ -118,6 +118,13 @@ ACTIVE_COLOR = (0.4, 1.0, 1.0)
 MEASUREMENT_COLOR = (1.0, 0.25, 0.85)  # magenta: a measurement's lines, apart from both point colours
 
 
+def is_label(state: str) -> bool:
+    """Whether a point with this state is a training label: every point the user placed by hand
+    (no state: a plain Slicer point list), moved or confirmed (``user-fixed``); never one the
+    model placed and nobody reviewed (``predicted``), which would teach the model its own error."""
+    return state != PREDICTED
+
+
 def state_names(fixed) -> list[str]:
     """The state of every point from its (K,) user-fixed flags."""
     return [USER_FIXED if f else PREDICTED for f in np.asarray(fixed, dtype=bool).reshape(-1)]
@@ -142,6 +149,12 @@ POINTS_CSV = ".csv"
 MEASUREMENTS_JSON = ".measurements.json"
 MEASUREMENTS_CSV = ".measurements.csv"
 OVERLAY_PNG = ".png"
+# a landmark folder (data/folder.py) names its landmarks here; a training set made by the
+# module, the browser or the command line (training_set.py) also has its record
+LANDMARKS_JSON = "landmarks.json"
+TRAINING_SET_JSON = "training_set.json"
+TRAINING_SET_FORMAT = "interactive-keypoints-training-set"
+TRAINING_SET_FORMAT_VERSION = 1
 # suffixes of two parts that Path.stem would cut in the middle
 _DOUBLE_SUFFIXES = (".nii.gz", POINTS_JSON, MEASUREMENTS_JSON, MEASUREMENTS_CSV)
 

@@ -19,6 +19,13 @@ once per epoch. On CPU it is bf16 only where the CPU has native bf16, else fp32.
 --max-minutes is a wall-clock budget that counts validation and checkpoints: training stops
 after the last epoch that fits (validated, best weights written), and a cosine schedule
 then decays over the budget (progress = elapsed / budget) instead of over --epochs.
+--budget-clock cpu counts this process's CPU time instead (fair on a machine shared with
+other jobs). OUT/progress.json says how far a run is (read by the Slicer module); a landmark
+folder's model gets a card (README.md: images, held-back error, time, CPU).
+
+--init-from a model of other landmarks transfers it: every tensor that does not depend on
+the number of landmarks (backbone, OCR, gating) comes from it, the gate's weights on the
+backbone features too; the landmark-sized layers start new.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -48,6 +56,7 @@ from .data.training import EpochBatchSampler, EpochItems
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .inference import cpu_info, fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
+from .model_card import write_card
 from .model_io import MAX_SHARD_BYTES, build_model, load_model, save_model
 from .morphology import select_morphology
 
@@ -56,6 +65,7 @@ CHECKPOINT_STATE = "checkpoint.json"
 LOG_FILE = "training_log.csv"
 TRAIN_CONFIG_FILE = "train_config.json"
 VAL_METRICS_FILE = "val_metrics.json"
+PROGRESS_FILE = "progress.json"
 LOG_COLUMNS = [
     "epoch",
     "step",
@@ -176,6 +186,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
     run.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    run.add_argument(
+        "--budget-clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what --max-minutes counts: wall-clock time, or this process's CPU time (a shared machine)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto")
     run.add_argument(
@@ -190,7 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-from",
         type=Path,
         default=None,
-        help="start from the weights of this model folder (same architecture; fine-tuning)",
+        help="start from the weights of this model folder: the same landmarks and architecture (fine-tuning), "
+        "or other landmarks (transfer: the landmark-sized layers start new)",
     )
     start.add_argument(
         "--transfer-from",
@@ -294,6 +311,8 @@ def config_arguments(config: TrainConfig) -> list[str]:
         flag = max(action.option_strings, key=len)
         if isinstance(action, argparse._StoreTrueAction):
             arguments.append(flag)
+        elif action.nargs not in (None, "?") and isinstance(value, (list, tuple)):  # --ocr-channels MID KEY
+            arguments += [flag, *(str(v) for v in value)]
         else:
             text = "x".join(str(v) for v in value) if action.type is parse_size else str(value)
             arguments += [flag, text]
@@ -356,6 +375,11 @@ def used_ids(split_record: dict) -> dict[str, list[str]]:
 DATASET_MEASUREMENTS = {"aasce": "aasce-cobb", "phantom": "aasce-cobb", "isbi": "isbi-ceph"}
 
 
+def dataset_name(args) -> str:
+    """What the model is named after: the dataset, or a landmark folder's own name."""
+    return Path(args.data_root).resolve().name if args.dataset == "folder" and args.data_root else args.dataset
+
+
 def make_config(args, train) -> ModelConfig:
     sigma = args.sigma if args.sigma is not None else 7.5 * args.input[0] / 512
     depth = {} if args.depth == "compact" else dict(stage_modules=(1, 4, 3), stage_blocks=4, stem_blocks=4)
@@ -371,8 +395,8 @@ def make_config(args, train) -> ModelConfig:
         sigma=sigma,
         ocr_mid_channels=args.ocr_channels[0],
         ocr_key_channels=args.ocr_channels[1],
-        name=f"{args.dataset}-{train.num_keypoints}",
-        description=f"trained with interactive-keypoints train on {args.dataset}",
+        name=f"{dataset_name(args)}-{train.num_keypoints}",
+        description=f"trained with interactive-keypoints train on {dataset_name(args)}",
         measurements=DATASET_MEASUREMENTS.get(args.dataset, ""),
         **depth,
     )
@@ -386,15 +410,32 @@ def save_checkpoint(folder: Path, network, optimizer, state: dict) -> None:
         for name, value in param_state.items():
             tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
-    tmp = folder / (CHECKPOINT_WEIGHTS + ".tmp")
-    save_file(tensors, tmp)
-    os.replace(tmp, folder / CHECKPOINT_WEIGHTS)
     state = dict(state, param_groups=opt_state["param_groups"])
-    (folder / CHECKPOINT_STATE).write_text(json.dumps(state, indent=1))
+    # the state travels inside the weights file: a run killed while writing leaves the last
+    # whole checkpoint (os.replace is atomic), never weights of one epoch with another's state
+    tmp = folder / (CHECKPOINT_WEIGHTS + ".tmp")
+    save_file(tensors, tmp, metadata={"state": json.dumps(state)})
+    os.replace(tmp, folder / CHECKPOINT_WEIGHTS)
+    write_json_atomic(folder / CHECKPOINT_STATE, state)  # for reading by eye
+
+
+def write_json_atomic(path: Path, content) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / CHECKPOINT_WEIGHTS).is_file()
 
 
 def load_checkpoint(folder: Path, network, optimizer) -> dict:
-    state = json.loads((folder / CHECKPOINT_STATE).read_text())
+    with safe_open(folder / CHECKPOINT_WEIGHTS, "pt") as f:
+        metadata = f.metadata() or {}
+    # checkpoints written before the state moved into the weights file have it beside them only
+    state = (
+        json.loads(metadata["state"]) if "state" in metadata else json.loads((folder / CHECKPOINT_STATE).read_text())
+    )
     tensors = load_file(folder / CHECKPOINT_WEIGHTS)
     network.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
@@ -417,6 +458,13 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     images = batch["image"].to(device)
     points = batch["points"].to(device)
     visible = batch["visible"].to(device)
+    # points that are no labels (a partly reviewed image) are never clicked, graded or constrained;
+    # the mask is checked on the host (no device sync): a batch of whole labels trains as before
+    labelled = batch.get("labelled")
+    partial = labelled is not None and not bool(labelled.all())
+    if partial:
+        labelled = labelled.to(device)
+        visible = visible & labelled  # for clicks and the morphology term; the loss masks by label
     size = config.input_size
     if not args.no_fast:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -451,6 +499,8 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     weight = None
     if args.clicked_loss_weight != 1.0:
         weight = torch.where(clicked, args.clicked_loss_weight, 1.0).to(torch.float32)
+    if partial:
+        weight = labelled.to(torch.float32) * (1.0 if weight is None else weight)
     loss_heatmap = heatmap_loss(out, target, channel_weight=weight)
     loss_morph = morphology_term(
         out["logits"], points, visible, selection, args.morphology_weight, args.morphology_weight
@@ -543,9 +593,13 @@ NOT_ARCHITECTURE = {
 }  # fmt: skip
 
 
-def initial_weights(folder: Path, config: ModelConfig) -> dict:
-    """State dict of a trained model folder, refused unless it is the architecture being trained."""
+def initial_weights(folder: Path, config: ModelConfig, network=None) -> dict:
+    """State dict of a trained model folder: the whole model when it places the landmarks being
+    trained (refused unless it is the architecture being trained), else its transfer to
+    ``network`` (:func:`landmark_transfer`)."""
     source = load_model(folder, device="cpu")
+    if list(source.config.landmark_names) != list(config.landmark_names) and network is not None:
+        return landmark_transfer(source, network, folder)
     mine, theirs = config.to_dict(), source.config.to_dict()
     differs = [key for key in mine if key not in NOT_ARCHITECTURE and mine[key] != theirs.get(key)]
     if differs:
@@ -554,6 +608,67 @@ def initial_weights(folder: Path, config: ModelConfig) -> dict:
             f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differs)})"
         )
     return source.network.state_dict()
+
+
+def start_description(folder: Path | None, config: ModelConfig) -> str | None:
+    """What --init-from does with ``folder`` (for the card)."""
+    if folder is None:
+        return None
+    source = ModelConfig.load(Path(folder) / "model.json")
+    if list(source.landmark_names) == list(config.landmark_names):
+        return "fine-tuned: all its weights"
+    return (
+        f"transfer from {source.num_keypoints} other landmarks: backbone, OCR and gating; the layers "
+        f"sized by the number of landmarks new"
+    )
+
+
+def landmark_dependent(config: ModelConfig) -> set[str]:
+    """Names of the network's tensors whose shape depends on the number of landmarks (hint
+    fusion's input, the gate's click channels, the heads), found by building it with one more."""
+    from .model import InteractiveKeypointNet
+
+    one_more = dataclasses.replace(
+        config,
+        num_keypoints=config.num_keypoints + 1,
+        landmark_names=[],
+        flip_pairs=[],
+        measurements="",
+        local_stage={},
+    )
+    mine = InteractiveKeypointNet(config).state_dict()
+    return {n for n, t in InteractiveKeypointNet(one_more).state_dict().items() if t.shape != mine[n].shape}
+
+
+def landmark_transfer(source, network, folder: Path) -> dict:
+    """A model of other landmarks as the start of ``network``: every tensor that does not depend
+    on the number of landmarks, and the gate's weights on the backbone features (its first conv
+    sees the features, then one channel per landmark: network.InteractionGate); the rest stays
+    as ``network`` was initialised. Refused when the rest of the architecture differs."""
+    theirs, mine = source.network.state_dict(), network.state_dict()
+    new = landmark_dependent(network.config)
+    differ = [n for n in mine if n not in new and (n not in theirs or theirs[n].shape != mine[n].shape)]
+    if differ:
+        first = differ[0]
+        raise ValueError(
+            f"--init-from {folder}: its network differs from the one being trained in more than the landmarks "
+            f"({len(differ)} tensors, first {first}: {tuple(theirs[first].shape) if first in theirs else 'absent'} "
+            f"vs {tuple(mine[first].shape)}); train with its --width, --depth, --ocr-channels and --gate-channels"
+        )
+    state = {n: t for n, t in theirs.items() if n in mine and n not in new}
+    gate = "gate.convs.0.weight"
+    if gate in new and gate in theirs:
+        features = network.gate.convs[0].in_channels - network.config.num_keypoints
+        if theirs[gate].shape[1] - source.config.num_keypoints == features:
+            state[gate] = mine[gate].clone()
+            state[gate][:, :features] = theirs[gate][:, :features]
+    fresh = sorted(n for n in mine if n not in state) + [f"{gate} (landmark channels)"] * (gate in state)
+    print(
+        f"transfer from {folder} ({source.config.num_keypoints} other landmarks): {len(state)} of {len(mine)} tensors; "
+        f"new: {', '.join(fresh)}",
+        flush=True,
+    )
+    return {**mine, **state}
 
 
 def transferable_weights(folder: Path, network) -> tuple[dict, list[str]]:
@@ -633,6 +748,60 @@ def device_description(device) -> str:
     return device.type
 
 
+class Progress:
+    """How far a run is: OUT/progress.json after every epoch (the Slicer module reads it) and
+    the command line's bar over the time budget (or the epochs)."""
+
+    def __init__(self, out: Path, budget_s: float | None, args, train_images: int, val_images: int):
+        self.path, self.budget_s, self.args = out / PROGRESS_FILE, budget_s, args
+        self.fixed = {
+            "pid": os.getpid(),
+            "budget_s": budget_s,
+            "budget_clock": args.budget_clock,
+            "epochs": args.epochs,
+            "train_images": train_images,
+            "val_images": val_images,
+        }
+        total = round(budget_s) if budget_s else args.epochs
+        of = f"s of the {args.budget_clock}-clock budget" if budget_s else "epochs"
+        self.bar = tqdm(
+            total=total,
+            desc="training",
+            disable=args.quiet,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} " + of + " [{elapsed}{postfix}]",
+        )
+
+    def fraction(self, state: dict) -> float:
+        done = [state["elapsed_s"] / self.budget_s] if self.budget_s else [state["epoch"] / max(self.args.epochs, 1)]
+        if self.args.max_steps:
+            done.append(state["step"] / self.args.max_steps)
+        return min(1.0, max(done))
+
+    def update(self, state: dict, status: str = "training") -> None:
+        best = state["best_mre"] if math.isfinite(state["best_mre"]) else None
+        write_json_atomic(
+            self.path,
+            self.fixed
+            | {
+                "status": status,
+                "fraction": round(1.0 if status == "finished" else self.fraction(state), 4),
+                "epoch": state["epoch"],
+                "step": state["step"],
+                "elapsed_s": round(state["elapsed_s"], 1),
+                "best_val_mre_px": best,
+                "best_epoch": state["best_epoch"],
+                "time": time.time(),
+            },
+        )
+        self.bar.n = min(self.bar.total, round(state["elapsed_s"]) if self.budget_s else state["epoch"])
+        self.bar.set_postfix_str(f"best val MRE {best:.2f} px" if best is not None else "")
+        self.bar.refresh()
+
+    def close(self, state: dict) -> None:
+        self.update(state, "finished")
+        self.bar.close()
+
+
 def keep_log_rows_before(log_path: Path, epoch: int) -> None:
     """On resume: drop the rows of epochs after the checkpoint (they will be trained again)."""
     with open(log_path, newline="") as f:
@@ -669,12 +838,13 @@ def train(args) -> Path:
     if len(train_split) == 0 or len(val_split) == 0:
         raise ValueError(f"empty split: {len(train_split)} train / {len(val_split)} val images")
     config = make_config(args, train_split)
-    selection = select_morphology(
-        train_split.points_array(), train_split.image_sizes(), args.morphology, args.n_pairs, args.n_triplets
-    )
+    # relations are chosen on whole labels (a partly reviewed image holds stand-ins)
+    complete = train_split.complete()
+    labels, variant = (complete, args.morphology) if len(complete) >= 2 else (train_split, "off")
+    selection = select_morphology(labels.points_array(), labels.image_sizes(), variant, args.n_pairs, args.n_triplets)
     model = build_model(config)
     if args.init_from is not None and not args.resume:
-        model.network.load_state_dict(initial_weights(args.init_from, config))
+        model.network.load_state_dict(initial_weights(args.init_from, config, model.network))
     if args.transfer_from is not None and not args.resume:
         fits, fresh = transferable_weights(args.transfer_from, model.network)
         model.network.load_state_dict(fits, strict=False)
@@ -703,8 +873,9 @@ def train(args) -> Path:
         "select_on": args.select_on,
         "init_from": str(args.init_from) if args.init_from else None,
         "transfer_from": str(args.transfer_from) if args.transfer_from else None,
+        "start": start_description(args.init_from, config),
     }
-    if args.resume and (out / CHECKPOINT_STATE).is_file():
+    if args.resume and has_checkpoint(out):
         state = load_checkpoint(out, network, optimizer)
         if used_ids(state["split"]) != used_ids(split_record):
             raise ValueError(
@@ -742,25 +913,32 @@ def train(args) -> Path:
             with open(log_path, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_COLUMNS)
 
-    start_time = time.time() - state["elapsed_s"]
+    clock = time.process_time if args.budget_clock == "cpu" else time.time  # what the budget counts
+    start_time = clock() - state["elapsed_s"]
+    wall_start, cpu_start = time.time() - state.get("wall_s", 0.0), time.process_time() - state.get("cpu_s", 0.0)
     budget_s = 60 * args.max_minutes if args.max_minutes is not None else None
     by_time = budget_s is not None and args.lr_schedule == "cosine"
     val_s = 0.0  # the last validation's duration: part of what another epoch costs
     stop, first_epoch = False, True
+    progress = Progress(out, budget_s, args, len(train_split), len(val_split)) if is_main else None
+    if progress is not None:
+        progress.update(state)
     while state["epoch"] < args.epochs and not stop:
         epoch = state["epoch"]
         # everything random in an epoch derives from (seed, epoch, rank): resuming is exact
         rng = np.random.default_rng([args.seed, epoch, rank])
         sampler.batches = epoch_batches(args, epoch, len(train_data), rank, world)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, epoch, time.time() - start_time if by_time else None)
+            group["lr"] = learning_rate(args, epoch, clock() - start_time if by_time else None)
         network.train()
         sums = torch.zeros(3, device=device)  # loss, heatmap, morphology: summed on the device, no sync per step
-        seen, steps, epoch_start = 0, 0, time.time()
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", disable=args.quiet or not is_main, leave=False):
+        seen, steps, epoch_start, epoch_wall = 0, 0, clock(), time.time()
+        for batch in tqdm(
+            train_loader, desc=f"epoch {epoch}", disable=args.quiet or not is_main, leave=False, position=1
+        ):
             if by_time:
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(args, epoch, time.time() - start_time)
+                    group["lr"] = learning_rate(args, epoch, clock() - start_time)
             loss_h, loss_m = training_step(
                 network, to_device(batch, device), rng, config, selection, args, device, autocast, ddp
             )
@@ -776,10 +954,10 @@ def train(args) -> Path:
                 stop = True
                 break
         mean_losses = (sums / max(steps, 1)).tolist()  # the epoch's one sync with the device
-        train_s = time.time() - epoch_start
-        images_per_s = seen * world / max(train_s, 1e-9)
+        train_s = clock() - epoch_start
+        images_per_s = seen * world / max(time.time() - epoch_wall, 1e-9)
         state["epoch"] = epoch + 1
-        elapsed = time.time() - start_time
+        elapsed = clock() - start_time
         # the last epoch: by count, by steps, or because another one (with validation) would overrun the budget
         final = (
             stop or state["epoch"] >= args.epochs or (budget_s is not None and elapsed + train_s + 2 * val_s > budget_s)
@@ -788,9 +966,9 @@ def train(args) -> Path:
 
         metrics = None
         if is_main and (final or state["epoch"] % max(args.val_every, 1) == 0):
-            val_start = time.time()
+            val_start = clock()
             metrics = validation_metrics(network, val_loader, config, device, autocast, channels_last=fast)
-            val_s = time.time() - val_start
+            val_s = clock() - val_start
             score = metrics["mre0_px" if args.select_on == "mre0" else "mre3_px"]
             if score < state["best_mre"]:
                 state.update(best_mre=score, best_epoch=epoch, epochs_without_improvement=0)
@@ -802,7 +980,8 @@ def train(args) -> Path:
                 state["epochs_without_improvement"] = epoch - state["best_epoch"]
         out_of_patience = state["epochs_without_improvement"] >= args.patience
         stop = broadcast_flag(final or out_of_patience, world, device)
-        state["elapsed_s"] = time.time() - start_time
+        state["elapsed_s"] = clock() - start_time
+        state["wall_s"], state["cpu_s"] = time.time() - wall_start, time.process_time() - cpu_start
         if is_main:
             m = metrics or {}
             nan = math.nan
@@ -834,6 +1013,7 @@ def train(args) -> Path:
                 )
             if stop or (args.checkpoint_every > 0 and state["epoch"] % args.checkpoint_every == 0):
                 save_checkpoint(out, network, optimizer, state)
+            progress.update(state)
         first_epoch = False
 
     summary = {
@@ -845,6 +1025,11 @@ def train(args) -> Path:
         "init_from": state.get("init_from"),
         "transfer_from": state.get("transfer_from"),
         "elapsed_s": round(state["elapsed_s"], 1),
+        "wall_s": round(state.get("wall_s", 0.0), 1),
+        "cpu_s": round(state.get("cpu_s", 0.0), 1),
+        "budget_minutes": args.max_minutes,
+        "budget_clock": args.budget_clock,
+        "start": state.get("start"),
         "world_size": world,
         "device": str(device),
         "device_name": device_description(device),
@@ -861,6 +1046,11 @@ def train(args) -> Path:
         summary["replica_fingerprints"] = fingerprints
     if is_main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        if args.dataset == "folder":  # a user's own landmarks: the card says what the model is
+            metrics = json.loads((out / VAL_METRICS_FILE).read_text()) if (out / VAL_METRICS_FILE).is_file() else None
+            partial = sum(sample.labelled is not None for sample in train_split)
+            write_card(out, config, summary, dict(split_record, root=str(args.data_root)), metrics, partial)
+        progress.close(state)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

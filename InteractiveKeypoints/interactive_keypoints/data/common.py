@@ -37,9 +37,14 @@ class KeypointSample:
     # the original's aspect, and the ModelConfig ``intensity`` it was normalised with
     cache_image: np.ndarray | None = None
     cache_intensity: dict | None = None
+    # (K,) bool: which points are labels (a partly reviewed image of a training set); None: all.
+    # The other points hold a stand-in position inside the image and never reach the loss.
+    labelled: np.ndarray | None = None
 
     def __post_init__(self):
         self.points = np.asarray(self.points, dtype=np.float64)
+        if self.labelled is not None:
+            self.labelled = np.asarray(self.labelled, dtype=bool).reshape(-1)
         self.spacing = (float(self.spacing[0]), float(self.spacing[1]))
         if self.image is not None and self.image_size is None:
             self.image_size = tuple(int(v) for v in np.shape(self.image)[:2])
@@ -81,14 +86,26 @@ class DatasetSplit:
         """(N, 2) original (H, W) of every sample."""
         return np.array([s.image_size for s in self.samples], dtype=np.float64).reshape(-1, 2)
 
+    def complete(self) -> DatasetSplit:
+        """The samples whose every point is a label (a training set's fully reviewed images)."""
+        kept = [s for s in self.samples if s.labelled is None or s.labelled.all()]
+        return DatasetSplit(self.name, self.split, kept, self.landmark_names, self.flip_pairs, self.flip_allowed)
 
-def label_problem(points: np.ndarray, num_keypoints: int, image_size: tuple[int, int] | None) -> str | None:
-    """Why a label cannot be used (wrong count, NaN/inf, outside the image), or None if fine."""
+
+def label_problem(
+    points: np.ndarray, num_keypoints: int, image_size: tuple[int, int] | None, labelled=None
+) -> str | None:
+    """Why a label cannot be used (wrong count, NaN/inf, outside the image), or None if fine.
+    ``labelled`` (K,) bool: only these points are checked (the others never reach the loss)."""
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2:
         return f"points have shape {points.shape}, expected ({num_keypoints}, 2)"
     if points.shape[0] != num_keypoints:
         return f"{points.shape[0]} points, expected {num_keypoints}"
+    if labelled is not None:
+        if not np.any(labelled):
+            return "no point is a label (none placed, moved or confirmed by the user)"
+        points = np.where(np.asarray(labelled, dtype=bool)[:, None], points, 0.0)
     bad = ~np.isfinite(points).all(axis=1)
     if bad.any():
         return f"non-finite coordinates at keypoint(s) {np.flatnonzero(bad).tolist()}"
@@ -110,7 +127,7 @@ def keep_valid(
     """Split samples into usable ones and (id, reason) for the rest, logging each skip."""
     valid, skipped = [], []
     for s in samples:
-        reason = label_problem(s.points, num_keypoints, s.image_size)
+        reason = label_problem(s.points, num_keypoints, s.image_size, s.labelled)
         if reason is None:
             valid.append(s)
         else:

@@ -186,6 +186,8 @@ def _pack_split(
         indices = tqdm(indices, desc=f"packing {data.split}")
     for i in indices:
         sample = data[i]
+        if sample.labelled is not None:  # a pack holds whole labels only
+            raise PackError(f"{sample.id} is partly reviewed: a training pack takes fully reviewed images only")
         pixels = to_uint8(cache.cached_image(i)[0].numpy(), intensity)
         file = f"{IMAGE_FOLDER}/{data.split}-{i:05d}.jpg"
         Image.fromarray(pixels).save(out / file, format="JPEG", quality=int(quality), optimize=True)

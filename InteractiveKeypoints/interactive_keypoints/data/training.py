@@ -34,6 +34,8 @@ class KeypointTrainingDataset(Dataset):
     - ``image`` (1, H, W) float32, normalised as ``intensity`` says (as at inference);
     - ``points`` (K, 2) float32 input pixels after augmentation (indices swapped on a flip);
     - ``visible`` (K,) bool: the point lies inside the input image;
+    - ``labelled`` (K,) bool: the point is a label (a partly reviewed image: not all), indices
+      swapped with the points on a flip;
     - ``orig_points`` (K, 2) float64 labels in original pixels, original index order;
     - ``orig_to_input`` (3, 3) float64: original (x, y, 1) -> ``points`` (before the swap);
     - ``scale`` (2,) input pixels per original pixel (x, y), without augmentation;
@@ -112,13 +114,15 @@ class KeypointTrainingDataset(Dataset):
         image = self.cached_image(index)
         to_cache = resize_matrix(sample.image_size, tuple(image.shape[-2:]))
         points = transform_points(sample.points, to_cache)
-        d = self.transform({"image": image, "points": points})
+        labelled = np.ones(len(points), dtype=bool) if sample.labelled is None else sample.labelled
+        d = self.transform({"image": image, "points": points, "labelled": labelled})
         h, w = sample.image_size
         image = d["image"]
         return {
             "image": image.as_tensor() if hasattr(image, "as_tensor") else image,  # drop MONAI metadata
             "points": torch.as_tensor(d["points"], dtype=torch.float32),
             "visible": torch.as_tensor(d["visible"]),
+            "labelled": torch.as_tensor(d["labelled"]),
             "orig_points": torch.as_tensor(sample.points),
             "orig_to_input": torch.as_tensor(d["to_output"] @ to_cache),
             "scale": torch.tensor([self.input_size[1] / w, self.input_size[0] / h], dtype=torch.float64),

@@ -30,7 +30,8 @@ Where things are (everything public is importable from this package):
 * :mod:`.coordinates` -- pixels <-> RAS; :mod:`.volumes` -- volumes <-> radiographs;
 * :mod:`.measurement_display` -- the measurements table and lines;
 * :mod:`.guidance` -- which point to check next (the engine's ranking), its halo in the views;
-* :mod:`.files` -- export, image loading, batch detection of a folder.
+* :mod:`.files` -- export, image loading, batch detection of a folder;
+* :mod:`.training` -- your own landmarks: add to a training set, train, annotate next.
 
 Engine modules that need torch are imported lazily: importing this package needs only
 numpy, vtk and slicer.
@@ -62,6 +63,7 @@ from .states import (
     point_states,
 )
 from .tracked import TrackedList
+from .training import TRAINING_IMAGE_ATTRIBUTE, TrainingSetMismatchError, raw_states
 from .volumes import (
     PHANTOM_VOLUME_NAME,
     VOLUME_REFERENCE_ROLE,
@@ -94,6 +96,7 @@ __all__ = [
     "RADIOGRAPH_CLASSES",
     "STATE_FIXED",
     "STATE_PREDICTED",
+    "TRAINING_IMAGE_ATTRIBUTE",
     "VOLUME_REFERENCE_ROLE",
     "FixesWouldBeLostError",
     "KeypointsMRMLLogic",
@@ -101,6 +104,7 @@ __all__ = [
     "Runner",
     "ThreadedRunner",
     "TrackedList",
+    "TrainingSetMismatchError",
     "VolumeSnapshot",
     "add_phantom_volume",
     "add_volume_from_radiograph",
@@ -114,6 +118,7 @@ __all__ = [
     "point_states",
     "radiograph_from_volume",
     "ras_to_pixels",
+    "raw_states",
     "reference_volume",
     "run_inline",
     "snapshot_volume",

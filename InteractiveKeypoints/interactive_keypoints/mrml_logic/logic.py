@@ -26,6 +26,7 @@ from .runners import Runner, run_inline
 from .running import LogicBusyError, ModelRunning
 from .states import DEFAULT_LOW_CONFIDENCE, STATE_FIXED, point_states, style_point_list
 from .tracked import TrackedList
+from .training import TrainingLoop
 from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, remove_with_children, snapshot_volume
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class FixesWouldBeLostError(KeypointsError, ValueError):
     (another landmark set): ``detect(..., keep_fixes=False)`` replaces them."""
 
 
-class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewGuidance, ExportAndBatch):
+class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewGuidance, ExportAndBatch, TrainingLoop):
     """Keypoint detection and interactive correction on MRML point lists.
 
     Console use (inside Slicer, ``scene`` defaults to ``slicer.mrmlScene``)::

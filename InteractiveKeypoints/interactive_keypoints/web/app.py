@@ -140,6 +140,7 @@ class KeypointsWebApp(TrameApp):
         slow_inference_s: float = 0.0,
         hold_inference_while: str | None = None,
         shared_model: SharedModel | None = None,
+        training_set=None,
     ):
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
@@ -169,6 +170,7 @@ class KeypointsWebApp(TrameApp):
 
         self.autosave_dir = Path(autosave_dir) if autosave_dir else None
         self.data_root = Path(data_root).resolve() if data_root else None  # images the page may open
+        self.training_set = Path(training_set) if training_set else None  # the server's, never the page's
         self.export_stem = "landmarks"  # the autosave's and the downloads' name (kept here: the page may change state)
         self.max_file_bytes = int(max_file_bytes)
         self.max_pixels = int(max_pixels)
@@ -213,6 +215,8 @@ class KeypointsWebApp(TrameApp):
             f"files up to {self.max_file_bytes / 2**20:g} MB, images up to {self.max_pixels / 1e6:g} megapixels"
         )
         s.ik_autosave = ""  # the autosave's file name (the page links to it; the folder is not shown)
+        s.ik_training_set = self.training_set is not None  # the page offers "Add to training set"
+        s.ik_training_duplicate = False  # the image is in the set already: the page offers to replace
 
     def _list_server_images(self) -> list[str]:
         if self.data_root is None:
@@ -385,6 +389,7 @@ class KeypointsWebApp(TrameApp):
             self.state.ik_has_points = False
             self.state.ik_can_undo = self.state.ik_can_redo = False
             self.state.ik_next = -1
+            self.state.ik_training_duplicate = False
             self._refresh_debug()
 
     def _remove_current(self):
@@ -564,6 +569,29 @@ class KeypointsWebApp(TrameApp):
         # re-runs the model: on the inference thread, the result arrives via on_updated
         self._with_points(lambda node: self.logic.unfix(node, [int(index)], blocking=False))
 
+    def add_to_training_set(self, replace: bool = False):
+        """Save this image and its points into the server's training set (your own landmarks):
+        only the points the user moved or confirmed are labels. The page never names a folder."""
+        from ..training_set import AlreadyAddedError
+
+        if self.training_set is None or self.points is None or not self.logic.is_tracked(self.points):
+            self.show_error("run Detect first" if self.training_set is not None else "this server has no training set")
+            return
+        try:
+            self.logic.add_to_training_set(self.points, self.training_set, replace=replace)
+        except AlreadyAddedError as error:
+            self.show_error(f"{error}.")
+            with self.state:
+                self.state.ik_training_duplicate = True
+            return
+        except (KeypointsError, OSError) as error:
+            self.show_error(f"could not add to the training set: {error}")
+            return
+        fixed = sum(state == "user-fixed" for state in mrml_logic.point_states(self.points)[0])
+        with self.state:
+            self.state.ik_training_duplicate = False
+        self.show_info(f"added to the training set ({fixed} reviewed points are labels; the others are not)")
+
     def export_bytes(self, suffix: str) -> bytes | None:
         if self.points is None or self.points.GetNumberOfControlPoints() == 0:
             self.show_error("nothing to download yet: run Detect first")
@@ -608,6 +636,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20)
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
     parser.add_argument("--data-root", default=None, help="the folder whose images the page lists (default: none)")
+    parser.add_argument("--training-set", default=None, help="the training set the page adds to (default: none)")
     parser.add_argument(
         "--slow-inference",
         type=float,
@@ -624,6 +653,7 @@ def session_options(args) -> dict:
         "max_file_bytes": int(args.max_file_mb * 2**20),
         "max_pixels": int(args.max_megapixels * 1e6),
         "data_root": args.data_root,
+        "training_set": args.training_set,
         "slow_inference_s": args.slow_inference,
         "hold_inference_while": args.hold_inference_while,
     }

@@ -655,6 +655,17 @@ def _checked_data_root(data_root, autosave_root: Path) -> Path:
     return root
 
 
+def _checked_training_set(training_set, data_root) -> Path:
+    """The training set, resolved; not under the data root (every session lists the data root's
+    images: the team's added images would be listed to every visitor)."""
+    folder = Path(training_set).expanduser().resolve()
+    if not folder.parent.is_dir():
+        raise ValueError(f"--training-set {training_set}: its folder {folder.parent} does not exist")
+    if data_root is not None and folder.is_relative_to(Path(data_root).expanduser().resolve()):
+        raise ValueError(f"--training-set {training_set} lies inside --data-root {data_root}; put it elsewhere")
+    return folder
+
+
 def serve(host: str = "127.0.0.1", port: int = 8080, **launcher_options):
     """Run the launcher until interrupted. Binds loopback unless ``host`` says otherwise;
     ``launcher_options`` are :class:`Launcher`'s."""
@@ -704,6 +715,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--autosave-dir", default=None, help=f"where sessions autosave their points (default {default_autosave_root()})"
+    )
+    parser.add_argument(
+        "--training-set",
+        default=None,
+        help="a training set (your own landmarks) the page can add its image and points to (default: none)",
     )
     parser.add_argument(
         "--keep-autosaves-days",
@@ -789,6 +805,8 @@ def run(args) -> int:
     if args.hold_inference_while is not None:
         session_args += ["--hold-inference-while", str(args.hold_inference_while)]
     try:
+        if args.training_set is not None:
+            session_args += ["--training-set", str(_checked_training_set(args.training_set, args.data_root))]
         access = choose_access(
             args.host,
             token=args.token,

@@ -180,6 +180,26 @@ def _side_panel(app, ctrl):
                     click=f"utils.download(ik_export_stem + '.csv', trigger('{download_csv}'), 'text/csv')",
                     variant="outlined",
                 )
+            with html.Div(classes="d-flex flex-wrap ga-2 mt-2", v_show=("ik_training_set",)):
+                _button(
+                    "Add to training set",
+                    "ik-add-to-set",
+                    "mdi-school",
+                    disabled="ik_busy || !ik_has_points",
+                    click=app.add_to_training_set,
+                    variant="outlined",
+                    title="Save this image and its points into the server's training set; only the points you "
+                    "moved or confirmed count as labels",
+                )
+                _button(
+                    "Replace its points",
+                    "ik-replace-in-set",
+                    "mdi-swap-horizontal",
+                    disabled="ik_busy",
+                    click=lambda: app.add_to_training_set(replace=True),
+                    variant="outlined",
+                    v_show=("ik_training_duplicate",),
+                )
             v3.VProgressLinear(indeterminate=True, v_show=("ik_busy",), id="ik-busy", classes="mt-2", color="primary")
             v3.VAlert(
                 model_value=("!!ik_message",),  # not v-show: a closed VAlert would stay closed
