@@ -244,15 +244,14 @@ class KeypointSession:
         which moves most of them by a fraction of a pixel (cephalograms: 98 % under 0.1 mm);
         reusing keeps them still and costs nothing."""
         assert self.local_stage is not None and self._patch_source is not None
-        unchanged = np.zeros_like(movable)
-        if previous is not None and previous.coarse is not None and previous.refined is not None:
-            tolerance = 0.5 * self.local_stage.config.fine_pixel(self._patch_source.height)
-            unchanged = movable & (np.linalg.norm(coarse - previous.coarse, axis=1) < tolerance)
-            # a point the user just released (unfixed) has no answer of its own in the previous step
-            unchanged &= ~previous.prediction.fixed
+        if previous is None or previous.coarse is None or previous.refined is None:
+            return self.local_stage.refine(self._patch_source, coarse, movable)
+        tolerance = 0.5 * self.local_stage.config.fine_pixel(self._patch_source.height)
+        unchanged = movable & (np.linalg.norm(coarse - previous.coarse, axis=1) < tolerance)
+        # a point the user just released (unfixed) has no answer of its own in the previous step
+        unchanged &= ~previous.prediction.fixed
         refined = self.local_stage.refine(self._patch_source, coarse, movable & ~unchanged)
-        if unchanged.any():
-            refined[unchanged] = previous.refined[unchanged]  # type: ignore[union-attr]
+        refined[unchanged] = previous.refined[unchanged]
         return refined
 
     def _infer(self, fixed: dict[int, np.ndarray], previous: _Step | None) -> _Step:
