@@ -125,6 +125,9 @@ def test_fine_tuning_refuses_another_architecture(tmp_path, trained):
     other_head = dataclasses.replace(load_model(trained).config, ocr_mid_channels=24)
     with pytest.raises(ValueError, match="differs in ocr_mid_channels"):
         train.initial_weights(trained, other_head)
+    # what runs after the network is no part of its weights: a shipped spine model has its field on
+    with_field = dataclasses.replace(load_model(trained).config, correction_length=0.1, correction_noise=0.3)
+    assert train.initial_weights(trained, with_field).keys() == load_model(trained).network.state_dict().keys()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .conventions import write_text_atomic
 from .errors import KeypointsError
 
 FORMAT_VERSION = 1
@@ -130,7 +131,7 @@ class ModelConfig:
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")  # a training run rewrites it
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:

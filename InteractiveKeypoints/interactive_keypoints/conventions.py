@@ -13,6 +13,7 @@ so an (H, W) image covers [-0.5, W - 0.5] x [-0.5, H - 0.5].
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,3 +268,13 @@ def describe_spacing(spacing, known: bool, source: str = "") -> str:
         return "unknown (the file stores none): positions in pixels only"
     sx, sy = (float(v) for v in spacing)
     return f"{sx:g} x {sy:g} mm per pixel" + (f" from {source}" if source else "")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write beside, then rename: a reader (another process, a crash, a cancelled run) sees the
+    old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

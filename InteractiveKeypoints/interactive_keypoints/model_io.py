@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, ModelFormatError
+from .conventions import write_text_atomic
 from .local_stage import LocalStageConfig, LocalStageNet, load_local_stage_network, save_local_stage_weights
 from .model import InteractiveKeypointNet
 
@@ -79,7 +80,7 @@ def save_model(
         save_local_stage_weights(folder, model.local_stage)
     model.config.save(folder / CONFIG_FILE)
     for name, content in (extra_files or {}).items():
-        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+        write_text_atomic(folder / name, json.dumps(content, indent=2) + "\n")
     return folder
 
 
@@ -129,7 +130,7 @@ def save_weights(
             "metadata": {**metadata, "total_size": sum(t.numel() * t.element_size() for t in state.values())},
             "weight_map": {tensor: name for name, group in zip(names, groups) for tensor in group},
         }
-        (folder / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        write_text_atomic(folder / WEIGHTS_INDEX_FILE, json.dumps(index, indent=1) + "\n")
         written.append(folder / WEIGHTS_INDEX_FILE)
     for stale in set(weight_files(folder)) - set(written):  # e.g. a single file after training wrote shards
         stale.unlink()

@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
+from .conventions import write_text_atomic
 from .data import DATASETS, KeypointTrainingDataset, training_splits
 from .data.training import EpochBatchSampler, EpochItems
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
@@ -420,9 +421,7 @@ def save_checkpoint(folder: Path, network, optimizer, state: dict) -> None:
 
 
 def write_json_atomic(path: Path, content) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")
 
 
 def has_checkpoint(folder: Path) -> bool:
@@ -587,9 +586,11 @@ def learning_rate(args, epoch: int, elapsed_s: float | None = None) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-# ModelConfig fields a fine-tuning may change: names, heatmap target, intensity handling
+# ModelConfig fields a fine-tuning may change: names, heatmap target, intensity handling, and
+# what runs after the network (the correction field, a local stage: neither is in its weights)
 NOT_ARCHITECTURE = {
     "landmark_names", "sigma", "intensity", "flip_pairs", "name", "description", "measurements", "format_version",
+    "correction_length", "correction_noise", "local_stage",
 }  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from .conventions import (
     LandmarkTemplate,
     file_stem,
     is_image_name,
+    write_text_atomic,
 )
 from .errors import KeypointsError
 
@@ -81,9 +82,7 @@ def check_format(folder: Path) -> dict | None:
 
 def _write_json(path: Path, content) -> None:
     """Written beside, then renamed: a crash never leaves half a file over the user's work."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")
 
 
 def read_template(folder: Path) -> LandmarkTemplate | None:
