@@ -157,7 +157,19 @@ def message(page) -> str:
 
 def open_by_name(page, name) -> str:
     """Send ``name`` as the chosen server image, as a page altered by its user could, and press Open."""
-    page.evaluate("async ([key, value]) => { await window.trame.state.set(key, value); }", ["ik_server_choice", name])
+    # state.set leaves the key dirty while the client is busy (e.g. closing the last message);
+    # Open must not reach the server before the new choice does
+    page.evaluate(
+        """async ([key, value]) => {
+            const state = window.trame.state;
+            await state.set(key, value);
+            while (state.dirtyKeys.size) {
+                await new Promise((resolve) => setTimeout(resolve, 20));
+                await state.flush();
+            }
+        }""",
+        ["ik_server_choice", name],
+    )
     page.click("#ik-open-server-image")
     return message(page)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import vtk
 
+from ..conventions import MEASUREMENT_COLOR
 from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
 from .tracked import TrackedList
 from .volumes import remove_with_children, volume_spacing
@@ -19,7 +20,7 @@ from .volumes import remove_with_children, volume_spacing
 MEASUREMENTS_REFERENCE_ROLE = "InteractiveKeypoints.Measurements"
 MEASUREMENT_LINE_ROLE = "InteractiveKeypoints.MeasurementLine"
 MEASUREMENT_COLUMNS = ("Measurement", "Value", "Unit", "Class", "Landmarks")
-MEASUREMENT_LINE_COLOR = (1.0, 0.25, 0.85)  # magenta: apart from both point colours
+MEASUREMENT_LINE_COLOR = MEASUREMENT_COLOR  # the PNG overlays draw the same lines in the same colour
 
 
 class MeasurementDisplay:
