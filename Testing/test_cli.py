@@ -204,3 +204,138 @@ def test_predict_writes_the_models_measurements_next_to_the_points(tmp_path, png
     )
     rows = read_csv_rows(out / "spine.measurements.csv")
     assert [r["name"] for r in rows] == ["Cobb MT", "Cobb PT", "Cobb TL"] and rows[0]["unit"] == "deg"
+
+
+# ------------------------------------------------------------------ usage errors: a message, exit 2
+def assert_usage_error(argv, message, capsys):
+    """``argv`` is refused as argparse refuses a bad option: one line naming the problem, exit 2."""
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert code == 2
+
+
+def test_usage_error_is_a_keypoints_error_and_a_value_error():
+    from interactive_keypoints.errors import KeypointsError, UsageError
+
+    assert issubclass(UsageError, KeypointsError) and issubclass(UsageError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--limit", "0"], "--limit 0 must be at least 1"),
+        (["--sample", "0"], "--sample 0 must be at least 1"),
+        (["--limit", "1", "--sample", "1"], "--limit (the first N images) and --sample (N images at random) exclude"),
+        (["--max-clicks", "-1"], "--max-clicks -1 must be 0 or more"),
+        (["--max-clicks", "3", "--noc-clicks", "4"], "--noc-clicks 4 must be between 0 and --max-clicks 3"),
+        (["--click-noise", "-1"], "--click-noise -1.0 must be 0 or more"),
+    ],
+)
+def test_evaluate_option_checks_come_before_the_model_is_loaded(options, message, tmp_path, capsys):
+    # the model folder does not exist: the options are refused before anything is read
+    argv = ["evaluate", "--model", str(tmp_path / "not-read"), "--dataset", "phantom", "--out", str(tmp_path / "e")]
+    assert_usage_error([*argv, *options], message, capsys)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--split", "tset"], "phantom data has splits ['test', 'train', 'val'], not 'tset'"),
+        (["--dataset", "aasce"], "dataset 'aasce' needs a root folder (--data-root)"),
+        (["--drop-disordered-labels"], "--drop-disordered-labels applies to the AASCE dataset only"),
+        (["--dataset", "phantom-hidden"], "the model has 68 keypoints, the dataset 16"),
+    ],
+)
+def test_evaluate_refuses_a_dataset_the_options_do_not_give(options, message, model_dir, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(model_dir), "--dataset", "phantom", "--phantom-images", "1"]
+    assert_usage_error([*argv, "--out", str(tmp_path / "e"), *options], message, capsys)
+
+
+def test_evaluate_refuses_mm_on_images_without_a_spacing_before_the_run(model_dir, tmp_path, capsys):
+    from interactive_keypoints.phantom import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "pngs", n=1, seed=0, height=128, width=64)  # PNG: no pixel spacing
+    argv = ["evaluate", "--model", str(model_dir), "--dataset", "folder", "--data-root", str(tmp_path / "pngs")]
+    argv += ["--split", "all", "--unit", "mm", "--out", str(tmp_path / "e")]
+    assert_usage_error(argv, "--unit mm: folder has no known pixel spacing; give --unit px", capsys)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_review_score_the_model_cannot_give(model_dir, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(model_dir), "--dataset", "phantom", "--phantom-images", "1", "--quiet"]
+    argv += ["--max-clicks", "1", "--user", "guided", "--review-score", "morphology", "--out", str(tmp_path / "e")]
+    assert_usage_error(argv, "the 'morphology' review score needs a morphology.json", capsys)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--pack", "p", "--data-root", "d"], "--pack holds the data: give --pack or --data-root, not both"),
+        (["--dataset", "phantom", "--phantom-images", "0"], "empty split: 0 train / 0 val images"),
+    ],
+)
+def test_train_refuses_options_that_give_no_data(options, message, tmp_path, capsys):
+    assert_usage_error(["train", *options, "--out", str(tmp_path / "m"), "--quiet"], message, capsys)
+
+
+@pytest.mark.slow
+def test_train_refuses_an_init_model_of_another_width(model_dir, tmp_path, capsys):
+    argv = ["train", "--dataset", "phantom", "--phantom-images", "2", "--input", "128x64", "--quiet"]
+    argv += ["--width", "12", "--init-from", str(model_dir), "--out", str(tmp_path / "wide")]
+    assert_usage_error(argv, f"--init-from {model_dir}: its model differs in width", capsys)
+
+
+def test_train_local_refuses_a_dataset_of_other_landmarks(model_dir, tmp_path, capsys):
+    argv = ["train-local", "--model", str(model_dir), "--dataset", "phantom-hidden", "--phantom-images", "1"]
+    assert_usage_error(
+        [*argv, "--out", str(tmp_path / "local")], f"{model_dir} has 68 landmarks, the dataset 16", capsys
+    )
+
+
+def test_pack_refuses_the_label_order_filter_outside_aasce(tmp_path, capsys):
+    argv = [
+        "pack",
+        "--dataset",
+        "phantom",
+        "--drop-disordered-labels",
+        "--input",
+        "64x32",
+        "--out",
+        str(tmp_path / "p"),
+    ]
+    assert_usage_error(argv, "--drop-disordered-labels applies to the AASCE dataset only", capsys)
+
+
+def test_the_dataset_options_are_declared_once_with_each_commands_phantom_default():
+    # train, train-local and pack: 64 phantoms a split; evaluate: the first 16 of them
+    defaults = {}
+    for name in ("train", "train-local", "pack", "evaluate"):
+        parser = cli.build_parser([name])
+        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        actions = {a.dest: a for a in sub._actions}
+        assert {"dataset", "data_root", "split_seed", "phantom_images", "drop_disordered_labels"} <= set(actions)
+        assert actions["data_root"].help == "the dataset's own top folder"
+        defaults[name] = actions["phantom_images"].default
+    assert defaults == {"train": 64, "train-local": 64, "pack": 64, "evaluate": 16}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-sessions", "0"], "--max-sessions must be at least 1, not 0"),
+        (["--spare-sessions", "-1"], "--spare-sessions cannot be negative (-1)"),
+        (["--keep-autosaves-days", "-1"], "--keep-autosaves-days cannot be negative (-1)"),
+        (["--data-root", "no-such-folder"], "--data-root no-such-folder is not a folder"),
+    ],
+)
+def test_serve_refuses_bad_options_by_name_before_it_listens(options, message, tmp_path, capsys):
+    pytest.importorskip("aiohttp")
+    code = cli.main(["serve", "--port", "0", "--autosave-dir", str(tmp_path / "autosave"), *options])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [f"interactive-keypoints serve: {message}"]
+    assert code == 2

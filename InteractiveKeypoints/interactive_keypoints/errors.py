@@ -9,3 +9,10 @@ FileNotFoundError), so ``except ValueError`` around older calls keeps working.
 
 class KeypointsError(Exception):
     """A problem with the user's input or timing, reported as its message."""
+
+
+# Also a ValueError: these checks raised ValueError before, and callers and tests that catch
+# ValueError (pytest.raises(ValueError, ...), ``except ValueError`` in scripts) keep working.
+class UsageError(KeypointsError, ValueError):
+    """A command-line option or argument the run cannot use (``--limit 0``, ``--pack`` with
+    ``--data-root``, a ``--split`` the dataset lacks, a model that does not fit the dataset)."""

@@ -39,8 +39,9 @@ import torch
 from tqdm import tqdm
 
 from .clicks import worst_keypoint
-from .data import DATASETS, dataset_options, disordered_label_options, get_dataset
+from .data import add_dataset_arguments, dataset_options, disordered_label_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
+from .errors import UsageError
 from .imaging import Radiograph
 from .inference import Predictor
 from .measurements import measure
@@ -276,7 +277,7 @@ def summarise(
         if unit == "mm":
             curves = model_mm
     elif unit == "mm":
-        raise ValueError("targets in mm need a dataset with a known pixel spacing")
+        raise UsageError("--unit mm: targets in mm need a dataset with a known pixel spacing")
     summary = noc_summary(curves, targets, noc_clicks)
     metrics["NoC"] = {key: v["NoC"] for key, v in summary.items()}
     metrics["FR"] = {key: v["FR"] for key, v in summary.items()}
@@ -552,17 +553,9 @@ def print_measurement_summary(report: dict) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model folder")
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-root", type=Path)
+    # 16 phantoms: the first 16 of the 64 validation images train gives a phantom model (quick)
+    add_dataset_arguments(parser, phantom_images=16)
     parser.add_argument("--split", default="val")
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--phantom-images", type=int, default=16)
-    parser.add_argument(
-        "--drop-disordered-labels",
-        action="store_true",
-        help="AASCE: leave labels with vertebrae out of order out (the protocol keeps them; "
-        "metrics.json lists the ones left out under 'skipped')",
-    )
     parser.add_argument("--max-clicks", type=int, default=10, help="clicks per image (MRE curve 0..N)")
     parser.add_argument(
         "--noc-clicks",
@@ -638,9 +631,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
-def run(args) -> int:
+def check_options(args) -> None:
+    """The option checks that need neither the model nor the data: before loading either."""
+    if args.max_clicks < 0:
+        raise UsageError(f"--max-clicks {args.max_clicks} must be 0 or more")
     if args.noc_clicks is not None and not 0 <= args.noc_clicks <= args.max_clicks:
-        raise ValueError(f"--noc-clicks {args.noc_clicks} must be between 0 and --max-clicks {args.max_clicks}")
+        raise UsageError(f"--noc-clicks {args.noc_clicks} must be between 0 and --max-clicks {args.max_clicks}")
+    if args.click_noise < 0:
+        raise UsageError(f"--click-noise {args.click_noise} must be 0 or more")
+    if args.limit is not None and args.sample is not None:
+        raise UsageError("--limit (the first N images) and --sample (N images at random) exclude each other")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.sample is not None and args.sample < 1:
+        raise UsageError(f"--sample {args.sample} must be at least 1")
+
+
+def run(args) -> int:
+    check_options(args)
     if args.threads:  # e.g. beside a training: oversubscribed OpenMP threads crawl
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -656,12 +664,12 @@ def run(args) -> int:
     options.update(disordered_label_options(args.dataset, args.drop_disordered_labels))
     split = get_dataset(args.dataset, args.data_root, args.split, **options)
     if split.num_keypoints != model.config.num_keypoints:
-        raise ValueError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")
+        raise UsageError(f"the model has {model.config.num_keypoints} keypoints, the dataset {split.num_keypoints}")
     samples = choose_samples(
         split.samples, args.limit, args.sample, args.sample_seed, f"{args.dataset} split {args.split!r}"
     )
-    if args.click_noise < 0:
-        raise ValueError(f"--click-noise {args.click_noise} must be 0 or more")
+    if args.unit == "mm" and not all(s.spacing_known for s in samples):  # before the run, not after it
+        raise UsageError(f"--unit mm: {args.dataset} has no known pixel spacing; give --unit px")
     users = list(dict.fromkeys(args.user))
     tolerance = min(args.targets) if args.guided_tolerance is None else args.guided_tolerance
     if args.local_stage != "off" and model.local_stage is None:
@@ -816,16 +824,16 @@ def choose_samples(samples: list, limit: int | None, sample: int | None, seed: i
     """The images to evaluate: all, the first ``limit``, or ``sample`` drawn at random
     (seeded, kept in split order)."""
     if limit is not None and sample is not None:
-        raise ValueError("--limit (the first N images) and --sample (N images at random) exclude each other")
+        raise UsageError("--limit (the first N images) and --sample (N images at random) exclude each other")
     if not samples:
-        raise ValueError(f"no images in {what}")
+        raise UsageError(f"no images in {what}")
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"--limit {limit} must be at least 1")
+            raise UsageError(f"--limit {limit} must be at least 1")
         return samples[:limit]
     if sample is not None:
         if not 1 <= sample <= len(samples):
-            raise ValueError(f"--sample {sample} must be between 1 and the {len(samples)} images of {what}")
+            raise UsageError(f"--sample {sample} must be between 1 and the {len(samples)} images of {what}")
         chosen = np.random.default_rng(seed).choice(len(samples), size=sample, replace=False)
         return [samples[i] for i in sorted(chosen)]
     return samples

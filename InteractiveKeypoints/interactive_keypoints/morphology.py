@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 VARIANTS = ("low", "high", "adjacent", "off")
 FORMAT_VERSION = 1
 
@@ -196,7 +198,7 @@ def with_review_stats(selection: MorphologySelection, points, sizes) -> Morpholo
 def vertebra_quads(num_keypoints: int) -> np.ndarray:
     """(V, 4) corner indices (top-left, top-right, bottom-left, bottom-right) per vertebra."""
     if num_keypoints % 4:
-        raise ValueError(
+        raise UsageError(
             f"the 'adjacent' morphology variant needs 4 corners per vertebra in AASCE order "
             f"(K divisible by 4); got K = {num_keypoints}. Use 'low', 'high' or 'off'."
         )

@@ -15,12 +15,11 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
+    from .data import add_dataset_arguments
     from .data.pack import DEFAULT_CACHE_SCALE, DEFAULT_JPEG_QUALITY
     from .train import parse_size
 
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-root", type=Path, help="the dataset's own top folder")
+    add_dataset_arguments(parser, phantom_images=64)
     parser.add_argument("--input", type=parse_size, required=True, help="network input HxW the pack is for")
     parser.add_argument("--out", type=Path, required=True, help="new folder to write the pack to")
     parser.add_argument(
@@ -30,13 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images are stored this many times the input size (room for zoom augmentation)",
     )
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY)
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
-    parser.add_argument(
-        "--drop-disordered-labels",
-        action="store_true",
-        help="AASCE: leave training labels with vertebrae out of order out (validation keeps them)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

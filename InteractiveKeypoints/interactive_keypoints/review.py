@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UsageError
 from .morphology import MorphologySelection, normalise_points, ray_angles
 
 SCORES = ("low-confidence", "spread", "morphology", "neighbours", "combined")
@@ -188,9 +189,9 @@ def available_score(requested: str | None, selection: MorphologySelection | None
     if requested is None:
         return DEFAULT_SCORE if selection is not None or DEFAULT_SCORE not in NEEDS_MORPHOLOGY else "low-confidence"
     if requested not in SCORES:
-        raise ValueError(f"unknown review score {requested!r}; expected one of {SCORES}")
+        raise UsageError(f"unknown review score {requested!r}; expected one of {SCORES}")
     if requested in NEEDS_MORPHOLOGY and selection is None:
-        raise ValueError(
+        raise UsageError(
             f"the {requested!r} review score needs a morphology.json with the review statistics "
             "(pair_mean, triplet_mean, neighbour_pairs) in the model folder"
         )

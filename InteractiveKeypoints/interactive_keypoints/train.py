@@ -52,8 +52,9 @@ from tqdm import tqdm
 from .clicks import sample_click_mask, worst_keypoints
 from .config import ModelConfig, compact_config
 from .conventions import write_text_atomic
-from .data import DATASETS, KeypointTrainingDataset, training_splits
+from .data import KeypointTrainingDataset, add_dataset_arguments, training_splits
 from .data.training import EpochBatchSampler, EpochItems
+from .errors import UsageError
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .inference import cpu_info, fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
@@ -97,20 +98,13 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", choices=DATASETS)
     source.add_argument(
         "--pack",
         type=Path,
         help="a training pack (interactive-keypoints pack) instead of --dataset; "
         "--split-seed and --drop-disordered-labels must be the pack's",
     )
-    data.add_argument("--data-root", type=Path, help="the dataset's own top folder")
-    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
-    data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
-    data.add_argument(
-        "--drop-disordered-labels", action="store_true",
-        help="AASCE: leave training labels with vertebrae out of order out (validation keeps them)",
-    )  # fmt: skip
+    add_dataset_arguments(data, phantom_images=64, dataset_group=source)  # --dataset beside --pack: one of the two
     model = parser.add_argument_group("model")
     model.add_argument("--width", type=int, default=18, help="HRNet width (18, 32, ...)")
     model.add_argument(
@@ -360,7 +354,7 @@ def load_splits(args):
     from .data.pack import load_pack_splits
 
     if args.data_root is not None:
-        raise ValueError("--pack holds the data: give --pack or --data-root, not both")
+        raise UsageError("--pack holds the data: give --pack or --data-root, not both")
     train, val, split_record = load_pack_splits(args.pack, args.input, args.split_seed, args.drop_disordered_labels)
     args.dataset = split_record["dataset"]  # the model is named after it
     return train, val, split_record
@@ -604,7 +598,7 @@ def initial_weights(folder: Path, config: ModelConfig, network=None) -> dict:
     mine, theirs = config.to_dict(), source.config.to_dict()
     differs = [key for key in mine if key not in NOT_ARCHITECTURE and mine[key] != theirs.get(key)]
     if differs:
-        raise ValueError(
+        raise UsageError(
             f"--init-from {folder}: its model differs in {', '.join(differs)} "
             f"({', '.join(f'{k}={theirs.get(k)} vs {mine.get(k)}' for k in differs)})"
         )
@@ -651,7 +645,7 @@ def landmark_transfer(source, network, folder: Path) -> dict:
     differ = [n for n in mine if n not in new and (n not in theirs or theirs[n].shape != mine[n].shape)]
     if differ:
         first = differ[0]
-        raise ValueError(
+        raise UsageError(
             f"--init-from {folder}: its network differs from the one being trained in more than the landmarks "
             f"({len(differ)} tensors, first {first}: {tuple(theirs[first].shape) if first in theirs else 'absent'} "
             f"vs {tuple(mine[first].shape)}); train with its --width, --depth, --ocr-channels and --gate-channels"
@@ -678,7 +672,7 @@ def transferable_weights(folder: Path, network) -> tuple[dict, list[str]]:
     target = network.state_dict()
     fits = {name: t for name, t in source.items() if name in target and target[name].shape == t.shape}
     if not fits:
-        raise ValueError(f"--transfer-from {folder}: no tensor matches this architecture by name and shape")
+        raise UsageError(f"--transfer-from {folder}: no tensor matches this architecture by name and shape")
     return fits, sorted(set(target) - set(fits))
 
 
@@ -837,7 +831,7 @@ def train(args) -> Path:
 
     train_split, val_split, split_record = load_splits(args)
     if len(train_split) == 0 or len(val_split) == 0:
-        raise ValueError(f"empty split: {len(train_split)} train / {len(val_split)} val images")
+        raise UsageError(f"empty split: {len(train_split)} train / {len(val_split)} val images")
     config = make_config(args, train_split)
     # relations are chosen on whole labels (a partly reviewed image holds stand-ins)
     complete = train_split.complete()
@@ -879,7 +873,7 @@ def train(args) -> Path:
     if args.resume and has_checkpoint(out):
         state = load_checkpoint(out, network, optimizer)
         if used_ids(state["split"]) != used_ids(split_record):
-            raise ValueError(
+            raise UsageError(
                 "the checkpoint was trained on a different split; resume with the same --split-seed, "
                 "data and --drop-disordered-labels"
             )

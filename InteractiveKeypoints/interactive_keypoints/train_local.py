@@ -37,8 +37,9 @@ from monai.transforms import Compose
 from tqdm import tqdm
 
 from .augment import flip_permutation, intensity_augmentations, plain_tensor
-from .data import DATASETS, DatasetSplit, training_splits
+from .data import DatasetSplit, add_dataset_arguments, training_splits
 from .data.common import load_grey_image
+from .errors import UsageError
 from .heatmaps import gaussian_heatmaps
 from .imaging import Radiograph
 from .inference import Predictor, pick_device
@@ -68,13 +69,7 @@ LOG_COLUMNS = ["epoch", "step", "loss", "val_mre_before_px", "val_mre_px", "best
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--model", type=Path, required=True, help="the model folder whose first stage this refines")
-    data.add_argument("--dataset", required=True, choices=DATASETS)
-    data.add_argument("--data-root", type=Path)
-    data.add_argument("--split-seed", type=int, default=0)
-    data.add_argument("--phantom-images", type=int, default=64, help="phantom dataset size per split")
-    data.add_argument(
-        "--drop-disordered-labels", action="store_true", help="AASCE: leave labels with vertebrae out of order out"
-    )
+    add_dataset_arguments(data, phantom_images=64)
     stage = parser.add_argument_group("the stage (local_stage.LocalStageConfig)")
     stage.add_argument("--patch-size", type=int, default=64, help="P: patches are P x P fine pixels")
     stage.add_argument("--pixels-per-height", type=float, default=1200.0, help="the image height in fine patch pixels")
@@ -309,7 +304,7 @@ def train_local(args) -> Path:
         args.dataset, args.data_root, args.split_seed, args.phantom_images, args.drop_disordered_labels
     )
     if train_split.num_keypoints != model.config.num_keypoints:
-        raise ValueError(
+        raise UsageError(
             f"{args.model} has {model.config.num_keypoints} landmarks, the dataset {train_split.num_keypoints}"
         )
     config = stage_config(args, model.config.num_keypoints)

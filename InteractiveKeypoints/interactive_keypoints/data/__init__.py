@@ -7,8 +7,10 @@ in-memory phantoms, all returning a :class:`DatasetSplit` of :class:`KeypointSam
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from ..errors import UsageError
 from . import aasce, folder, isbi, synthetic
 from .common import DatasetNotFoundError, DatasetSplit, KeypointSample, label_problem, load_grey_image, read_image_size
 from .training import KeypointTrainingDataset
@@ -16,10 +18,34 @@ from .training import KeypointTrainingDataset
 DATASETS = ("aasce", "isbi", "folder", "phantom", "phantom-hidden")
 
 __all__ = [
-    "DATASETS", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
+    "DATASETS", "add_dataset_arguments", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
     "dataset_options", "disordered_label_options", "get_dataset", "get_split_ids", "label_problem",
     "load_grey_image", "read_image_size", "training_splits",
 ]  # fmt: skip
+
+
+def add_dataset_arguments(
+    group: argparse._ActionsContainer, *, phantom_images: int, dataset_group: argparse._ActionsContainer | None = None
+) -> None:
+    """The dataset options of the train, train-local, pack and evaluate command lines:
+    ``--dataset``, ``--data-root``, ``--split-seed``, ``--phantom-images`` and
+    ``--drop-disordered-labels``, added to ``group``. ``dataset_group``: where ``--dataset``
+    goes instead, not required there (train's group of one data source: --dataset or --pack).
+    ``phantom_images`` is the command's default (the phantom splits are seeded prefixes, so a
+    smaller default evaluates the first images of the same split a model validated on)."""
+    if dataset_group is None:
+        group.add_argument("--dataset", required=True, choices=DATASETS)
+    else:
+        dataset_group.add_argument("--dataset", choices=DATASETS)
+    group.add_argument("--data-root", type=Path, help="the dataset's own top folder")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
+    group.add_argument("--phantom-images", type=int, default=phantom_images, help="phantom dataset size per split")
+    group.add_argument(
+        "--drop-disordered-labels",
+        action="store_true",
+        help="AASCE: leave labels with vertebrae out of order out (train and pack: from training only, "
+        "validation keeps them; evaluate: from the split, metrics.json lists them under 'skipped')",
+    )
 
 
 def dataset_options(name: str, split_seed: int = 0, phantom_images: int = 16) -> dict:
@@ -37,7 +63,7 @@ def disordered_label_options(name: str, drop_disordered: bool) -> dict:
     if not drop_disordered:
         return {}
     if name != "aasce":
-        raise ValueError("--drop-disordered-labels applies to the AASCE dataset only")
+        raise UsageError("--drop-disordered-labels applies to the AASCE dataset only")
     return {"drop_disordered": True}
 
 
@@ -48,9 +74,9 @@ def get_dataset(name: str, root: str | Path | None = None, split: str = "train",
     if name in synthetic.TASKS:
         return synthetic.load(split, task=name, **options)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+        raise UsageError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     if root is None:
-        raise ValueError(f"dataset {name!r} needs a root folder")
+        raise UsageError(f"dataset {name!r} needs a root folder (--data-root)")
     loader = {"aasce": aasce.load, "isbi": isbi.load, "folder": folder.load}[name]
     return loader(root, split, **options)
 

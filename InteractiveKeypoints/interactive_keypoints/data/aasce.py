@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conventions import SPINE, SPINE_CORNERS, SPINE_VERTEBRAE
+from ..errors import UsageError
 from .common import (
     DatasetSplit,
     KeypointSample,
@@ -83,7 +84,7 @@ def load(
     counted in one warning, so that evaluation stays on the protocol's images; with
     ``drop_disordered`` they are skipped and reported like the invalid ones."""
     if split not in FOLDERS:
-        raise ValueError(f"AASCE has splits {sorted(FOLDERS)}, not {split!r}")
+        raise UsageError(f"AASCE has splits {sorted(FOLDERS)}, not {split!r}")
     root = Path(root)
     folder = FOLDERS[split]
     if split == "test":

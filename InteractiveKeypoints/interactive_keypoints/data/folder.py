@@ -32,6 +32,7 @@ from ..conventions import (
     is_image_name,
     is_label,
 )
+from ..errors import UsageError
 from ..imaging import image_geometry
 from ..markups import read_markups_points
 from ..training_set import TrainingSetError, check_format
@@ -165,7 +166,7 @@ def too_few_images(splits: dict[str, list[str]]) -> str | None:
 
 def load(root: str | Path, split: str = "train", val_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
     if split not in SPLITS:
-        raise ValueError(f"a landmark folder has splits {SPLITS}, not {split!r}")
+        raise UsageError(f"a landmark folder has splits {SPLITS}, not {split!r}")
     root = require_dir(Path(root), "landmark folder")
     template = read_template(root)
     images = list_images(root)

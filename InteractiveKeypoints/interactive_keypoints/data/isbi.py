@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conventions import CEPH
+from ..errors import UsageError
 from .common import DatasetSplit, KeypointSample, keep_valid, read_image_size, record_skip, require_dir
 
 NUM_KEYPOINTS = CEPH.num_keypoints  # 19
@@ -56,7 +57,7 @@ def find_image(folder: Path, stem: str) -> Path:
 
 def split_ids(split: str) -> list[str]:
     if split not in SPLITS:
-        raise ValueError(f"ISBI 2015 has splits {sorted(SPLITS)}, not {split!r}")
+        raise UsageError(f"ISBI 2015 has splits {sorted(SPLITS)}, not {split!r}")
     _, first, last = SPLITS[split]
     return [f"{i:03d}" for i in range(first, last + 1)]
 

@@ -10,6 +10,7 @@ Each split uses its own range of phantom seeds, so splits never share an image.
 from __future__ import annotations
 
 from ..conventions import SPINE
+from ..errors import UsageError
 from .common import DatasetSplit, KeypointSample, keep_valid
 
 SPLIT_SEED_OFFSETS = {"train": 0, "val": 100_000, "test": 200_000}
@@ -38,9 +39,9 @@ def load(
     )
 
     if split not in SPLIT_SEED_OFFSETS:
-        raise ValueError(f"phantom data has splits {sorted(SPLIT_SEED_OFFSETS)}, not {split!r}")
+        raise UsageError(f"phantom data has splits {sorted(SPLIT_SEED_OFFSETS)}, not {split!r}")
     if task not in TASKS:
-        raise ValueError(f"unknown phantom task {task!r}; expected one of {TASKS}")
+        raise UsageError(f"unknown phantom task {task!r}; expected one of {TASKS}")
     samples = []
     for i in range(num_images):
         phantom_seed = seed + SPLIT_SEED_OFFSETS[split] + i

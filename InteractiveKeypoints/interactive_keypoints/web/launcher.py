@@ -43,6 +43,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from ..errors import UsageError
 from .access import (
     OPEN,
     PROXY_USER_HEADER,
@@ -216,13 +217,13 @@ class Launcher:
         sweep_every_s: float = SWEEP_EVERY_S,
     ):
         if max_sessions < 1:
-            raise ValueError(f"--max-sessions must be at least 1, not {max_sessions}")
+            raise UsageError(f"--max-sessions must be at least 1, not {max_sessions}")
         if spare_sessions < 0:
-            raise ValueError(f"--spare-sessions cannot be negative ({spare_sessions})")
+            raise UsageError(f"--spare-sessions cannot be negative ({spare_sessions})")
         if max_sessions_per_client is not None and max_sessions_per_client < 1:
-            raise ValueError(f"--max-sessions-per-client must be at least 1, not {max_sessions_per_client}")
+            raise UsageError(f"--max-sessions-per-client must be at least 1, not {max_sessions_per_client}")
         if keep_autosaves_days < 0:
-            raise ValueError(f"--keep-autosaves-days cannot be negative ({keep_autosaves_days:g})")
+            raise UsageError(f"--keep-autosaves-days cannot be negative ({keep_autosaves_days:g})")
         self.model_dir = model_dir
         self.autosave_root = Path(autosave_root) if autosave_root else default_autosave_root()
         self.data_root = _checked_data_root(data_root, self.autosave_root) if data_root else None
@@ -648,10 +649,10 @@ def _checked_data_root(data_root, autosave_root: Path) -> Path:
     the others' points)."""
     root = Path(data_root).expanduser().resolve()
     if not root.is_dir():
-        raise ValueError(f"--data-root {data_root} is not a folder")
+        raise UsageError(f"--data-root {data_root} is not a folder")
     autosaves = autosave_root.expanduser().resolve()
     if autosaves.is_relative_to(root):
-        raise ValueError(f"--autosave-dir {autosave_root} lies inside --data-root {data_root}; put it elsewhere")
+        raise UsageError(f"--autosave-dir {autosave_root} lies inside --data-root {data_root}; put it elsewhere")
     return root
 
 
@@ -660,9 +661,9 @@ def _checked_training_set(training_set, data_root) -> Path:
     images: the team's added images would be listed to every visitor)."""
     folder = Path(training_set).expanduser().resolve()
     if not folder.parent.is_dir():
-        raise ValueError(f"--training-set {training_set}: its folder {folder.parent} does not exist")
+        raise UsageError(f"--training-set {training_set}: its folder {folder.parent} does not exist")
     if data_root is not None and folder.is_relative_to(Path(data_root).expanduser().resolve()):
-        raise ValueError(f"--training-set {training_set} lies inside --data-root {data_root}; put it elsewhere")
+        raise UsageError(f"--training-set {training_set} lies inside --data-root {data_root}; put it elsewhere")
     return folder
 
 
