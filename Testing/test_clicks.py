@@ -4,6 +4,7 @@ import torch
 
 from interactive_keypoints.clicks import (
     CLICK_COUNT_PROBS,
+    SimulatedUser,
     click_count_probabilities,
     sample_click_mask,
     sample_num_clicks,
@@ -62,3 +63,35 @@ def test_worst_keypoints_batched():
     pred = torch.tensor([[[1.0, 0], [9, 0], [2, 0]], [[4.0, 0], [1, 0], [1, 0]]])
     clicked = torch.tensor([[False, True, False], [True, True, True]])
     assert worst_keypoints(pred, truth, clicked).tolist() == [2, -1]
+
+
+def test_simulated_user_clicks_alike_on_the_device_and_in_numpy():
+    # training/validation (torch, batched) and evaluate (numpy) get the same choices from one user
+    rng = np.random.default_rng(2)
+    truth, pred = rng.uniform(0, 50, (3, 5, 2)), rng.uniform(0, 50, (3, 5, 2))
+    clickable = np.ones((3, 5), bool)
+    clickable[1, [0, 1, 2, 3]] = False
+    user = SimulatedUser()
+    clicked_np, clicked_t = np.zeros((3, 5), bool), torch.zeros(3, 5, dtype=torch.bool)
+    for _ in range(5):
+        a = user.click(pred, truth, clicked_np, clickable)
+        b = user.click(torch.from_numpy(pred), torch.from_numpy(truth), clicked_t, torch.from_numpy(clickable))
+        assert a.tolist() == b.tolist()
+        np.testing.assert_array_equal(clicked_np, clicked_t.numpy())
+    # image 1 had one clickable point: clicked once, then -1 (nothing left) and nothing marked
+    assert clicked_np.tolist()[1] == [False, False, False, False, True]
+    assert a[1] == -1 and clicked_np.all(axis=1).tolist() == [True, False, True]
+    # the first click is the worst point of each image
+    first = SimulatedUser().next_clicks(pred, truth, np.zeros((3, 5), bool))
+    assert first.tolist() == [worst_keypoint(p, t, np.zeros(5, bool)) for p, t in zip(pred, truth)]
+
+
+def test_simulated_user_places_with_its_noise_and_decides_by_tolerance():
+    truth = np.array([[0.0, 0.0], [100.0, 50.0]])
+    np.testing.assert_array_equal(SimulatedUser().place(1, truth[1]), truth[1])  # exact clicks
+    noisy = SimulatedUser.with_click_noise(2, 6.0, (512, 256), seed=0)
+    assert not np.allclose(noisy.place(1, truth[1]), truth[1])
+    assert np.all(noisy.place(0, truth[0]) >= -0.5)  # stays inside the image
+    assert SimulatedUser().corrects(truth[1], truth[1])  # the oracle corrects every click
+    guided = SimulatedUser(tolerance_px=5.0)
+    assert guided.corrects(truth[1] + 6, truth[1]) and not guided.corrects(truth[1] + 3, truth[1])

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .clicks import worst_keypoint
+from .clicks import SimulatedUser
 from .data import add_dataset_arguments, dataset_options, disordered_label_options, get_dataset
 from .data.common import KeypointSample, load_grey_image
 from .errors import UsageError
@@ -67,22 +67,10 @@ class RevisionCurves:
     confirmed: np.ndarray | None = None  # (C,) guided user: True where the click confirmed rather than corrected
 
 
-def exact_clicks(index: int, xy: np.ndarray) -> np.ndarray:
-    """The user puts landmark ``index`` exactly at ``xy`` (the protocol's clicks)."""
-    return xy
-
-
 def noisy_clicks(truth: np.ndarray, sd_px: float, image_size, seed) -> Callable[[int, np.ndarray], np.ndarray]:
-    """Clicks that land with Gaussian error of ``sd_px`` per axis, kept inside the (H, W)
-    image: one offset per landmark drawn up front from ``seed``, so the same landmark lands
-    at the same place whichever run (model or manual revision, oracle or guided) clicks it."""
-    offsets = np.random.default_rng(seed).normal(0.0, sd_px, size=np.shape(truth))
-    h, w = image_size
-
-    def place(index: int, xy: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(xy, float) + offsets[index], [-0.5, -0.5], [w - 0.5, h - 0.5])
-
-    return place
+    """Where a user with click noise ``sd_px`` puts (landmark, true position): see
+    :meth:`.clicks.SimulatedUser.with_click_noise`."""
+    return SimulatedUser.with_click_noise(len(truth), sd_px, image_size, seed).place
 
 
 def next_for_review(prediction) -> int:
@@ -99,14 +87,15 @@ def simulate_guided(
     truth: np.ndarray,
     max_clicks: int,
     tolerance_px: float,
-    place=exact_clicks,
+    user: SimulatedUser | None = None,
     choose=next_for_review,
 ) -> RevisionCurves:
     """A user without an oracle, ``max_clicks`` times: take the point ``choose`` picks from
     the prediction alone; if its error is above ``tolerance_px`` put it at its true position
-    (through ``place``), else confirm it where it is. Ground truth only decides correct vs
-    confirm. Manual revision: the same user going down the first prediction's ranking with
-    no re-run of the model."""
+    (where ``user`` places it: its click noise), else confirm it where it is. Ground truth
+    only decides correct vs confirm. Manual revision: the same user going down the first
+    prediction's ranking with no re-run of the model."""
+    user = dataclasses.replace(user or SimulatedUser(), tolerance_px=tolerance_px)
     first = session.predict()
     start = first.points
     manual_points = start.copy()
@@ -117,15 +106,15 @@ def simulate_guided(
     for step in range(max_clicks):
         k = choose(prediction)
         clicks.append(k)
-        wrong = np.linalg.norm(prediction.points[k] - truth[k]) > tolerance_px
+        wrong = user.corrects(prediction.points[k], truth[k])
         confirmed.append(not wrong)
-        prediction = session.refine({k: place(k, truth[k])}) if wrong else session.confirm(k)
+        prediction = session.refine({k: user.place(k, truth[k])}) if wrong else session.confirm(k)
         errors.append(radial_errors(prediction.points, truth))
         points.append(prediction.points)
 
         j = manual_order[step]
-        if np.linalg.norm(manual_points[j] - truth[j]) > tolerance_px:
-            manual_points[j] = place(j, truth[j])
+        if user.corrects(manual_points[j], truth[j]):
+            manual_points[j] = user.place(j, truth[j])
         manual_errors.append(radial_errors(manual_points, truth))
     errors, manual_errors = np.array(errors), np.array(manual_errors)
     return RevisionCurves(
@@ -140,10 +129,12 @@ def simulate_guided(
 
 
 def simulate_revision(
-    session: KeypointSession, truth: np.ndarray, max_clicks: int, place=exact_clicks
+    session: KeypointSession, truth: np.ndarray, max_clicks: int, user: SimulatedUser | None = None
 ) -> RevisionCurves:
-    """Click the worst not-yet-clicked point at its true position (through ``place``),
-    ``max_clicks`` times."""
+    """``user`` (default: exact clicks) clicks the worst not-yet-clicked point and puts it
+    at its true position, ``max_clicks`` times; the model run through ``session``, the
+    manual run without re-running the model."""
+    user = SimulatedUser() if user is None else user
     start = session.predict().points
     model_points, manual_points = start.copy(), start.copy()
     model_clicked = np.zeros(len(truth), bool)
@@ -153,17 +144,15 @@ def simulate_revision(
     model_curve, manual_curve = [mre(start, truth)], [mre(start, truth)]
     model_clicks = []
     for _ in range(max_clicks):
-        k = worst_keypoint(model_points, truth, model_clicked)
-        model_clicked[k] = True
+        k = user_click(user, model_points, truth, model_clicked)
         model_clicks.append(k)
-        model_points = session.refine({k: place(k, truth[k])}).points
+        model_points = session.refine({k: user.place(k, truth[k])}).points
         errors.append(radial_errors(model_points, truth))
         points.append(model_points)
         model_curve.append(mre(model_points, truth))
 
-        j = worst_keypoint(manual_points, truth, manual_clicked)
-        manual_clicked[j] = True
-        manual_points[j] = place(j, truth[j])
+        j = user_click(user, manual_points, truth, manual_clicked)
+        manual_points[j] = user.place(j, truth[j])
         manual_errors.append(radial_errors(manual_points, truth))
         manual_curve.append(mre(manual_points, truth))
     return RevisionCurves(
@@ -174,6 +163,14 @@ def simulate_revision(
         np.array(model_clicks, dtype=int),
         np.array(points),
     )
+
+
+def user_click(user: SimulatedUser, points: np.ndarray, truth: np.ndarray, clicked: np.ndarray) -> int:
+    """One image's click, (K, 2), (K, 2), (K,) marked in place: the user's batch of one."""
+    k = int(user.click(points[None], truth[None], clicked[None])[0])
+    if k < 0:
+        raise ValueError("every keypoint is already clicked: there is no keypoint left to click")
+    return k
 
 
 def sample_radiograph(sample: KeypointSample) -> Radiograph:
@@ -220,13 +217,14 @@ def evaluate_split(
             local_stage=local_stage,
         )
         px_per_unit = 1.0 / sample.spacing[0] if unit == "mm" else 1.0
-        place = exact_clicks
+        clicker = SimulatedUser()
         if click_noise > 0:
-            place = noisy_clicks(sample.points, click_noise * px_per_unit, session.radiograph.size, (click_seed, n))
+            noise_px, size = click_noise * px_per_unit, session.radiograph.size
+            clicker = SimulatedUser.with_click_noise(len(sample.points), noise_px, size, (click_seed, n))
         if user == "oracle":
-            results.append(simulate_revision(session, sample.points, max_clicks, place))
+            results.append(simulate_revision(session, sample.points, max_clicks, clicker))
         else:
-            results.append(simulate_guided(session, sample.points, max_clicks, tolerance * px_per_unit, place))
+            results.append(simulate_guided(session, sample.points, max_clicks, tolerance * px_per_unit, clicker))
     return results
 
 

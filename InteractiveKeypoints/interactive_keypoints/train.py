@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .clicks import sample_click_mask, worst_keypoints
+from .clicks import SimulatedUser, previous_input, sample_click_mask
 from .config import ModelConfig, compact_config
 from .conventions import write_text_atomic
 from .data import KeypointTrainingDataset, add_dataset_arguments, training_splits
@@ -462,6 +462,7 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     if not args.no_fast:
         images = images.contiguous(memory_format=torch.channels_last)
     b, k = points.shape[:2]
+    user = SimulatedUser()  # exact clicks: the hints are the true positions of the clicked points
     clicked = torch.from_numpy(np.stack([sample_click_mask(rng, k) for _ in range(b)])).to(device) & visible
     prev = torch.zeros(b, k, *size, device=device)
     passes = int(rng.integers(0, args.iterative_max + 1))
@@ -477,9 +478,7 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
                 )
             prev = torch.sigmoid(out["logits"].float())
             predicted, _ = decode_heatmaps(prev)
-            worst = worst_keypoints(predicted, points, clicked | ~visible)
-            has_worst = worst >= 0
-            clicked[has_worst, worst[has_worst]] = True
+            user.click(predicted, points, clicked, clickable=visible)
     finally:
         network.train()
     with autocast():
@@ -501,12 +500,6 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     return loss_heatmap, loss_morph
 
 
-def previous_input(prev: torch.Tensor, clicked: torch.Tensor, channels: str) -> torch.Tensor:
-    """The previous prediction as the network sees it: every channel (training as in the
-    paper) or only the clicked ones (the paper's inference rule, session.py)."""
-    return prev if channels == "all" else prev * clicked[..., None, None].to(prev.dtype)
-
-
 @torch.no_grad()
 def validation_metrics(
     network, loader, config, device, autocast=nullcontext, channels_last: bool = False, clicks: int = VALIDATION_CLICKS
@@ -514,7 +507,8 @@ def validation_metrics(
     """Mean radial errors in original pixels, eval mode (BN running stats), batched on the device.
 
     ``mre0_px``: no clicks. ``mre3_px``: model revision after ``clicks`` simulated clicks, as
-    ``evaluate.simulate_revision`` with the session's test-time rule: each click puts the worst
+    ``evaluate.simulate_revision`` with the session's test-time rule: each click, the
+    :class:`.clicks.SimulatedUser` of evaluation (exact clicks) puts the worst
     not-yet-clicked keypoint at its true position, the model re-runs with the click heatmaps
     and its previous output in the clicked channels only, and clicked points count as exact.
     ``manual3_px``: the 0-click prediction with only the clicked points set to the truth.
@@ -523,6 +517,7 @@ def validation_metrics(
     network.eval()
     k, size = config.num_keypoints, config.input_size
     clicks = min(clicks, k)
+    user = SimulatedUser()
     totals, images_seen = torch.zeros(3, device=device), 0
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
@@ -536,7 +531,7 @@ def validation_metrics(
         probs = torch.zeros(b, k, *size, device=device)
         for step in range(clicks + 1):
             hints = gaussian_heatmaps(truth_in, size, config.sigma, clicked)
-            prev = probs * clicked[..., None, None]
+            prev = previous_input(probs, clicked, "clicked")
             with autocast():
                 logits = network(images, hints, prev)["logits"]
             probs = torch.sigmoid(logits.float())
@@ -547,8 +542,7 @@ def validation_metrics(
             if step == 0:
                 start_errors = errors
             if step < clicks:
-                worst = worst_keypoints(points, truth, clicked)
-                clicked[torch.arange(b, device=device), worst] = True
+                user.click(points, truth, clicked)
         # the manual user sets the `clicks` largest errors of the start to zero
         manual = start_errors.sum(1) - start_errors.topk(clicks, dim=1).values.sum(1)
         totals += torch.stack([start_errors.mean(1).sum(), errors.mean(1).sum(), (manual / k).sum()])
