@@ -181,6 +181,14 @@ class InteractiveKeypointsParameterNode:
 #
 
 
+def modalProgressDialog(label: str, title: str):
+    """A progress dialog that stays open until closed and blocks the rest of the application
+    (createProgressDialog's default is not modal): Detect, drags, undo and Close Scene wait for it."""
+    return slicer.util.createProgressDialog(
+        labelText=label, windowTitle=title, maximum=1, autoClose=False, windowModality=qt.Qt.ApplicationModal
+    )
+
+
 class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -782,13 +790,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def onAnnotateNext(self) -> None:
         """Open the set's image the model is least sure of, its points placed by the model."""
-        dialog = slicer.util.createProgressDialog(
-            labelText=_("Ranking the unannotated images..."),
-            windowTitle=_("Annotate next"),
-            maximum=1,
-            autoClose=False,
-            windowModality=qt.Qt.ApplicationModal,
-        )
+        dialog = modalProgressDialog(_("Ranking the unannotated images..."), _("Annotate next"))
 
         def progress(done, total, name):
             dialog.maximum, dialog.value = max(total, 1), done
@@ -834,14 +836,7 @@ class InteractiveKeypointsWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if not inputDir or not outputDir:
             slicer.util.errorDisplay(_("Choose an input and an output folder."))
             return
-        # modal (createProgressDialog is not): Detect, drags, undo and Close Scene wait for the batch
-        dialog = slicer.util.createProgressDialog(
-            labelText=_("Starting..."),
-            windowTitle=_("Process folder"),
-            maximum=1,
-            autoClose=False,
-            windowModality=qt.Qt.ApplicationModal,
-        )
+        dialog = modalProgressDialog(_("Starting..."), _("Process folder"))
 
         def progress(done, total, name):
             # called before each image and every few ms while its model runs on the worker

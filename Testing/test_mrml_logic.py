@@ -19,6 +19,8 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 torch = pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
+from mrml_scene import make_scene  # noqa: E402
+
 from interactive_keypoints import model_io  # noqa: E402
 from interactive_keypoints.config import ModelFormatError  # noqa: E402
 from interactive_keypoints.conventions import SPINE  # noqa: E402
@@ -60,19 +62,6 @@ def model():
 @pytest.fixture(scope="module")
 def phantom():
     return make_spine_phantom(seed=3, height=256, width=128)
-
-
-def make_scene():
-    """A scene set up like Slicer's: application logic singletons + markups logic (which
-    registers the markups node classes)."""
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    markups_logic = slicer.vtkSlicerMarkupsLogic()
-    markups_logic.SetMRMLApplicationLogic(app_logic)
-    markups_logic.SetMRMLScene(scene)
-    scene.keep_alive = (app_logic, markups_logic)  # the logics must live as long as the scene
-    return scene
 
 
 @pytest.fixture

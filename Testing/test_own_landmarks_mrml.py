@@ -18,6 +18,8 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 pytest.importorskip("torch")
 sitk = pytest.importorskip("SimpleITK")
 
+from mrml_scene import make_scene  # noqa: E402
+
 from interactive_keypoints import training_job  # noqa: E402
 from interactive_keypoints.conventions import PREDICTED, SPINE, USER_FIXED  # noqa: E402
 from interactive_keypoints.data import get_dataset  # noqa: E402
@@ -41,17 +43,6 @@ pytestmark = pytest.mark.slow  # trains in a subprocess
 
 NAMES = list(SPINE.names[:8])  # the user's own template: T1 and T2's corners
 TINY = ["--width", "8", "--ocr-channels", "32", "16", "--input", "128x64", "--batch-size", "2", "--budget-clock", "cpu"]
-
-
-def make_scene():
-    scene = slicer.vtkMRMLScene()
-    app_logic = slicer.vtkSlicerApplicationLogic()
-    app_logic.SetMRMLScene(scene)
-    markups_logic = slicer.vtkSlicerMarkupsLogic()
-    markups_logic.SetMRMLApplicationLogic(app_logic)
-    markups_logic.SetMRMLScene(scene)
-    scene.keep_alive = (app_logic, markups_logic)
-    return scene
 
 
 @pytest.fixture

@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interactive_keypoints import inference
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.correction_field import apply_correction_field
 from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
 from interactive_keypoints.imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
-from interactive_keypoints.inference import cpu_description, cpu_has_native_bf16
+from interactive_keypoints.inference import cpu_description
 from interactive_keypoints.model_io import build_model, load_model
 from interactive_keypoints.phantom import make_spine_phantom
 from interactive_keypoints.session import KeypointSession
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="phantom and weight seed")
     parser.add_argument(
         "--image", type=Path, default=None, help="time on this radiograph instead of the spine phantom (any model)"
+    )
+    parser.add_argument(
+        "--fp32", action="store_true", help="on a CPU with native bf16, time the fp32 path an AVX2-only CPU takes"
     )
     return parser.parse_args(argv)
 
@@ -172,6 +176,8 @@ def keypoint_difference(plain_results, session_results):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.fp32:  # the optimized path asks inference whether the CPU has bf16: answer no
+        inference.cpu_has_native_bf16 = lambda: False
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.model is not None:
@@ -229,7 +235,7 @@ def main(argv=None) -> int:
             "stage_ms": round(stage - optimized_ms, 1),
         },
         "threads": torch.get_num_threads(),
-        "bf16": cpu_has_native_bf16(),
+        "bf16": inference.cpu_has_native_bf16(),
         "cpu": cpu_description(),
         "weights": weights,
         "note": (
