@@ -23,7 +23,7 @@ SUBCOMMANDS = {
     "pack": ("interactive_keypoints.pack", "pack a dataset's train/val images and labels for training elsewhere"),
     "train": ("interactive_keypoints.train", "train a model"),
     "train-local": ("interactive_keypoints.train_local", "train a model folder's full-resolution local stage"),
-    "evaluate": ("interactive_keypoints.evaluate", "evaluate a model with simulated user corrections"),
+    "evaluate": ("interactive_keypoints.evaluate.cli", "evaluate a model with simulated user corrections"),
     "serve": ("interactive_keypoints.web.launcher", "serve the browser app"),
 }
 
