@@ -57,6 +57,27 @@ def test_undo_redo_restore_every_point(session):
 
 
 @pytest.mark.slow
+def test_a_preview_is_shown_but_is_no_step_and_leaves_the_next_refine_as_it_was(session):
+    base = session.predict()
+    dropped = session.refine({5: (100.0, 200.0)})
+    session.undo()
+    first = session.preview({5: (90.0, 190.0)})  # the path of a drag
+    assert first.fixed[5] and session.prediction is first
+    assert session.previewing and not session.can_undo and session.can_redo  # no step, the redo branch kept
+    second = session.preview({5: (95.0, 195.0)})
+    with pytest.raises(OutsideImageError):
+        session.preview({5: (-50.0, 0.0)})
+    assert session.prediction is second  # a refused move changes nothing
+    np.testing.assert_array_equal(session.end_preview().points, base.points)
+    session.preview({5: (95.0, 195.0)})
+    again = session.refine({5: (100.0, 200.0)})  # the drop replaces the previews
+    np.testing.assert_array_equal(again.points, dropped.points)
+    np.testing.assert_array_equal(again.confidence, dropped.confidence)
+    np.testing.assert_array_equal(session.undo().points, base.points)  # one step per correction
+    assert not session.can_undo
+
+
+@pytest.mark.slow
 def test_new_refine_after_undo_drops_the_redo_branch(session):
     session.refine({5: (100.0, 200.0)})
     session.undo()

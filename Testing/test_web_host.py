@@ -23,7 +23,8 @@ slicer = pytest.importorskip("slicer")
 pytestmark = pytest.mark.slow  # real trame servers and MRML scenes
 
 from interactive_keypoints.mrml_logic import control_point_positions, point_states  # noqa: E402
-from interactive_keypoints.web.host import HOST_MARK, SessionHost  # noqa: E402
+from interactive_keypoints.web.host import SessionHost  # noqa: E402
+from interactive_keypoints.web.protocol import HOST_MARK  # noqa: E402
 from interactive_keypoints.web.shared_model import SharedModel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "web"))

@@ -12,7 +12,8 @@ Inference rule (paper, sec. 2.1 and the reference protocol):
   that is not fixed in a patch of the original image (``local_stage.py``).
 
 Every refine/confirm/unfix/reset is one step on an undo stack that holds the whole state,
-so undo restores every point, not only the moved one.
+so undo restores every point, not only the moved one. A ``preview`` (a point being dragged)
+is shown but is no step: the next step, or ``end_preview``, replaces it.
 
 Every prediction carries a "check next" score per landmark (:mod:`.review`): higher means
 look at it first; fixed points score -inf. ``confirm`` fixes a point where it is, like a
@@ -119,6 +120,7 @@ class KeypointSession:
         # click heatmap per (landmark, position): a fixed point's map is reused on later clicks
         self._click_maps: dict[tuple[int, float, float], torch.Tensor] = {}
         self._position = -1  # index of the current step in _history
+        self._preview: _Step | None = None  # shown until the history changes; never a step
         # the only click-independent part of the network, computed once per image
         image_tensor = preprocess(self.radiograph, self.config.input_size, self.config.intensity)
         image_tensor = image_tensor.expand(self.config.in_channels, -1, -1)[None]
@@ -132,7 +134,15 @@ class KeypointSession:
     # ------------------------------------------------------------------ public API
     @property
     def prediction(self) -> Prediction | None:
+        """What to show: the preview while there is one, else the current step's prediction."""
+        if self._preview is not None:
+            return self._preview.prediction
         return self._history[self._position].prediction if self._history else None
+
+    @property
+    def previewing(self) -> bool:
+        """A preview is shown (it is no step: undo and redo do not count it)."""
+        return self._preview is not None
 
     @property
     def can_undo(self) -> bool:
@@ -182,13 +192,34 @@ class KeypointSession:
         return self._current()
 
     def undo(self) -> Prediction | None:
+        self.end_preview()
         if self.can_undo:
             self._position -= 1
         return self.prediction
 
     def redo(self) -> Prediction | None:
+        self.end_preview()
         if self.can_redo:
             self._position += 1
+        return self.prediction
+
+    def preview(self, moves: dict) -> Prediction:
+        """What ``refine(moves)`` would give, shown without becoming a step: no undo step, the
+        redo branch kept. A preview builds on the one before (the path of a drag); the next
+        step (refine, confirm, unfix, reset, undo, redo) replaces it, ``end_preview`` drops it.
+        A refused move changes nothing."""
+        self.predict()
+        base = self._preview if self._preview is not None else self._history[self._position]
+        fixed = self._fixed_positions(base.prediction)
+        for index, xy in moves.items():
+            fixed[self._checked_index(index)] = self._checked_position(index, xy)
+        with self._exclusive():
+            self._preview = self._infer(fixed, previous=base)
+        return self._preview.prediction
+
+    def end_preview(self) -> Prediction | None:
+        """Drop the preview, if any: the current step's prediction is shown again."""
+        self._preview = None
         return self.prediction
 
     # ------------------------------------------------------------------ internals
@@ -206,6 +237,7 @@ class KeypointSession:
             self._busy.release()
 
     def _push(self, step: _Step):
+        self._preview = None  # a new step replaces the preview
         del self._history[self._position + 1 :]  # a new step drops the redo branch
         self._history.append(step)
         self._position = len(self._history) - 1

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from interactive_keypoints.web.host import HOST_MARK
 from interactive_keypoints.web.launcher import Launcher
+from interactive_keypoints.web.protocol import HOST_MARK
 
 FAKE_HOST = f"""
 import asyncio, json, os, sys, time

@@ -21,17 +21,22 @@ in the session's history, so they never run the model and are always synchronous
 
 Where things are (everything public is importable from this package):
 
-* :mod:`.logic` -- :class:`KeypointsMRMLLogic`, the public API and the state it holds;
+* :mod:`.logic` -- :class:`KeypointsMRMLLogic`, the public API, the model and the tracked
+  lists; the rest is done by the collaborators it holds (each given what it needs):
+* :mod:`.correction_queue` -- one list's drops, drag and preview on their way to the model,
+  and what runs next (pure Python: no MRML, no model);
 * :mod:`.runners` -- the :class:`Runner` protocol and the inline / threaded runners;
-* :mod:`.running` -- submitting computations; drops queued while the model runs;
-* :mod:`.dragging` -- markups interaction events -> corrections;
-* :mod:`.tracked` -- one point list under control, and the writes into it;
+* :mod:`.running` -- ``runs``: submitting model runs, writing their outcome, running what
+  the queue has next;
+* :mod:`.dragging` -- ``drags``: markups interaction events -> the queue;
+* :mod:`.tracked` -- one point list under control, the writes into it, the lists by node;
 * :mod:`.states` -- point states in the list (descriptions, selected colour);
 * :mod:`.coordinates` -- pixels <-> RAS; :mod:`.volumes` -- volumes <-> radiographs;
-* :mod:`.measurement_display` -- the measurements table and lines;
-* :mod:`.guidance` -- which point to check next (the engine's ranking), its halo in the views;
-* :mod:`.files` -- export, image loading, batch detection of a folder;
-* :mod:`.training` -- your own landmarks: add to a training set, train, annotate next.
+* :mod:`.measurement_display` -- ``display``: the measurements table and lines;
+* :mod:`.guidance` -- ``guidance``: which point to check next (the engine's ranking), its halo;
+* :mod:`.files` -- ``files``: export, image loading; ``batch``: detection of a folder;
+* :mod:`.training` -- ``training``: your own landmarks: add to a training set, train, annotate next;
+* :mod:`.scene_watch` -- ``scene_watch``: a list the user deletes takes its nodes with it.
 
 Engine modules that need torch are imported lazily: importing this package needs only
 numpy, vtk and slicer.
@@ -39,6 +44,7 @@ numpy, vtk and slicer.
 
 from ..conventions import IMAGE_SUFFIXES, inside_image
 from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
+from .correction_queue import CorrectionQueue, CorrectionSettings, LogicBusyError
 from .dragging import CLICK_TOLERANCE_PX
 from .files import POINT_LIST_SUFFIX
 from .guidance import NEXT_POINT_COLOR, NEXT_POINT_ROLE
@@ -50,7 +56,6 @@ from .measurement_display import (
     MEASUREMENTS_REFERENCE_ROLE,
 )
 from .runners import Runner, ThreadedRunner, outcome_of, run_inline, waiting_runner
-from .running import LogicBusyError
 from .states import (
     DEFAULT_LOW_CONFIDENCE,
     FIXED_COLOR,
@@ -80,6 +85,8 @@ from .volumes import (
 
 __all__ = [
     "CLICK_TOLERANCE_PX",
+    "CorrectionQueue",
+    "CorrectionSettings",
     "DEFAULT_LOW_CONFIDENCE",
     "FIXED_COLOR",
     "IMAGE_SUFFIXES",

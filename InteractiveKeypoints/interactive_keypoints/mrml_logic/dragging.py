@@ -10,7 +10,7 @@ Two changes come without a release:
 
 * Slicer's snap-to-slice key ("s" on a point, ``vtkSlicerMarkupsWidget::ProcessControlPointSnapToSlice``)
   starts an interaction and moves the point, but never ends it. The next start ends it, and
-  :meth:`DragTracking.end_interaction` ends it on request (the panel asks once no mouse button
+  :meth:`DragEvents.end_interaction` ends it on request (the panel asks once no mouse button
   is down), as a drop where the point is.
 * A coordinate typed in the Markups module's table (or set by a script) moves a point with
   ``PointModifiedEvent`` alone: a move the logic did not make is the user's correction, a drop.
@@ -18,26 +18,47 @@ Two changes come without a release:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import slicer
 import vtk
 
 from .coordinates import control_point_positions, ras_to_pixels
-from .tracked import TrackedList
+from .correction_queue import CorrectionSettings
+from .running import ModelRuns
+from .tracked import TrackedList, TrackedLists
 
 _MARKUPS = slicer.vtkMRMLMarkupsNode
 # a press and release without a move (a plain click) must not count as a correction
 CLICK_TOLERANCE_PX = 1e-3
 
 
-class DragTracking:
-    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: observers on each tracked list.
+class DragEvents:
+    """Observers on each tracked list: drags, drops and edits go into the list's queue.
 
-    Uses from the logic: ``auto_refine``, ``refine_while_dragging``, ``_run_pending``,
-    ``_run_preview`` (:class:`~.running.ModelRunning`), ``_mark_fixed`` and ``_report``.
+    ``mark_fixed(tracked, fixes)`` shows dropped points as user-fixed at once; ``report``
+    tells the user of a refused drop; ``drag_started(node)`` follows every interaction start.
     """
 
-    def _observe(self, tracked: TrackedList):
+    def __init__(
+        self,
+        lists: TrackedLists,
+        settings: CorrectionSettings,
+        runs: ModelRuns,
+        mark_fixed: Callable[[TrackedList, dict], None],
+        report: Callable[[str], None],
+        drag_started: Callable[[Any], None],
+    ):
+        self.lists = lists
+        self.settings = settings
+        self.runs = runs
+        self.mark_fixed = mark_fixed
+        self.report = report
+        self.drag_started = drag_started
+
+    def observe(self, tracked: TrackedList):
         node = tracked.node
 
         def on_start(caller, event):
@@ -56,49 +77,38 @@ class DragTracking:
             node.AddObserver(_MARKUPS.PointModifiedEvent, on_modified),
         ]
 
-    def _active_index(self, tracked: TrackedList) -> int | None:
-        display = tracked.node.GetDisplayNode()
-        index = display.GetActiveControlPoint() if display is not None else -1
-        if not 0 <= index < tracked.num_keypoints:
-            return None
-        return index
-
     def is_dragging(self, point_list_node=None) -> bool:
         """Whether a view interaction is open on this list (any list when None)."""
-        lists = self._tracked.values() if point_list_node is None else [self._tracked.get(point_list_node.GetID())]
-        return any(tracked is not None and tracked.dragging is not None for tracked in lists)
+        lists = list(self.lists) if point_list_node is None else [self.lists.find(point_list_node)]
+        return any(tracked is not None and tracked.queue.dragging is not None for tracked in lists)
 
     def end_interaction(self, point_list_node=None):
         """End an interaction the view started and never ended (snap to slice), on this list
         or on every list: a moved point is a drop, as at a mouse release."""
-        lists = (
-            list(self._tracked.values()) if point_list_node is None else [self._tracked.get(point_list_node.GetID())]
-        )
+        lists = list(self.lists) if point_list_node is None else [self.lists.find(point_list_node)]
         for tracked in lists:
-            if tracked is not None and tracked.dragging is not None:
+            if tracked is not None and tracked.queue.dragging is not None:
                 self._on_drag_end(tracked)
+
+    # ------------------------------------------------------------------ events
 
     def _on_drag_start(self, tracked: TrackedList):
         if tracked.writing:
             return
-        if tracked.dragging is not None:  # the last interaction never ended (snap to slice)
+        if tracked.queue.dragging is not None:  # the last interaction never ended (snap to slice)
             self._on_drag_end(tracked)
-        k = self._active_index(tracked)
-        tracked.dragging = k
-        tracked.preview = None
-        if k is not None:
-            tracked.drag_start = control_point_positions(tracked.node)[k]
-        if self.on_drag_started is not None:
-            self.on_drag_started(tracked.node)
+        k = _active_index(tracked)
+        tracked.queue.start_drag(k, control_point_positions(tracked.node)[k] if k is not None else None)
+        self.drag_started(tracked.node)
 
     def _on_point_modified(self, tracked: TrackedList, index):
         if tracked.writing:
             return
-        if tracked.dragging is None:
+        if tracked.queue.dragging is None:
             self._take_edits(tracked, index)
-        elif self.refine_while_dragging and index is not None and index == tracked.dragging:
-            tracked.preview = (index, tracked.pixel_of(index))
-            self._run_preview(tracked)
+        elif self.settings.refine_while_dragging and index is not None and index == tracked.queue.dragging:
+            tracked.queue.move(index, tracked.pixel_of(index))
+            self.runs.run_next(tracked)
 
     def _take_edits(self, tracked: TrackedList, index):
         """Points moved without a drag (the Markups table, a script): drops where they are now."""
@@ -116,42 +126,48 @@ class DragTracking:
                 tracked.check_inside(k, xy)
             except ValueError as error:
                 tracked.put_back(k, tracked.shown_ras(k))
-                self._report(str(error))
+                self.report(str(error))
                 continue
             edits[k] = xy
-        if not edits:
-            return
-        tracked.pending.update(edits)
-        self._mark_fixed(tracked, edits)
-        if self.auto_refine:
-            self._run_pending(tracked, blocking=False)
+        if edits:
+            self._drop(tracked, edits)
 
     def _on_drag_end(self, tracked: TrackedList):
         if tracked.writing:
             return
-        k = tracked.dragging if tracked.dragging is not None else self._active_index(tracked)
-        start = tracked.drag_start
-        tracked.dragging, tracked.drag_start, tracked.preview = None, None, None
+        k, start = tracked.queue.end_drag()
+        k = k if k is not None else _active_index(tracked)
         if k is None:
             return
         xy = tracked.pixel_of(k)
-        if start is not None and self._is_click(tracked, start, xy):
+        if start is not None and _is_click(tracked, start, xy):
             # Slicer sends Start/EndInteraction on a plain click too: nothing was corrected
-            self._run_pending(tracked, blocking=False)  # drops previews of this drag, if any
+            self.runs.run_next(tracked, drops=True)  # replaces previews of this drag, if any
             return
         try:
             tracked.check_inside(k, xy)
         except ValueError as error:
             tracked.put_back(k, start)
-            self._report(str(error))
-            self._run_pending(tracked, blocking=False)  # drops previews of this drag, if any
+            self.report(str(error))
+            self.runs.run_next(tracked, drops=True)  # replaces previews of this drag, if any
             return
-        tracked.pending[k] = xy
-        self._mark_fixed(tracked, {k: xy})
-        if self.auto_refine:
-            self._run_pending(tracked, blocking=False)
+        self._drop(tracked, {k: xy})
 
-    @staticmethod
-    def _is_click(tracked: TrackedList, start_ras, xy) -> bool:
-        start_xy = ras_to_pixels(start_ras, tracked.ijk_to_ras)[0]
-        return bool(np.hypot(*(np.asarray(xy) - start_xy)) <= CLICK_TOLERANCE_PX)
+    def _drop(self, tracked: TrackedList, fixes: dict):
+        tracked.queue.drop(fixes)
+        self.mark_fixed(tracked, fixes)
+        if self.settings.auto_refine:
+            self.runs.run_next(tracked, drops=True)
+
+
+def _active_index(tracked: TrackedList) -> int | None:
+    display = tracked.node.GetDisplayNode()
+    index = display.GetActiveControlPoint() if display is not None else -1
+    if not 0 <= index < tracked.num_keypoints:
+        return None
+    return index
+
+
+def _is_click(tracked: TrackedList, start_ras, xy) -> bool:
+    start_xy = ras_to_pixels(start_ras, tracked.ijk_to_ras)[0]
+    return bool(np.hypot(*(np.asarray(xy) - start_xy)) <= CLICK_TOLERANCE_PX)

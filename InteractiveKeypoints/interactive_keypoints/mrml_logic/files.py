@@ -4,12 +4,17 @@ loading image files as volumes, and the batch detection of a folder."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..conventions import MEASUREMENTS_CSV, MEASUREMENTS_JSON, POINTS_CSV, POINTS_JSON, file_stem, is_image_name
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
-from .runners import ThreadedRunner, run_inline, waiting_runner
+from .measurement_display import MeasurementDisplay
+from .runners import ThreadedRunner, waiting_runner
+from .running import ModelRuns
 from .states import point_states
+from .tracked import TrackedLists
 from .volumes import add_volume_from_radiograph, remove_with_children, volume_spacing
 
 log = logging.getLogger(__name__)
@@ -17,13 +22,21 @@ log = logging.getLogger(__name__)
 POINT_LIST_SUFFIX = " keypoints"
 
 
-class ExportAndBatch:
-    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: export, image loading, batch.
+class Files:
+    """Export of point lists and loading of image files (``scene()``: the logic's;
+    ``model_config()``: the chosen model's)."""
 
-    Uses from the logic: ``scene``, ``detect``, ``detach``, ``is_tracked``, ``new_point_list``,
-    ``model_config``, ``measurement_set``, ``measurements``, ``_volume_of``, ``_blocking_runner``,
-    ``_report``.
-    """
+    def __init__(
+        self,
+        scene: Callable[[], Any],
+        lists: TrackedLists,
+        measurements: MeasurementDisplay,
+        model_config: Callable[[], Any],
+    ):
+        self.scene = scene
+        self.lists = lists
+        self.measurements = measurements
+        self.model_config = model_config
 
     def export(self, point_list_node, path) -> Path:
         """Write the point list as ``.mrk.json`` (Slicer markups, LPS) or ``.csv``; where the
@@ -44,20 +57,20 @@ class ExportAndBatch:
         model has no measurement set."""
         from ..measurements import write_measurements
 
-        measurement_set = self.measurement_set(point_list_node)
+        measurement_set = self.measurements.measurement_set(point_list_node)
         if not measurement_set:
             return []
-        if not self.is_tracked(point_list_node) and (
+        if self.lists.find(point_list_node) is None and (
             point_list_node.GetNumberOfControlPoints() != self.model_config().num_keypoints
         ):
             return []  # a list of another model's landmarks: the chosen model's set does not apply
         Path(stem).parent.mkdir(parents=True, exist_ok=True)
-        return write_measurements(stem, self.measurements(point_list_node), measurement_set)
+        return write_measurements(stem, self.measurements.measurements(point_list_node), measurement_set)
 
     def _export_json(self, node, path: Path) -> Path:
         storage = node.GetStorageNode()
         if storage is None or not storage.IsA("vtkMRMLMarkupsJsonStorageNode"):
-            storage = self.scene.AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
+            storage = self.scene().AddNewNodeByClass("vtkMRMLMarkupsJsonStorageNode")
             node.SetAndObserveStorageNodeID(storage.GetID())
         path.parent.mkdir(parents=True, exist_ok=True)
         storage.SetFileName(str(path))
@@ -68,7 +81,7 @@ class ExportAndBatch:
     def _export_csv(self, node, path: Path) -> Path:
         from ..markups import write_csv
 
-        volume = self._volume_of(node)
+        volume = self.lists.volume_of(node)
         names = [node.GetNthControlPointLabel(k) for k in range(node.GetNumberOfControlPoints())]
         points_xy = ras_to_pixels(control_point_positions(node), ijk_to_ras_matrix(volume))
         states, confidence = point_states(node)
@@ -81,7 +94,7 @@ class ExportAndBatch:
         """The spacing the list's millimetres use and where it came from (the CSV says the same)."""
         from ..conventions import describe_spacing
 
-        volume = self._volume_of(point_list_node)
+        volume = self.lists.volume_of(point_list_node)
         spacing, source = volume_spacing(volume)
         return describe_spacing(volume.GetSpacing()[:2], spacing is not None, source)
 
@@ -90,7 +103,32 @@ class ExportAndBatch:
         from ..imaging import load_radiograph
 
         image = load_radiograph(path)
-        return add_volume_from_radiograph(self.scene, image, name or file_stem(Path(path)))
+        return add_volume_from_radiograph(self.scene(), image, name or file_stem(Path(path)))
+
+
+class FolderBatch:
+    """The batch detection of a folder of images, one new point list at a time.
+
+    ``detect_new(volume)`` detects on a new list of the volume (blocking) and returns it;
+    ``release(node)`` forgets a list's session; ``runs`` gives the blocking runner a batch
+    waits on; ``report`` tells the user of a file that failed.
+    """
+
+    def __init__(
+        self,
+        scene: Callable[[], Any],
+        files: Files,
+        detect_new: Callable[[Any], Any],
+        release: Callable[[Any], None],
+        runs: ModelRuns,
+        report: Callable[[str], None],
+    ):
+        self.scene = scene
+        self.files = files
+        self.detect_new = detect_new
+        self.release = release
+        self.runs = runs
+        self.report = report
 
     def process_folder(self, input_dir, output_dir, progress=None, runner=None) -> list[dict]:
         """Detect the landmarks of every image in ``input_dir``; write ``<stem>.mrk.json``
@@ -128,11 +166,8 @@ class ExportAndBatch:
                 if cancelled:
                     records.append({"input": str(path), "cancelled": True})
                     continue
-                self._blocking_runner = waiting_runner(runner, pump)
-                try:
+                with self.runs.blocking_through(waiting_runner(runner, pump)):
                     records.append(self._process_file(path, output_dir))
-                finally:
-                    self._blocking_runner = run_inline
             progress(len(images), len(images), "")
         finally:
             if own_runner:
@@ -142,23 +177,22 @@ class ExportAndBatch:
     def _process_file(self, path: Path, output_dir: Path) -> dict:
         volume = node = None
         try:
-            volume = self.load_volume(path)
-            # a new list, never a user's list that happens to have the same name
-            node = self.detect(volume, self.new_point_list(volume.GetName() + POINT_LIST_SUFFIX), blocking=True)
+            volume = self.files.load_volume(path)
+            node = self.detect_new(volume)
             outputs = [
-                self.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)
+                self.files.export(node, output_dir / (file_stem(path) + suffix)) for suffix in (POINTS_JSON, POINTS_CSV)
             ]
-            if self.measurement_set(node):
+            if self.files.measurements.measurement_set(node):
                 outputs += [output_dir / (file_stem(path) + suffix) for suffix in (MEASUREMENTS_JSON, MEASUREMENTS_CSV)]
             return {"input": str(path), "outputs": [str(p) for p in outputs]}
         except Exception as error:  # noqa: BLE001 - ImageError, ModelFormatError, torch...: one file fails, not the batch
             if not isinstance(error, (ValueError, OSError)):
                 log.exception("%s", path.name)
-            self._report(f"{path.name}: {error}")
+            self.report(f"{path.name}: {error}")
             return {"input": str(path), "error": str(error)}
         finally:
             if node is not None:
-                self.detach(node)
+                self.release(node)
             for item in (node, volume):
                 if item is not None:
-                    remove_with_children(self.scene, item)
+                    remove_with_children(self.scene(), item)

@@ -10,11 +10,14 @@ meaning user-fixed), and the slice views can be centred on it. Confirming a poin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import slicer
 
 from .coordinates import control_point_positions
-from .tracked import TrackedList
+from .tracked import TrackedList, TrackedLists
 from .volumes import remove_with_children
 
 # point list -> the marker node that puts a halo around the suggested point
@@ -27,15 +30,16 @@ NEXT_POINT_OPACITY = 0.55
 
 
 class ReviewGuidance:
-    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: next point, review order, marker.
+    """Next point, review order and the halo of each point list (``scene()``: the logic's)."""
 
-    Uses from the logic: ``scene``, ``_get`` and ``_tracked``.
-    """
+    def __init__(self, scene: Callable[[], Any], lists: TrackedLists):
+        self.scene = scene
+        self.lists = lists
 
     def review_scores(self, point_list_node) -> np.ndarray | None:
         """(K,) "check next" score of each point (higher = check first); -inf for points
         the user fixed, also those dropped and waiting for the model. None before detection."""
-        tracked = self._get(point_list_node)
+        tracked = self.lists.get(point_list_node)
         if tracked.prediction is None:
             return None
         scores = np.array(tracked.prediction.review_score, dtype=float)
@@ -45,22 +49,22 @@ class ReviewGuidance:
     def review_order(self, point_list_node) -> list[int]:
         """Every point index: the unfixed ones most suspicious first, then the fixed ones in
         landmark order (the point table sorted by the score)."""
-        tracked = self._get(point_list_node)
+        tracked = self.lists.get(point_list_node)
         ranked = _ranked(tracked)
         return ranked + [k for k in range(point_list_node.GetNumberOfControlPoints()) if k not in set(ranked)]
 
     def next_point(self, point_list_node) -> int | None:
         """The unfixed point to check next (the top of the ranking), with a halo in the views;
         None, and no halo, when every point is fixed."""
-        tracked = self._get(point_list_node)
+        tracked = self.lists.get(point_list_node)
         ranked = _ranked(tracked)
         tracked.suggested = ranked[0] if ranked else None
-        self._update_next_marker(tracked)
+        self.update_marker(tracked)
         return tracked.suggested
 
     def suggested_point(self, point_list_node) -> int | None:
         """The point ``next_point`` suggested, while it is still unfixed; else None."""
-        tracked = self._tracked.get(point_list_node.GetID())
+        tracked = self.lists.find(point_list_node)
         return tracked.suggested if tracked is not None else None
 
     def next_point_marker(self, point_list_node):
@@ -74,9 +78,9 @@ class ReviewGuidance:
             raise ValueError(f"point list {point_list_node.GetName()!r} has no point {index}")
         world = [0.0, 0.0, 0.0]
         point_list_node.GetNthControlPointPositionWorld(int(index), world)
-        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene, *world, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(self.scene(), *world, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
-    def _update_next_marker(self, tracked: TrackedList):
+    def update_marker(self, tracked: TrackedList):
         """Keep the halo on the suggested point; drop the suggestion once it is fixed."""
         if tracked.suggested is not None and tracked.suggested in _held(tracked):
             tracked.suggested = None  # confirmed or moved: the user has checked it
@@ -84,7 +88,7 @@ class ReviewGuidance:
         if tracked.suggested is None:
             if marker is not None:
                 tracked.node.RemoveNodeReferenceIDs(NEXT_POINT_ROLE)
-                remove_with_children(self.scene, marker)
+                remove_with_children(self.scene(), marker)
             return
         if marker is None:
             marker = self._new_marker(tracked.node)
@@ -97,7 +101,7 @@ class ReviewGuidance:
         marker.EndModify(was_modifying)
 
     def _new_marker(self, node):
-        marker = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
+        marker = self.scene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
         marker.CreateDefaultDisplayNodes()
         display, points_display = marker.GetDisplayNode(), node.GetDisplayNode()
         if display is not None:
@@ -120,9 +124,7 @@ class ReviewGuidance:
 
 def _held(tracked: TrackedList) -> set[int]:
     """Points the user holds: fixed by the model's last run, dropped, or being dragged."""
-    held = set(tracked.pending)
-    if tracked.dragging is not None:
-        held.add(tracked.dragging)
+    held = tracked.queue.held()
     if tracked.prediction is not None:
         held.update(int(k) for k in np.flatnonzero(tracked.prediction.fixed))
     return held

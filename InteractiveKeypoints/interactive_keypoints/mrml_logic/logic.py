@@ -1,9 +1,13 @@
 """KeypointsMRMLLogic: the public API of the module's logic, and the state it holds.
 
-The class is assembled from one mixin per concern (drag tracking, running the model,
-measurements, files); what it holds itself is the model, the tracked point lists
-(:class:`~.tracked.TrackedList`, one per list) and the calls a user or the GUI makes:
-detect, attach, refine, update, undo, redo, unfix, reset.
+The logic holds the model, the tracked point lists (:class:`~.tracked.TrackedLists`) and the
+calls a user or the GUI makes: detect, attach, refine, confirm, update, undo, redo, unfix,
+reset. The rest is done by collaborators it holds as attributes, each given what it needs:
+``runs`` (:mod:`.running`), ``drags`` (:mod:`.dragging`), ``display``
+(:mod:`.measurement_display`), ``guidance`` (:mod:`.guidance`), ``files`` and ``batch``
+(:mod:`.files`), ``training`` (:mod:`.training`), ``scene_watch`` (:mod:`.scene_watch`).
+Their public calls are offered on the logic under the same names (``logic.export`` is
+``logic.files.export``).
 """
 
 from __future__ import annotations
@@ -11,30 +15,30 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import slicer
-import vtk
 
 from ..conventions import inside_image
 from ..errors import KeypointsError
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
-from .dragging import DragTracking
-from .files import POINT_LIST_SUFFIX, ExportAndBatch
-from .guidance import NEXT_POINT_ROLE, ReviewGuidance
-from .measurement_display import MEASUREMENT_LINE_ROLE, MEASUREMENTS_REFERENCE_ROLE, MeasurementDisplay
-from .runners import Runner, run_inline
-from .running import LogicBusyError, ModelRunning
+from .correction_queue import CorrectionSettings, LogicBusyError
+from .dragging import DragEvents
+from .files import POINT_LIST_SUFFIX, Files, FolderBatch
+from .guidance import ReviewGuidance
+from .measurement_display import MeasurementDisplay
+from .runners import Runner
+from .running import ModelRuns
+from .scene_watch import SceneWatch
 from .states import DEFAULT_LOW_CONFIDENCE, STATE_FIXED, point_states, style_point_list
-from .tracked import TrackedList
+from .tracked import TrackedList, TrackedLists
 from .training import TrainingLoop
-from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, remove_with_children, snapshot_volume
+from .volumes import VOLUME_REFERENCE_ROLE, reference_volume, snapshot_volume
 
 log = logging.getLogger(__name__)
 
 # what the panel offers as a radiograph (its volume selector names the same two classes)
 RADIOGRAPH_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")
-# the nodes a point list owns: removed with it
-OWNED_ROLES = (NEXT_POINT_ROLE, MEASUREMENTS_REFERENCE_ROLE, MEASUREMENT_LINE_ROLE)
 
 
 class FixesWouldBeLostError(KeypointsError, ValueError):
@@ -42,7 +46,7 @@ class FixesWouldBeLostError(KeypointsError, ValueError):
     (another landmark set): ``detect(..., keep_fixes=False)`` replaces them."""
 
 
-class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewGuidance, ExportAndBatch, TrainingLoop):
+class KeypointsMRMLLogic:
     """Keypoint detection and interactive correction on MRML point lists.
 
     Console use (inside Slicer, ``scene`` defaults to ``slicer.mrmlScene``)::
@@ -66,21 +70,98 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         self._model = model
         self.model_folder = model_folder
         self.device = device
-        self.runner: Runner = run_inline  # replaced by a ThreadedRunner in the GUI
-        self._blocking_runner: Runner = run_inline  # blocking calls; process_folder may wait on a thread
-        self.auto_refine = True
-        self.refine_while_dragging = False
+        self.settings = CorrectionSettings()  # auto_refine, refine_while_dragging
         self.low_confidence = DEFAULT_LOW_CONFIDENCE
         self.on_error = None
         self.on_run_failed = None
         self.on_updated = None
         self.on_busy = None
         self.on_drag_started = None
-        self._tracked: dict[str, TrackedList] = {}
-        self._predictor = None  # one inference copy of the network, shared by all sessions
+        self.lists = TrackedLists()
+        self._predictor: Any = None  # one inference copy of the network, shared by all sessions
         # the model is loaded by the inference thread (detect) or a preloading thread (web)
         self._model_lock = threading.Lock()
-        self._watched_scene = None  # (scene, observer tag): releases lists the user deletes
+        self._build_collaborators()
+
+    def _build_collaborators(self):
+        scene, lists = (lambda: self.scene), self.lists
+        self.runs = ModelRuns(lists, self.settings, self._show, self._report, self._run_failed, self._busy_changed)
+        self.drags = DragEvents(lists, self.settings, self.runs, self._mark_fixed, self._report, self._drag_started)
+        self.display = MeasurementDisplay(scene, lists, self.model_config)
+        self.guidance = ReviewGuidance(scene, lists)
+        self.files = Files(scene, lists, self.display, self.model_config)
+        self.batch = FolderBatch(scene, self.files, self._detect_on_new_list, self.detach, self.runs, self._report)
+        self.training = TrainingLoop(
+            lists, self.files, self.model, self.model_config, self.predictor, self._detect_blocking, self._report
+        )
+        self.scene_watch = SceneWatch(scene, lists, self.detach)
+        self._offer_their_calls()
+
+    def _offer_their_calls(self):
+        """The collaborators' public calls, on the logic under the same names (the module, the
+        web app and the console use these)."""
+        self.is_dragging = self.drags.is_dragging
+        self.end_interaction = self.drags.end_interaction
+        self.measurement_set = self.display.measurement_set
+        self.measurements = self.display.measurements
+        self.measurement_table = self.display.measurement_table
+        self.measurement_lines = self.display.measurement_lines
+        self.select_measurement = self.display.select_measurement
+        self.review_scores = self.guidance.review_scores
+        self.review_order = self.guidance.review_order
+        self.next_point = self.guidance.next_point
+        self.suggested_point = self.guidance.suggested_point
+        self.next_point_marker = self.guidance.next_point_marker
+        self.jump_to_point = self.guidance.jump_to_point
+        self.export = self.files.export
+        self.export_measurements = self.files.export_measurements
+        self.spacing_description = self.files.spacing_description
+        self.load_volume = self.files.load_volume
+        self.process_folder = self.batch.process_folder
+        self.add_to_training_set = self.training.add_to_training_set
+        self.training_stem = self.training.training_stem
+        self.start_training = self.training.start_training
+        self.resume_training = self.training.resume_training
+        self.can_resume_training = self.training.can_resume_training
+        self.cancel_training = self.training.cancel_training
+        self.training_progress = self.training.training_progress
+        self.training_set_models = self.training.training_set_models
+        self.rank_unannotated = self.training.rank_unannotated
+        self.annotate_next = self.training.annotate_next
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def runner(self) -> Runner:
+        """How non-blocking runs are done (a ThreadedRunner in the GUI, inline by default)."""
+        return self.runs.runner
+
+    @runner.setter
+    def runner(self, runner: Runner):
+        self.runs.runner = runner
+
+    @property
+    def auto_refine(self) -> bool:
+        """A drop runs the model at once (else drops wait for :meth:`update`)."""
+        return self.settings.auto_refine
+
+    @auto_refine.setter
+    def auto_refine(self, value: bool):
+        self.settings.auto_refine = bool(value)
+
+    @property
+    def refine_while_dragging(self) -> bool:
+        """Each move of a dragged point runs a preview."""
+        return self.settings.refine_while_dragging
+
+    @refine_while_dragging.setter
+    def refine_while_dragging(self, value: bool):
+        self.settings.refine_while_dragging = bool(value)
+
+    @property
+    def training_job(self):
+        """The training run started here (a TrainingJob), or None."""
+        return self.training.training_job
 
     # ------------------------------------------------------------------ model, scene
 
@@ -202,22 +283,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         snapshot = snapshot_volume(volume_node)
         checked_image = snapshot.radiograph() if blocking else None
         node = point_list_node or self.point_list_for(volume_node)
-        previous = self._tracked.get(node.GetID())
-        if previous is not None and previous.busy:
-            raise LogicBusyError(f"the model is still running on {node.GetName()!r}")
-        self.detach(node)
-        node.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volume_node.GetID())
-        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
-        tracked = TrackedList(
-            node=node,
-            volume=volume_node,
-            session=None,
-            ijk_to_ras=ijk_to_ras_matrix(volume_node),
-            size=snapshot.size,
-        )
-        self._tracked[node.GetID()] = tracked
-        self._observe(tracked)
-        self.watch_scene()
+        tracked = self._track(node, volume_node, snapshot.size)
         made = {}
 
         def compute():
@@ -237,8 +303,31 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
                 # the list keeps its model's landmarks and measurements when another is chosen
                 tracked.config = tracked.session.config
 
-        self._submit(tracked, compute, blocking, on_done=on_done, what="detect")
+        self.runs.submit(tracked, compute, blocking, on_done=on_done, what="detect")
         return node
+
+    def _track(self, node, volume_node, size: tuple[int, int]) -> TrackedList:
+        """A new entry for the list on this volume (its session comes with the detection)."""
+        previous = self.lists.find(node)
+        if previous is not None and previous.queue.busy:
+            raise LogicBusyError(f"the model is still running on {node.GetName()!r}")
+        self.detach(node)
+        node.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volume_node.GetID())
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        tracked = TrackedList(
+            node=node, volume=volume_node, session=None, ijk_to_ras=ijk_to_ras_matrix(volume_node), size=size
+        )
+        self.lists.add(tracked)
+        self.drags.observe(tracked)
+        self.watch_scene()
+        return tracked
+
+    def _detect_blocking(self, volume_node):
+        return self.detect(volume_node, blocking=True)
+
+    def _detect_on_new_list(self, volume_node):
+        # a new list, never a user's list that happens to have the same name
+        return self.detect(volume_node, self.new_point_list(volume_node.GetName() + POINT_LIST_SUFFIX), blocking=True)
 
     def attach(self, point_list_node, volume_node=None, blocking: bool = True):
         """Listen to drags on a point list (e.g. one loaded from .mrk.json).
@@ -247,7 +336,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         the model and the predicted points are predicted again.
         """
         node = point_list_node
-        if node.GetID() in self._tracked:
+        if self.is_tracked(node):
             return node
         volume_node = volume_node or reference_volume(node)
         if volume_node is None:
@@ -265,62 +354,20 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
 
     def detach(self, point_list_node):
         """Stop listening and forget the session of this point list."""
-        tracked = self._tracked.pop(point_list_node.GetID(), None)
+        tracked = self.lists.pop(point_list_node)
         if tracked is not None:
             for tag in tracked.observer_tags:
                 tracked.node.RemoveObserver(tag)
 
     def forget_all(self):
-        for node_id in list(self._tracked):
-            self.detach(self._tracked[node_id].node)
-        self._unwatch_scene()
+        for tracked in self.lists:
+            self.detach(tracked.node)
+        self.scene_watch.unwatch()
 
     def watch_scene(self):
         """Observe node removal: a point list the user deletes releases its session and takes
         the nodes it owns with it (check-next halo, measurements table and lines)."""
-        scene = self.scene
-        if self._watched_scene is not None and self._watched_scene[0] is scene:
-            return
-        self._unwatch_scene()
-
-        @vtk.calldata_type(vtk.VTK_OBJECT)
-        def on_node_about_to_be_removed(caller, event, node=None):
-            # before the removal: the list's references still resolve. A closing scene goes whole.
-            if node is not None and not scene.IsClosing() and node.IsA("vtkMRMLMarkupsFiducialNode"):
-                self._remove_owned_nodes(node)
-
-        @vtk.calldata_type(vtk.VTK_OBJECT)
-        def on_node_removed(caller, event, node=None):
-            if node is None:
-                return
-            for tracked in list(self._tracked.values()):
-                if tracked.node is node:
-                    self.detach(node)
-
-        tags = [
-            scene.AddObserver(scene.NodeAboutToBeRemovedEvent, on_node_about_to_be_removed),
-            scene.AddObserver(scene.NodeRemovedEvent, on_node_removed),
-        ]
-        self._watched_scene = (scene, tags)
-
-    def _remove_owned_nodes(self, node):
-        owned = [
-            node.GetNthNodeReference(role, i)
-            for role in OWNED_ROLES
-            for i in range(node.GetNumberOfNodeReferences(role))
-        ]
-        for role in OWNED_ROLES:
-            node.RemoveNodeReferenceIDs(role)
-        for item in owned:
-            if item is not None and item.GetScene() is self.scene:
-                remove_with_children(self.scene, item)
-
-    def _unwatch_scene(self):
-        if self._watched_scene is not None:
-            scene, tags = self._watched_scene
-            for tag in tags:
-                scene.RemoveObserver(tag)
-            self._watched_scene = None
+        self.scene_watch.watch()
 
     def first_radiograph(self):
         """The volume to offer first: the first one-slice scalar or RGB volume, never a label
@@ -333,27 +380,32 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         return None
 
     def is_tracked(self, point_list_node) -> bool:
-        return point_list_node is not None and point_list_node.GetID() in self._tracked
+        return self.lists.find(point_list_node) is not None
 
     def is_busy(self, point_list_node) -> bool:
-        tracked = self._tracked.get(point_list_node.GetID())
-        return bool(tracked and tracked.busy)
+        tracked = self.lists.find(point_list_node)
+        return bool(tracked and tracked.queue.busy)
 
     def latency(self, point_list_node) -> float | None:
-        tracked = self._tracked.get(point_list_node.GetID())
+        tracked = self.lists.find(point_list_node)
         return tracked.latency if tracked else None
 
     def prediction(self, point_list_node):
         """The model's current Prediction for this list (points in original pixels)."""
-        return self._get(point_list_node).prediction
+        return self.lists.get(point_list_node).prediction
 
     def can_undo(self, point_list_node) -> bool:
-        tracked = self._tracked.get(point_list_node.GetID())
-        return bool(tracked and tracked.session and (tracked.pending or tracked.session.can_undo))
+        tracked = self.lists.find(point_list_node)
+        if tracked is None or tracked.session is None:
+            return False
+        # drops not run yet, and a shown preview, are undone before the session's history
+        return bool(tracked.queue.pending) or tracked.session.previewing or tracked.session.can_undo
 
     def can_redo(self, point_list_node) -> bool:
-        tracked = self._tracked.get(point_list_node.GetID())
-        return bool(tracked and tracked.session and not tracked.pending and tracked.session.can_redo)
+        tracked = self.lists.find(point_list_node)
+        if tracked is None or tracked.session is None:
+            return False
+        return not tracked.queue.pending and not tracked.session.previewing and tracked.session.can_redo
 
     # -------------------------------------------------------------------- correction
 
@@ -363,7 +415,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         Raises ``OutsideImageError`` (a ValueError) and changes nothing when a position is
         outside the image.
         """
-        tracked = self._get(point_list_node)
+        tracked = self.lists.get(point_list_node)
         fixes = {}
         for k, ras in ras_by_index.items():
             xy = tuple(ras_to_pixels(ras, tracked.ijk_to_ras)[0])
@@ -372,7 +424,7 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         with tracked.own_writes():
             for k, ras in ras_by_index.items():
                 point_list_node.SetNthControlPointPosition(int(k), *ras[:3])
-        tracked.pending.update(fixes)
+        tracked.queue.drop(fixes)
         self._mark_fixed(tracked, fixes)
         self.update(point_list_node, blocking)
 
@@ -381,107 +433,95 @@ class KeypointsMRMLLogic(DragTracking, ModelRunning, MeasurementDisplay, ReviewG
         (a drop without a move; undoable). While the model runs, a non-blocking confirm is
         queued like a drop and a blocking one raises ``LogicBusyError``. A point that is
         already fixed is left alone."""
-        tracked = self._get(point_list_node)
+        tracked = self.lists.get(point_list_node)
         k = int(index)
         if not 0 <= k < tracked.num_keypoints:
             raise ValueError(
                 f"point list {point_list_node.GetName()!r} has no landmark {index}: use 0..{tracked.num_keypoints - 1}"
             )
-        if blocking and tracked.busy:
+        if blocking and tracked.queue.busy:
             raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
-        if k in tracked.pending or (tracked.prediction is not None and tracked.prediction.fixed[k]):
+        if k in tracked.queue.pending or (tracked.prediction is not None and tracked.prediction.fixed[k]):
             return
         fixes = {k: tracked.pixel_of(k)}  # where the user sees it, also while a run may move it
-        tracked.pending.update(fixes)
+        tracked.queue.drop(fixes)
         self._mark_fixed(tracked, fixes)
         self.update(point_list_node, blocking)
 
     def update(self, point_list_node, blocking: bool = False):
         """Run the model with the queued drops (the Update button when auto-refine is off)."""
-        tracked = self._get(point_list_node)
-        if blocking and tracked.busy:
+        tracked = self.lists.get(point_list_node)
+        if blocking and tracked.queue.busy:
             raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
-        self._run_pending(tracked, blocking)
+        if tracked.queue.dragging is None:  # a drag's drop comes at its end
+            self.runs.run_next(tracked, drops=True, blocking=blocking)
 
     def undo(self, point_list_node):
         """Undo the last correction and its re-inference (queued drops count as one)."""
-        tracked = self._idle(point_list_node)
-        if tracked.pending:  # drops not given to the model yet: put the points back
-            tracked.pending.clear()
-            self._apply(tracked, tracked.prediction)
+        tracked = self.lists.idle(point_list_node)
+        session = tracked.attached_session
+        if tracked.queue.cancel():  # drops not given to the model yet: put the points back
+            session.end_preview()  # and the preview of a drag, if one is shown
+            self._show(tracked, session.prediction)
             return
-        self._submit(tracked, tracked.session.undo, blocking=True, what="undo")
+        self.runs.submit(tracked, session.undo, blocking=True, what="undo")
 
     def redo(self, point_list_node):
-        tracked = self._idle(point_list_node)
-        self._submit(tracked, tracked.session.redo, blocking=True, what="redo")
+        tracked = self.lists.idle(point_list_node)
+        self.runs.submit(tracked, tracked.attached_session.redo, blocking=True, what="redo")
 
     def unfix(self, point_list_node, indices, blocking: bool = True):
         """Let the model place these points again (re-runs the model, like refine)."""
-        tracked = self._idle(point_list_node)
+        tracked = self.lists.idle(point_list_node)
         indices = [int(k) for k in indices]
-        for k in indices:
-            tracked.pending.pop(k, None)
-        session = tracked.session
-        self._submit(tracked, lambda: session.unfix(indices), blocking, what="unfix")
+        tracked.queue.withdraw(indices)
+        session = tracked.attached_session
+        self.runs.submit(tracked, lambda: session.unfix(indices), blocking, what="unfix")
 
     def reset(self, point_list_node):
         """Forget all corrections: back to the model's first prediction."""
-        tracked = self._idle(point_list_node)
-        tracked.pending.clear()
-        self._submit(tracked, tracked.session.reset, blocking=True, what="reset")
+        tracked = self.lists.idle(point_list_node)
+        tracked.queue.cancel()
+        self.runs.submit(tracked, tracked.attached_session.reset, blocking=True, what="reset")
 
     def set_low_confidence(self, threshold: float):
         """Change the flagging threshold and re-describe the points of idle lists."""
         self.low_confidence = float(threshold)
-        for tracked in self._tracked.values():
-            if not tracked.busy and tracked.prediction is not None:
-                self._apply(tracked, tracked.prediction)
-
-    def _volume_of(self, node):
-        tracked = self._tracked.get(node.GetID())
-        if tracked is not None:
-            return tracked.volume
-        volume = reference_volume(node)
-        if volume is None:
-            raise ValueError(f"point list {node.GetName()!r} has no radiograph volume to convert to pixels")
-        return volume
+        for tracked in self.lists:
+            if not tracked.queue.busy and tracked.prediction is not None:
+                self._show(tracked, tracked.prediction)
 
     # --------------------------------------------------------------- writing to MRML
 
-    def _apply(self, tracked: TrackedList, prediction):
+    def _show(self, tracked: TrackedList, prediction):
         """Write a prediction into the point list, then its measurements; tell the GUI."""
         tracked.write_prediction(prediction, self.low_confidence)
-        self._update_measurements(tracked)
-        self._update_next_marker(tracked)
+        self.display.update(tracked)
+        self.guidance.update_marker(tracked)
         if self.on_updated is not None:
             self.on_updated(tracked.node)
 
     def _mark_fixed(self, tracked: TrackedList, fixes: dict):
         tracked.write_fixed(fixes, self.low_confidence)
-        self._update_next_marker(tracked)
+        self.guidance.update_marker(tracked)
         if self.on_updated is not None:
             self.on_updated(tracked.node)
 
-    # ------------------------------------------------------------------------ helpers
-
-    def _get(self, point_list_node) -> TrackedList:
-        if point_list_node is None:
-            raise ValueError("no point list given")
-        tracked = self._tracked.get(point_list_node.GetID())
-        if tracked is None or (tracked.session is None and not tracked.busy):
-            raise ValueError(
-                f"point list {point_list_node.GetName()!r} is not attached: run detect() or attach() first"
-            )
-        return tracked
-
-    def _idle(self, point_list_node) -> TrackedList:
-        tracked = self._get(point_list_node)
-        if tracked.busy:
-            raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
-        return tracked
+    # ------------------------------------------------------------------ callbacks
 
     def _report(self, message: str):
         log.error(message)
         if self.on_error is not None:
             self.on_error(message)
+
+    def _run_failed(self, message: str):
+        if self.on_run_failed is not None:
+            self.on_run_failed(message)
+
+    def _busy_changed(self, node, busy: bool):
+        if self.on_busy is not None:
+            self.on_busy(node, busy)
+
+    def _drag_started(self, node):
+        if self.on_drag_started is not None:
+            self.on_drag_started(node)

@@ -8,12 +8,15 @@ point list, and the lines of the selected measurement are drawn as locked markup
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import vtk
 
 from ..conventions import MEASUREMENT_COLOR
 from .coordinates import control_point_positions, ijk_to_ras_matrix, pixels_to_ras, ras_to_pixels
-from .tracked import TrackedList
+from .tracked import TrackedList, TrackedLists
 from .volumes import remove_with_children, volume_spacing
 
 # point list -> its measurements table / the line nodes drawn for the selected measurement
@@ -24,16 +27,22 @@ MEASUREMENT_LINE_COLOR = MEASUREMENT_COLOR  # the PNG overlays draw the same lin
 
 
 class MeasurementDisplay:
-    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: the measurements table and lines.
+    """The measurements table and lines of each point list.
 
-    Uses from the logic: ``scene``, ``model_config``, ``_tracked``, ``_get`` and ``_volume_of``.
+    ``scene()`` is the logic's scene, ``model_config()`` the chosen model's ModelConfig
+    (for points given as pixels, and lists not tracked).
     """
+
+    def __init__(self, scene: Callable[[], Any], lists: TrackedLists, model_config: Callable[[], Any]):
+        self.scene = scene
+        self.lists = lists
+        self.model_config = model_config
 
     def measurement_set(self, point_list_node=None) -> str:
         """The measurement set ("aasce-cobb", "isbi-ceph" or "" for none) of a tracked point
         list's own model (a list keeps the model it was detected with when another is chosen),
         or of the chosen model."""
-        tracked = self._tracked.get(point_list_node.GetID()) if point_list_node is not None else None
+        tracked = self.lists.find(point_list_node)
         if tracked is not None and tracked.config is not None:
             return tracked.measurement_set
         return self.model_config().measurements
@@ -50,7 +59,7 @@ class MeasurementDisplay:
             pixels, volume = np.asarray(points, dtype=float), volume_node
         else:
             measurement_set = self.measurement_set(points)
-            volume = volume_node or self._volume_of(points)
+            volume = volume_node or self.lists.volume_of(points)
             pixels = ras_to_pixels(control_point_positions(points), ijk_to_ras_matrix(volume))
         spacing = height = None
         if volume is not None:
@@ -65,15 +74,16 @@ class MeasurementDisplay:
             return None
         table = point_list_node.GetNodeReference(MEASUREMENTS_REFERENCE_ROLE)
         if table is None:
-            table = self.scene.AddNewNodeByClass(
-                "vtkMRMLTableNode", self.scene.GenerateUniqueName(point_list_node.GetName() + " measurements")
+            scene = self.scene()
+            table = scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", scene.GenerateUniqueName(point_list_node.GetName() + " measurements")
             )
             point_list_node.SetNodeReferenceID(MEASUREMENTS_REFERENCE_ROLE, table.GetID())
         return table
 
     def select_measurement(self, point_list_node, name: str):
         """Draw the lines of measurement ``name`` ("" hides them); they follow every update."""
-        tracked = self._get(point_list_node)
+        tracked = self.lists.get(point_list_node)
         if name and name not in [m.name for m in self.measurements(point_list_node)]:
             raise ValueError(f"no measurement {name!r} for point list {point_list_node.GetName()!r}")
         tracked.selected_measurement = name
@@ -86,7 +96,7 @@ class MeasurementDisplay:
             for i in range(point_list_node.GetNumberOfNodeReferences(MEASUREMENT_LINE_ROLE))
         ]
 
-    def _update_measurements(self, tracked: TrackedList):
+    def update(self, tracked: TrackedList):
         """Refill the table (and the selected lines) from the points just written."""
         node = tracked.node
         table = self.measurement_table(node)
@@ -114,13 +124,14 @@ class MeasurementDisplay:
         node = tracked.node
         chosen = next((m for m in records if m.name == tracked.selected_measurement), None)
         segments = chosen.lines if chosen is not None else ()
+        name = chosen.name if chosen is not None else ""
         lines = self.measurement_lines(node)
         while len(lines) > len(segments):  # fewer lines than before: drop the extra ones
             extra = lines.pop()
             node.RemoveNthNodeReferenceID(MEASUREMENT_LINE_ROLE, len(lines))
-            remove_with_children(self.scene, extra)
+            remove_with_children(self.scene(), extra)
         while len(lines) < len(segments):
-            line = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode")
+            line = self.scene().AddNewNodeByClass("vtkMRMLMarkupsLineNode")
             line.CreateDefaultDisplayNodes()
             if line.GetDisplayNode() is not None:
                 line.GetDisplayNode().SetColor(*MEASUREMENT_LINE_COLOR)
@@ -132,7 +143,7 @@ class MeasurementDisplay:
         for i, (line, segment) in enumerate(zip(lines, segments)):
             ends = pixels_to_ras(np.array(segment), tracked.ijk_to_ras)
             was_modifying = line.StartModify()
-            line.SetName(f"{node.GetName()} {chosen.name} {i + 1}")
+            line.SetName(f"{node.GetName()} {name} {i + 1}")
             line.SetAndObserveTransformNodeID(node.GetTransformNodeID())
             line.RemoveAllControlPoints()
             for end in ends:

@@ -1,78 +1,99 @@
-"""Running the model for a point list through a runner, and what arrives meanwhile.
+"""Running the model for a point list through a runner, and writing what it returns.
 
-While a computation runs the list is busy: drops are queued in a pending slot (per point,
-the latest wins) and refined together as soon as it finishes, so a drag is never lost;
-the previews made while dragging are undone and replaced by the drop (one undo step per
-correction). ``blocking=True`` runs through the blocking runner and raises the model's
-error; ``blocking=False`` goes through ``runner`` and reports errors through ``on_error``.
+Every model run of a list (detect, a correction, a preview, undo ...) goes through
+:meth:`ModelRuns.submit`: the list is busy until its ``finish``, which writes the outcome
+into MRML and then starts whatever the list's :class:`~.correction_queue.CorrectionQueue`
+has next (drops that arrived meanwhile, the dragged point's latest position), so a drag is
+never lost. ``blocking=True`` runs through the blocking runner and raises the model's
+error; ``blocking=False`` goes through ``runner`` and reports errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
-from ..conventions import inside_image
-from ..errors import KeypointsError
-from .tracked import TrackedList
+from .correction_queue import CorrectionSettings, LogicBusyError, Run
+from .runners import Runner, run_inline
+from .tracked import TrackedList, TrackedLists
 
 log = logging.getLogger(__name__)
 
 
-class LogicBusyError(KeypointsError, RuntimeError):
-    """An operation was asked for while the model is still running on this point list."""
+class ModelRuns:
+    """Submits computations for the tracked lists and writes their results.
 
-
-class ModelRunning:
-    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: submits computations and writes
-    their results.
-
-    Uses from the logic: ``runner`` / ``_blocking_runner`` (:class:`~.runners.Runner`),
-    ``auto_refine``, ``_tracked``, ``_apply``, ``_report``, ``on_run_failed``, ``on_busy``.
+    ``show(tracked, prediction)`` writes a prediction into the list (and what follows it);
+    ``report(message)`` tells the user of a problem, ``run_failed(message)`` of a failed
+    non-blocking run in particular; ``busy_changed(node, busy)`` follows every run.
     """
 
-    def _run_pending(self, tracked: TrackedList, blocking: bool):
-        """Give the queued drops to the model (and drop the previews made while dragging)."""
-        if tracked.busy or not (tracked.pending or tracked.preview_steps) or tracked.dragging is not None:
+    def __init__(
+        self,
+        lists: TrackedLists,
+        settings: CorrectionSettings,
+        show: Callable[[TrackedList, Any], None],
+        report: Callable[[str], None],
+        run_failed: Callable[[str], None],
+        busy_changed: Callable[[Any, bool], None],
+    ):
+        self.lists = lists
+        self.settings = settings
+        self.show = show
+        self.report = report
+        self.run_failed = run_failed
+        self.busy_changed = busy_changed
+        self.runner: Runner = run_inline  # replaced by a ThreadedRunner in the GUI
+        self.blocking_runner: Runner = run_inline  # blocking calls; a batch may wait on a thread
+
+    @contextlib.contextmanager
+    def blocking_through(self, runner: Runner):
+        """Blocking runs go through ``runner`` meanwhile (a batch that keeps a GUI live)."""
+        self.blocking_runner = runner
+        try:
+            yield
+        finally:
+            self.blocking_runner = run_inline
+
+    def run_next(self, tracked: TrackedList, drops: bool | None = None, blocking: bool = False):
+        """Start what the list's queue has next: a preview during a drag, else the drops as one
+        correction (``drops``: run them even with auto-refine off; default: auto-refine)."""
+        run = tracked.queue.next_run(self.settings.auto_refine if drops is None else drops)
+        if run is None:
             return
-        fixes = dict(tracked.pending)
-        undo_previews = tracked.preview_steps
-        tracked.preview_steps = 0
         session = tracked.session
+        assert session is not None  # a list with drops or a drag has had its detection
+        if run.preview:
+            self.submit(tracked, lambda: session.preview(run.fixes), blocking, run=run, what="preview")
+            return
 
         def compute():
-            # previews of a drag are replaced by its drop: one undo step per correction
-            for _ in range(undo_previews):
-                session.undo()
-            return session.refine(fixes) if fixes else session.prediction
+            session.end_preview()  # the drop replaces the drag's previews: one undo step per correction
+            return session.refine(run.fixes) if run.fixes else session.prediction
 
-        def on_done(outcome):
-            for k in fixes:
-                if tracked.pending.get(k) == fixes[k]:
-                    del tracked.pending[k]
+        self.submit(tracked, compute, blocking, run=run, what="correction")
 
-        self._submit(tracked, compute, blocking, on_done=on_done, drop_fixes=fixes, what="correction")
-
-    def _run_preview(self, tracked: TrackedList):
-        if tracked.busy or tracked.preview is None:
-            return
-        k, xy = tracked.preview
-        tracked.preview = None
-        if not inside_image(xy, tracked.size):
-            return
-        fixes = {**tracked.pending, k: xy}
-        tracked.preview_steps += 1
-        self._submit(tracked, lambda: tracked.session.refine(fixes), blocking=False, what="preview")
-
-    def _submit(self, tracked: TrackedList, compute, blocking: bool, on_done=None, drop_fixes=None, what="model run"):
-        """Run ``compute`` (session only) through the runner; write its result into MRML.
-        ``what`` names the run in the log (detect, correction, undo ...)."""
-        if tracked.busy:
+    def submit(
+        self,
+        tracked: TrackedList,
+        compute: Callable[[], Any],
+        blocking: bool,
+        on_done: Callable[[Any], None] | None = None,
+        run: Run | None = None,
+        what: str = "model run",
+    ):
+        """Run ``compute`` (session only, no MRML) through the runner; write its result into
+        MRML. ``run``: the queue's run it carries out; ``what`` names it in the log."""
+        if tracked.queue.busy:
             raise LogicBusyError(f"the model is still running on {tracked.node.GetName()!r}")
-        self._set_busy(tracked, True)
+        tracked.queue.start(run)
+        self.busy_changed(tracked.node, True)
         started = time.perf_counter()
-        raised = []
-        model_seconds = []
+        raised: list[Exception] = []
+        model_seconds: list[float] = []
 
         def timed_compute():
             compute_started = time.perf_counter()
@@ -92,38 +113,34 @@ class ModelRunning:
                 1000 * sum(model_seconds),
                 1000 * tracked.latency,
             )
-            self._set_busy(tracked, False)
-            if self._tracked.get(tracked.node.GetID()) is not tracked:
+            tracked.queue.finish(run)
+            self.busy_changed(tracked.node, False)
+            if not self.lists.is_current(tracked):
                 return  # detached or re-detected meanwhile: the result is stale
             if on_done is not None:
                 on_done(outcome)
             if isinstance(outcome, Exception):
-                if drop_fixes:  # the model refused these drops: put the points back
-                    for k in drop_fixes:
-                        tracked.put_back(k, None)
-                if tracked.prediction is not None:
-                    self._apply(tracked, tracked.prediction)
-                if blocking:
-                    raised.append(outcome)
-                else:
-                    message = f"{tracked.node.GetName()}: {outcome}"
-                    self._report(message)
-                    if self.on_run_failed is not None:
-                        self.on_run_failed(message)
+                self._failed(tracked, outcome, run, raised if blocking else None)
             else:
-                self._apply(tracked, outcome)
-            # whatever arrived meanwhile runs next: the latest drop or drag position wins
-            if not blocking:
-                if tracked.dragging is not None:
-                    self._run_preview(tracked)
-                elif (tracked.pending and self.auto_refine) or tracked.preview_steps:
-                    self._run_pending(tracked, blocking=False)
+                self.show(tracked, outcome)
+            if not blocking:  # whatever arrived meanwhile runs next: the latest drop or drag position wins
+                self.run_next(tracked)
 
-        (self._blocking_runner if blocking else self.runner)(timed_compute, finish)
+        (self.blocking_runner if blocking else self.runner)(timed_compute, finish)
         if raised:
             raise raised[0]
 
-    def _set_busy(self, tracked: TrackedList, busy: bool):
-        tracked.busy = busy
-        if self.on_busy is not None:
-            self.on_busy(tracked.node, busy)
+    def _failed(self, tracked: TrackedList, error: Exception, run: Run | None, raised: list[Exception] | None):
+        """Show the list as it was; a blocking call raises the error (into ``raised``), else
+        it is reported."""
+        if run is not None and not run.preview:  # the model refused these drops: put the points back
+            for k in run.fixes:
+                tracked.put_back(k, None)
+        if tracked.prediction is not None:
+            self.show(tracked, tracked.prediction)
+        if raised is not None:
+            raised.append(error)
+            return
+        message = f"{tracked.node.GetName()}: {error}"
+        self.report(message)
+        self.run_failed(message)

@@ -1,5 +1,5 @@
-"""One point list under the logic's control: its session, its drag and queue state, and
-the writes of points and states into the list.
+"""One point list under the logic's control, the lists by node, and the writes of points
+and states into a list.
 
 Every write goes through :meth:`TrackedList.own_writes`: our own changes fire markups events
 too, and the drag handlers must ignore them.
@@ -9,40 +9,55 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..conventions import inside_image
 from .coordinates import pixels_to_ras, ras_to_pixels
+from .correction_queue import CorrectionQueue, LogicBusyError
 from .states import write_state
+from .volumes import reference_volume
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..session import KeypointSession, Prediction
 
 
 @dataclass
 class TrackedList:
-    """What the logic knows about one point list."""
+    """What the logic knows about one point list. Each part has one owner: ``queue`` the
+    corrections on their way to the model (:mod:`.correction_queue`), ``writing`` / ``shown``
+    the writes below, ``selected_measurement`` the measurement display, ``suggested`` the
+    guidance."""
 
-    node: object
-    volume: object
-    session: object  # KeypointSession; None until the first computation made it
+    node: Any  # vtkMRMLMarkupsFiducialNode
+    volume: Any  # its radiograph's volume node
+    session: KeypointSession | None  # None until the first computation made it
     ijk_to_ras: np.ndarray
     size: tuple[int, int]  # (H, W) of the radiograph
-    config: object = None  # ModelConfig of the list's model: kept when another model is chosen
+    config: ModelConfig | None = None  # of the list's model: kept when another model is chosen
     observer_tags: list = field(default_factory=list)
-    busy: bool = False
-    pending: dict = field(default_factory=dict)  # queued drops {k: (x, y)}; latest wins
-    dragging: int | None = None  # index being dragged in a view
-    drag_start: np.ndarray | None = None  # its RAS position when the drag started
-    preview: tuple | None = None  # latest (k, xy) waiting for a refine-while-dragging run
-    preview_steps: int = 0  # session steps made by previews of the current drag
+    queue: CorrectionQueue = field(init=False)
     writing: bool = False  # re-entrancy guard: our own MRML writes fire events too
     latency: float | None = None  # seconds of the last computation
     selected_measurement: str = ""  # name of the measurement whose lines are drawn
     suggested: int | None = None  # the point next_point() gave a halo, until it is fixed
     shown: np.ndarray | None = None  # (K, 2) pixels of the points as the logic last left them
 
+    def __post_init__(self):
+        self.queue = CorrectionQueue(self.size)
+
     @property
-    def prediction(self):
+    def prediction(self) -> Prediction | None:
         return self.session.prediction if self.session is not None else None
+
+    @property
+    def attached_session(self) -> KeypointSession:
+        """The session, which an idle tracked list has (its detection made it)."""
+        if self.session is None:
+            raise ValueError(f"point list {self.node.GetName()!r} is not attached: run detect() or attach() first")
+        return self.session
 
     @property
     def num_keypoints(self) -> int:
@@ -59,7 +74,8 @@ class TrackedList:
         """Point k's current position in the list, in image pixels (x, y)."""
         point = [0.0, 0.0, 0.0]
         self.node.GetNthControlPointPosition(k, point)
-        return tuple(float(v) for v in ras_to_pixels(point, self.ijk_to_ras)[0])
+        x, y = ras_to_pixels(point, self.ijk_to_ras)[0]
+        return float(x), float(y)
 
     def shown_ras(self, k: int):
         """RAS of point k where the logic last left it."""
@@ -106,8 +122,8 @@ class TrackedList:
     def put_back(self, k: int, ras):
         """Return point k to ``ras`` (its position before the drag), or to the model's."""
         if ras is None:
-            if k in self.pending:
-                ras = pixels_to_ras(self.pending[k], self.ijk_to_ras)[0]
+            if k in self.queue.pending:
+                ras = pixels_to_ras(self.queue.pending[k], self.ijk_to_ras)[0]
             elif self.prediction is not None:
                 ras = pixels_to_ras(self.prediction.points[k], self.ijk_to_ras)[0]
             else:
@@ -119,9 +135,7 @@ class TrackedList:
         """Write a prediction into the point list. Points the user holds (being dragged, or
         dropped and waiting for the model) keep the user's position."""
         node = self.node
-        held = set(self.pending)
-        if self.dragging is not None:
-            held.add(self.dragging)
+        held = self.queue.held()
         positions = pixels_to_ras(prediction.points, self.ijk_to_ras)
         with self.own_writes():
             if node.GetNumberOfControlPoints() != len(positions):
@@ -136,7 +150,7 @@ class TrackedList:
                 node.SetNthControlPointLabel(k, prediction.names[k])
                 if k not in held:
                     node.SetNthControlPointPosition(k, *positions[k])
-                fixed = bool(prediction.fixed[k]) or k in self.pending
+                fixed = bool(prediction.fixed[k]) or k in self.queue.pending
                 write_state(node, k, fixed, float(prediction.confidence[k]), low_confidence)
 
     def write_fixed(self, indices, low_confidence: float):
@@ -144,3 +158,53 @@ class TrackedList:
         with self.own_writes():
             for k in indices:
                 write_state(self.node, k, True, np.nan, low_confidence)
+
+
+class TrackedLists:
+    """The point lists under control, by node ID (what every part of the logic looks up)."""
+
+    def __init__(self):
+        self._by_id: dict[str, TrackedList] = {}
+
+    def __iter__(self):
+        return iter(list(self._by_id.values()))
+
+    def add(self, tracked: TrackedList):
+        self._by_id[tracked.node.GetID()] = tracked
+
+    def pop(self, node) -> TrackedList | None:
+        return self._by_id.pop(node.GetID(), None)
+
+    def find(self, node) -> TrackedList | None:
+        """The list's entry, or None (also for no node)."""
+        return self._by_id.get(node.GetID()) if node is not None else None
+
+    def is_current(self, tracked: TrackedList) -> bool:
+        """Still the entry of its node (not detached or detected again since)."""
+        return self._by_id.get(tracked.node.GetID()) is tracked
+
+    def get(self, node) -> TrackedList:
+        """The entry of an attached list; a clear error for none or one not attached."""
+        if node is None:
+            raise ValueError("no point list given")
+        tracked = self._by_id.get(node.GetID())
+        if tracked is None or (tracked.session is None and not tracked.queue.busy):
+            raise ValueError(f"point list {node.GetName()!r} is not attached: run detect() or attach() first")
+        return tracked
+
+    def idle(self, node) -> TrackedList:
+        """The entry of an attached list the model is not running on."""
+        tracked = self.get(node)
+        if tracked.queue.busy:
+            raise LogicBusyError(f"the model is still running on {node.GetName()!r}")
+        return tracked
+
+    def volume_of(self, node):
+        """The radiograph of a list: its detection's, else the one it references."""
+        tracked = self.find(node)
+        if tracked is not None:
+            return tracked.volume
+        volume = reference_volume(node)
+        if volume is None:
+            raise ValueError(f"point list {node.GetName()!r} has no radiograph volume to convert to pixels")
+        return volume

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import slicer
@@ -22,8 +24,10 @@ import slicer
 from ..errors import KeypointsError
 from ..markups import parse_description
 from .coordinates import control_point_positions, ijk_to_ras_matrix, ras_to_pixels
+from .correction_queue import LogicBusyError
+from .files import Files
 from .runners import ThreadedRunner, run_inline, waiting_runner
-from .running import LogicBusyError
+from .tracked import TrackedLists
 from .volumes import snapshot_volume, source_file
 
 # a volume loaded from a training set's own image: "<set folder>|<stem>" (saved with the scene)
@@ -52,13 +56,31 @@ def list_pixels(node, volume) -> np.ndarray:
 
 
 class TrainingLoop:
-    """Mixin of :class:`~.logic.KeypointsMRMLLogic`: add to a training set, train, annotate next.
+    """Add to a training set, train, annotate next.
 
-    Uses from the logic: ``model``, ``model_config``, ``predictor``, ``detect``, ``load_volume``,
-    ``is_busy``, ``is_tracked``, ``_volume_of``, ``_report``.
+    ``model()``, ``model_config()`` and ``predictor()`` are the logic's chosen model;
+    ``detect(volume)`` detects on the volume's list (blocking) and returns it; ``report``
+    tells the user of an image that could not be ranked.
     """
 
-    training_job = None  # the run started here (a TrainingJob), while the logic lives
+    def __init__(
+        self,
+        lists: TrackedLists,
+        files: Files,
+        model: Callable[[], Any],
+        model_config: Callable[[], Any],
+        predictor: Callable[[], Any],
+        detect: Callable[[Any], Any],
+        report: Callable[[str], None],
+    ):
+        self.lists = lists
+        self.files = files
+        self.model = model
+        self.model_config = model_config
+        self.predictor = predictor
+        self.detect = detect
+        self.report = report
+        self.training_job: Any = None  # the run started here (a TrainingJob), while the logic lives
 
     # ------------------------------------------------------------------ adding
 
@@ -73,10 +95,11 @@ class TrainingLoop:
         still running on."""
         from ..training_set import add_image, template_from_file
 
-        if self.is_busy(point_list_node):
+        tracked = self.lists.find(point_list_node)
+        if tracked is not None and tracked.queue.busy:
             raise LogicBusyError(f"the model is still running on {point_list_node.GetName()!r}")
-        volume = volume_node if volume_node is not None and not self.is_tracked(point_list_node) else None
-        volume = volume or self._volume_of(point_list_node)
+        volume = volume_node if volume_node is not None and tracked is None else None
+        volume = volume or self.lists.volume_of(point_list_node)
         snapshot = snapshot_volume(volume)
         radiograph = snapshot.radiograph()  # grey, DICOM window applied: what the model sees
         names = [point_list_node.GetNthControlPointLabel(k) for k in range(point_list_node.GetNumberOfControlPoints())]
@@ -185,7 +208,7 @@ class TrainingLoop:
                 outcome: list = []
                 run(self._uncertainty_of(path), outcome.append)
                 if isinstance(outcome[0], Exception):
-                    self._report(f"{path.name}: {outcome[0]}")
+                    self.report(f"{path.name}: {outcome[0]}")
                     continue
                 ranked.append((path, outcome[0]))
         finally:
@@ -211,8 +234,8 @@ class TrainingLoop:
         if not ranked:
             return None
         path = ranked[0][0]
-        volume = self.load_volume(path)
+        volume = self.files.load_volume(path)
         from ..conventions import file_stem
 
         volume.SetAttribute(TRAINING_IMAGE_ATTRIBUTE, f"{Path(folder).resolve()}|{file_stem(path)}")
-        return volume, self.detect(volume, blocking=True)
+        return volume, self.detect(volume)

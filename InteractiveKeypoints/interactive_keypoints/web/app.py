@@ -43,7 +43,7 @@ from ..errors import KeypointsError
 from ..imaging import ImageError, Radiograph, check_size, image_geometry, load_radiograph
 from ..mrml_logic import LogicBusyError
 from .data_root import check_self_contained, check_upload_name, list_images, resolve_image
-from .launcher import READY_MARK
+from .protocol import READY_MARK, RunHooks
 from .runner import AsyncioRunner
 from .shared_model import SharedModel
 from .ui import build_ui
@@ -137,8 +137,7 @@ class KeypointsWebApp(TrameApp):
         load_sample: bool = True,
         max_file_bytes: int = MAX_FILE_BYTES,
         max_pixels: int = MAX_PIXELS,
-        slow_inference_s: float = 0.0,
-        hold_inference_while: str | None = None,
+        run_hooks: RunHooks | None = None,
         shared_model: SharedModel | None = None,
         training_set=None,
     ):
@@ -159,11 +158,7 @@ class KeypointsWebApp(TrameApp):
 
         self.shared_model = shared_model or SharedModel(model_dir)  # a host passes the one all its sessions use
         self.logic = self.shared_model.logic(scene)
-        self.logic.runner = AsyncioRunner(
-            delay_s=slow_inference_s,
-            hold_path=hold_inference_while,
-            executor=self.shared_model.inference_thread,
-        )
+        self.logic.runner = AsyncioRunner(hooks=run_hooks, executor=self.shared_model.inference_thread)
         self.logic.on_error = self.show_error
         self.logic.on_updated = self._on_points_updated
         self.logic.on_busy = self._on_busy
@@ -609,7 +604,8 @@ class KeypointsWebApp(TrameApp):
 
 
 def build_app(server=None, model_dir=None, **kwargs) -> KeypointsWebApp:
-    """One session's app; kwargs: autosave_dir, data_root, load_sample, max_file_bytes, max_pixels."""
+    """One session's app; kwargs: autosave_dir, data_root, load_sample, max_file_bytes, max_pixels,
+    run_hooks, shared_model, training_set."""
     return KeypointsWebApp(server=server, model_dir=model_dir, **kwargs)
 
 
@@ -637,14 +633,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=MAX_PIXELS / 1e6)
     parser.add_argument("--data-root", default=None, help="the folder whose images the page lists (default: none)")
     parser.add_argument("--training-set", default=None, help="the training set the page adds to (default: none)")
-    parser.add_argument(
-        "--slow-inference",
-        type=float,
-        default=0.0,
-        help="add this many seconds to every model run (demos and tests of drags during inference)",
-    )
-    # tests: model runs wait while this file exists
-    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)
+    RunHooks.add_arguments(parser)
 
 
 def session_options(args) -> dict:
@@ -654,8 +643,7 @@ def session_options(args) -> dict:
         "max_pixels": int(args.max_megapixels * 1e6),
         "data_root": args.data_root,
         "training_set": args.training_set,
-        "slow_inference_s": args.slow_inference,
-        "hold_inference_while": args.hold_inference_while,
+        "run_hooks": RunHooks.from_args(args),
     }
 
 

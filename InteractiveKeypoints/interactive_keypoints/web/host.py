@@ -8,7 +8,7 @@ import torch, VTK and MRML, and takes ~100 MB, not ~1 GB.
 
 The launcher starts the host (``python -m interactive_keypoints.web.host``) and asks it for
 sessions in JSON lines on its stdin; the host answers on stdout in lines starting with
-``IK_HOST`` (other output is the libraries' own)::
+``IK_HOST`` (:mod:`.protocol`; other output is the libraries' own)::
 
     (once the model is loaded)                         {"event": "host-ready"}
     {"open": ID, "autosave_dir": DIR}              ->  {"event": "ready", "id": ID, "port": PORT}
@@ -31,13 +31,13 @@ import logging
 import signal
 import sys
 
-HOST_MARK = "IK_HOST"
+from .protocol import host_line
 
 log = logging.getLogger(__name__)
 
 
 def announce(event: str, **fields):
-    print(f"{HOST_MARK} {json.dumps({'event': event, **fields})}", flush=True)
+    print(host_line(event, **fields), flush=True)
 
 
 def _server_name(session_id: str) -> str:
@@ -55,7 +55,7 @@ def _give_back_freed_memory():
 class SessionHost:
     def __init__(self, shared_model, session_options: dict):
         self.shared_model = shared_model
-        self.session_options = session_options  # max_file_bytes, max_pixels, data_root, slow_inference_s, ...; see app
+        self.session_options = session_options  # max_file_bytes, max_pixels, data_root, run_hooks, ...; see app
         self.apps = {}  # session id -> KeypointsWebApp
         self.tasks: dict[str, set[asyncio.Task]] = {}  # session id -> tasks started while building it
 

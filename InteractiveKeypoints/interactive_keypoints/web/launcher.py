@@ -55,12 +55,11 @@ from .access import (
     is_loopback,
     start_url,
 )
-from .host import HOST_MARK
 from .pages import page as _page
+from .protocol import RunHooks, read_host_line
 
 log = logging.getLogger(__name__)
 
-READY_MARK = "IK_SESSION_READY"  # a session run alone (.app) prints it with its port once it listens
 MAX_SESSIONS = 4  # each session holds a scene and a render window (~0.1 GB; the host's libraries ~1 GB)
 SPARE_SESSIONS = 1
 RECONNECT_GRACE_S = 5.0
@@ -110,12 +109,13 @@ class HostProcess:
     async def _read(self):
         async for line in self.process.stdout:
             text = line.decode(errors="replace").rstrip()
-            if text.startswith(HOST_MARK + " "):
-                try:
-                    self._answer(json.loads(text[len(HOST_MARK) + 1 :]))
+            try:
+                answer = read_host_line(text)
+                if answer is not None:
+                    self._answer(answer)
                     continue
-                except (ValueError, TypeError, KeyError):
-                    log.warning("session host: an answer that is not understood: %s", text[:200])
+            except (ValueError, TypeError, KeyError):
+                log.warning("session host: an answer that is not understood: %s", text[:200])
             self.tail = [*self.tail[-14:], text]
             # its errors are warnings of ours; the rest (libraries' output, a stack dump asked for
             # with SIGUSR1) goes to the log too, at info level
@@ -687,6 +687,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped model)")
+    _add_access_arguments(parser)
+    _add_data_arguments(parser)
+    _add_session_arguments(parser)
+
+
+def _add_access_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_argument_group(
         "who may use it",
         "on an address other than loopback, one of these is needed (the server does not start without)",
@@ -709,6 +715,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"the header the proxy names the signed-in user in (default {PROXY_USER_HEADER})",
     )
     who.add_argument("--no-auth", action="store_true", help="anyone who can reach the port may use it")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-root",
         default=None,
@@ -728,6 +737,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=KEEP_AUTOSAVES_DAYS,
         help=f"autosaves of ended sessions are removed after this many days (default {KEEP_AUTOSAVES_DAYS:g})",
     )
+
+
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-sessions",
         type=int,
@@ -775,8 +787,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads of one model run; all sessions share one model and run it one at a time "
         "(default: torch's, which follows OMP_NUM_THREADS)",
     )
-    parser.add_argument("--slow-inference", type=float, default=None, help=argparse.SUPPRESS)  # tests, demos
-    parser.add_argument("--hold-inference-while", default=None, help=argparse.SUPPRESS)  # tests
+    RunHooks.add_arguments(parser, show_help=False)  # tests, demos
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -801,10 +812,7 @@ def run(args) -> int:
         session_args += ["--max-megapixels", str(args.max_megapixels)]
     if args.inference_threads is not None:
         session_args += ["--inference-threads", str(args.inference_threads)]
-    if args.slow_inference is not None:
-        session_args += ["--slow-inference", str(args.slow_inference)]
-    if args.hold_inference_while is not None:
-        session_args += ["--hold-inference-while", str(args.hold_inference_while)]
+    session_args += RunHooks.from_args(args).argv()
     try:
         if args.training_set is not None:
             session_args += ["--training-set", str(_checked_training_set(args.training_set, args.data_root))]
