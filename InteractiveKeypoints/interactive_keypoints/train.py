@@ -666,7 +666,8 @@ class Trainer:
         if recipe.runtime.threads:  # e.g. two runs side by side: oversubscribed OpenMP threads spin and crawl
             torch.set_num_threads(recipe.runtime.threads)
         self.is_main = self.rank == 0
-        self.out = Path(recipe.output.out or "")
+        assert recipe.output.out is not None  # recipes.check
+        self.out = Path(recipe.output.out)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(recipe.optimisation.seed)
 
