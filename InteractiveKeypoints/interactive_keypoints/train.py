@@ -62,7 +62,7 @@ from .config import ModelConfig, compact_config
 from .conventions import write_text_atomic
 from .data import DatasetSplit, KeypointTrainingDataset, training_splits
 from .data.training import EpochBatchSampler, EpochItems
-from .errors import UsageError
+from .errors import KeypointsError, UsageError
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .inference import cpu_info, fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
@@ -990,11 +990,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train from command-line arguments; errors are raised (see the ``__main__`` block)."""
+    """Train from command-line arguments; errors are raised (:func:`command` reports them)."""
     return run(build_parser().parse_args(argv))
 
 
-if __name__ == "__main__":  # python -m interactive_keypoints.train (torchrun, training_job): as the cli's train
-    from interactive_keypoints.cli import main as cli_main
+def command(argv: list[str] | None = None) -> int:
+    """``python -m interactive_keypoints.train`` (torchrun, training_job): as the cli's train, an
+    error the user can fix is one line and exit code 2, not a traceback (the Slicer extension
+    ships this module without cli.py)."""
+    try:
+        return main(argv)
+    except (KeypointsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
-    raise SystemExit(cli_main(["train", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    raise SystemExit(command())
