@@ -68,28 +68,43 @@ def test_paper_scale_train_commands_are_valid_train_arguments(tmp_path):
     from interactive_keypoints import train
 
     args = gpu_job.build_parser().parse_args([str(tmp_path), str(tmp_path / "out")])
+    recipes = {
+        job.name: gpu_job.job_recipe(job, tmp_path / f"{job.name}-pack", tmp_path / job.name, args, 6, 2)
+        for job in gpu_job.MODEL_JOBS
+    }
     parsed = {
-        job.name: train.build_parser().parse_args(
-            gpu_job.train_command(job, tmp_path / f"{job.name}-pack", tmp_path / job.name, args, 6, 2)[3:]
+        job.name: train.train_config(
+            train.build_parser().parse_args(
+                gpu_job.train_command(job, tmp_path / f"{job.name}-pack", tmp_path / job.name, args, 6, 2)[3:]
+            )
         )
         for job in gpu_job.MODEL_JOBS
     }
-    assert parsed["aasce"].input == (512, 256) and parsed["isbi"].input == (640, 512)
+    assert parsed == recipes  # the command gives the job's recipe
+    models = {name: run.model for name, run in parsed.items()}
+    assert models["aasce"].input == (512, 256) and models["isbi"].input == (640, 512)
     for name in ("aasce", "isbi"):
-        assert (parsed[name].width, parsed[name].depth) == (18, "full")
-    demo = parsed["phantom"]  # the demo model: under 2 MB in fp16 (test_model.py sizes this architecture)
+        assert (models[name].width, models[name].depth) == (18, "full")
+    demo = models["phantom"]  # the demo model: under 2 MB in fp16 (test_model.py sizes this architecture)
     assert (demo.input, demo.width, demo.depth, demo.gate_channels, demo.ocr_channels) == (
         (256, 128),
         8,
         "compact",
         64,
-        [32, 16],
+        (32, 16),
     )
     for run in parsed.values():
-        assert (run.occlusion_prob, run.hint_scale_init, run.select_on) == (0.5, 1.0, "mre3")
-        assert (run.lr, run.lr_schedule) == (1e-3, "cosine")
+        assert (run.interaction.occlusion_prob, run.interaction.hint_scale_init) == (0.5, 1.0)
+        assert run.validation.select_on == "mre3"
+        assert (run.optimisation.lr, run.optimisation.lr_schedule) == (1e-3, "cosine")
         # the runs end by their budget, inside the job's, leaving time for start-up and the copy
-        assert run.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES and run.max_steps is None
+        assert run.optimisation.max_minutes == args.minutes - gpu_job.RESERVE_MINUTES
+        assert run.optimisation.max_steps is None
+        assert (run.runtime.workers, run.runtime.threads, run.data.pack) == (
+            6,
+            2,
+            tmp_path / f"{run.output.out.name}-pack",
+        )
 
 
 @pytest.mark.slow

@@ -304,7 +304,11 @@ def test_fine_tunes_may_change_the_measurement_set_and_train_sets_it_per_dataset
 
     assert "measurements" in train.NOT_ARCHITECTURE
     args = train.build_parser().parse_args(["--dataset", "phantom", "--input", "128x64", "--width", "8", "--out", "x"])
-    assert train.make_config(args, get_dataset("phantom", split="train", num_images=1)).measurements == "aasce-cobb"
+    model = train.train_config(args).model
+    assert (
+        train.make_config(model, get_dataset("phantom", split="train", num_images=1), "phantom").measurements
+        == "aasce-cobb"
+    )
 
 
 @pytest.mark.slow

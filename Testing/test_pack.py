@@ -1,6 +1,5 @@
 """Training packs: what training reads from a pack equals what it reads from the files."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from interactive_keypoints.augment import flip_permutation, transform_points
 from interactive_keypoints.data import DatasetSplit, KeypointTrainingDataset, training_splits
 from interactive_keypoints.data.pack import PackError, load_pack, load_pack_splits, pack_dataset, read_manifest
 from interactive_keypoints.model_io import load_model
+from interactive_keypoints.recipe import DataSection
 
 INPUT = (128, 64)
 CACHE_SCALE = 1.25
@@ -119,20 +119,11 @@ def test_split_record_round_trips_with_skipped_labels(tmp_path):
     np.testing.assert_array_equal(train_pack.points_array(), train_files.points_array())
     np.testing.assert_array_equal(train_pack.image_sizes(), train_files.image_sizes())
     # train's own load_splits records the same from the files and from the pack
-    files_args = argparse.Namespace(
-        pack=None,
-        dataset="folder",
-        data_root=root,
-        split_seed=0,
-        phantom_images=64,
-        drop_disordered_labels=False,
-        input=INPUT,
-    )
-    pack_args = argparse.Namespace(
-        **{**vars(files_args), "pack": tmp_path / "pack", "dataset": None, "data_root": None}
-    )
-    assert json.loads(json.dumps(train.load_splits(files_args)[2])) == train.load_splits(pack_args)[2]
-    assert pack_args.dataset == "folder"
+    files_data = DataSection(dataset="folder", data_root=root)
+    pack_data = DataSection(pack=tmp_path / "pack")
+    pack_record = train.load_splits(pack_data, INPUT)[2]
+    assert json.loads(json.dumps(train.load_splits(files_data, INPUT)[2])) == pack_record
+    assert pack_record["dataset"] == "folder" and pack_data == DataSection(pack=tmp_path / "pack")  # named, unchanged
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT, shared_dataset
 from safetensors.torch import load_file
 
-from interactive_keypoints import cli, evaluate, train
+from interactive_keypoints import cli, evaluate, recipe, train
 from interactive_keypoints.model_io import load_model
 from interactive_keypoints.session import KeypointSession
 
@@ -141,7 +141,7 @@ def test_transfer_takes_the_tensors_that_fit(tmp_path, trained):
 
 
 def test_cosine_schedule_decays_from_lr_to_min_lr():
-    args = argparse.Namespace(lr=1e-3, min_lr=1e-5, epochs=10, lr_schedule="cosine")
+    args = recipe.OptimisationSection(lr=1e-3, min_lr=1e-5, epochs=10, lr_schedule="cosine")
     rates = [train.learning_rate(args, e) for e in range(11)]
     assert rates[0] == pytest.approx(1e-3) and rates[10] == pytest.approx(1e-5)
     assert all(a > b for a, b in zip(rates, rates[1:]))
@@ -149,7 +149,7 @@ def test_cosine_schedule_decays_from_lr_to_min_lr():
 
 
 def test_cosine_schedule_runs_over_the_time_budget_when_there_is_one():
-    args = argparse.Namespace(lr=1e-3, min_lr=1e-5, epochs=300, lr_schedule="cosine", max_minutes=10)
+    args = recipe.OptimisationSection(lr=1e-3, min_lr=1e-5, epochs=300, lr_schedule="cosine", max_minutes=10)
     assert train.learning_rate(args, 0, elapsed_s=0) == pytest.approx(1e-3)
     assert train.learning_rate(args, 1, elapsed_s=300) == pytest.approx((1e-3 + 1e-5) / 2)
     assert train.learning_rate(args, 2, elapsed_s=600) == pytest.approx(1e-5)
@@ -354,14 +354,8 @@ def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_
     from interactive_keypoints.model_io import build_model
     from interactive_keypoints.morphology import select_morphology
 
-    args = argparse.Namespace(
-        no_fast=True,
-        iterative_max=2,
-        click_pass_bn=mode,
-        train_prev="all",
-        clicked_loss_weight=1.0,
-        morphology_weight=0.01,
-    )
+    interaction = recipe.InteractionSection(iterative_max=2, click_pass_bn=mode, train_prev="all")
+    loss = recipe.LossSection(morphology_weight=0.01)
     split = get_dataset("phantom-hidden", split="train", num_images=2)
     model = build_model(
         train.make_config(
@@ -379,8 +373,9 @@ def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_
                     "--out",
                     "x",
                 ]
-            ),
+            ).model,
             split,
+            "phantom-hidden",
         )
     )
     data = KeypointTrainingDataset(split, (64, 64), augment=False)
@@ -397,7 +392,10 @@ def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_
             return getattr(np.random.default_rng(0), name)
 
     before = int(bn.num_batches_tracked)
-    train.training_step(network, batch, TwoPasses(), model.config, selection, args, torch.device("cpu"), nullcontext)
+    train.training_step(
+        network, batch, TwoPasses(), model.config, selection, interaction, loss, torch.device("cpu"), nullcontext,
+        channels_last=False,
+    )  # fmt: skip
     assert int(bn.num_batches_tracked) - before == 1 + extra_updates
     assert network.training
 
@@ -405,7 +403,7 @@ def test_click_passes_leave_batchnorm_statistics_to_the_graded_pass(mode, extra_
 def train_arguments(argv):
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
-    return parser.parse_args(argv)
+    return train.train_config(parser.parse_args(argv))
 
 
 def test_previous_prediction_only_in_clicked_channels():
@@ -445,8 +443,9 @@ def test_the_gpu_code_path_on_cpu_with_workers_resumes_exactly_and_shards_weight
     loaded = load_model(out).network.state_dict()
     reference = load_model(straight_out).network.state_dict()
     assert all((loaded[key] == reference[key]).all() for key in reference)
-    config = train.config_from_json(json.loads((out / "train_config.json").read_text()))
-    assert config.workers == 2 and config.max_shard_mb == 2.5 and config.input == (128, 64) and config.resume
+    config = recipe.from_json(json.loads((out / "train_config.json").read_text()))
+    assert config.runtime.workers == 2 and config.output.max_shard_mb == 2.5 and config.model.input == (128, 64)
+    assert config.output.resume
 
 
 def test_train_config_round_trips_through_json_and_the_command_line(tmp_path):
@@ -466,15 +465,17 @@ def test_train_config_round_trips_through_json_and_the_command_line(tmp_path):
         "5",
     ]
     config = train.train_config(parser.parse_args(argv))
-    assert isinstance(config, train.TrainConfig)
-    assert config.input == (128, 64) and config.init_from == tmp_path and config.lr == 0.0003 and config.no_gating
-    assert config.epochs == 300 and config.workers == 0  # defaults are fields too
-    assert train.config_from_json(json.loads(json.dumps(train.config_to_json(config)))) == config
-    command = train.command_line(config)
+    assert isinstance(config, recipe.Recipe)
+    assert config.model.input == (128, 64) and config.start.init_from == tmp_path
+    assert config.optimisation.lr == 0.0003 and config.model.no_gating
+    assert config.optimisation.epochs == 300 and config.runtime.workers == 0  # defaults are fields too
+    assert recipe.from_json(json.loads(json.dumps(recipe.to_json(config)))) == config
+    command = recipe.command_line(config)
     assert command.startswith("interactive-keypoints train --dataset phantom ")
     assert train.train_config(parser.parse_args(command.split()[2:])) == config
     with pytest.raises(ValueError, match="unknown options"):
-        train.config_from_json({**train.config_to_json(config), "colour": "red"})
+        data = recipe.to_json(config)
+        recipe.from_json({**data, "model": {**data["model"], "colour": "red"}})
 
 
 @pytest.mark.slow

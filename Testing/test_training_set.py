@@ -4,7 +4,6 @@ process (progress, card, cancel and resume), and choosing where to start from.""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interactive_keypoints import train, training_job
+from interactive_keypoints import recipe, train, training_job
 from interactive_keypoints.conventions import CEPH, PREDICTED, SPINE, USER_FIXED, LandmarkTemplate
 from interactive_keypoints.data import get_dataset, get_split_ids
 from interactive_keypoints.data.folder import split_ids
@@ -189,10 +188,8 @@ def test_points_that_are_no_labels_do_not_reach_the_loss():
     network = model.network.train()
     labelled = np.arange(68) >= 8  # the first 8 points not reviewed
     split, batch = masked_batch(labelled)
-    args = argparse.Namespace(
-        no_fast=True, iterative_max=0, click_pass_bn="eval", train_prev="all", clicked_loss_weight=1.0,
-        morphology_weight=0.01,
-    )  # fmt: skip
+    interaction = recipe.InteractionSection(iterative_max=0, click_pass_bn="eval", train_prev="all")
+    loss_term = recipe.LossSection(morphology_weight=0.01)
     from interactive_keypoints.morphology import select_morphology
 
     selection = select_morphology(split.points_array(), split.image_sizes(), "low", 10, 10)
@@ -201,8 +198,8 @@ def test_points_that_are_no_labels_do_not_reach_the_loss():
         torch.manual_seed(0)
         step_batch = dict(batch, points=points)
         heat, morph = train.training_step(
-            network, step_batch, np.random.default_rng(0), model.config, selection, args, torch.device("cpu"),
-            nullcontext,
+            network, step_batch, np.random.default_rng(0), model.config, selection, interaction, loss_term,
+            torch.device("cpu"), nullcontext, channels_last=False,
         )  # fmt: skip
         return float((heat + morph).detach())
 

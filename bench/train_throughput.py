@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import resource
@@ -38,6 +37,7 @@ from interactive_keypoints.data.training import KeypointTrainingDataset
 from interactive_keypoints.inference import cpu_description, cpu_has_native_bf16, pick_device
 from interactive_keypoints.model_io import build_model
 from interactive_keypoints.morphology import select_morphology
+from interactive_keypoints.recipe import InteractionSection, LossSection, OptimisationSection, parse_size
 
 
 def parse_args(argv=None):
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1; cuDNN tunes here)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--width", type=int, default=32, help="HRNet width (paper: 32)")
-    parser.add_argument("--input", type=train.parse_size, default=(512, 256), help="input HxW (paper: 512x256)")
+    parser.add_argument("--input", type=parse_size, default=(512, 256), help="input HxW (paper: 512x256)")
     parser.add_argument("--iterative-max", type=int, default=2, help="no-grad click passes, 0..N (train default)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU torch threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,13 +70,14 @@ def phantom_batch(config, batch_size: int, seed: int):
     return batch, selection
 
 
-def run_path(fast: bool, network, batch, selection, config, args, device, warmup: int, steps: int):
-    """(seconds of the timed steps, first loss, peak GiB or None, autocast dtype)."""
-    options = dataclasses.replace(args, no_fast=not fast)
+def run_path(fast: bool, network, batch, selection, config, recipe, device, warmup: int, steps: int):
+    """(seconds of the timed steps, first loss, peak GiB or None, autocast dtype); ``recipe``:
+    (optimisation, interaction, loss) sections."""
+    options, interaction, loss_term = recipe
     network = copy.deepcopy(network).to(device).train()
     if fast:
         network, autocast, dtype = train.setup_fast_path(network, device, True)
-        optimizer = train.make_optimizer(network, options, device)
+        optimizer = train.make_optimizer(network, options.lr, device)
         if device.type == "cuda":
             batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
     else:
@@ -91,7 +92,9 @@ def run_path(fast: bool, network, batch, selection, config, args, device, warmup
             start = time.perf_counter()
         rng = np.random.default_rng([options.seed, step])  # the same clicks for both paths
         on_device = train.to_device(batch, device) if fast else batch
-        loss_h, loss_m = train.training_step(network, on_device, rng, config, selection, options, device, autocast)
+        loss_h, loss_m = train.training_step(
+            network, on_device, rng, config, selection, interaction, loss_term, device, autocast, channels_last=fast
+        )
         loss = loss_h + loss_m
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,14 +120,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(bench.threads)
     device = pick_device(bench.device)
     # the trainer's own defaults, with this run's sizes: training_step reads its options from them
-    defaults = train.train_config(train.build_parser().parse_args(["--dataset", "phantom", "--out", "unused"]))
-    args = dataclasses.replace(
-        defaults,
-        batch_size=bench.batch_size,
-        width=bench.width,
-        input=bench.input,
-        iterative_max=bench.iterative_max,
-        seed=bench.seed,
+    args = (
+        OptimisationSection(batch_size=bench.batch_size, seed=bench.seed),
+        InteractionSection(iterative_max=bench.iterative_max),
+        LossSection(),
     )
     config = paper_config(68, width=bench.width, input_size=bench.input, sigma=7.5 * bench.input[0] / 512)
     torch.manual_seed(bench.seed)

@@ -13,10 +13,11 @@ Models (same family: the paper's full-depth HRNetV2, width 18, gated, OCR head):
 512 x 256 (12.5 M parameters, ~25 MB in fp16: two shards) and ISBI at 640 x 512 (the
 aspect of its 1935 x 2400 images and 2.5x the pixels of 512 x 256, for its 2 mm targets).
 The demo's phantom model is trained too when its pack is there: width 8, compact, gate 64,
-OCR 32/16 at 256 x 128 (1.8 MB in fp16). All use the recipe ``--occlusion-prob 0.5
---hint-scale-init 1.0 --select-on mre3`` and Adam at 1e-3 with a cosine decay over the time
-budget. ``--tiny`` swaps in width-8 compact models at the packs' own input size for a CPU
-rehearsal.
+OCR 32/16 at 256 x 128 (1.8 MB in fp16). All use :data:`RECIPE` (``--occlusion-prob 0.5
+--hint-scale-init 1.0 --select-on mre3``, Adam at 1e-3 with a cosine decay over the time
+budget); each run's recipe is :func:`job_recipe`, given to train as options (the job's log
+shows the command, the run's train_config.json comes back with its records). ``--tiny`` swaps
+in width-8 compact models at the packs' own input size for a CPU rehearsal.
 
 Everything is written to a scratch folder; OUT receives at most 8 files: per model its weight
 files (<= 15 MB each, named ``NAME.*``), one ``records.files.tar.gz`` of every model's JSON and
@@ -28,6 +29,7 @@ OUT always happens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -43,6 +45,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .recipe import (
+    DataSection,
+    InteractionSection,
+    ModelSection,
+    OptimisationSection,
+    OutputSection,
+    Recipe,
+    RuntimeSection,
+    ValidationSection,
+)
+from .recipe import arguments as recipe_arguments
+
 LOG_FILE = "gpu_job.log"
 SUMS_FILE = "SHA256SUMS"
 RECORDS_ARCHIVE = "records.files.tar.gz"
@@ -57,18 +71,15 @@ REQUIRED_MODULES = {
     "tqdm": "tqdm",
     "monai": "monai",
 }
-RECIPE = [
-    "--occlusion-prob",
-    "0.5",
-    "--hint-scale-init",
-    "1.0",
-    "--select-on",
-    "mre3",
-    "--lr",
-    "1e-3",
-    "--lr-schedule",
-    "cosine",
-]
+# what every model of the job trains with: the click recipe, Adam at 1e-3 with a cosine over the
+# time budget; the budget ends the run, not an epoch count or early stopping (the job's own
+# settings are added by job_recipe)
+RECIPE = Recipe(
+    interaction=InteractionSection(occlusion_prob=0.5, hint_scale_init=1.0),
+    optimisation=OptimisationSection(lr=1e-3, lr_schedule="cosine", epochs=100000),
+    validation=ValidationSection(select_on="mre3", patience=100000),
+    output=OutputSection(checkpoint_every=0, quiet=True),
+)
 # start-up (imports, reading the pack) before a run's budget starts, and the copy after it
 RESERVE_MINUTES = 1.0
 # the budget is checked between epochs; a run is stopped this long after it should have ended
@@ -79,23 +90,23 @@ PRINT_EVERY_EPOCHS = 10
 @dataclass(frozen=True)
 class ModelJob:
     name: str  # also the prefix of its pack folder and of its files in OUT
-    input_size: str
-    architecture: tuple[str, ...]
+    model: ModelSection
     optional: bool = False  # trained only when its pack is there
 
 
 MODEL_JOBS = (
-    ModelJob("aasce", "512x256", ("--width", "18", "--depth", "full")),
-    ModelJob("isbi", "640x512", ("--width", "18", "--depth", "full")),
+    ModelJob("aasce", ModelSection(input=(512, 256), width=18, depth="full")),
+    ModelJob("isbi", ModelSection(input=(640, 512), width=18, depth="full")),
     # the demo model: small enough to leave room in the tracked tree (issue #13)
     ModelJob(
         "phantom",
-        "256x128",
-        ("--width", "8", "--depth", "compact", "--ocr-channels", "32", "16", "--gate-channels", "64"),
+        ModelSection(input=(256, 128), width=8, depth="compact", ocr_channels=(32, 16), gate_channels=64),
         optional=True,
     ),
 )
-TINY_ARCHITECTURE = ("--width", "8", "--depth", "compact", "--ocr-channels", "16", "8", "--batch-size", "2")
+# --tiny: width-8 compact models at the packs' own input size, batches of 2
+TINY_MODEL = ModelSection(width=8, depth="compact", ocr_channels=(16, 8))
+TINY_BATCH = 2
 
 
 # ------------------------------------------------------------------ checks before anything runs
@@ -139,44 +150,34 @@ def environment_lines(device: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ the training runs
+def job_recipe(job: ModelJob, pack: Path, out: Path, args, workers: int, threads: int) -> Recipe:
+    """The recipe of one model's run: :data:`RECIPE` with its model, its pack and the job's settings."""
+    model, optimisation, output = job.model, RECIPE.optimisation, RECIPE.output
+    if args.tiny:
+        input_size = json.loads((pack / "manifest.json").read_text())["input_size"]
+        model = dataclasses.replace(TINY_MODEL, input=tuple(input_size))
+        optimisation = dataclasses.replace(optimisation, batch_size=TINY_BATCH)
+        if not job.optional:  # the big models' weights come back in parts: so must the rehearsal's
+            output = dataclasses.replace(output, max_shard_mb=args.tiny_shard_mb)
+    optimisation = dataclasses.replace(
+        optimisation,
+        max_minutes=round(args.minutes - RESERVE_MINUTES, 2),
+        max_steps=args.max_steps,
+        seed=args.seed,
+    )
+    return dataclasses.replace(
+        RECIPE,
+        data=DataSection(pack=pack),
+        model=model,
+        optimisation=optimisation,
+        runtime=RuntimeSection(device=args.device, threads=threads, workers=workers),
+        output=dataclasses.replace(output, out=out),
+    )
+
+
 def train_command(job: ModelJob, pack: Path, out: Path, args, workers: int, threads: int) -> list[str]:
-    input_size = json.loads((pack / "manifest.json").read_text())["input_size"] if args.tiny else None
-    command = [
-        sys.executable,
-        "-m",
-        "interactive_keypoints.train",
-        "--pack",
-        str(pack),
-        "--input",
-        "x".join(map(str, input_size)) if input_size else job.input_size,
-        *(TINY_ARCHITECTURE if args.tiny else job.architecture),
-        *RECIPE,
-        # the time budget ends the run, not an epoch count or early stopping
-        "--epochs",
-        "100000",
-        "--patience",
-        "100000",
-        "--max-minutes",
-        f"{args.minutes - RESERVE_MINUTES:.2f}",
-        "--checkpoint-every",
-        "0",
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--device",
-        args.device,
-        "--seed",
-        str(args.seed),
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    if args.max_steps is not None:
-        command += ["--max-steps", str(args.max_steps)]
-    if args.tiny and not job.optional:  # the big models' weights come back in parts: so must the rehearsal's
-        command += ["--max-shard-mb", str(args.tiny_shard_mb)]
-    return command
+    recipe = job_recipe(job, pack, out, args, workers, threads)
+    return [sys.executable, "-m", "interactive_keypoints.train", *recipe_arguments(recipe)]
 
 
 def shown(line: str) -> bool:

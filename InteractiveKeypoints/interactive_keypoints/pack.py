@@ -17,7 +17,7 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .data import add_dataset_arguments
     from .data.pack import DEFAULT_CACHE_SCALE, DEFAULT_JPEG_QUALITY
-    from .train import parse_size
+    from .recipe import parse_size
 
     add_dataset_arguments(parser, phantom_images=64)
     parser.add_argument("--input", type=parse_size, required=True, help="network input HxW the pack is for")

@@ -2,10 +2,15 @@
 
     interactive-keypoints train --dataset aasce --data-root .../boostnet_labeldata \
         --width 18 --input 256x128 --out runs/aasce
+    interactive-keypoints train --config models/phantom-spine-68/recipe-1-scratch.json --out runs/phantom
     torchrun --nproc_per_node 2 -m interactive_keypoints.train ...   # DistributedDataParallel
 
+The settings are a :class:`.recipe.Recipe` (typed sections: data, model, loss, interaction,
+optimisation, validation, start, runtime, output); the options are generated from it, and
+``--config FILE`` reads one from a JSON file that the options given beside it override.
+
 Writes a model folder (fp16 weights, sharded above 15 MB, + model.json + morphology.json +
-split.json + train_config.json + val_metrics.json), a CSV log, and a checkpoint
+split.json + train_config.json (the recipe) + val_metrics.json), a CSV log, and a checkpoint
 (safetensors + JSON, no pickle) that resumes exactly at an epoch boundary: weights,
 optimiser, epoch, best score, RNG seeds and the split.
 
@@ -36,10 +41,12 @@ import dataclasses
 import json
 import math
 import os
-import shlex
+import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,23 +56,25 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import recipe as recipes
 from .clicks import SimulatedUser, previous_input, sample_click_mask
 from .config import ModelConfig, compact_config
 from .conventions import write_text_atomic
-from .data import KeypointTrainingDataset, add_dataset_arguments, training_splits
+from .data import DatasetSplit, KeypointTrainingDataset, training_splits
 from .data.training import EpochBatchSampler, EpochItems
-from .errors import UsageError
+from .errors import KeypointsError, UsageError
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .inference import cpu_info, fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
 from .model_card import write_card
-from .model_io import MAX_SHARD_BYTES, build_model, load_model, save_model
-from .morphology import select_morphology
+from .model_io import build_model, load_model, save_model
+from .morphology import MorphologySelection, select_morphology
+from .recipe import DataSection, InteractionSection, LossSection, ModelSection, OptimisationSection, Recipe
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
 LOG_FILE = "training_log.csv"
-TRAIN_CONFIG_FILE = "train_config.json"
+TRAIN_CONFIG_FILE = "train_config.json"  # the run's recipe (recipe.to_json)
 VAL_METRICS_FILE = "val_metrics.json"
 PROGRESS_FILE = "progress.json"
 LOG_COLUMNS = [
@@ -87,166 +96,15 @@ VALIDATION_CLICKS = 3
 
 
 # ------------------------------------------------------------------ arguments
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x128, got {text!r}") from None
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("data")
-    source = data.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--pack",
+    parser.add_argument(
+        "--config",
         type=Path,
-        help="a training pack (interactive-keypoints pack) instead of --dataset; "
-        "--split-seed and --drop-disordered-labels must be the pack's",
+        metavar="FILE",
+        help="a recipe file (JSON: models/*/recipe-*.json, a model folder's train_config.json); "
+        "the options given beside it override it",
     )
-    add_dataset_arguments(data, phantom_images=64, dataset_group=source)  # --dataset beside --pack: one of the two
-    model = parser.add_argument_group("model")
-    model.add_argument("--width", type=int, default=18, help="HRNet width (18, 32, ...)")
-    model.add_argument(
-        "--depth",
-        choices=["compact", "full"],
-        default="compact",
-        help="compact: HRNet-small stages; full: the paper's HRNetV2 (1/4/3 modules)",
-    )
-    model.add_argument("--input", type=parse_size, default=(256, 128), help="network input HxW")
-    model.add_argument(
-        "--ocr-channels",
-        type=int,
-        nargs=2,
-        default=(256, 128),
-        metavar=("MID", "KEY"),
-        help="OCR head sizes (the paper's 256 128; smaller for tiny test models)",
-    )
-    model.add_argument(
-        "--sigma", type=float, default=None, help="heatmap sigma in input px (default: 7.5 at 512 px high, scaled)"
-    )
-    model.add_argument("--no-gating", action="store_true", help="ablation: no interaction-guided gating")
-    model.add_argument("--gating-pool", choices=["max", "avg"], default="max")
-    model.add_argument("--gate-channels", type=int, default=256, help="the gating network's width (paper: 256)")
-    model.add_argument("--morphology", choices=["low", "high", "adjacent", "off"], default="low")
-    model.add_argument("--n-pairs", type=int, default=70)
-    model.add_argument("--n-triplets", type=int, default=70)
-    model.add_argument("--morphology-weight", type=float, default=0.01)
-    run = parser.add_argument_group("optimisation")
-    run.add_argument("--epochs", type=int, default=300)
-    run.add_argument("--batch-size", type=int, default=4, help="per process")
-    run.add_argument("--lr", type=float, default=1e-3)
-    run.add_argument(
-        "--lr-schedule",
-        choices=["constant", "cosine"],
-        default="constant",
-        help="cosine: decay from --lr to --min-lr over --epochs",
-    )
-    run.add_argument("--min-lr", type=float, default=1e-5)
-    run.add_argument("--patience", type=int, default=50, help="early stopping on validation MRE (epochs)")
-    run.add_argument("--iterative-max", type=int, default=2, help="extra no-grad click passes (0..N, uniform)")
-    clicks = parser.add_argument_group("interaction (how simulated clicks teach the hint path)")
-    clicks.add_argument(
-        "--click-pass-bn",
-        choices=["eval", "train"],
-        default="eval",
-        help="BatchNorm mode of the no-grad click passes: eval (as the paper's and RITM's code; "
-        "running statistics see only graded passes) or train",
-    )
-    clicks.add_argument(
-        "--train-prev",
-        choices=["all", "clicked"],
-        default="all",
-        help="previous prediction fed in training: all channels (paper) or only clicked ones "
-        "(the paper's inference rule)",
-    )
-    clicks.add_argument(
-        "--clicked-loss-weight",
-        type=float,
-        default=1.0,
-        help="heatmap-loss weight of clicked keypoints relative to unclicked ones",
-    )
-    clicks.add_argument(
-        "--hint-scale-init",
-        type=float,
-        default=None,
-        help="set the hint-fusion scale |s| before training (RITM's 0.05 suits a pretrained "
-        "backbone; from scratch the hints then stay too faint to learn from); default: keep",
-    )
-    clicks.add_argument(
-        "--occlusion-prob",
-        type=float,
-        default=0.0,
-        help="probability of blanking a square around a random keypoint (clicks become informative)",
-    )
-    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (tests)")
-    run.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    run.add_argument(
-        "--budget-clock",
-        choices=["wall", "cpu"],
-        default="wall",
-        help="what --max-minutes counts: wall-clock time, or this process's CPU time (a shared machine)",
-    )
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto")
-    run.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (default: all cores, shared between torchrun processes)"
-    )
-    run.add_argument("--no-fast", action="store_true", help="disable bf16 autocast / channels_last")
-    run.add_argument("--save-dtype", choices=["float32", "float16"], default="float16")
-    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.*")
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        help="start from the weights of this model folder: the same landmarks and architecture (fine-tuning), "
-        "or other landmarks (transfer: the landmark-sized layers start new)",
-    )
-    start.add_argument(
-        "--transfer-from",
-        type=Path,
-        default=None,
-        help="start from the tensors of this model folder whose name and shape match "
-        "(another dataset's model: backbone yes, K-sized hint and head layers no)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_throughput_arguments(parser)
-
-
-def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
-    speed = parser.add_argument_group("throughput, validation and output")
-    speed.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="DataLoader worker processes (persistent); results do not depend on the number",
-    )
-    speed.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
-    speed.add_argument(
-        "--select-on",
-        choices=["mre0", "mre3"],
-        default="mre0",
-        help=f"keep the weights with the best val MRE at 0 clicks or after {VALIDATION_CLICKS}",
-    )
-    speed.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=1,
-        help="write the resumable checkpoint every N epochs; 0: only at the end",
-    )
-    speed.add_argument(
-        "--max-shard-mb",
-        type=float,
-        default=MAX_SHARD_BYTES / 1e6,
-        help="split the model weights into files of at most this many MB",
-    )
-
-
-# ------------------------------------------------------------------ the configuration as data
-def _config_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"]
+    recipes.add_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,66 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# One field per argument of the parser, with its default: the parser stays the one place an
-# option is declared (and documented), the config is what is saved and passed around.
-TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig", [(a.dest, object, dataclasses.field(default=a.default)) for a in _config_actions(build_parser())]
-)
-TrainConfig.__doc__ = "Every argument of ``interactive-keypoints train``, as data (see ``build_parser``)."
-
-
-def train_config(args) -> TrainConfig:
-    """A TrainConfig from parsed arguments (extra attributes, e.g. the CLI's, are ignored)."""
-    if isinstance(args, TrainConfig):
+def train_config(args: Recipe | argparse.Namespace) -> Recipe:
+    """The recipe of parsed arguments: their --config file (or the defaults) with the options given."""
+    if isinstance(args, Recipe):
         return args
-    return TrainConfig(**{f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(TrainConfig)})
-
-
-def config_to_json(config: TrainConfig) -> dict:
-    def plain(value):
-        return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def config_from_json(data: dict) -> TrainConfig:
-    """The inverse of :func:`config_to_json`; fields added since the file was written get their default."""
-    actions = {a.dest: a for a in _config_actions(build_parser())}
-    unknown = sorted(set(data) - set(actions))
-    if unknown:
-        raise ValueError(f"{TRAIN_CONFIG_FILE}: unknown options {', '.join(unknown)} (written by another version?)")
-
-    def typed(action, value):
-        if value is None:
-            return None
-        if action.type is Path or isinstance(action.default, Path):
-            return Path(value)
-        return tuple(value) if isinstance(value, list) else value
-
-    return TrainConfig(**{name: typed(actions[name], value) for name, value in data.items()})
-
-
-def config_arguments(config: TrainConfig) -> list[str]:
-    """The command-line arguments that give ``config``: required ones and those off their default."""
-    arguments = []
-    for action in _config_actions(build_parser()):
-        value = getattr(config, action.dest)
-        if value == action.default and not action.required:
-            continue
-        flag = max(action.option_strings, key=len)
-        if isinstance(action, argparse._StoreTrueAction):
-            arguments.append(flag)
-        elif action.nargs not in (None, "?") and isinstance(value, (list, tuple)):  # --ocr-channels MID KEY
-            arguments += [flag, *(str(v) for v in value)]
-        else:
-            text = "x".join(str(v) for v in value) if action.type is parse_size else str(value)
-            arguments += [flag, text]
-    return arguments
-
-
-def command_line(config: TrainConfig) -> str:
-    """The shell command that trains with ``config`` (for model cards)."""
-    return shlex.join(["interactive-keypoints", "train", *config_arguments(config)])
+    config = getattr(args, "config", None)
+    return recipes.from_arguments(args, recipes.load(config) if config is not None else None)
 
 
 # ------------------------------------------------------------------ distributed
@@ -346,18 +150,19 @@ def broadcast_flag(flag: bool, world: int, device=None) -> bool:
 
 
 # ------------------------------------------------------------------ data & config
-def load_splits(args):
-    if args.pack is None:
+def load_splits(data: DataSection, input_size: tuple[int, int]) -> tuple[DatasetSplit, DatasetSplit, dict]:
+    """(train, val, split record); the record names the dataset (a pack's too)."""
+    if data.pack is None:
+        if data.dataset is None:
+            raise UsageError("no data: give --dataset or --pack")
         return training_splits(
-            args.dataset, args.data_root, args.split_seed, args.phantom_images, args.drop_disordered_labels
+            data.dataset, data.data_root, data.split_seed, data.phantom_images, data.drop_disordered_labels
         )
     from .data.pack import load_pack_splits
 
-    if args.data_root is not None:
+    if data.data_root is not None:
         raise UsageError("--pack holds the data: give --pack or --data-root, not both")
-    train, val, split_record = load_pack_splits(args.pack, args.input, args.split_seed, args.drop_disordered_labels)
-    args.dataset = split_record["dataset"]  # the model is named after it
-    return train, val, split_record
+    return load_pack_splits(data.pack, input_size, data.split_seed, data.drop_disordered_labels)
 
 
 def used_ids(split_record: dict) -> dict[str, list[str]]:
@@ -370,31 +175,42 @@ def used_ids(split_record: dict) -> dict[str, list[str]]:
 DATASET_MEASUREMENTS = {"aasce": "aasce-cobb", "phantom": "aasce-cobb", "isbi": "isbi-ceph"}
 
 
-def dataset_name(args) -> str:
+def dataset_name(dataset: str, data_root: Path | None) -> str:
     """What the model is named after: the dataset, or a landmark folder's own name."""
-    return Path(args.data_root).resolve().name if args.dataset == "folder" and args.data_root else args.dataset
+    return Path(data_root).resolve().name if dataset == "folder" and data_root else dataset
 
 
-def make_config(args, train) -> ModelConfig:
-    sigma = args.sigma if args.sigma is not None else 7.5 * args.input[0] / 512
-    depth = {} if args.depth == "compact" else dict(stage_modules=(1, 4, 3), stage_blocks=4, stem_blocks=4)
+def make_config(model: ModelSection, train: DatasetSplit, dataset: str, name: str | None = None) -> ModelConfig:
+    """The network of ``model`` for the landmarks of ``train``, from ``dataset`` (named ``name``)."""
+    name = name or dataset
+    sigma = model.sigma if model.sigma is not None else 7.5 * model.input[0] / 512
+    depth: dict[str, Any] = (
+        {} if model.depth == "compact" else dict(stage_modules=(1, 4, 3), stage_blocks=4, stem_blocks=4)
+    )
     return compact_config(
         train.num_keypoints,
-        input_size=args.input,
-        width=args.width,
+        input_size=model.input,
+        width=model.width,
         landmark_names=list(train.landmark_names),
         flip_pairs=[tuple(p) for p in train.flip_pairs] if train.flip_allowed else [],
-        gating=not args.no_gating,
-        gating_pool=args.gating_pool,
-        gate_channels=args.gate_channels,
+        gating=not model.no_gating,
+        gating_pool=model.gating_pool,
+        gate_channels=model.gate_channels,
         sigma=sigma,
-        ocr_mid_channels=args.ocr_channels[0],
-        ocr_key_channels=args.ocr_channels[1],
-        name=f"{dataset_name(args)}-{train.num_keypoints}",
-        description=f"trained with interactive-keypoints train on {dataset_name(args)}",
-        measurements=DATASET_MEASUREMENTS.get(args.dataset, ""),
+        ocr_mid_channels=model.ocr_channels[0],
+        ocr_key_channels=model.ocr_channels[1],
+        name=f"{name}-{train.num_keypoints}",
+        description=f"trained with interactive-keypoints train on {name}",
+        measurements=DATASET_MEASUREMENTS.get(dataset, ""),
         **depth,
     )
+
+
+def morphology_selection(train: DatasetSplit, loss: LossSection) -> MorphologySelection:
+    # relations are chosen on whole labels (a partly reviewed image holds stand-ins)
+    complete = train.complete()
+    labels, variant = (complete, loss.morphology) if len(complete) >= 2 else (train, "off")
+    return select_morphology(labels.points_array(), labels.image_sizes(), variant, loss.n_pairs, loss.n_triplets)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -442,7 +258,19 @@ def load_checkpoint(folder: Path, network, optimizer) -> dict:
 
 
 # ------------------------------------------------------------------ one step
-def training_step(network, batch, rng, config, selection, args, device, autocast, graded_network=None):
+def training_step(
+    network,
+    batch: dict,
+    rng,
+    config: ModelConfig,
+    selection: MorphologySelection,
+    interaction: InteractionSection,
+    loss: LossSection,
+    device: torch.device,
+    autocast,
+    channels_last: bool = True,
+    graded_network=None,
+):
     """One sample batch: random clicks, 0..N no-grad passes adding the worst point, one graded pass.
 
     ``graded_network`` (the DDP wrapper) runs the graded pass; the no-grad passes use the
@@ -454,19 +282,20 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
     # points that are no labels (a partly reviewed image) are never clicked, graded or constrained;
     # the mask is checked on the host (no device sync): a batch of whole labels trains as before
     labelled = batch.get("labelled")
-    partial = labelled is not None and not bool(labelled.all())
-    if partial:
+    if labelled is not None and bool(labelled.all()):
+        labelled = None
+    if labelled is not None:
         labelled = labelled.to(device)
         visible = visible & labelled  # for clicks and the morphology term; the loss masks by label
     size = config.input_size
-    if not args.no_fast:
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     b, k = points.shape[:2]
     user = SimulatedUser()  # exact clicks: the hints are the true positions of the clicked points
     clicked = torch.from_numpy(np.stack([sample_click_mask(rng, k) for _ in range(b)])).to(device) & visible
     prev = torch.zeros(b, k, *size, device=device)
-    passes = int(rng.integers(0, args.iterative_max + 1))
-    if passes and args.click_pass_bn == "eval":
+    passes = int(rng.integers(0, interaction.iterative_max + 1))
+    if passes and interaction.click_pass_bn == "eval":
         network.eval()  # the simulated user's passes must not move the BatchNorm running statistics
     try:
         for _ in range(passes):
@@ -474,7 +303,7 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
                 out = network(
                     images,
                     gaussian_heatmaps(points, size, config.sigma, clicked),
-                    previous_input(prev, clicked, args.train_prev),
+                    previous_input(prev, clicked, interaction.train_prev),
                 )
             prev = torch.sigmoid(out["logits"].float())
             predicted, _ = decode_heatmaps(prev)
@@ -485,17 +314,17 @@ def training_step(network, batch, rng, config, selection, args, device, autocast
         out = (graded_network or network)(
             images,
             gaussian_heatmaps(points, size, config.sigma, clicked),
-            previous_input(prev, clicked, args.train_prev),
+            previous_input(prev, clicked, interaction.train_prev),
         )
     target = gaussian_heatmaps(points, size, config.sigma, visible)
     weight = None
-    if args.clicked_loss_weight != 1.0:
-        weight = torch.where(clicked, args.clicked_loss_weight, 1.0).to(torch.float32)
-    if partial:
+    if interaction.clicked_loss_weight != 1.0:
+        weight = torch.where(clicked, interaction.clicked_loss_weight, 1.0).to(torch.float32)
+    if labelled is not None:
         weight = labelled.to(torch.float32) * (1.0 if weight is None else weight)
     loss_heatmap = heatmap_loss(out, target, channel_weight=weight)
     loss_morph = morphology_term(
-        out["logits"], points, visible, selection, args.morphology_weight, args.morphology_weight
+        out["logits"], points, visible, selection, loss.morphology_weight, loss.morphology_weight
     )
     return loss_heatmap, loss_morph
 
@@ -559,19 +388,19 @@ def validation_metrics(
     }
 
 
-def learning_rate(args, epoch: int, elapsed_s: float | None = None) -> float:
+def learning_rate(schedule: OptimisationSection, epoch: int, elapsed_s: float | None = None) -> float:
     """The rate of one epoch; a function of the epoch alone, so resuming keeps the schedule.
 
     With --max-minutes the cosine runs over the time budget instead: progress = elapsed / budget
     (``elapsed_s``; resuming keeps it too, the elapsed time is in the checkpoint)."""
-    if args.lr_schedule == "constant":
-        return args.lr
-    budget_s = 60 * args.max_minutes if getattr(args, "max_minutes", None) else None
+    if schedule.lr_schedule == "constant":
+        return schedule.lr
+    budget_s = 60 * schedule.max_minutes if schedule.max_minutes else None
     if budget_s and elapsed_s is not None:
         progress = min(elapsed_s / budget_s, 1.0)
     else:
-        progress = min(epoch / max(args.epochs, 1), 1.0)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+        progress = min(epoch / max(schedule.epochs, 1), 1.0)
+    return schedule.min_lr + 0.5 * (schedule.lr - schedule.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 # ModelConfig fields a fine-tuning may change: names, heatmap target, intensity handling, and
@@ -687,36 +516,36 @@ def setup_fast_path(network, device, fast: bool):
     return network, autocast, dtype
 
 
-def make_optimizer(network, args, device):
+def make_optimizer(network, lr: float, device: torch.device) -> torch.optim.Optimizer:
     # the fused kernel updates all parameters in a few launches instead of several per tensor
-    return torch.optim.Adam(network.parameters(), lr=args.lr, fused=device.type == "cuda")
+    return torch.optim.Adam(network.parameters(), lr=lr, fused=device.type == "cuda")
 
 
-def epoch_batches(args, epoch: int, num_items: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
+def epoch_batches(
+    optimisation: OptimisationSection, epoch: int, num_items: int, rank: int, world: int
+) -> list[list[tuple[int, int]]]:
     """The (epoch, index) keys of this rank's batches: one shared permutation per (seed, epoch),
     an equal share per rank (DDP needs equal step counts), incomplete batches dropped."""
-    order = np.random.default_rng([args.seed, epoch]).permutation(num_items)
+    order = np.random.default_rng([optimisation.seed, epoch]).permutation(num_items)
     share = len(order) // world
     order = order[rank::world][:share]
-    return [
-        [(epoch, int(i)) for i in order[i : i + args.batch_size]]
-        for i in range(0, share - args.batch_size + 1, args.batch_size)
-    ]
+    size = optimisation.batch_size
+    return [[(epoch, int(i)) for i in order[i : i + size]] for i in range(0, share - size + 1, size)]
 
 
-def make_loaders(train_data, val_data, args, device):
+def make_loaders(train_data, val_data, optimisation: OptimisationSection, workers: int, device: torch.device):
     """Training and validation loaders; workers persist over epochs, their own RNG unused
     (the augmentation is seeded per item) and the global torch RNG left alone."""
-    workers = max(0, args.workers)
-    common = dict(
+    workers = max(0, workers)
+    common: dict[str, Any] = dict(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=torch.Generator().manual_seed(optimisation.seed),
     )
     sampler = EpochBatchSampler()
     train_loader = torch.utils.data.DataLoader(EpochItems(train_data), batch_sampler=sampler, **common)
-    val_loader = torch.utils.data.DataLoader(val_data, batch_size=args.batch_size, shuffle=False, **common)
+    val_loader = torch.utils.data.DataLoader(val_data, batch_size=optimisation.batch_size, shuffle=False, **common)
     return train_loader, sampler, val_loader
 
 
@@ -741,29 +570,33 @@ class Progress:
     """How far a run is: OUT/progress.json after every epoch (the Slicer module reads it) and
     the command line's bar over the time budget (or the epochs)."""
 
-    def __init__(self, out: Path, budget_s: float | None, args, train_images: int, val_images: int):
-        self.path, self.budget_s, self.args = out / PROGRESS_FILE, budget_s, args
+    def __init__(
+        self, out: Path, optimisation: OptimisationSection, quiet: bool, train_images: int, val_images: int
+    ) -> None:
+        budget_s = 60 * optimisation.max_minutes if optimisation.max_minutes is not None else None
+        self.path, self.budget_s, self.optimisation = out / PROGRESS_FILE, budget_s, optimisation
         self.fixed = {
             "pid": os.getpid(),
             "budget_s": budget_s,
-            "budget_clock": args.budget_clock,
-            "epochs": args.epochs,
+            "budget_clock": optimisation.budget_clock,
+            "epochs": optimisation.epochs,
             "train_images": train_images,
             "val_images": val_images,
         }
-        total = round(budget_s) if budget_s else args.epochs
-        of = f"s of the {args.budget_clock}-clock budget" if budget_s else "epochs"
+        total = round(budget_s) if budget_s else optimisation.epochs
+        of = f"s of the {optimisation.budget_clock}-clock budget" if budget_s else "epochs"
         self.bar = tqdm(
             total=total,
             desc="training",
-            disable=args.quiet,
+            disable=quiet,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} " + of + " [{elapsed}{postfix}]",
         )
 
     def fraction(self, state: dict) -> float:
-        done = [state["elapsed_s"] / self.budget_s] if self.budget_s else [state["epoch"] / max(self.args.epochs, 1)]
-        if self.args.max_steps:
-            done.append(state["step"] / self.args.max_steps)
+        epochs, max_steps = self.optimisation.epochs, self.optimisation.max_steps
+        done = [state["elapsed_s"] / self.budget_s] if self.budget_s else [state["epoch"] / max(epochs, 1)]
+        if max_steps:
+            done.append(state["step"] / max_steps)
         return min(1.0, max(done))
 
     def update(self, state: dict, status: str = "training") -> None:
@@ -812,250 +645,365 @@ def epoch_line(epoch, images_per_s, loss, metrics, elapsed_s) -> str:
     return f"epoch {epoch}: {images_per_s:.1f} img/s loss {loss:.4f} {val} {elapsed_s:.0f} s"
 
 
-# ------------------------------------------------------------------ main loop
-def train(args) -> Path:
-    args = train_config(args)
-    rank, world, device = setup_distributed(args.device)
-    if args.threads:  # e.g. two runs side by side: oversubscribed OpenMP threads spin and crawl
-        torch.set_num_threads(args.threads)
-    is_main = rank == 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+# ------------------------------------------------------------------ the run
+@dataclass
+class EpochResult:
+    mean_losses: list[float]  # loss, heatmap, morphology
+    train_s: float  # on the budget's clock
+    images_per_s: float
+    hit_max_steps: bool
 
-    train_split, val_split, split_record = load_splits(args)
-    if len(train_split) == 0 or len(val_split) == 0:
-        raise UsageError(f"empty split: {len(train_split)} train / {len(val_split)} val images")
-    config = make_config(args, train_split)
-    # relations are chosen on whole labels (a partly reviewed image holds stand-ins)
-    complete = train_split.complete()
-    labels, variant = (complete, args.morphology) if len(complete) >= 2 else (train_split, "off")
-    selection = select_morphology(labels.points_array(), labels.image_sizes(), variant, args.n_pairs, args.n_triplets)
-    model = build_model(config)
-    if args.init_from is not None and not args.resume:
-        model.network.load_state_dict(initial_weights(args.init_from, config, model.network))
-    if args.transfer_from is not None and not args.resume:
-        fits, fresh = transferable_weights(args.transfer_from, model.network)
-        model.network.load_state_dict(fits, strict=False)
-        if is_main:
-            print(
-                f"transferred {len(fits)} tensors from {args.transfer_from}; {len(fresh)} start fresh "
-                f"(first: {', '.join(fresh[:4])})",
-                flush=True,
-            )
-    if args.hint_scale_init is not None and not args.resume:
-        with torch.no_grad():
-            model.network.hint_fusion.scale.fill_(args.hint_scale_init)
-    fast = not args.no_fast
-    network, autocast, dtype = setup_fast_path(model.network.to(device), device, fast)
-    optimizer = make_optimizer(network, args, device)
 
-    state = {
-        "epoch": 0,
-        "step": 0,
-        "best_mre": math.inf,
-        "best_epoch": -1,
-        "epochs_without_improvement": 0,
-        "split": split_record,
-        "seed": args.seed,
-        "elapsed_s": 0.0,
-        "select_on": args.select_on,
-        "init_from": str(args.init_from) if args.init_from else None,
-        "transfer_from": str(args.transfer_from) if args.transfer_from else None,
-        "start": start_description(args.init_from, config),
-    }
-    if args.resume and has_checkpoint(out):
-        state = load_checkpoint(out, network, optimizer)
-        if used_ids(state["split"]) != used_ids(split_record):
+class Trainer:
+    """One training run of a recipe. The constructor sets it up (data, model, starting weights,
+    optimiser, resumed state, the model folder's records); :meth:`run` trains epoch by epoch
+    (:meth:`train_epoch`, :meth:`validate`, :meth:`record_epoch`) and :meth:`finish` writes the
+    summary."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipes.check(recipe)
+        self.rank, self.world, self.device = setup_distributed(recipe.runtime.device)
+        if recipe.runtime.threads:  # e.g. two runs side by side: oversubscribed OpenMP threads spin and crawl
+            torch.set_num_threads(recipe.runtime.threads)
+        self.is_main = self.rank == 0
+        assert recipe.output.out is not None  # recipes.check
+        self.out = Path(recipe.output.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(recipe.optimisation.seed)
+
+        self.train_split, self.val_split, self.split_record = load_splits(recipe.data, recipe.model.input)
+        if len(self.train_split) == 0 or len(self.val_split) == 0:
+            raise UsageError(f"empty split: {len(self.train_split)} train / {len(self.val_split)} val images")
+        self.dataset: str = self.split_record["dataset"]  # a pack's too
+        name = dataset_name(self.dataset, recipe.data.data_root)
+        self.config = make_config(recipe.model, self.train_split, self.dataset, name)
+        self.selection = morphology_selection(self.train_split, recipe.loss)
+        self.model = build_model(self.config)
+        if not recipe.output.resume:
+            self.set_start_weights()
+        self.fast = not recipe.runtime.no_fast
+        self.network, self.autocast, self.dtype = setup_fast_path(
+            self.model.network.to(self.device), self.device, self.fast
+        )
+        self.optimizer = make_optimizer(self.network, recipe.optimisation.lr, self.device)
+        self.state = self.start_state()
+        self.ddp = DistributedDataParallel(self.network) if self.world > 1 else self.network
+        self.make_loaders()
+        self.log_path = self.out / LOG_FILE
+        if self.is_main:
+            self.write_records()
+
+    # -------------------------------------------------- set-up
+    def set_start_weights(self) -> None:
+        """--init-from, --transfer-from, --hint-scale-init: the weights before the first step."""
+        start, network = self.recipe.start, self.model.network
+        if start.init_from is not None:
+            network.load_state_dict(initial_weights(start.init_from, self.config, network))
+        if start.transfer_from is not None:
+            fits, fresh = transferable_weights(start.transfer_from, network)
+            network.load_state_dict(fits, strict=False)
+            if self.is_main:
+                print(
+                    f"transferred {len(fits)} tensors from {start.transfer_from}; {len(fresh)} start fresh "
+                    f"(first: {', '.join(fresh[:4])})",
+                    flush=True,
+                )
+        if self.recipe.interaction.hint_scale_init is not None:
+            with torch.no_grad():
+                network.hint_fusion.scale.fill_(self.recipe.interaction.hint_scale_init)
+
+    def start_state(self) -> dict:
+        """The state of a new run, or the checkpoint's (--resume; refused on another split)."""
+        recipe = self.recipe
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "step": 0,
+            "best_mre": math.inf,
+            "best_epoch": -1,
+            "epochs_without_improvement": 0,
+            "split": self.split_record,
+            "seed": recipe.optimisation.seed,
+            "elapsed_s": 0.0,
+            "select_on": recipe.validation.select_on,
+            "init_from": str(recipe.start.init_from) if recipe.start.init_from else None,
+            "transfer_from": str(recipe.start.transfer_from) if recipe.start.transfer_from else None,
+            "start": start_description(recipe.start.init_from, self.config),
+        }
+        if not (recipe.output.resume and has_checkpoint(self.out)):
+            return state
+        state = load_checkpoint(self.out, self.network, self.optimizer)
+        if used_ids(state["split"]) != used_ids(self.split_record):
             raise UsageError(
                 "the checkpoint was trained on a different split; resume with the same --split-seed, "
                 "data and --drop-disordered-labels"
             )
-        if is_main:
+        if self.is_main:
             print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)", flush=True)
-    ddp = DistributedDataParallel(network) if world > 1 else network
+        return state
 
-    train_data = KeypointTrainingDataset(
-        train_split,
-        config.input_size,
-        config.intensity,
-        augment=True,
-        seed=args.seed,
-        occlusion_prob=args.occlusion_prob,
-    )
-    val_data = KeypointTrainingDataset(val_split, config.input_size, config.intensity, augment=False)
-    train_data.preload()  # before the workers fork: they share the decoded images
-    val_data.preload()
-    train_loader, sampler, val_loader = make_loaders(train_data, val_data, args, device)
-    max_shard_bytes = int(args.max_shard_mb * 1e6)
-    if is_main:
-        config.save(out / "model.json")
-        selection.save(out / "morphology.json")
-        (out / "split.json").write_text(json.dumps(split_record, indent=1))
-        (out / TRAIN_CONFIG_FILE).write_text(json.dumps(config_to_json(args), indent=1) + "\n")
+    def make_loaders(self) -> None:
+        config, recipe = self.config, self.recipe
+        self.train_data = KeypointTrainingDataset(
+            self.train_split,
+            config.input_size,
+            config.intensity,
+            augment=True,
+            seed=recipe.optimisation.seed,
+            occlusion_prob=recipe.interaction.occlusion_prob,
+        )
+        val_data = KeypointTrainingDataset(self.val_split, config.input_size, config.intensity, augment=False)
+        self.train_data.preload()  # before the workers fork: they share the decoded images
+        val_data.preload()
+        self.train_loader, self.sampler, self.val_loader = make_loaders(
+            self.train_data, val_data, recipe.optimisation, recipe.runtime.workers, self.device
+        )
 
-    log_path = out / LOG_FILE
-    if is_main:
-        if args.resume and log_path.exists():
-            keep_log_rows_before(log_path, state["epoch"])
+    def write_records(self) -> None:
+        """The model folder's model.json, morphology.json, split.json, the recipe and the log's head."""
+        self.config.save(self.out / "model.json")
+        self.selection.save(self.out / "morphology.json")
+        (self.out / "split.json").write_text(json.dumps(self.split_record, indent=1))
+        recipes.save(self.recipe, self.out / TRAIN_CONFIG_FILE)
+        if self.recipe.output.resume and self.log_path.exists():
+            keep_log_rows_before(self.log_path, self.state["epoch"])
         else:
-            with open(log_path, "w", newline="") as f:
+            with open(self.log_path, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_COLUMNS)
 
-    clock = time.process_time if args.budget_clock == "cpu" else time.time  # what the budget counts
-    start_time = clock() - state["elapsed_s"]
-    wall_start, cpu_start = time.time() - state.get("wall_s", 0.0), time.process_time() - state.get("cpu_s", 0.0)
-    budget_s = 60 * args.max_minutes if args.max_minutes is not None else None
-    by_time = budget_s is not None and args.lr_schedule == "cosine"
-    val_s = 0.0  # the last validation's duration: part of what another epoch costs
-    stop, first_epoch = False, True
-    progress = Progress(out, budget_s, args, len(train_split), len(val_split)) if is_main else None
-    if progress is not None:
-        progress.update(state)
-    while state["epoch"] < args.epochs and not stop:
-        epoch = state["epoch"]
-        # everything random in an epoch derives from (seed, epoch, rank): resuming is exact
-        rng = np.random.default_rng([args.seed, epoch, rank])
-        sampler.batches = epoch_batches(args, epoch, len(train_data), rank, world)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, epoch, clock() - start_time if by_time else None)
-        network.train()
-        sums = torch.zeros(3, device=device)  # loss, heatmap, morphology: summed on the device, no sync per step
-        seen, steps, epoch_start, epoch_wall = 0, 0, clock(), time.time()
-        for batch in tqdm(
-            train_loader, desc=f"epoch {epoch}", disable=args.quiet or not is_main, leave=False, position=1
-        ):
-            if by_time:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(args, epoch, clock() - start_time)
-            loss_h, loss_m = training_step(
-                network, to_device(batch, device), rng, config, selection, args, device, autocast, ddp
+    # -------------------------------------------------- the loop
+    def run(self) -> Path:
+        optimisation = self.recipe.optimisation
+        self.clock = time.process_time if optimisation.budget_clock == "cpu" else time.time  # what the budget counts
+        self.start_time = self.clock() - self.state["elapsed_s"]
+        self.wall_start = time.time() - self.state.get("wall_s", 0.0)
+        self.cpu_start = time.process_time() - self.state.get("cpu_s", 0.0)
+        self.budget_s = 60 * optimisation.max_minutes if optimisation.max_minutes is not None else None
+        self.by_time = self.budget_s is not None and optimisation.lr_schedule == "cosine"
+        self.val_s = 0.0  # the last validation's duration: part of what another epoch costs
+        self.progress = None
+        if self.is_main:
+            self.progress = Progress(
+                self.out, optimisation, self.recipe.output.quiet, len(self.train_split), len(self.val_split)
             )
-            loss = loss_h + loss_m
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([t.detach().float() for t in (loss, loss_h, loss_m)])
-            seen += len(batch["id"])
-            steps += 1
-            state["step"] += 1
-            if args.max_steps is not None and state["step"] >= args.max_steps:
-                stop = True
-                break
-        mean_losses = (sums / max(steps, 1)).tolist()  # the epoch's one sync with the device
-        train_s = clock() - epoch_start
-        images_per_s = seen * world / max(time.time() - epoch_wall, 1e-9)
-        state["epoch"] = epoch + 1
-        elapsed = clock() - start_time
+            self.progress.update(self.state)
+        stop, first_epoch = False, True
+        while self.state["epoch"] < optimisation.epochs and not stop:
+            stop = self.run_epoch(first_epoch)
+            first_epoch = False
+        self.finish()
+        return self.out
+
+    def run_epoch(self, first_epoch: bool) -> bool:
+        """Train, validate when due, record; whether the run stops after it."""
+        epoch = self.state["epoch"]
+        result = self.train_epoch(epoch)
+        self.state["epoch"] = epoch + 1
+        elapsed = self.clock() - self.start_time
         # the last epoch: by count, by steps, or because another one (with validation) would overrun the budget
         final = (
-            stop or state["epoch"] >= args.epochs or (budget_s is not None and elapsed + train_s + 2 * val_s > budget_s)
+            result.hit_max_steps
+            or self.state["epoch"] >= self.recipe.optimisation.epochs
+            or (self.budget_s is not None and elapsed + result.train_s + 2 * self.val_s > self.budget_s)
         )
-        final = broadcast_flag(final, world, device)
-
+        final = broadcast_flag(final, self.world, self.device)
         metrics = None
-        if is_main and (final or state["epoch"] % max(args.val_every, 1) == 0):
-            val_start = clock()
-            metrics = validation_metrics(network, val_loader, config, device, autocast, channels_last=fast)
-            val_s = clock() - val_start
-            score = metrics["mre0_px" if args.select_on == "mre0" else "mre3_px"]
-            if score < state["best_mre"]:
-                state.update(best_mre=score, best_epoch=epoch, epochs_without_improvement=0)
-                save_model(out, model, dtype=getattr(torch, args.save_dtype), max_shard_bytes=max_shard_bytes)
-                (out / VAL_METRICS_FILE).write_text(
-                    json.dumps({"epoch": epoch, "select_on": args.select_on, **metrics}, indent=1) + "\n"
-                )
-            else:
-                state["epochs_without_improvement"] = epoch - state["best_epoch"]
-        out_of_patience = state["epochs_without_improvement"] >= args.patience
-        stop = broadcast_flag(final or out_of_patience, world, device)
-        state["elapsed_s"] = clock() - start_time
-        state["wall_s"], state["cpu_s"] = time.time() - wall_start, time.process_time() - cpu_start
-        if is_main:
-            m = metrics or {}
-            nan = math.nan
-            with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow(
-                    [
-                        epoch,
-                        state["step"],
-                        *np.round(mean_losses, 6),
-                        round(m.get("mre0_px", nan), 3),
-                        round(state["best_mre"], 3),
-                        optimizer.param_groups[0]["lr"],
-                        round(images_per_s, 2),
-                        round(state["elapsed_s"], 1),
-                        *(round(m.get(key, nan), 3) for key in ("mre3_px", "manual3_px", "propagation_gain_px")),
-                    ]
-                )
-            print(epoch_line(epoch, images_per_s, mean_losses[0], metrics, state["elapsed_s"]), flush=True)
-            if first_epoch:
-                peak = (
-                    f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-                    if device.type == "cuda"
-                    else ""
-                )
-                print(
-                    f"device {device_description(device)}, torch {torch.__version__}, "
-                    f"autocast {dtype or 'off (float32)'}{peak}",
-                    flush=True,
-                )
-            if stop or (args.checkpoint_every > 0 and state["epoch"] % args.checkpoint_every == 0):
-                save_checkpoint(out, network, optimizer, state)
-            progress.update(state)
-        first_epoch = False
+        if self.is_main and (final or self.state["epoch"] % max(self.recipe.validation.val_every, 1) == 0):
+            metrics = self.validate(epoch)
+        out_of_patience = self.state["epochs_without_improvement"] >= self.recipe.validation.patience
+        stop = broadcast_flag(final or out_of_patience, self.world, self.device)
+        self.state["elapsed_s"] = self.clock() - self.start_time
+        self.state["wall_s"], self.state["cpu_s"] = time.time() - self.wall_start, time.process_time() - self.cpu_start
+        if self.is_main:
+            self.record_epoch(epoch, result, metrics, first_epoch, stop)
+        return stop
 
-    summary = {
-        "epochs": state["epoch"],
-        "steps": state["step"],
-        "best_val_mre_px": state["best_mre"],
-        "best_epoch": state["best_epoch"],
-        "select_on": args.select_on,
-        "init_from": state.get("init_from"),
-        "transfer_from": state.get("transfer_from"),
-        "elapsed_s": round(state["elapsed_s"], 1),
-        "wall_s": round(state.get("wall_s", 0.0), 1),
-        "cpu_s": round(state.get("cpu_s", 0.0), 1),
-        "budget_minutes": args.max_minutes,
-        "budget_clock": args.budget_clock,
-        "start": state.get("start"),
-        "world_size": world,
-        "device": str(device),
-        "device_name": device_description(device),
-        "torch": torch.__version__,
-        "fast_path": dtype is not None and str(dtype),
-        "workers": args.workers,
-        "command": command_line(args),
-    }
-    if device.type == "cuda":
-        summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    if world > 1:
-        fingerprints = [None] * world
-        dist.all_gather_object(fingerprints, parameter_fingerprint(network))
-        summary["replica_fingerprints"] = fingerprints
-    if is_main:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        if args.dataset == "folder":  # a user's own landmarks: the card says what the model is
-            metrics = json.loads((out / VAL_METRICS_FILE).read_text()) if (out / VAL_METRICS_FILE).is_file() else None
-            partial = sum(sample.labelled is not None for sample in train_split)
-            write_card(out, config, summary, dict(split_record, root=str(args.data_root)), metrics, partial)
-        progress.close(state)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return out
+    def set_learning_rate(self, epoch: int) -> None:
+        elapsed = self.clock() - self.start_time if self.by_time else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.recipe.optimisation, epoch, elapsed)
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        recipe, device = self.recipe, self.device
+        # everything random in an epoch derives from (seed, epoch, rank): resuming is exact
+        rng = np.random.default_rng([recipe.optimisation.seed, epoch, self.rank])
+        self.sampler.batches = epoch_batches(recipe.optimisation, epoch, len(self.train_data), self.rank, self.world)
+        self.set_learning_rate(epoch)
+        self.network.train()
+        sums = torch.zeros(3, device=device)  # loss, heatmap, morphology: summed on the device, no sync per step
+        seen, steps, epoch_start, epoch_wall = 0, 0, self.clock(), time.time()
+        hit_max_steps = False
+        quiet = recipe.output.quiet or not self.is_main
+        for batch in tqdm(self.train_loader, desc=f"epoch {epoch}", disable=quiet, leave=False, position=1):
+            if self.by_time:
+                self.set_learning_rate(epoch)
+            sums += self.optimizer_step(batch, rng)
+            seen += len(batch["id"])
+            steps += 1
+            self.state["step"] += 1
+            if recipe.optimisation.max_steps is not None and self.state["step"] >= recipe.optimisation.max_steps:
+                hit_max_steps = True
+                break
+        mean_losses = (sums / max(steps, 1)).tolist()  # the epoch's one sync with the device
+        train_s = self.clock() - epoch_start
+        images_per_s = seen * self.world / max(time.time() - epoch_wall, 1e-9)
+        return EpochResult(mean_losses, train_s, images_per_s, hit_max_steps)
+
+    def optimizer_step(self, batch: dict, rng: np.random.Generator) -> torch.Tensor:
+        """One step; the losses (total, heatmap, morphology) on the device."""
+        loss_h, loss_m = training_step(
+            self.network,
+            to_device(batch, self.device),
+            rng,
+            self.config,
+            self.selection,
+            self.recipe.interaction,
+            self.recipe.loss,
+            self.device,
+            self.autocast,
+            channels_last=self.fast,
+            graded_network=self.ddp,
+        )
+        loss = loss_h + loss_m
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return torch.stack([t.detach().float() for t in (loss, loss_h, loss_m)])
+
+    def validate(self, epoch: int) -> dict:
+        """The validation metrics; the weights written when they are the best so far."""
+        select_on = self.recipe.validation.select_on
+        val_start = self.clock()
+        metrics = validation_metrics(
+            self.network, self.val_loader, self.config, self.device, self.autocast, channels_last=self.fast
+        )
+        self.val_s = self.clock() - val_start
+        score = metrics["mre0_px" if select_on == "mre0" else "mre3_px"]
+        if score < self.state["best_mre"]:
+            self.state.update(best_mre=score, best_epoch=epoch, epochs_without_improvement=0)
+            output = self.recipe.output
+            save_model(
+                self.out,
+                self.model,
+                dtype=getattr(torch, output.save_dtype),
+                max_shard_bytes=int(output.max_shard_mb * 1e6),
+            )
+            (self.out / VAL_METRICS_FILE).write_text(
+                json.dumps({"epoch": epoch, "select_on": select_on, **metrics}, indent=1) + "\n"
+            )
+        else:
+            self.state["epochs_without_improvement"] = epoch - self.state["best_epoch"]
+        return metrics
+
+    def record_epoch(self, epoch: int, result: EpochResult, metrics: dict | None, first: bool, stop: bool) -> None:
+        """The log's row, the epoch's line, the checkpoint when due, progress.json."""
+        state, m, nan = self.state, metrics or {}, math.nan
+        with open(self.log_path, "a", newline="") as f:
+            csv.writer(f).writerow(
+                [
+                    epoch,
+                    state["step"],
+                    *np.round(result.mean_losses, 6),
+                    round(m.get("mre0_px", nan), 3),
+                    round(state["best_mre"], 3),
+                    self.optimizer.param_groups[0]["lr"],
+                    round(result.images_per_s, 2),
+                    round(state["elapsed_s"], 1),
+                    *(round(m.get(key, nan), 3) for key in ("mre3_px", "manual3_px", "propagation_gain_px")),
+                ]
+            )
+        print(epoch_line(epoch, result.images_per_s, result.mean_losses[0], metrics, state["elapsed_s"]), flush=True)
+        if first:
+            cuda = self.device.type == "cuda"
+            peak = f", peak memory {torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB" if cuda else ""
+            print(
+                f"device {device_description(self.device)}, torch {torch.__version__}, "
+                f"autocast {self.dtype or 'off (float32)'}{peak}",
+                flush=True,
+            )
+        every = self.recipe.output.checkpoint_every
+        if stop or (every > 0 and state["epoch"] % every == 0):
+            save_checkpoint(self.out, self.network, self.optimizer, state)
+        if self.progress is not None:
+            self.progress.update(state)
+
+    # -------------------------------------------------- the end
+    def summary(self) -> dict:
+        state, recipe = self.state, self.recipe
+        summary = {
+            "epochs": state["epoch"],
+            "steps": state["step"],
+            "best_val_mre_px": state["best_mre"],
+            "best_epoch": state["best_epoch"],
+            "select_on": recipe.validation.select_on,
+            "init_from": state.get("init_from"),
+            "transfer_from": state.get("transfer_from"),
+            "elapsed_s": round(state["elapsed_s"], 1),
+            "wall_s": round(state.get("wall_s", 0.0), 1),
+            "cpu_s": round(state.get("cpu_s", 0.0), 1),
+            "budget_minutes": recipe.optimisation.max_minutes,
+            "budget_clock": recipe.optimisation.budget_clock,
+            "start": state.get("start"),
+            "world_size": self.world,
+            "device": str(self.device),
+            "device_name": device_description(self.device),
+            "torch": torch.__version__,
+            "fast_path": self.dtype is not None and str(self.dtype),
+            "workers": recipe.runtime.workers,
+            "command": recipes.command_line(recipe),
+        }
+        if self.device.type == "cuda":
+            summary["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+        if self.world > 1:
+            fingerprints = [None] * self.world
+            dist.all_gather_object(fingerprints, parameter_fingerprint(self.network))
+            summary["replica_fingerprints"] = fingerprints
+        return summary
+
+    def finish(self) -> None:
+        """train_summary.json, a landmark folder's card, progress.json; the process group ends."""
+        summary = self.summary()
+        if self.is_main:
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+            if self.dataset == "folder":  # a user's own landmarks: the card says what the model is
+                metrics_path = self.out / VAL_METRICS_FILE
+                metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+                partial = sum(sample.labelled is not None for sample in self.train_split.samples)
+                record = dict(self.split_record, root=str(self.recipe.data.data_root))
+                write_card(self.out, self.config, summary, record, metrics, partial)
+            if self.progress is not None:
+                self.progress.close(self.state)
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
 
 
-def run(args) -> int:
+def train(args: Recipe | argparse.Namespace) -> Path:
+    """Train with a recipe (or parsed arguments); the model folder."""
+    return Trainer(train_config(args)).run()
+
+
+def run(args: argparse.Namespace) -> int:
     out = train(args)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"model folder: {out}")
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Train from command-line arguments; errors are raised (:func:`command` reports them)."""
     return run(build_parser().parse_args(argv))
 
 
+def command(argv: list[str] | None = None) -> int:
+    """``python -m interactive_keypoints.train`` (torchrun, training_job): as the cli's train, an
+    error the user can fix is one line and exit code 2, not a traceback (the Slicer extension
+    ships this module without cli.py)."""
+    try:
+        return main(argv)
+    except (KeypointsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(command())

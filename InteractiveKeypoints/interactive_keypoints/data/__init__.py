@@ -11,11 +11,10 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
+from ..recipe import DATASETS, DataSection, add_fields
 from . import aasce, folder, isbi, synthetic
 from .common import DatasetNotFoundError, DatasetSplit, KeypointSample, label_problem, load_grey_image, read_image_size
 from .training import KeypointTrainingDataset
-
-DATASETS = ("aasce", "isbi", "folder", "phantom", "phantom-hidden")
 
 __all__ = [
     "DATASETS", "add_dataset_arguments", "DatasetNotFoundError", "DatasetSplit", "KeypointSample", "KeypointTrainingDataset",
@@ -29,23 +28,16 @@ def add_dataset_arguments(
 ) -> None:
     """The dataset options of the train, train-local, pack and evaluate command lines:
     ``--dataset``, ``--data-root``, ``--split-seed``, ``--phantom-images`` and
-    ``--drop-disordered-labels``, added to ``group``. ``dataset_group``: where ``--dataset``
-    goes instead, not required there (train's group of one data source: --dataset or --pack).
-    ``phantom_images`` is the command's default (the phantom splits are seeded prefixes, so a
-    smaller default evaluates the first images of the same split a model validated on)."""
-    if dataset_group is None:
-        group.add_argument("--dataset", required=True, choices=DATASETS)
-    else:
-        dataset_group.add_argument("--dataset", choices=DATASETS)
-    group.add_argument("--data-root", type=Path, help="the dataset's own top folder")
-    group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val split")
-    group.add_argument("--phantom-images", type=int, default=phantom_images, help="phantom dataset size per split")
-    group.add_argument(
-        "--drop-disordered-labels",
-        action="store_true",
-        help="AASCE: leave labels with vertebrae out of order out (train and pack: from training only, "
-        "validation keeps them; evaluate: from the split, metrics.json lists them under 'skipped')",
-    )
+    ``--drop-disordered-labels``, added to ``group`` (declared once, in :class:`.recipe.DataSection`).
+    ``dataset_group``: where ``--dataset`` goes instead, not required there (train's group of one
+    data source: --dataset or --pack). ``phantom_images`` is the command's default (the phantom
+    splits are seeded prefixes, so a smaller default evaluates the first images of the same split a
+    model validated on)."""
+    names = ("dataset", "data_root", "split_seed", "phantom_images", "drop_disordered_labels")
+    required = () if dataset_group is not None else ("dataset",)
+    exclusive = {"source": dataset_group} if dataset_group is not None else {"source": group}
+    add_fields(group, DataSection, only=names, defaults={"phantom_images": phantom_images}, required=required,
+               exclusive=exclusive)  # fmt: skip
 
 
 def dataset_options(name: str, split_seed: int = 0, phantom_images: int = 16) -> dict:
