@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from interactive_keypoints.evaluate import EvaluateOptions
-from interactive_keypoints.evaluate.cli import add_arguments, uses_local_stage
+from interactive_keypoints.evaluate.cli import add_arguments, uses_part
 from interactive_keypoints.tiny_model import tiny_model, with_tiny_local_stage
 
 
@@ -27,7 +27,7 @@ def evaluate_args(*options):
     ],
 )
 def test_a_model_without_a_stage_is_noted_only_where_the_stage_was_asked_for(options, note, capsys):
-    assert uses_local_stage(evaluate_args(*options), tiny_model()) is False
+    assert uses_part(evaluate_args(*options), tiny_model(), "local_stage") is False
     printed = capsys.readouterr().out
     assert ("has no local stage" in printed) == note
     if note:
@@ -38,7 +38,7 @@ def test_a_model_without_a_stage_is_noted_only_where_the_stage_was_asked_for(opt
     ("options", "used"), [((), True), (("--local-stage", "both"), True), (("--local-stage", "off"), False)]
 )
 def test_a_model_with_a_stage_runs_it_unless_it_is_switched_off(options, used, capsys):
-    assert uses_local_stage(evaluate_args(*options), with_tiny_local_stage(tiny_model())) is used
+    assert uses_part(evaluate_args(*options), with_tiny_local_stage(tiny_model()), "local_stage") is used
     assert capsys.readouterr().out == ""
 
 

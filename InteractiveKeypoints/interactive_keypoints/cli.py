@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "pack": ("interactive_keypoints.pack", "pack a dataset's train/val images and labels for training elsewhere"),
     "train": ("interactive_keypoints.train", "train a model"),
     "train-local": ("interactive_keypoints.train_local", "train a model folder's full-resolution local stage"),
+    "train-decoder": ("interactive_keypoints.train_decoder", "train a model folder's click decoder"),
     "evaluate": ("interactive_keypoints.evaluate.cli", "evaluate a model with simulated user corrections"),
     "serve": ("interactive_keypoints.web.launcher", "serve the browser app"),
 }

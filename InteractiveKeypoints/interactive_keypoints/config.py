@@ -57,6 +57,8 @@ class ModelConfig:
     measurements: str = ""
     # the full-resolution local stage (local_stage.LocalStageConfig as a dict); empty: none
     local_stage: dict = field(default_factory=dict)
+    # the click decoder (click_decoder.ClickDecoderConfig as a dict); empty: none
+    click_decoder: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
@@ -106,6 +108,18 @@ class ModelConfig:
                     problems.append(
                         f"the local stage has {stage.num_keypoints} landmarks, the model {self.num_keypoints}"
                     )
+        if self.click_decoder:
+            from .click_decoder import ClickDecoderConfig
+
+            try:
+                decoder = ClickDecoderConfig.from_dict(self.click_decoder)
+            except ModelFormatError as e:
+                problems.append(str(e))
+            else:
+                if decoder.num_keypoints != self.num_keypoints:
+                    problems.append(
+                        f"the click decoder has {decoder.num_keypoints} landmarks, the model {self.num_keypoints}"
+                    )
         if self.format_version > FORMAT_VERSION:
             problems.append(f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})")
         if problems:
@@ -118,6 +132,8 @@ class ModelConfig:
         d["flip_pairs"] = [list(p) for p in self.flip_pairs]
         if not self.local_stage:
             del d["local_stage"]  # a folder without a stage writes model.json as before
+        if not self.click_decoder:
+            del d["click_decoder"]
         return d
 
     @classmethod

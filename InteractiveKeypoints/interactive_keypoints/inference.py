@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .click_decoder import ClickDecoder
 from .local_stage import LocalStage
 from .model_io import KeypointModel
 
@@ -131,6 +132,12 @@ class Predictor:
         self.local_stage = (
             LocalStage(model.local_stage_config, copy.deepcopy(model.local_stage), self.device, self.dtype)
             if model.local_stage is not None and model.local_stage_config is not None
+            else None
+        )
+        # the click decoder, when it has one (small: CPU, fp32, whatever the device)
+        self.click_decoder = (
+            ClickDecoder(model.click_decoder_config, copy.deepcopy(model.click_decoder))
+            if model.click_decoder is not None and model.click_decoder_config is not None
             else None
         )
 

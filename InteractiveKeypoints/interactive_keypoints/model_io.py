@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .click_decoder import ClickDecoderConfig, ClickDecoderNet, load_click_decoder_network, save_click_decoder_weights
 from .config import ModelConfig, ModelFormatError
 from .conventions import write_text_atomic
 from .local_stage import LocalStageConfig, LocalStageNet, load_local_stage_network, save_local_stage_weights
@@ -39,6 +41,8 @@ class KeypointModel:
     folder: Path | None = None
     # the full-resolution local stage (local_stage.py), when model.json declares one
     local_stage: LocalStageNet | None = None
+    # the click decoder (click_decoder.py), when model.json declares one
+    click_decoder: ClickDecoderNet | None = None
 
     @property
     def landmark_names(self) -> list[str]:
@@ -47,6 +51,10 @@ class KeypointModel:
     @property
     def local_stage_config(self) -> LocalStageConfig | None:
         return LocalStageConfig.from_dict(self.config.local_stage) if self.config.local_stage else None
+
+    @property
+    def click_decoder_config(self) -> ClickDecoderConfig | None:
+        return ClickDecoderConfig.from_dict(self.config.click_decoder) if self.config.click_decoder else None
 
 
 def build_model(config: ModelConfig) -> KeypointModel:
@@ -78,6 +86,8 @@ def save_model(
     )
     if model.local_stage is not None:
         save_local_stage_weights(folder, model.local_stage)
+    if model.click_decoder is not None:
+        save_click_decoder_weights(folder, model.click_decoder)
     model.config.save(folder / CONFIG_FILE)
     for name, content in (extra_files or {}).items():
         write_text_atomic(folder / name, json.dumps(content, indent=2) + "\n")
@@ -110,6 +120,19 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("model-*-of-*.safetensors")) + [
         p for p in (folder / WEIGHTS_FILE, folder / WEIGHTS_INDEX_FILE) if p.is_file()
     ]
+
+
+def copy_model_folder(source: Path, out: Path) -> None:
+    """OUT as a copy of the model folder (weights, config, morphology, split, the weights of the
+    parts its model.json declares): a new part is then added to the copy."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = ModelConfig.load(source / CONFIG_FILE)
+    parts = [source / part["weights"] for part in (config.local_stage, config.click_decoder) if part]
+    for path in (
+        weight_files(source) + parts + [source / name for name in (CONFIG_FILE, "morphology.json", "split.json")]
+    ):
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
 
 
 def save_weights(
@@ -205,6 +228,11 @@ def load_model(folder: str | Path, device: str | torch.device | None = "cpu") ->
     local_stage = (
         load_local_stage_network(folder, LocalStageConfig.from_dict(config.local_stage)) if config.local_stage else None
     )
+    click_decoder = (
+        load_click_decoder_network(folder, ClickDecoderConfig.from_dict(config.click_decoder))
+        if config.click_decoder
+        else None
+    )
     if device is not None:
         network.to(device)
-    return KeypointModel(config, network, folder, local_stage)
+    return KeypointModel(config, network, folder, local_stage, click_decoder)

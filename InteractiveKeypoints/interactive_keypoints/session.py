@@ -7,7 +7,8 @@ Inference rule (paper, sec. 2.1 and the reference protocol):
   as in training);
 - fixed points are returned exactly where the user put them; the others move freely, and
   with a model whose ``correction_length`` is > 0 also by the correction field of the
-  residuals at the fixed points (``correction_field.py``; 0 is the paper's rule);
+  residuals at the fixed points (``correction_field.py``; 0 is the paper's rule), and where
+  the model folder has one, by the click decoder (``click_decoder.py``);
 - then, where the model folder has one, the full-resolution local stage refines every point
   that is not fixed in a patch of the original image (``local_stage.py``).
 
@@ -75,6 +76,8 @@ class _Step:
     # (K, 2) the points before the local stage, and after it (None without a stage)
     coarse: np.ndarray | None = field(default=None, repr=False)
     refined: np.ndarray | None = field(default=None, repr=False)
+    # (K, 2) the network's own points of this pass, fixed landmarks included (the click decoder's input)
+    raw: np.ndarray | None = field(default=None, repr=False)
 
 
 class KeypointSession:
@@ -90,6 +93,7 @@ class KeypointSession:
         review_score: str | None = None,
         correction_length: float | None = None,
         local_stage: bool = True,
+        click_decoder: bool = True,
     ):
         """``image``: a Radiograph, an array or a file path. ``predictor``: share one
         across sessions of the same model (it holds the inference copy of the network).
@@ -97,7 +101,8 @@ class KeypointSession:
         the model folder's morphology allows it, else ``low-confidence``).
         ``correction_length``: the correction field's length (fraction of the landmarks'
         extent, 0 = off); default: the model's. ``local_stage``: run the model's local stage
-        (where it has one); False gives the first stage's points."""
+        (where it has one); False gives the first stage's points. ``click_decoder``: run the
+        model's click decoder after the field (where it has one)."""
         if prev_mode not in ("fixed", "all"):
             raise ValueError(f"prev_mode must be 'fixed' or 'all', got {prev_mode!r}")
         self.model = model
@@ -127,6 +132,7 @@ class KeypointSession:
         self._image_features = self.predictor.encode_image(image_tensor)
         # the local stage reads the original pixels, normalised once per image
         self.local_stage = self.predictor.local_stage if local_stage else None
+        self.click_decoder = self.predictor.click_decoder if click_decoder else None
         self._patch_source = (
             PatchSource.from_image(self.radiograph, self.config.intensity) if self.local_stage is not None else None
         )
@@ -143,6 +149,13 @@ class KeypointSession:
     def previewing(self) -> bool:
         """A preview is shown (it is no step: undo and redo do not count it)."""
         return self._preview is not None
+
+    @property
+    def network_points(self) -> np.ndarray | None:
+        """(K, 2) the network's own points of the current step, fixed landmarks included
+        (before the field, the click decoder and the local stage); None before ``predict``."""
+        raw = self._history[self._position].raw if self._history else None
+        return None if raw is None else raw.copy()
 
     @property
     def can_undo(self) -> bool:
@@ -312,7 +325,10 @@ class KeypointSession:
             logits = self.predictor.logits(self._image_features, clicks, prev, channels=channels)
         points_in, confidence = decode_logits_locally(logits, size)
         points = self.coords.to_original(points_in[0].numpy().astype(np.float64))
+        raw = points.copy()
         points = apply_correction_field(points, fixed, self.correction_length, self.config.correction_noise)
+        if self.click_decoder is not None and self.click_decoder.applies(len(channels)):
+            points = self._decode_clicks(raw, points, fixed)
         coarse = refined = None
         if self.local_stage is not None and self._patch_source is not None:
             movable = np.ones(k, dtype=bool)
@@ -332,4 +348,16 @@ class KeypointSession:
         prediction = Prediction(
             points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing, score
         )
-        return _Step(prediction, logits[0], coarse, refined)
+        return _Step(prediction, logits[0], coarse, refined, raw)
+
+    def _decode_clicks(self, raw: np.ndarray, shown: np.ndarray, fixed: dict[int, np.ndarray]) -> np.ndarray:
+        """The click decoder's points: it reads this pass's and the first pass's network points
+        and the field's, with the fixed points where the user put them."""
+        assert self.click_decoder is not None
+        first = self._history[0].raw if self._history else None
+        shown = shown.copy()
+        is_fixed = np.zeros(len(shown), dtype=bool)
+        for c, xy in fixed.items():
+            shown[c] = xy
+            is_fixed[c] = True
+        return self.click_decoder.correct(raw, raw if first is None else first, shown, is_fixed)

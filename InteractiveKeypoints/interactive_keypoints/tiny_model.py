@@ -48,3 +48,21 @@ def with_tiny_local_stage(model, seed: int = 0, **overrides):
     model.config.validate()
     model.local_stage = LocalStageNet(config).eval()
     return model
+
+
+def with_tiny_click_decoder(model, seed: int = 0, **overrides):
+    """``model`` with a tiny click decoder attached (as if its folder declared one), its output
+    layer drawn at random so that it moves the free points (a trained one starts at zero)."""
+    import torch
+
+    from .click_decoder import ClickDecoderConfig, ClickDecoderNet
+
+    torch.manual_seed(seed)
+    settings = {"group": 4, "width": 16, "layers": 1, "heads": 2, "max_clicks": 2} | overrides
+    config = ClickDecoderConfig(model.config.num_keypoints, **settings)
+    model.config.click_decoder = config.to_dict()
+    model.config.validate()
+    model.click_decoder = ClickDecoderNet(config).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.click_decoder.offsets.weight, std=0.01)
+    return model

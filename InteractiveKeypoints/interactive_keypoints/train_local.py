@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from .local_stage import (
     patch_matrices,
     to_patch,
 )
-from .model_io import KeypointModel, load_model, weight_files
+from .model_io import KeypointModel, copy_model_folder, load_model
 from .session import KeypointSession
 from .train import device_description, learning_rate, load_checkpoint, save_checkpoint, setup_fast_path
 
@@ -284,14 +283,6 @@ def validate(
 
 
 # ------------------------------------------------------------------ the run
-
-
-def copy_model_folder(source: Path, out: Path) -> None:
-    """OUT starts as a copy of the model folder (weights, config, morphology, split): the stage is added to it."""
-    out.mkdir(parents=True, exist_ok=True)
-    for path in weight_files(source) + [source / name for name in ("model.json", "morphology.json", "split.json")]:
-        if path.is_file():
-            shutil.copy2(path, out / path.name)
 
 
 def train_local(args) -> Path:

@@ -15,7 +15,7 @@ from ..data.common import DatasetSplit, KeypointSample
 from ..errors import UsageError
 from ..model_io import KeypointModel, load_model
 from ..review import SCORES
-from .options import USERS, EvaluateOptions, User
+from .options import MODEL_PARTS, USERS, EvaluateOptions, User
 from .outputs import print_measurement_summary, print_summary, print_users, print_variant_comparison, write_outputs
 from .report import review_score_name, summarise, summarise_measurements, summarise_users, variant_comparison
 from .simulate import RevisionCurves, evaluate_split
@@ -76,6 +76,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model's full-resolution local stage (where its folder has one): on (default), off, or both "
         "(the outputs are with it; metrics.json 'local_stage' has both curves)",
     )
+    parser.add_argument(
+        "--click-decoder",
+        choices=["on", "off", "both"],
+        default=None,  # None: on, unasked
+        help="the model's click decoder (where its folder has one): on (default), off, or both "
+        "(the outputs are with it; metrics.json 'click_decoder' has both curves)",
+    )
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +141,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--sample {args.sample} must be at least 1")
 
 
-def options_from(args: argparse.Namespace, user: User, local_stage: bool) -> EvaluateOptions:
+def options_from(args: argparse.Namespace, user: User, parts: dict[str, bool]) -> EvaluateOptions:
     """The options of one run of the split by ``user``."""
     return EvaluateOptions(
         max_clicks=args.max_clicks,
@@ -147,7 +154,8 @@ def options_from(args: argparse.Namespace, user: User, local_stage: bool) -> Eva
         click_noise=args.click_noise,
         click_seed=args.click_seed,
         prev_mode=args.prev_mode,
-        local_stage=local_stage,
+        local_stage=parts["local_stage"],
+        click_decoder=parts["click_decoder"],
         device=args.device,
         progress=not args.quiet,
     )
@@ -201,12 +209,19 @@ def choose_samples(samples: list, limit: int | None, sample: int | None, seed: i
     return samples
 
 
-def uses_local_stage(args: argparse.Namespace, model: KeypointModel) -> bool:
-    """Whether the run's outputs are with the model's local stage. A model without one runs
-    its first stage; that is said only where the stage was asked for by name."""
-    if args.local_stage in ("on", "both") and model.local_stage is None:
-        print(f"note: {args.model} has no local stage; --local-stage {args.local_stage} evaluates the first stage")
-    return args.local_stage != "off" and model.local_stage is not None
+# what a run of a model without the part evaluates, for the note
+WITHOUT_PART = {"local_stage": "the first stage", "click_decoder": "the network and the correction field"}
+
+
+def uses_part(args: argparse.Namespace, model: KeypointModel, part: str) -> bool:
+    """Whether the run's outputs are with the model part ``part`` (one of ``MODEL_PARTS``: the
+    local stage, the click decoder). A model without it runs without; that is said only where
+    the part was asked for by name."""
+    asked, present = getattr(args, part), getattr(model, part) is not None
+    if asked in ("on", "both") and not present:
+        name, option = part.replace("_", " "), "--" + part.replace("_", "-")
+        print(f"note: {args.model} has no {name}; {option} {asked} evaluates {WITHOUT_PART[part]}")
+    return asked != "off" and present
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,15 +231,16 @@ def run(args: argparse.Namespace) -> int:
     model = load_evaluated_model(args)
     split, samples = load_samples(args, model)
     users = list(dict.fromkeys(args.user))
-    with_stage = uses_local_stage(args, model)
-    runs = {user: options_from(args, user, with_stage) for user in users}
+    parts = {part: uses_part(args, model, part) for part in MODEL_PARTS}
+    runs = {user: options_from(args, user, parts) for user in users}
     options = runs[users[0]]  # the first user gives the classic outputs
     results_by_user = {user: evaluate_split(model, samples, run_options) for user, run_options in runs.items()}
     results = results_by_user[users[0]]
     metrics = summarise(results, samples, options, split.landmark_names)
-    if args.local_stage == "both" and with_stage:
-        metrics["local_stage"] = compare_without("local_stage", model, samples, options, results, split.landmark_names)
-    metrics["local_stage_used"] = with_stage
+    for part, used in parts.items():
+        if getattr(args, part) == "both" and used:
+            metrics[part] = compare_without(part, model, samples, options, results, split.landmark_names)
+        metrics[f"{part}_used"] = used
     describe_run(metrics, args, model, split)
     if not (users == ["oracle"] and options.click_noise == 0):  # beyond the protocol: metrics.json grows
         add_users(metrics, results_by_user, samples, options, model, split.landmark_names)

@@ -10,7 +10,7 @@ User = Literal["oracle", "guided"]
 Unit = Literal["px", "mm"]
 USERS: tuple[str, ...] = get_args(User)
 # the model's parts a run can leave out: bool fields of EvaluateOptions, on / off / both at the command line
-MODEL_PARTS = ("local_stage",)
+MODEL_PARTS = ("local_stage", "click_decoder")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class EvaluateOptions:
     # the model: its inference rule and its parts
     prev_mode: str = "fixed"
     local_stage: bool = True  # the model's full-resolution local stage, where it has one
+    click_decoder: bool = True  # the model's click decoder, where it has one
     # where and how it runs
     device: str | None = None
     progress: bool = True

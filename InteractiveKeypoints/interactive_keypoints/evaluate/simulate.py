@@ -163,6 +163,7 @@ def open_session(
         predictor=predictor,
         review_score=options.review_score,
         local_stage=options.local_stage,
+        click_decoder=options.click_decoder,
     )
 
 

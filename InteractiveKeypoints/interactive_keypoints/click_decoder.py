@@ -1,0 +1,197 @@
+"""The click decoder: a light network that moves the unconfirmed points after a click.
+
+After a refine the session has, for every landmark, the network's own estimate (``raw``),
+its estimate before any click (``raw0``) and what the correction field shows (``shown``,
+with the user-fixed points where the user put them). The decoder reads these as one token
+per group of landmarks (a vertebra's four corners: ``group=4``; one landmark: ``group=1``),
+mixes the tokens with a small transformer encoder and returns an offset for every point that
+is not fixed:
+
+    per landmark: shown (centred), raw - shown (free), shown - raw (fixed: the user's
+    correction), raw - raw0 (what the click pass moved), fixed flag, clicks / 10
+        --> tokens --> transformer --> offsets (landmark-extent units) --> shown + offset
+
+It is trained on the network's own outputs under the simulated user (``train-decoder``),
+in CPU-minutes: the network runs once per training image and click, the decoder trains on
+those cached states in seconds. Its output layer starts at zero, so an untrained decoder
+shows the field's points. It is used for 1..``max_clicks`` fixed points (the click counts it
+was trained on); beyond those, and with no click, the field's points stand.
+The model folder declares it in ``model.json`` (``click_decoder``) next to its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ModelFormatError
+
+WEIGHTS_FILE = "click_decoder.safetensors"
+FEATURES = 10  # per landmark, see decoder_features
+
+
+@dataclass
+class ClickDecoderConfig:
+    """A model folder's click decoder: ``model.json``'s ``click_decoder`` entry (plain data)."""
+
+    num_keypoints: int
+    group: int = 1  # landmarks per token, consecutive indices (AASCE: 4 corners of a vertebra)
+    width: int = 64
+    layers: int = 3
+    heads: int = 4
+    max_clicks: int = 4  # used with 1..max_clicks fixed points
+    weights: str = WEIGHTS_FILE
+    # how it was trained (recorded, not used at inference)
+    trained: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        problems = []
+        if self.num_keypoints < 1 or self.group < 1 or self.num_keypoints % self.group:
+            problems.append(f"group ({self.group}) must divide num_keypoints ({self.num_keypoints})")
+        if self.width < 1 or self.layers < 1 or self.heads < 1 or self.width % self.heads:
+            problems.append(f"width ({self.width}) must be a positive multiple of heads ({self.heads}); layers >= 1")
+        if self.max_clicks < 1:
+            problems.append(f"max_clicks must be >= 1, got {self.max_clicks}")
+        if Path(self.weights).name != self.weights:
+            problems.append(f"weights must be a file name in the model folder, got {self.weights!r}")
+        if problems:
+            raise ModelFormatError("invalid click decoder config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClickDecoderConfig:
+        if not isinstance(d, dict):
+            raise ModelFormatError(f"model.json's click_decoder must be an object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelFormatError(f"unknown keys in model.json's click_decoder: {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ModelFormatError(f"model.json's click_decoder is incomplete: {e}") from None
+
+
+def decoder_features(
+    raw: np.ndarray, raw0: np.ndarray, shown: np.ndarray, fixed: np.ndarray, clicks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(..., K, FEATURES) decoder input and (...,) the landmark extent that scales it.
+
+    ``raw``, ``raw0``, ``shown``: (..., K, 2) px; ``fixed``: (..., K) bool; ``clicks``: (...,)
+    the number of fixed points. Positions are centred on the shown points' mean and divided
+    by their extent, so images of any size and placement look alike."""
+    raw, raw0, shown = (np.asarray(a, np.float64) for a in (raw, raw0, shown))
+    fixed = np.asarray(fixed, bool)[..., None]
+    extent = np.ptp(shown, axis=-2).max(axis=-1) + 1e-6
+    scale = extent[..., None, None]
+    centred = (shown - shown.mean(axis=-2, keepdims=True)) / scale
+    free_offset = np.where(fixed, 0.0, raw - shown) / scale
+    correction = np.where(fixed, shown - raw, 0.0) / scale
+    moved = (raw - raw0) / scale
+    count = np.broadcast_to((np.asarray(clicks, np.float64) / 10.0)[..., None, None], fixed.shape)
+    features = np.concatenate([centred, free_offset, correction, moved, fixed.astype(np.float64), count], axis=-1)
+    return features.astype(np.float32), extent
+
+
+class ClickDecoderNet(nn.Module):
+    """Landmark-group tokens -> transformer encoder -> an offset per landmark (extent units)."""
+
+    def __init__(self, config: ClickDecoderConfig):
+        super().__init__()
+        self.config = config
+        tokens, width = config.num_keypoints // config.group, config.width
+        self.embed = nn.Linear(FEATURES * config.group, width)
+        self.position = nn.Parameter(torch.zeros(tokens, width))  # which group a token is
+        layer = nn.TransformerEncoderLayer(width, config.heads, 2 * width, dropout=0.1, batch_first=True)
+        self.mix = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.offsets = nn.Linear(width, 2 * config.group)
+        nn.init.zeros_(self.offsets.weight)  # untrained: no offset, the field's points stand
+        nn.init.zeros_(self.offsets.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K, FEATURES) -> (B, K, 2)."""
+        b, k, _ = features.shape
+        tokens = self.embed(features.reshape(b, k // self.config.group, -1)) + self.position
+        return self.offsets(self.mix(tokens)).reshape(b, k, 2)
+
+
+class ClickDecoder:
+    """A trained click decoder, applied to one session step at a time."""
+
+    def __init__(self, config: ClickDecoderConfig, network: ClickDecoderNet):
+        self.config = config
+        self.network = network.eval()
+
+    def applies(self, clicks: int) -> bool:
+        return 1 <= clicks <= self.config.max_clicks
+
+    @torch.inference_mode()
+    def correct(self, raw: np.ndarray, raw0: np.ndarray, shown: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+        """``shown`` (K, 2) with every point that is not ``fixed`` moved by the decoder's offset;
+        unchanged outside 1..max_clicks fixed points."""
+        fixed = np.asarray(fixed, bool)
+        clicks = int(fixed.sum())
+        if not self.applies(clicks):
+            return np.asarray(shown, np.float64)
+        features, extent = decoder_features(raw, raw0, shown, fixed, np.array(clicks))
+        offsets = self.network(torch.from_numpy(features)[None])[0].double().numpy() * float(extent)
+        return np.where(fixed[:, None], shown, shown + offsets)
+
+
+def save_click_decoder_weights(folder: str | Path, network: ClickDecoderNet) -> Path:
+    """Write the decoder's weights (fp32: they are small) into a model folder."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / network.config.weights
+    state = {name: t.detach().cpu().contiguous() for name, t in network.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, tmp, metadata={"format": "interactive-keypoints-click-decoder"})
+    tmp.replace(path)
+    return path
+
+
+def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
+    """Give an existing model folder this decoder: its weights, and ``click_decoder`` in ``model.json``."""
+    from .config import ModelConfig
+
+    folder = Path(folder)
+    config = ModelConfig.load(folder / "model.json")
+    config.click_decoder = network.config.to_dict()
+    config.validate()
+    path = save_click_decoder_weights(folder, network)
+    config.save(folder / "model.json")
+    return path
+
+
+def load_click_decoder_network(folder: Path, config: ClickDecoderConfig) -> ClickDecoderNet:
+    """The decoder's network from ``folder``, checked against its config."""
+    from .model_io import read_safetensors
+
+    network = ClickDecoderNet(config)
+    path = folder / config.weights
+    if not path.is_file():
+        raise ModelFormatError(f"model.json declares a click decoder but {path} is missing")
+    state = read_safetensors(path)
+    expected = network.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [n for n in expected if n in state and state[n].shape != expected[n].shape]
+    if missing or unexpected or wrong:
+        raise ModelFormatError(
+            f"{path} does not match model.json's click_decoder (K={config.num_keypoints}, width={config.width}, "
+            f"layers={config.layers}): {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
+        )
+    network.load_state_dict({name: t.float() for name, t in state.items()})
+    return network.eval()
+
+
+__all__ = [
+    "FEATURES", "WEIGHTS_FILE", "ClickDecoder", "ClickDecoderConfig", "ClickDecoderNet", "add_click_decoder",
+    "decoder_features", "load_click_decoder_network", "save_click_decoder_weights",
+]  # fmt: skip

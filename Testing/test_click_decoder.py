@@ -1,0 +1,135 @@
+"""The click decoder (issue #25, arm B): it moves a shifted run of vertebrae after one click
+once trained, it never moves a fixed point, and model folders carry it like any other part."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from interactive_keypoints.click_decoder import ClickDecoderConfig, ClickDecoderNet, add_click_decoder
+from interactive_keypoints.config import ModelFormatError
+from interactive_keypoints.inference import Predictor
+from interactive_keypoints.model_io import load_model, save_model
+from interactive_keypoints.phantom import spine_corners
+from interactive_keypoints.session import KeypointSession
+from interactive_keypoints.tiny_model import tiny_model, with_tiny_click_decoder
+from interactive_keypoints.train_decoder import ClickStates, curves, decoder_batch, fit
+
+VERTEBRAE = 17
+
+
+def shifted_run_states(seed: int, images: int) -> ClickStates:
+    """Phantom spines whose "network" puts a run of 3-6 vertebrae one level off (each takes its
+    neighbour's corners) and does not react to the click; the user clicks the worst point."""
+    rng = np.random.default_rng(seed)
+    raw, order, truth = [], [], []
+    for _ in range(images):
+        corners = spine_corners(rng, 1024, 512)  # (17, 4, 2)
+        start, length, step = rng.integers(2, VERTEBRAE - 8), rng.integers(3, 7), rng.choice([-1, 1])
+        guess = corners.copy()
+        guess[start : start + length] = corners[start + step : start + length + step]
+        guess = guess.reshape(-1, 2) + rng.normal(0, 1.0, (4 * VERTEBRAE, 2))
+        points = corners.reshape(-1, 2)
+        worst = int(np.linalg.norm(guess - points, axis=1).argmax())
+        raw.append(np.stack([guess, guess]))
+        order.append([worst])
+        truth.append(points)
+    return ClickStates(np.stack(raw), np.array(order), np.stack(truth))
+
+
+def run_error(batch, network) -> float:
+    """MRE (px) of the free points after one click, with the decoder's offsets."""
+    return curves(network, batch)[1][1]
+
+
+@pytest.mark.slow
+def test_a_few_training_steps_move_a_shifted_run_after_one_click():
+    torch.manual_seed(0)
+    train = decoder_batch(shifted_run_states(0, 128), correction_length=0.0, correction_noise=0.3)
+    test = decoder_batch(shifted_run_states(1, 16), correction_length=0.0, correction_noise=0.3)
+    network = ClickDecoderNet(ClickDecoderConfig(4 * VERTEBRAE, group=4, width=32, layers=2, max_clicks=1))
+    untrained_error = run_error(test, network)
+    field_error = curves(network, test)[1][0]
+    assert untrained_error == pytest.approx(field_error)  # an untrained decoder leaves the points
+    losses = [loss for _, loss in fit(network, train, epochs=50, batch_size=16, lr=2e-3, weight_decay=1e-3, seed=0)]
+    assert losses[-1] < losses[0]
+    assert run_error(test, network) < 0.5 * untrained_error  # the run follows the click (measured: 0.38)
+
+
+def test_fixed_points_stay_where_the_user_put_them_and_the_free_ones_move(phantom):
+    model = with_tiny_click_decoder(tiny_model())
+    with_decoder = KeypointSession(model, phantom.image)
+    without = KeypointSession(model, phantom.image, click_decoder=False)
+    assert np.array_equal(with_decoder.predict().points, without.predict().points)  # no click: no decoder
+    target = with_decoder.prediction.points[5] + [3.0, -4.0]
+    moved = with_decoder.refine({5: target})
+    plain = without.refine({5: target})
+    assert np.array_equal(moved.points[5], target)
+    assert not np.allclose(np.delete(moved.points, 5, 0), np.delete(plain.points, 5, 0))
+    # beyond max_clicks (2) the field's points stand
+    for index in (7, 9):
+        moved = with_decoder.refine({index: phantom.points[index]})
+        plain = without.refine({index: phantom.points[index]})
+    assert np.array_equal(moved.fixed, plain.fixed)
+    assert np.allclose(moved.points, plain.points)
+
+
+def test_a_model_folder_carries_its_decoder_and_one_without_behaves_as_before(tmp_path, phantom):
+    plain = tiny_model()
+    save_model(tmp_path / "plain", plain)
+    loaded = load_model(tmp_path / "plain")
+    assert loaded.click_decoder is None and Predictor(loaded).click_decoder is None
+    assert "click_decoder" not in json.loads((tmp_path / "plain" / "model.json").read_text())
+
+    decoder = with_tiny_click_decoder(tiny_model()).click_decoder
+    save_model(tmp_path / "with", plain)
+    add_click_decoder(tmp_path / "with", decoder)
+    reloaded = load_model(tmp_path / "with")
+    assert reloaded.click_decoder_config == decoder.config
+    for name, tensor in decoder.state_dict().items():
+        assert torch.equal(reloaded.click_decoder.state_dict()[name], tensor)
+    first, second = KeypointSession(reloaded, phantom.image), KeypointSession(loaded, phantom.image)
+    start = first.predict().points
+    assert np.array_equal(start, second.predict().points)
+    assert not np.allclose(first.refine({3: start[3] + 5}).points, second.refine({3: start[3] + 5}).points)
+
+
+def test_a_decoder_that_does_not_fit_its_folder_is_refused_by_name(tmp_path):
+    folder = tmp_path / "model"
+    save_model(folder, tiny_model())
+    add_click_decoder(folder, with_tiny_click_decoder(tiny_model()).click_decoder)
+    config = json.loads((folder / "model.json").read_text())
+
+    config["click_decoder"]["width"] = 32  # weights of another width
+    (folder / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="click_decoder.safetensors does not match"):
+        load_model(folder)
+
+    config["click_decoder"] |= {"width": 16, "group": 5}  # 68 landmarks are not groups of 5
+    (folder / "model.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="group"):
+        load_model(folder)
+
+    config["click_decoder"]["group"] = 4
+    (folder / "model.json").write_text(json.dumps(config))
+    (folder / "click_decoder.safetensors").unlink()
+    with pytest.raises(ModelFormatError, match="declares a click decoder but .* is missing"):
+        load_model(folder)
+
+
+@pytest.mark.slow
+def test_train_decoder_writes_a_folder_that_evaluate_runs_with_and_without(tmp_path):
+    from interactive_keypoints import cli
+
+    out = tmp_path / "decoder"
+    common = ["--dataset", "phantom", "--phantom-images", "4"]
+    assert cli.main(["train-decoder", "--model", "models/phantom-spine-68", *common, "--clicks", "1", "--group", "4",
+                     "--epochs", "2", "--threads", "1", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    assert load_model(out).click_decoder_config.max_clicks == 1
+    assert (out / "decoder_log.csv").read_text().startswith("epoch,train_loss")
+    assert cli.main(["evaluate", "--model", str(out), *common, "--split", "val", "--limit", "2", "--max-clicks", "2",
+                     "--click-decoder", "both", "--quiet", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["click_decoder_used"] is True
+    assert set(metrics["click_decoder"]) >= {"with", "without"}
