@@ -124,9 +124,9 @@ def test_train_decoder_writes_a_folder_that_evaluate_runs_with_and_without(tmp_p
 
     out = tmp_path / "decoder"
     common = ["--dataset", "phantom", "--phantom-images", "4"]
-    assert cli.main(["train-decoder", "--model", "models/phantom-spine-68", *common, "--clicks", "1", "--group", "4",
+    assert cli.main(["train-decoder", "--model", "models/phantom-spine-68", *common, "--clicks", "1", "--group", "4", "--members", "2",
                      "--epochs", "2", "--threads", "1", "--quiet", "--out", str(out)]) == 0  # fmt: skip
-    assert load_model(out).click_decoder_config.max_clicks == 1
+    assert (load_model(out).click_decoder_config.max_clicks, load_model(out).click_decoder_config.members) == (1, 2)
     assert (out / "decoder_log.csv").read_text().startswith("epoch,train_loss")
     assert cli.main(["evaluate", "--model", str(out), *common, "--split", "val", "--limit", "2", "--max-clicks", "2",
                      "--click-decoder", "both", "--quiet", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip

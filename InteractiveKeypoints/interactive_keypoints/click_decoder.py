@@ -45,6 +45,7 @@ class ClickDecoderConfig:
     layers: int = 3
     heads: int = 4
     max_clicks: int = 4  # used with 1..max_clicks fixed points
+    members: int = 1  # independently trained decoders whose offsets are averaged (seed noise halves with 4)
     weights: str = WEIGHTS_FILE
     # how it was trained (recorded, not used at inference)
     trained: dict = dataclasses.field(default_factory=dict)
@@ -55,8 +56,8 @@ class ClickDecoderConfig:
             problems.append(f"group ({self.group}) must divide num_keypoints ({self.num_keypoints})")
         if self.width < 1 or self.layers < 1 or self.heads < 1 or self.width % self.heads:
             problems.append(f"width ({self.width}) must be a positive multiple of heads ({self.heads}); layers >= 1")
-        if self.max_clicks < 1:
-            problems.append(f"max_clicks must be >= 1, got {self.max_clicks}")
+        if self.max_clicks < 1 or self.members < 1:
+            problems.append(f"max_clicks and members must be >= 1, got {self.max_clicks} and {self.members}")
         if Path(self.weights).name != self.weights:
             problems.append(f"weights must be a file name in the model folder, got {self.weights!r}")
         if problems:
@@ -100,12 +101,12 @@ def decoder_features(
     return features.astype(np.float32), extent
 
 
-class ClickDecoderNet(nn.Module):
+class DecoderMember(nn.Module):
     """Landmark-group tokens -> transformer encoder -> an offset per landmark (extent units)."""
 
     def __init__(self, config: ClickDecoderConfig):
         super().__init__()
-        self.config = config
+        self.group = config.group
         tokens, width = config.num_keypoints // config.group, config.width
         self.embed = nn.Linear(FEATURES * config.group, width)
         self.position = nn.Parameter(torch.zeros(tokens, width))  # which group a token is
@@ -118,8 +119,21 @@ class ClickDecoderNet(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, K, FEATURES) -> (B, K, 2)."""
         b, k, _ = features.shape
-        tokens = self.embed(features.reshape(b, k // self.config.group, -1)) + self.position
+        tokens = self.embed(features.reshape(b, k // self.group, -1)) + self.position
         return self.offsets(self.mix(tokens)).reshape(b, k, 2)
+
+
+class ClickDecoderNet(nn.Module):
+    """The decoder: the mean offset of ``config.members`` members, each trained on its own."""
+
+    def __init__(self, config: ClickDecoderConfig):
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(DecoderMember(config) for _ in range(config.members))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, K, FEATURES) -> (B, K, 2)."""
+        return torch.stack([member(features) for member in self.members]).mean(0)
 
 
 class ClickDecoder:
@@ -192,6 +206,6 @@ def load_click_decoder_network(folder: Path, config: ClickDecoderConfig) -> Clic
 
 
 __all__ = [
-    "FEATURES", "WEIGHTS_FILE", "ClickDecoder", "ClickDecoderConfig", "ClickDecoderNet", "add_click_decoder",
+    "FEATURES", "WEIGHTS_FILE", "ClickDecoder", "ClickDecoderConfig", "ClickDecoderNet", "DecoderMember", "add_click_decoder",
     "decoder_features", "load_click_decoder_network", "save_click_decoder_weights",
 ]  # fmt: skip

@@ -64,5 +64,6 @@ def with_tiny_click_decoder(model, seed: int = 0, **overrides):
     model.config.validate()
     model.click_decoder = ClickDecoderNet(config).eval()
     with torch.no_grad():
-        torch.nn.init.normal_(model.click_decoder.offsets.weight, std=0.01)
+        for member in model.click_decoder.members:
+            torch.nn.init.normal_(member.offsets.weight, std=0.01)
     return model

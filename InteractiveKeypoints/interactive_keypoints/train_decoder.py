@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from .click_decoder import ClickDecoderConfig, ClickDecoderNet, add_click_decoder, decoder_features
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decoder.add_argument("--width", type=int, default=64)
     decoder.add_argument("--layers", type=int, default=3)
     decoder.add_argument("--heads", type=int, default=4)
+    decoder.add_argument(
+        "--members", type=int, default=1, help="decoders trained apart (seeds), their offsets averaged"
+    )
     run = parser.add_argument_group("optimisation")
     run.add_argument("--epochs", type=int, default=40)
     run.add_argument("--batch-size", type=int, default=64)
@@ -162,7 +166,7 @@ def decoder_batch(states: ClickStates, correction_length: float, correction_nois
     )
 
 
-def fit(network: ClickDecoderNet, batch: DecoderBatch, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int):  # fmt: skip
+def fit(network: nn.Module, batch: DecoderBatch, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int):  # fmt: skip
     """AdamW with a cosine schedule; L1 on the free points. Yields (epoch, mean loss)."""
     generator = torch.Generator().manual_seed(seed)
     targets, free = batch.targets(), torch.from_numpy(~batch.fixed).float()
@@ -182,6 +186,15 @@ def fit(network: ClickDecoderNet, batch: DecoderBatch, epochs: int, batch_size: 
         schedule.step()
         yield epoch + 1, total / len(targets)
     network.eval()
+
+
+def train_members(network: ClickDecoderNet, batch: DecoderBatch, args) -> list[tuple[int, float]]:
+    """Each member trained on its own (seed ``args.seed + i``); (epoch, mean loss over members)."""
+    per_member = [
+        list(fit(member, batch, args.epochs, args.batch_size, args.lr, args.weight_decay, args.seed + i))
+        for i, member in enumerate(network.members)
+    ]
+    return [(epoch, float(np.mean([losses[epoch - 1][1] for losses in per_member]))) for epoch, _ in per_member[0]]
 
 
 @torch.inference_mode()
@@ -208,7 +221,9 @@ def decoder_config(args, num_keypoints: int) -> ClickDecoderConfig:
     if args.clicks < 1 or args.epochs < 0:
         raise UsageError(f"--clicks must be >= 1 and --epochs >= 0, got {args.clicks} and {args.epochs}")
     try:
-        return ClickDecoderConfig(num_keypoints, args.group, args.width, args.layers, args.heads, args.clicks)
+        return ClickDecoderConfig(
+            num_keypoints, args.group, args.width, args.layers, args.heads, args.clicks, args.members
+        )
     except ModelFormatError as e:
         raise UsageError(str(e)) from None
 
@@ -241,7 +256,7 @@ def train_decoder(args) -> Path:
     train = decoder_batch(load_states(train_split, model, predictor, args.clicks, cache, args.quiet), *field)
     val = decoder_batch(load_states(val_split, model, predictor, args.clicks, cache, args.quiet), *field)
     network, started = ClickDecoderNet(config), time.process_time()
-    losses = list(fit(network, train, args.epochs, args.batch_size, args.lr, args.weight_decay, args.seed))
+    losses = train_members(network, train, args)
     val_curves = curves(network, val)
     network.config.trained = {
         "epochs": args.epochs, "train_states": len(train.clicks), "cpu_s": round(time.process_time() - started, 1),
