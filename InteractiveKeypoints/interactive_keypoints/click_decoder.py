@@ -21,63 +21,21 @@ The model folder declares it in ``model.json`` (``click_decoder``) next to its w
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelFormatError
+from .config import ModelConfig
+from .errors import ModelFormatError
 
-WEIGHTS_FILE = "click_decoder.safetensors"
+# the config is plain data in part_configs.py (config.py validates it without torch); re-exported
+from .part_configs import CLICK_DECODER_WEIGHTS_FILE as WEIGHTS_FILE
+from .part_configs import ClickDecoderConfig
+from .weights_file import read_safetensors
+
 FEATURES = 10  # per landmark, see decoder_features
-
-
-@dataclass
-class ClickDecoderConfig:
-    """A model folder's click decoder: ``model.json``'s ``click_decoder`` entry (plain data)."""
-
-    num_keypoints: int
-    group: int = 1  # landmarks per token, consecutive indices (AASCE: 4 corners of a vertebra)
-    width: int = 64
-    layers: int = 3
-    heads: int = 4
-    max_clicks: int = 4  # used with 1..max_clicks fixed points
-    members: int = 1  # independently trained decoders whose offsets are averaged (seed noise halves with 4)
-    weights: str = WEIGHTS_FILE
-    # how it was trained (recorded, not used at inference)
-    trained: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        problems = []
-        if self.num_keypoints < 1 or self.group < 1 or self.num_keypoints % self.group:
-            problems.append(f"group ({self.group}) must divide num_keypoints ({self.num_keypoints})")
-        if self.width < 1 or self.layers < 1 or self.heads < 1 or self.width % self.heads:
-            problems.append(f"width ({self.width}) must be a positive multiple of heads ({self.heads}); layers >= 1")
-        if self.max_clicks < 1 or self.members < 1:
-            problems.append(f"max_clicks and members must be >= 1, got {self.max_clicks} and {self.members}")
-        if Path(self.weights).name != self.weights:
-            problems.append(f"weights must be a file name in the model folder, got {self.weights!r}")
-        if problems:
-            raise ModelFormatError("invalid click decoder config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ClickDecoderConfig:
-        if not isinstance(d, dict):
-            raise ModelFormatError(f"model.json's click_decoder must be an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ModelFormatError(f"unknown keys in model.json's click_decoder: {unknown}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ModelFormatError(f"model.json's click_decoder is incomplete: {e}") from None
 
 
 def decoder_features(
@@ -173,8 +131,6 @@ def save_click_decoder_weights(folder: str | Path, network: ClickDecoderNet) -> 
 
 def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
     """Give an existing model folder this decoder: its weights, and ``click_decoder`` in ``model.json``."""
-    from .config import ModelConfig
-
     folder = Path(folder)
     config = ModelConfig.load(folder / "model.json")
     config.click_decoder = network.config.to_dict()
@@ -186,8 +142,6 @@ def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
 
 def load_click_decoder_network(folder: Path, config: ClickDecoderConfig) -> ClickDecoderNet:
     """The decoder's network from ``folder``, checked against its config."""
-    from .model_io import read_safetensors
-
     network = ClickDecoderNet(config)
     path = folder / config.weights
     if not path.is_file():

@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .conventions import write_text_atomic
-from .errors import KeypointsError
+from .errors import ModelFormatError  # also imported from here (config.ModelFormatError)
+from .part_configs import ClickDecoderConfig, LocalStageConfig
 
 FORMAT_VERSION = 1
-
-
-class ModelFormatError(KeypointsError, ValueError):
-    """A model folder or config that cannot be used (missing, corrupt or inconsistent)."""
 
 
 @dataclass
@@ -55,9 +52,9 @@ class ModelConfig:
     description: str = ""
     # clinical measurements shown with the points: "aasce-cobb", "isbi-ceph" or "" (none)
     measurements: str = ""
-    # the full-resolution local stage (local_stage.LocalStageConfig as a dict); empty: none
+    # the full-resolution local stage (part_configs.LocalStageConfig as a dict); empty: none
     local_stage: dict = field(default_factory=dict)
-    # the click decoder (click_decoder.ClickDecoderConfig as a dict); empty: none
+    # the click decoder (part_configs.ClickDecoderConfig as a dict); empty: none
     click_decoder: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -97,8 +94,6 @@ class ModelConfig:
             elif self.num_keypoints != MEASUREMENT_TEMPLATES[self.measurements].num_keypoints:
                 problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
         if self.local_stage:
-            from .local_stage import LocalStageConfig
-
             try:
                 stage = LocalStageConfig.from_dict(self.local_stage)
             except ModelFormatError as e:
@@ -109,8 +104,6 @@ class ModelConfig:
                         f"the local stage has {stage.num_keypoints} landmarks, the model {self.num_keypoints}"
                     )
         if self.click_decoder:
-            from .click_decoder import ClickDecoderConfig
-
             try:
                 decoder = ClickDecoderConfig.from_dict(self.click_decoder)
             except ModelFormatError as e:

@@ -16,3 +16,9 @@ class KeypointsError(Exception):
 class UsageError(KeypointsError, ValueError):
     """A command-line option or argument the run cannot use (``--limit 0``, ``--pack`` with
     ``--data-root``, a ``--split`` the dataset lacks, a model that does not fit the dataset)."""
+
+
+# Here, not in config.py: config.py and the model folder's parts (part_configs.py,
+# local_stage.py, click_decoder.py) all raise it, and none of them has to import another for it.
+class ModelFormatError(KeypointsError, ValueError):
+    """A model folder or config that cannot be used (missing, corrupt or inconsistent)."""

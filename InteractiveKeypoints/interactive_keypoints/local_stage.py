@@ -27,7 +27,6 @@ normalised image's lowest value (padding, never a shifted patch).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,82 +36,17 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from .config import ModelFormatError
+from .config import ModelConfig
+from .errors import ModelFormatError
 from .heatmaps import decode_heatmaps
 from .imaging import Radiograph, about_centre, normalise_transform
 
-WEIGHTS_FILE = "local_stage.safetensors"
-IDENTITIES = ("output", "input")
-HEADS = ("heatmap", "integral")
+# the config is plain data in part_configs.py (config.py validates it without torch); re-exported
+from .part_configs import HEADS, IDENTITIES, LocalStageConfig  # noqa: F401
+from .part_configs import LOCAL_STAGE_WEIGHTS_FILE as WEIGHTS_FILE  # noqa: F401
+from .weights_file import read_safetensors
+
 OUTPUT_BIAS_PRIOR = -4.0
-
-
-@dataclass
-class LocalStageConfig:
-    """The local stage of a model folder: ``model.json``'s ``local_stage`` entry (plain data)."""
-
-    num_keypoints: int
-    patch_size: int = 64  # P: the patch is P x P fine pixels
-    pixels_per_height: float = 1200.0  # the image height in fine patch pixels (ISBI ceph: 2 original px)
-    context: float = 4.0  # the second channel's pixel, in fine pixels
-    identity: str = "output"  # "output": K output channels; "input": K one-hot input planes
-    channels: tuple[int, ...] = (16, 32, 64, 128)  # U-Net widths per level (MONAI UNet)
-    # "heatmap": Gaussian target, BCE, peak + local soft-argmax (as the first stage);
-    # "integral": softmax over the patch, its expected position, L1 (an offset regression)
-    head: str = "heatmap"
-    sigma: float = 2.0  # heatmap Gaussian, fine pixels
-    passes: int = 1  # re-centre on the refined point and run again this many times in all
-    weights: str = WEIGHTS_FILE
-    # how it was trained (recorded, not used at inference)
-    trained: dict = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
-        problems = []
-        if self.identity not in IDENTITIES:
-            problems.append(f"identity must be one of {IDENTITIES}, got {self.identity!r}")
-        if self.head not in HEADS:
-            problems.append(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.patch_size < 16 or self.patch_size % 8:
-            problems.append(f"patch_size must be a multiple of 8, at least 16, got {self.patch_size}")
-        if self.pixels_per_height <= 0 or self.context < 1 or self.sigma <= 0 or self.passes < 1:
-            problems.append("pixels_per_height and sigma must be > 0, context >= 1, passes >= 1")
-        if len(self.channels) < 2:
-            problems.append(f"channels needs at least two levels, got {self.channels}")
-        if Path(self.weights).name != self.weights:
-            problems.append(f"weights must be a file name in the model folder, got {self.weights!r}")
-        if problems:
-            raise ModelFormatError("invalid local stage config: " + "; ".join(problems))
-
-    @property
-    def in_channels(self) -> int:
-        return 2 + (self.num_keypoints if self.identity == "input" else 0)
-
-    @property
-    def out_channels(self) -> int:
-        return self.num_keypoints if self.identity == "output" else 1
-
-    def fine_pixel(self, image_height: int) -> float:
-        """Original pixels per fine patch pixel for an image ``image_height`` pixels high."""
-        return image_height / self.pixels_per_height
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LocalStageConfig:
-        if not isinstance(d, dict):
-            raise ModelFormatError(f"model.json's local_stage must be an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ModelFormatError(f"unknown keys in model.json's local_stage: {unknown}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ModelFormatError(f"model.json's local_stage is incomplete: {e}") from None
 
 
 class LocalStageNet(nn.Module):
@@ -289,8 +223,6 @@ def save_local_stage_weights(folder: str | Path, network: LocalStageNet, dtype=t
 
 def add_local_stage(folder: str | Path, network: LocalStageNet) -> Path:
     """Give an existing model folder this stage: its weights, and ``local_stage`` in ``model.json``."""
-    from .config import ModelConfig
-
     folder = Path(folder)
     config = ModelConfig.load(folder / "model.json")
     config.local_stage = network.config.to_dict()
@@ -302,8 +234,6 @@ def add_local_stage(folder: str | Path, network: LocalStageNet) -> Path:
 
 def load_local_stage_network(folder: Path, config: LocalStageConfig) -> LocalStageNet:
     """The stage's network from ``folder``, checked against its config (like :func:`.model_io.load_model`)."""
-    from .model_io import read_safetensors
-
     network = LocalStageNet(config)
     path = folder / config.weights
     if not path.is_file():

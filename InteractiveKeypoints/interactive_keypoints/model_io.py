@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .click_decoder import ClickDecoderConfig, ClickDecoderNet, load_click_decoder_network, save_click_decoder_weights
 from .config import ModelConfig, ModelFormatError
@@ -29,6 +28,7 @@ from .model import InteractiveKeypointNet
 # model discovery lives in model_folders (no torch); default_model_dir is re-exported
 # because the README's Python example imports it from here
 from .model_folders import CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, default_model_dir  # noqa: F401
+from .weights_file import read_safetensors  # re-exported: it used to live here
 
 SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"
 MAX_SHARD_BYTES = 15_000_000  # 15 MB per file: small enough for any git host without LFS
@@ -158,13 +158,6 @@ def save_weights(
     for stale in set(weight_files(folder)) - set(written):  # e.g. a single file after training wrote shards
         stale.unlink()
     return written
-
-
-def read_safetensors(path: Path) -> dict:
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFormatError(f"{path} is not a readable safetensors file: {e}") from None
 
 
 def load_weights(folder: Path) -> tuple[dict, Path]:
