@@ -28,12 +28,11 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .errors import ModelFormatError
 
 # the config is plain data in part_configs.py (config.py validates it without torch); re-exported
 from .part_configs import CLICK_DECODER_WEIGHTS_FILE as WEIGHTS_FILE
 from .part_configs import ClickDecoderConfig
-from .weights_file import read_safetensors
+from .weights_file import load_part_weights, save_part_weights
 
 FEATURES = 10  # per landmark, see decoder_features
 
@@ -119,14 +118,7 @@ class ClickDecoder:
 
 def save_click_decoder_weights(folder: str | Path, network: ClickDecoderNet) -> Path:
     """Write the decoder's weights (fp32: they are small) into a model folder."""
-    from safetensors.torch import save_file
-
-    path = Path(folder) / network.config.weights
-    state = {name: t.detach().cpu().contiguous() for name, t in network.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"format": "interactive-keypoints-click-decoder"})
-    tmp.replace(path)
-    return path
+    return save_part_weights(Path(folder) / network.config.weights, network, "click-decoder")
 
 
 def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
@@ -142,21 +134,10 @@ def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
 
 def load_click_decoder_network(folder: Path, config: ClickDecoderConfig) -> ClickDecoderNet:
     """The decoder's network from ``folder``, checked against its config."""
-    network = ClickDecoderNet(config)
-    path = folder / config.weights
-    if not path.is_file():
-        raise ModelFormatError(f"model.json declares a click decoder but {path} is missing")
-    state = read_safetensors(path)
-    expected = network.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [n for n in expected if n in state and state[n].shape != expected[n].shape]
-    if missing or unexpected or wrong:
-        raise ModelFormatError(
-            f"{path} does not match model.json's click_decoder (K={config.num_keypoints}, width={config.width}, "
-            f"layers={config.layers}): {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
-        )
-    network.load_state_dict({name: t.float() for name, t in state.items()})
-    return network.eval()
+    described = f"K={config.num_keypoints}, width={config.width}, layers={config.layers}, members={config.members}"
+    network = load_part_weights(ClickDecoderNet(config), folder / config.weights, described, "click_decoder")
+    assert isinstance(network, ClickDecoderNet)
+    return network
 
 
 __all__ = [

@@ -93,26 +93,13 @@ class ModelConfig:
                 problems.append(f"measurements must be one of {MEASUREMENT_SETS} or '', got {self.measurements!r}")
             elif self.num_keypoints != MEASUREMENT_TEMPLATES[self.measurements].num_keypoints:
                 problems.append(f"measurements {self.measurements!r} do not fit {self.num_keypoints} keypoints")
-        if self.local_stage:
-            try:
-                stage = LocalStageConfig.from_dict(self.local_stage)
-            except ModelFormatError as e:
-                problems.append(str(e))
-            else:
-                if stage.num_keypoints != self.num_keypoints:
-                    problems.append(
-                        f"the local stage has {stage.num_keypoints} landmarks, the model {self.num_keypoints}"
-                    )
-        if self.click_decoder:
-            try:
-                decoder = ClickDecoderConfig.from_dict(self.click_decoder)
-            except ModelFormatError as e:
-                problems.append(str(e))
-            else:
-                if decoder.num_keypoints != self.num_keypoints:
-                    problems.append(
-                        f"the click decoder has {decoder.num_keypoints} landmarks, the model {self.num_keypoints}"
-                    )
+        parts = (
+            (self.local_stage, LocalStageConfig, "local stage"),
+            (self.click_decoder, ClickDecoderConfig, "click decoder"),
+        )
+        for entry, part_class, name in parts:
+            if entry:
+                problems += part_problems(part_class, entry, name, self.num_keypoints)
         if self.format_version > FORMAT_VERSION:
             problems.append(f"format_version {self.format_version} is newer than this code ({FORMAT_VERSION})")
         if problems:
@@ -165,3 +152,14 @@ def compact_config(num_keypoints: int, input_size=(256, 128), **overrides) -> Mo
     base = dict(width=18, stage_modules=(1, 1, 1), stage_blocks=2, stem_blocks=2)
     base.update(overrides)
     return ModelConfig(num_keypoints=num_keypoints, input_size=input_size, **base)
+
+
+def part_problems(part_class, entry: dict, name: str, num_keypoints: int) -> list[str]:
+    """What is wrong with the model part ``name``'s ``model.json`` entry: its own checks, and its landmark count."""
+    try:
+        part = part_class.from_dict(entry)
+    except ModelFormatError as e:
+        return [str(e)]
+    if part.num_keypoints != num_keypoints:
+        return [f"the {name} has {part.num_keypoints} landmarks, the model {num_keypoints}"]
+    return []

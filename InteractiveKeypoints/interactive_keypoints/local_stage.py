@@ -37,14 +37,13 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from .config import ModelConfig
-from .errors import ModelFormatError
 from .heatmaps import decode_heatmaps
 from .imaging import Radiograph, about_centre, normalise_transform
 
 # the config is plain data in part_configs.py (config.py validates it without torch); re-exported
 from .part_configs import HEADS, IDENTITIES, LocalStageConfig  # noqa: F401
 from .part_configs import LOCAL_STAGE_WEIGHTS_FILE as WEIGHTS_FILE  # noqa: F401
-from .weights_file import read_safetensors
+from .weights_file import load_part_weights, save_part_weights
 
 OUTPUT_BIAS_PRIOR = -4.0
 
@@ -208,17 +207,7 @@ def decode_patch_logits(logits: torch.Tensor, head: str) -> torch.Tensor:
 
 def save_local_stage_weights(folder: str | Path, network: LocalStageNet, dtype=torch.float16) -> Path:
     """Write the stage's weights (fp16 by default, upcast on load) into a model folder."""
-    from safetensors.torch import save_file
-
-    path = Path(folder) / network.config.weights
-    state = {
-        name: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()
-        for name, t in network.state_dict().items()
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, tmp, metadata={"format": "interactive-keypoints-local-stage"})
-    tmp.replace(path)
-    return path
+    return save_part_weights(Path(folder) / network.config.weights, network, "local-stage", dtype)
 
 
 def add_local_stage(folder: str | Path, network: LocalStageNet) -> Path:
@@ -234,19 +223,7 @@ def add_local_stage(folder: str | Path, network: LocalStageNet) -> Path:
 
 def load_local_stage_network(folder: Path, config: LocalStageConfig) -> LocalStageNet:
     """The stage's network from ``folder``, checked against its config (like :func:`.model_io.load_model`)."""
-    network = LocalStageNet(config)
-    path = folder / config.weights
-    if not path.is_file():
-        raise ModelFormatError(f"model.json declares a local stage but {path} is missing")
-    state = read_safetensors(path)
-    expected = network.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [n for n in expected if n in state and state[n].shape != expected[n].shape]
-    if missing or unexpected or wrong:
-        raise ModelFormatError(
-            f"{path} does not match model.json's local_stage (K={config.num_keypoints}, channels={config.channels}): "
-            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
-            + (f" (first: {(missing + unexpected + wrong)[0]})" if missing or unexpected or wrong else "")
-        )
-    network.load_state_dict({n: t.to(expected[n].dtype) for n, t in state.items()})
-    return network.eval()
+    described = f"K={config.num_keypoints}, channels={config.channels}"
+    network = load_part_weights(LocalStageNet(config), folder / config.weights, described, "local_stage")
+    assert isinstance(network, LocalStageNet)
+    return network

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import ModelFormatError
+
+PartConfig = TypeVar("PartConfig", "LocalStageConfig", "ClickDecoderConfig")
 
 LOCAL_STAGE_WEIGHTS_FILE = "local_stage.safetensors"
 IDENTITIES = ("output", "input")  # the local stage's landmark identity (see local_stage.py)
@@ -76,16 +79,7 @@ class LocalStageConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LocalStageConfig:
-        if not isinstance(d, dict):
-            raise ModelFormatError(f"model.json's local_stage must be an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ModelFormatError(f"unknown keys in model.json's local_stage: {unknown}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ModelFormatError(f"model.json's local_stage is incomplete: {e}") from None
+        return part_from_dict(cls, d, "local_stage")
 
 
 @dataclass
@@ -121,13 +115,18 @@ class ClickDecoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ClickDecoderConfig:
-        if not isinstance(d, dict):
-            raise ModelFormatError(f"model.json's click_decoder must be an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ModelFormatError(f"unknown keys in model.json's click_decoder: {unknown}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ModelFormatError(f"model.json's click_decoder is incomplete: {e}") from None
+        return part_from_dict(cls, d, "click_decoder")
+
+
+def part_from_dict(cls: type[PartConfig], d: dict, entry: str) -> PartConfig:
+    """``model.json``'s ``entry`` (an object) as the part's config; unknown or missing keys are
+    a ModelFormatError naming the entry."""
+    if not isinstance(d, dict):
+        raise ModelFormatError(f"model.json's {entry} must be an object, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise ModelFormatError(f"unknown keys in model.json's {entry}: {unknown}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ModelFormatError(f"model.json's {entry} is incomplete: {e}") from None
