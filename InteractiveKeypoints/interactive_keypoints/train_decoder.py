@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--model", type=Path, required=True, help="the model folder whose clicks this decodes")
     add_dataset_arguments(data, phantom_images=64)
     data.add_argument("--clicks", type=int, default=4, help="simulated clicks per image (and the decoder's max_clicks)")
+    data.add_argument(
+        "--on-policy",
+        action="store_true",
+        help="the user clicks what the model folder's own decoder shows (its click order; the new decoder replaces it)",
+    )
     decoder = parser.add_argument_group("the decoder (click_decoder.ClickDecoderConfig)")
     decoder.add_argument("--group", type=int, default=1, help="landmarks per token (AASCE: 4, a vertebra)")
     decoder.add_argument("--width", type=int, default=64)
@@ -85,10 +90,12 @@ class ClickStates:
     truth: np.ndarray  # (N, K, 2)
 
 
-def simulate_clicks(model: KeypointModel, predictor: Predictor, radiograph: Radiograph, truth, clicks: int):
+def simulate_clicks(
+    model: KeypointModel, predictor: Predictor, radiograph: Radiograph, truth, clicks: int, on_policy: bool = False
+):
     """(C + 1, K, 2) network points and (C,) clicked landmarks: the oracle user on the session's
-    points with the field and without any decoder or local stage."""
-    session = KeypointSession(model, radiograph, predictor=predictor, local_stage=False, click_decoder=False)
+    points with the field, without the local stage, and with the folder's decoder if ``on_policy``."""
+    session = KeypointSession(model, radiograph, predictor=predictor, local_stage=False, click_decoder=on_policy)
     user, shown = SimulatedUser(), session.predict()
 
     def network_points() -> np.ndarray:
@@ -106,18 +113,24 @@ def simulate_clicks(model: KeypointModel, predictor: Predictor, radiograph: Radi
 
 
 def load_states(
-    split: DatasetSplit, model: KeypointModel, predictor: Predictor, clicks: int, cache: Path, quiet: bool
+    split: DatasetSplit,
+    model: KeypointModel,
+    predictor: Predictor,
+    clicks: int,
+    cache: Path,
+    quiet: bool,
+    on_policy: bool = False,
 ) -> ClickStates:
-    """Every image's states, cached by id (a cache of another model or click count is not reused)."""
+    """Every image's states, cached by id (a cache of another model, click count or policy is not reused)."""
     cache_file = cache / f"click_states_{split.split}.json"
-    key = {"model": str(model.folder), "clicks": clicks}
+    key = {"model": str(model.folder), "clicks": clicks} | ({"on_policy": True} if on_policy else {})
     stored = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     cached = stored.get("states", {}) if stored.get("key") == key else {}
     raw, order = [], []
     for sample in tqdm(split.samples, desc=f"{split.split}: simulated clicks", disable=quiet):
         if sample.id not in cached:
             radiograph = Radiograph(load_grey_image(sample), sample.spacing, sample.spacing_known)
-            points, clicked = simulate_clicks(model, predictor, radiograph, sample.points, clicks)
+            points, clicked = simulate_clicks(model, predictor, radiograph, sample.points, clicks, on_policy)
             cached[sample.id] = {"raw": points.tolist(), "order": clicked.tolist()}
         raw.append(np.asarray(cached[sample.id]["raw"], np.float64))
         order.append(np.asarray(cached[sample.id]["order"], np.int64))
@@ -251,10 +264,15 @@ def train_decoder(args) -> Path:
             f"{args.model} has {model.config.num_keypoints} landmarks, the dataset {train_split.num_keypoints}"
         )
     config = decoder_config(args, model.config.num_keypoints)
+    if args.on_policy and model.click_decoder is None:
+        raise UsageError(f"--on-policy needs a model folder with a click decoder; {args.model} has none")
     predictor, cache = Predictor(model, "cpu"), args.cache or Path(args.out) / "cache"
     field = (model.config.correction_length, model.config.correction_noise)
-    train = decoder_batch(load_states(train_split, model, predictor, args.clicks, cache, args.quiet), *field)
-    val = decoder_batch(load_states(val_split, model, predictor, args.clicks, cache, args.quiet), *field)
+    states = [
+        load_states(split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
+        for split in (train_split, val_split)
+    ]
+    train, val = (decoder_batch(split_states, *field) for split_states in states)
     network, started = ClickDecoderNet(config), time.process_time()
     losses = train_members(network, train, args)
     val_curves = curves(network, val)
