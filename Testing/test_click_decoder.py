@@ -133,3 +133,9 @@ def test_train_decoder_writes_a_folder_that_evaluate_runs_with_and_without(tmp_p
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["click_decoder_used"] is True
     assert set(metrics["click_decoder"]) >= {"with", "without"}
+
+    # a second round on the clicks the first decoder's points draw; a folder without one is refused
+    again = ["train-decoder", *common, "--clicks", "1", "--group", "4", "--epochs", "1", "--on-policy", "--quiet"]
+    assert cli.main([*again, "--model", str(out), "--out", str(tmp_path / "round2")]) == 0
+    assert json.loads((tmp_path / "round2" / "cache" / "click_states_train.json").read_text())["key"]["on_policy"]
+    assert cli.main([*again, "--model", "models/phantom-spine-68", "--out", str(tmp_path / "refused")]) == 2
