@@ -116,9 +116,9 @@ class ClickDecoder:
         return np.where(fixed[:, None], shown, shown + offsets)
 
 
-def save_click_decoder_weights(folder: str | Path, network: ClickDecoderNet) -> Path:
-    """Write the decoder's weights (fp32: they are small) into a model folder."""
-    return save_part_weights(Path(folder) / network.config.weights, network, "click-decoder")
+def save_click_decoder_weights(folder: str | Path, network: ClickDecoderNet, dtype=torch.float16) -> Path:
+    """Write the decoder's weights (fp16 by default, upcast on load) into a model folder."""
+    return save_part_weights(Path(folder) / network.config.weights, network, "click-decoder", dtype)
 
 
 def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
