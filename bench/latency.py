@@ -117,9 +117,15 @@ def run_plain(model, radiograph, truth, order):
 
 
 def run_session(model, radiograph, truth, order, local_stage: bool = False):
-    # the network alone: the plain loop has no correction field, and the points are compared
+    # the network alone: the plain loop has no correction field or click decoder, and the points are compared
     session = KeypointSession(
-        model, radiograph, device="cpu", optimized=True, correction_length=0, local_stage=local_stage
+        model,
+        radiograph,
+        device="cpu",
+        optimized=True,
+        correction_length=0,
+        local_stage=local_stage,
+        click_decoder=False,
     )
     first = session.predict()
     results, seconds = [(first.points, first.confidence, first.fixed)], []
@@ -161,6 +167,20 @@ def correction_field_ms(points, fixed: dict, config, repeats: int = 200) -> floa
     start = time.perf_counter()
     for _ in range(repeats):
         apply_correction_field(points, fixed, length, config.correction_noise)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> float | None:
+    """What the model's click decoder (the session's predictor holds it; the timed session has it
+    off) adds to a click; None: the folder has none. Timed on the run's last points with its
+    clicks, as many as it is used for."""
+    if decoder is None:
+        return None
+    is_fixed = np.zeros(len(points), dtype=bool)
+    is_fixed[list(fixed)[: decoder.config.max_clicks]] = True
+    start = time.perf_counter()
+    for _ in range(repeats):
+        decoder.correct(points, points, points, is_fixed)
     return 1000 * (time.perf_counter() - start) / repeats
 
 
@@ -207,6 +227,7 @@ def main(argv=None) -> int:
     session, session_results, session_s = run_session(model, radiograph, truth, order)
     saving_ms = encode_once_saving_ms(session)
     field_ms = correction_field_ms(session_results[-1][0], {k: truth[k] for k in order}, config)
+    decoder_ms = click_decoder_ms(session.predictor.click_decoder, session_results[-1][0], {k: truth[k] for k in order})
     del session
     plain_results, plain_s = run_plain(model, radiograph, truth, order)
 
@@ -226,6 +247,7 @@ def main(argv=None) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "encode_once_saving_ms": round(saving_ms, 1),
         "correction_field_ms": round(field_ms, 2),  # with all the run's clicks
+        "click_decoder_ms": None if decoder_ms is None else round(decoder_ms, 2),  # null: the folder has none
         # per click with the model's local stage, the same clicks (null: the folder has none)
         "local_stage": None
         if stage is None

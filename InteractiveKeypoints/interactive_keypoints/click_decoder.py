@@ -27,12 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig
-
 # the config is plain data in part_configs.py (config.py validates it without torch); re-exported
 from .part_configs import CLICK_DECODER_WEIGHTS_FILE as WEIGHTS_FILE
 from .part_configs import ClickDecoderConfig
-from .weights_file import load_part_weights, save_part_weights
+from .weights_file import add_model_part, load_part_weights, save_part_weights
 
 FEATURES = 10  # per landmark, see decoder_features
 
@@ -122,14 +120,8 @@ def save_click_decoder_weights(folder: str | Path, network: ClickDecoderNet, dty
 
 
 def add_click_decoder(folder: str | Path, network: ClickDecoderNet) -> Path:
-    """Give an existing model folder this decoder: its weights, and ``click_decoder`` in ``model.json``."""
-    folder = Path(folder)
-    config = ModelConfig.load(folder / "model.json")
-    config.click_decoder = network.config.to_dict()
-    config.validate()
-    path = save_click_decoder_weights(folder, network)
-    config.save(folder / "model.json")
-    return path
+    """Give an existing model folder this decoder: its weights (fp16), and ``click_decoder`` in ``model.json``."""
+    return add_model_part(folder, "click_decoder", network, "click-decoder", torch.float16)
 
 
 def load_click_decoder_network(folder: Path, config: ClickDecoderConfig) -> ClickDecoderNet:

@@ -36,14 +36,13 @@ import torch.nn.functional as F
 from monai.networks.nets import UNet
 from torch import nn
 
-from .config import ModelConfig
 from .heatmaps import decode_heatmaps
 from .imaging import Radiograph, about_centre, normalise_transform
 
 # the config is plain data in part_configs.py (config.py validates it without torch); re-exported
 from .part_configs import HEADS, IDENTITIES, LocalStageConfig  # noqa: F401
 from .part_configs import LOCAL_STAGE_WEIGHTS_FILE as WEIGHTS_FILE  # noqa: F401
-from .weights_file import load_part_weights, save_part_weights
+from .weights_file import add_model_part, load_part_weights, save_part_weights
 
 OUTPUT_BIAS_PRIOR = -4.0
 
@@ -211,14 +210,8 @@ def save_local_stage_weights(folder: str | Path, network: LocalStageNet, dtype=t
 
 
 def add_local_stage(folder: str | Path, network: LocalStageNet) -> Path:
-    """Give an existing model folder this stage: its weights, and ``local_stage`` in ``model.json``."""
-    folder = Path(folder)
-    config = ModelConfig.load(folder / "model.json")
-    config.local_stage = network.config.to_dict()
-    config.validate()
-    path = save_local_stage_weights(folder, network)
-    config.save(folder / "model.json")
-    return path
+    """Give an existing model folder this stage: its weights (fp16), and ``local_stage`` in ``model.json``."""
+    return add_model_part(folder, "local_stage", network, "local-stage", torch.float16)
 
 
 def load_local_stage_network(folder: Path, config: LocalStageConfig) -> LocalStageNet:

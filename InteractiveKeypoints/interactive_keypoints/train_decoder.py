@@ -34,14 +34,16 @@ from tqdm import tqdm
 from .click_decoder import ClickDecoderConfig, ClickDecoderNet, add_click_decoder, decoder_features
 from .clicks import SimulatedUser
 from .config import ModelFormatError
+from .conventions import write_text_atomic
 from .correction_field import apply_correction_field
-from .data import DatasetSplit, add_dataset_arguments, training_splits
+from .data import DatasetSplit, add_dataset_arguments
 from .data.common import load_grey_image
 from .errors import UsageError
 from .imaging import Radiograph
 from .inference import Predictor
-from .model_io import KeypointModel, copy_model_folder, load_model
+from .model_io import KeypointModel, copy_model_folder
 from .session import KeypointSession
+from .train_local import model_and_splits
 
 LOG_FILE = "decoder_log.csv"
 
@@ -126,7 +128,7 @@ def load_states(
     key = {"model": str(model.folder), "clicks": clicks} | ({"on_policy": True} if on_policy else {})
     stored = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     cached = stored.get("states", {}) if stored.get("key") == key else {}
-    raw, order = [], []
+    raw, order, known = [], [], len(cached)
     for sample in tqdm(split.samples, desc=f"{split.split}: simulated clicks", disable=quiet):
         if sample.id not in cached:
             radiograph = Radiograph(load_grey_image(sample), sample.spacing, sample.spacing_known)
@@ -134,8 +136,9 @@ def load_states(
             cached[sample.id] = {"raw": points.tolist(), "order": clicked.tolist()}
         raw.append(np.asarray(cached[sample.id]["raw"], np.float64))
         order.append(np.asarray(cached[sample.id]["order"], np.int64))
-    cache.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps({"key": key, "states": cached}))
+    if len(cached) > known:  # a re-run on the same states reads them and writes nothing
+        cache.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache_file, json.dumps({"key": key, "states": cached}))
     return ClickStates(np.stack(raw), np.stack(order), split.points_array())
 
 
@@ -255,14 +258,7 @@ def train_decoder(args) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = load_model(args.model)
-    train_split, val_split, _ = training_splits(
-        args.dataset, args.data_root, args.split_seed, args.phantom_images, args.drop_disordered_labels
-    )
-    if train_split.num_keypoints != model.config.num_keypoints:
-        raise UsageError(
-            f"{args.model} has {model.config.num_keypoints} landmarks, the dataset {train_split.num_keypoints}"
-        )
+    model, train_split, val_split = model_and_splits(args)
     config = decoder_config(args, model.config.num_keypoints)
     if args.on_policy and model.click_decoder is None:
         raise UsageError(f"--on-policy needs a model folder with a click decoder; {args.model} has none")

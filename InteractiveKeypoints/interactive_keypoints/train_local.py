@@ -285,11 +285,9 @@ def validate(
 # ------------------------------------------------------------------ the run
 
 
-def train_local(args) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    device = pick_device(args.device)
+def model_and_splits(args) -> tuple[KeypointModel, DatasetSplit, DatasetSplit]:
+    """The model folder a part is trained for and the dataset's train / val splits (train-local,
+    train-decoder), refused when their landmark counts differ."""
     model = load_model(args.model)
     train_split, val_split, _ = training_splits(
         args.dataset, args.data_root, args.split_seed, args.phantom_images, args.drop_disordered_labels
@@ -298,6 +296,15 @@ def train_local(args) -> Path:
         raise UsageError(
             f"{args.model} has {model.config.num_keypoints} landmarks, the dataset {train_split.num_keypoints}"
         )
+    return model, train_split, val_split
+
+
+def train_local(args) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    device = pick_device(args.device)
+    model, train_split, val_split = model_and_splits(args)
     config = stage_config(args, model.config.num_keypoints)
     if not args.resume or not (out / "model.json").is_file():
         copy_model_folder(Path(args.model), out)

@@ -7,12 +7,15 @@ share it without importing each other.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .config import ModelConfig
 from .errors import ModelFormatError
+from .part_configs import ClickDecoderConfig, LocalStageConfig
 
 
 def read_safetensors(path: Path) -> dict:
@@ -53,3 +56,16 @@ def load_part_weights(network: torch.nn.Module, path: Path, described: str, entr
         )
     network.load_state_dict({n: t.to(expected[n].dtype) for n, t in state.items()})
     return network.eval()
+
+
+def add_model_part(folder: str | Path, entry: str, network: torch.nn.Module, kind: str, dtype=None) -> Path:
+    """Give an existing model folder a part (``entry``: ``local_stage``, ``click_decoder``): its
+    weights (``network.config.weights``) and its config under ``entry`` in ``model.json``,
+    validated before anything is written."""
+    folder, part = Path(folder), cast(LocalStageConfig | ClickDecoderConfig, network.config)
+    config = ModelConfig.load(folder / "model.json")
+    setattr(config, entry, part.to_dict())
+    config.validate()
+    path = save_part_weights(folder / part.weights, network, kind, dtype)
+    config.save(folder / "model.json")
+    return path
