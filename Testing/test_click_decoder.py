@@ -2,6 +2,7 @@
 once trained, it never moves a fixed point, and model folders carry it like any other part."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,12 +10,21 @@ import torch
 
 from interactive_keypoints.click_decoder import ClickDecoderConfig, ClickDecoderNet, add_click_decoder
 from interactive_keypoints.config import ModelFormatError
+from interactive_keypoints.errors import UsageError
 from interactive_keypoints.inference import Predictor
 from interactive_keypoints.model_io import load_model, save_model
 from interactive_keypoints.phantom import spine_corners
 from interactive_keypoints.session import KeypointSession
 from interactive_keypoints.tiny_model import tiny_model, with_tiny_click_decoder
-from interactive_keypoints.train_decoder import ClickStates, curves, decoder_batch, fit
+from interactive_keypoints.train_decoder import (
+    ClickStates,
+    curves,
+    decoder_batch,
+    first_picks,
+    fit,
+    mirrored,
+    train_review_head,
+)
 
 VERTEBRAE = 17
 
@@ -52,9 +62,62 @@ def test_a_few_training_steps_move_a_shifted_run_after_one_click():
     untrained_error = run_error(test, network)
     field_error = curves(network, test)[1][0]
     assert untrained_error == pytest.approx(field_error)  # an untrained decoder leaves the points
-    losses = [loss for _, loss in fit(network, train, epochs=50, batch_size=16, lr=2e-3, weight_decay=1e-3, seed=0)]
+    training = fit(
+        network, train.features, train.targets(), ~train.fixed, 50, batch_size=16, lr=2e-3, weight_decay=1e-3, seed=0
+    )
+    losses = [loss for _, loss in training]
     assert losses[-1] < losses[0]
     assert run_error(test, network) < 0.5 * untrained_error  # the run follows the click (measured: 0.38)
+
+
+@pytest.mark.slow
+def test_a_trained_check_next_head_points_at_the_shifted_run():
+    torch.manual_seed(0)
+    states = {seed: shifted_run_states(seed, images) for seed, images in ((0, 128), (1, 32))}
+    train, test = (
+        decoder_batch(s, correction_length=0.0, correction_noise=0.3, first_count=0) for s in states.values()
+    )
+    network = ClickDecoderNet(
+        ClickDecoderConfig(4 * VERTEBRAE, group=4, width=32, layers=2, max_clicks=1, review_members=1)
+    )
+    untrained = first_picks(network, test)[0]  # all scores equal: the first landmark, about right
+    options = SimpleNamespace(epochs=30, batch_size=16, lr=2e-3, weight_decay=1e-3, seed=0)
+    losses = train_review_head(network, train, options)
+    assert losses[-1][1] < losses[0][1]
+    picked, worst = first_picks(network, test)[0]  # before any click
+    assert untrained[0] < 0.1 * worst  # measured: 0.02 x
+    assert picked > 0.5 * worst  # mostly a point of the shifted run (measured: 0.72 x)
+
+
+def test_the_head_ranks_the_sessions_points_and_is_the_default_only_where_it_exists(phantom):
+    model = with_tiny_click_decoder(tiny_model(), review_members=2)
+    session = KeypointSession(model, phantom.image)
+    assert session.review_score_name == "decoder"
+    first = session.predict()
+    assert np.isfinite(first.review_score).all() and np.ptp(first.review_score) > 0
+    clicked = session.refine({4: first.points[4] + 3.0})
+    assert clicked.review_score[4] == -np.inf and np.isfinite(np.delete(clicked.review_score, 4)).all()
+    assert KeypointSession(model, phantom.image, review_score="spread").review_score_name == "spread"
+    for without_head in (tiny_model(), with_tiny_click_decoder(tiny_model())):
+        assert KeypointSession(without_head, phantom.image).review_score_name != "decoder"
+        with pytest.raises(UsageError, match="check-next head"):
+            KeypointSession(without_head, phantom.image, review_score="decoder")
+    with pytest.raises(UsageError, match="check-next head"):  # the decoder switched off takes its head along
+        KeypointSession(model, phantom.image, click_decoder=False, review_score="decoder")
+
+
+def test_mirrored_states_are_the_left_right_image_of_each_state():
+    batch = decoder_batch(shifted_run_states(0, 3), correction_length=0.1, correction_noise=0.3)
+    pairs = [(4 * v + side, 4 * v + side + 1) for v in range(VERTEBRAE) for side in (0, 2)]  # left <-> right corners
+    both = mirrored(batch, pairs)
+    assert len(both.clicks) == 2 * len(batch.clicks) and np.array_equal(both.clicks[3:], batch.clicks)
+    swap = np.arange(4 * VERTEBRAE).reshape(-1, 2)[:, ::-1].reshape(-1)
+    original, mirror = batch.targets().numpy(), both.targets().numpy()[3:]
+    assert np.allclose(mirror[:, :, 0], -original[:, swap, 0], atol=1e-6)  # x turned over, y kept
+    assert np.allclose(mirror[:, :, 1], original[:, swap, 1], atol=1e-6)
+    assert np.array_equal(both.fixed[3:], batch.fixed[:, swap]) and np.allclose(both.extent[3:], batch.extent)
+    # the features are those of the mirrored states: centred x turned over and swapped
+    assert torch.allclose(both.features[3:, :, 0], -batch.features[:, swap, 0], atol=1e-5)
 
 
 def test_fixed_points_stay_where_the_user_put_them_and_the_free_ones_move(phantom):
@@ -125,8 +188,10 @@ def test_train_decoder_writes_a_folder_that_evaluate_runs_with_and_without(tmp_p
     out = tmp_path / "decoder"
     common = ["--dataset", "phantom", "--phantom-images", "4"]
     assert cli.main(["train-decoder", "--model", "models/phantom-spine-68", *common, "--clicks", "1", "--group", "4", "--members", "2",
-                     "--epochs", "2", "--threads", "1", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+                     "--mirror", "--epochs", "2", "--threads", "1", "--quiet", "--out", str(out)]) == 0  # fmt: skip
     assert (load_model(out).click_decoder_config.max_clicks, load_model(out).click_decoder_config.members) == (1, 2)
+    trained = load_model(out).click_decoder_config.trained
+    assert trained["mirrored"] and trained["train_states"] % 2 == 0  # each state and its mirror image
     assert (out / "decoder_log.csv").read_text().startswith("epoch,train_loss")
     assert cli.main(["evaluate", "--model", str(out), *common, "--split", "val", "--limit", "2", "--max-clicks", "2",
                      "--click-decoder", "both", "--quiet", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
@@ -139,3 +204,30 @@ def test_train_decoder_writes_a_folder_that_evaluate_runs_with_and_without(tmp_p
     assert cli.main([*again, "--model", str(out), "--out", str(tmp_path / "round2")]) == 0
     assert json.loads((tmp_path / "round2" / "cache" / "click_states_train.json").read_text())["key"]["on_policy"]
     assert cli.main([*again, "--model", "models/phantom-spine-68", "--out", str(tmp_path / "refused")]) == 2
+
+    # a check-next head for the first round's decoder, its offsets kept; the guided user ranks by it
+    head = tmp_path / "head"
+    assert (
+        cli.main([*again[:-2], "--review-only", "--review-members", "1", "--model", str(out), "--out", str(head)]) == 0
+    )
+    assert load_model(head).click_decoder_config.review_members == 1
+    for name, tensor in load_model(out).click_decoder.members.state_dict().items():
+        assert torch.equal(load_model(head).click_decoder.members.state_dict()[name], tensor)
+    assert (head / "decoder_log.csv").read_text().startswith("epoch,review_loss")
+    assert cli.main(["evaluate", "--model", str(head), *common, "--split", "val", "--limit", "2", "--max-clicks", "2",
+                     "--user", "guided", "--quiet", "--out", str(tmp_path / "guided")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "guided" / "metrics.json").read_text())["guided"]["review_score"] == "decoder"
+
+
+def test_a_check_next_head_leaves_the_offsets_training_as_it_was():
+    batch = decoder_batch(shifted_run_states(0, 8), correction_length=0.0, correction_noise=0.3)
+    trained = []
+    for review_members in (0, 2):
+        torch.manual_seed(0)
+        network = ClickDecoderNet(
+            ClickDecoderConfig(4 * VERTEBRAE, group=4, width=16, layers=1, max_clicks=1, review_members=review_members)
+        )
+        for _ in fit(network.members[0], batch.features, batch.targets(), ~batch.fixed, 2, 4, 1e-3, 0.0, seed=0):
+            pass  # dropout draws from the global generator: the head must not shift it
+        trained.append(network.members[0].state_dict())
+    assert all(torch.equal(trained[0][name], trained[1][name]) for name in trained[0])

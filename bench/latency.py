@@ -170,18 +170,24 @@ def correction_field_ms(points, fixed: dict, config, repeats: int = 200) -> floa
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> float | None:
+def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> tuple[float | None, float | None]:
     """What the model's click decoder (the session's predictor holds it; the timed session has it
-    off) adds to a click; None: the folder has none. Timed on the run's last points with its
-    clicks, as many as it is used for."""
+    off) adds to a click, its offsets and its check-next head; None: the folder has none. Timed
+    on the run's last points with its clicks, as many as it is used for."""
     if decoder is None:
-        return None
+        return None, None
     is_fixed = np.zeros(len(points), dtype=bool)
     is_fixed[list(fixed)[: decoder.config.max_clicks]] = True
-    start = time.perf_counter()
-    for _ in range(repeats):
-        decoder.correct(points, points, points, is_fixed)
-    return 1000 * (time.perf_counter() - start) / repeats
+    timed = [lambda: decoder.correct(points, points, points, is_fixed)]
+    if decoder.has_review_head:
+        timed.append(lambda: decoder.expected_error(points, points, points, is_fixed))
+    milliseconds = []
+    for call in timed:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        milliseconds.append(1000 * (time.perf_counter() - start) / repeats)
+    return milliseconds[0], (milliseconds[1] if len(milliseconds) > 1 else None)
 
 
 def keypoint_difference(plain_results, session_results):
@@ -227,7 +233,9 @@ def main(argv=None) -> int:
     session, session_results, session_s = run_session(model, radiograph, truth, order)
     saving_ms = encode_once_saving_ms(session)
     field_ms = correction_field_ms(session_results[-1][0], {k: truth[k] for k in order}, config)
-    decoder_ms = click_decoder_ms(session.predictor.click_decoder, session_results[-1][0], {k: truth[k] for k in order})
+    decoder_ms, review_head_ms = click_decoder_ms(
+        session.predictor.click_decoder, session_results[-1][0], {k: truth[k] for k in order}
+    )
     del session
     plain_results, plain_s = run_plain(model, radiograph, truth, order)
 
@@ -248,6 +256,7 @@ def main(argv=None) -> int:
         "encode_once_saving_ms": round(saving_ms, 1),
         "correction_field_ms": round(field_ms, 2),  # with all the run's clicks
         "click_decoder_ms": None if decoder_ms is None else round(decoder_ms, 2),  # null: the folder has none
+        "review_head_ms": None if review_head_ms is None else round(review_head_ms, 2),  # null: no check-next head
         # per click with the model's local stage, the same clicks (null: the folder has none)
         "local_stage": None
         if stage is None

@@ -93,6 +93,7 @@ class ClickDecoderConfig:
     heads: int = 4
     max_clicks: int = 4  # used with 1..max_clicks fixed points
     members: int = 1  # independently trained decoders whose offsets are averaged (seed noise halves with 4)
+    review_members: int = 0  # the check-next head's members (expected error per landmark); 0: no head
     weights: str = CLICK_DECODER_WEIGHTS_FILE
     # how it was trained (recorded, not used at inference)
     trained: dict = dataclasses.field(default_factory=dict)
@@ -103,8 +104,11 @@ class ClickDecoderConfig:
             problems.append(f"group ({self.group}) must divide num_keypoints ({self.num_keypoints})")
         if self.width < 1 or self.layers < 1 or self.heads < 1 or self.width % self.heads:
             problems.append(f"width ({self.width}) must be a positive multiple of heads ({self.heads}); layers >= 1")
-        if self.max_clicks < 1 or self.members < 1:
-            problems.append(f"max_clicks and members must be >= 1, got {self.max_clicks} and {self.members}")
+        if self.max_clicks < 1 or self.members < 1 or self.review_members < 0:
+            problems.append(
+                f"max_clicks and members must be >= 1 and review_members >= 0, got {self.max_clicks}, "
+                f"{self.members} and {self.review_members}"
+            )
         if Path(self.weights).name != self.weights:
             problems.append(f"weights must be a file name in the model folder, got {self.weights!r}")
         if problems:

@@ -16,7 +16,11 @@ orders the points that are not yet fixed by it. Candidate scores, one function e
   mean and covariance, averaged over the offsets it takes part in: a displaced point
   breaks all of its own, a neighbour only one of several;
 - ``combined``: the sum of the per-image standardised ``low-confidence`` and ``spread``
-  scores.
+  scores;
+- ``decoder``: the click decoder's check-next head (:mod:`.click_decoder`): the expected
+  error (px) it gives each shown point, learned under the simulated user; where the head
+  does not apply (more fixed points than it was trained for) the ``spread`` ranks. The
+  default for a model folder whose decoder has the head.
 
 Fixed points (placed or confirmed by the user) score -inf and are never ranked.
 ``evaluate --user guided --review-score NAME`` measures each; the model cards report which wins.
@@ -33,8 +37,9 @@ import torch
 from .errors import UsageError
 from .morphology import MorphologySelection, normalise_points, ray_angles
 
-SCORES = ("low-confidence", "spread", "morphology", "neighbours", "combined")
+SCORES = ("low-confidence", "spread", "morphology", "neighbours", "combined", "decoder")
 DEFAULT_SCORE = "spread"  # the fewest guided clicks (NoC10@20) on an AASCE validation sample; see the model cards
+HEAD_SCORE = "decoder"  # the default instead where the model's click decoder has a check-next head (spine card)
 NEEDS_MORPHOLOGY = ("morphology", "neighbours")
 
 
@@ -135,12 +140,15 @@ def standardised(values, among) -> np.ndarray:
     return (values - mean) / (sd if sd > 0 else 1.0)
 
 
-def review_scores(name: str, points, confidence, logits, image_size, fixed, selection=None) -> np.ndarray:
+def review_scores(
+    name: str, points, confidence, logits, image_size, fixed, selection=None, expected_error=None
+) -> np.ndarray:
     """Score ``name`` of one prediction, (K,); -inf at ``fixed`` points.
 
     ``points`` (K, 2) original pixels, ``confidence`` (K,) heatmap peaks, ``logits``
     (K, h, w) the pass's low-resolution logits, ``image_size`` (H, W), ``fixed`` (K,) bool,
-    ``selection`` the model's morphology (for ``morphology`` and ``neighbours``).
+    ``selection`` the model's morphology (for ``morphology`` and ``neighbours``),
+    ``expected_error`` (K,) px the decoder head's (for ``decoder``; None: ``spread`` ranks).
     """
     fixed = np.asarray(fixed, dtype=bool)
     if name not in SCORES:
@@ -149,8 +157,10 @@ def review_scores(name: str, points, confidence, logits, image_size, fixed, sele
         raise ValueError(f"the {name!r} review score needs the model folder's morphology.json")
     if name == "low-confidence":
         score = low_confidence(confidence)
-    elif name == "spread":
+    elif name == "spread" or (name == "decoder" and expected_error is None):
         score = heatmap_spread(logits, image_size)
+    elif name == "decoder":
+        score = np.asarray(expected_error, dtype=np.float64)
     elif name == "morphology":
         score = morphology_disagreement(points, image_size, selection)
     elif name == "neighbours":
@@ -182,14 +192,22 @@ def _selection_with_review_stats(path: str, _version: int) -> MorphologySelectio
     return selection if "neighbour_pairs" in selection.stats else None
 
 
-def available_score(requested: str | None, selection: MorphologySelection | None) -> str:
-    """The score a session uses: ``requested``, or with None the default when the model's
-    morphology allows it, else ``low-confidence``. A requested score the model cannot give
-    is an error, never a silent substitute."""
+def available_score(requested: str | None, selection: MorphologySelection | None, review_head: bool = False) -> str:
+    """The score a session uses: ``requested``, or with None the head's score where the
+    session's click decoder has a check-next head (``review_head``), else the default when the
+    model's morphology allows it, else ``low-confidence``. A requested score the model cannot
+    give is an error, never a silent substitute."""
     if requested is None:
+        if review_head:
+            return HEAD_SCORE
         return DEFAULT_SCORE if selection is not None or DEFAULT_SCORE not in NEEDS_MORPHOLOGY else "low-confidence"
     if requested not in SCORES:
         raise UsageError(f"unknown review score {requested!r}; expected one of {SCORES}")
+    if requested == HEAD_SCORE and not review_head:
+        raise UsageError(
+            f"the {requested!r} review score needs a click decoder with a check-next head "
+            "(click_decoder.review_members > 0 in model.json, and the decoder switched on)"
+        )
     if requested in NEEDS_MORPHOLOGY and selection is None:
         raise UsageError(
             f"the {requested!r} review score needs a morphology.json with the review statistics "

@@ -109,7 +109,10 @@ class KeypointSession:
         self.config = model.config
         self.prev_mode = prev_mode
         self._morphology = load_selection(model.folder)
-        self.review_score_name = available_score(review_score, self._morphology)
+        self.predictor = predictor or Predictor(model, device, optimized)
+        self.click_decoder = self.predictor.click_decoder if click_decoder else None
+        review_head = self.click_decoder is not None and self.click_decoder.has_review_head
+        self.review_score_name = available_score(review_score, self._morphology, review_head)
         self.correction_length = (
             self.config.correction_length if correction_length is None else float(correction_length)
         )
@@ -119,7 +122,6 @@ class KeypointSession:
         if spacing is not None and isinstance(image, Radiograph):
             self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)
         self.coords = CoordinateMap(self.radiograph.size, self.config.input_size)
-        self.predictor = predictor or Predictor(model, device, optimized)
         self._busy = threading.Lock()
         self._history: list[_Step] = []
         # click heatmap per (landmark, position): a fixed point's map is reused on later clicks
@@ -132,7 +134,6 @@ class KeypointSession:
         self._image_features = self.predictor.encode_image(image_tensor)
         # the local stage reads the original pixels, normalised once per image
         self.local_stage = self.predictor.local_stage if local_stage else None
-        self.click_decoder = self.predictor.click_decoder if click_decoder else None
         self._patch_source = (
             PatchSource.from_image(self.radiograph, self.config.intensity) if self.local_stage is not None else None
         )
@@ -329,6 +330,7 @@ class KeypointSession:
         points = apply_correction_field(points, fixed, self.correction_length, self.config.correction_noise)
         if self.click_decoder is not None and self.click_decoder.applies(len(channels)):
             points = self._decode_clicks(raw, points, fixed)
+        expected_error = self._expected_error(raw, points, channels) if self.review_score_name == "decoder" else None
         coarse = refined = None
         if self.local_stage is not None and self._patch_source is not None:
             movable = np.ones(k, dtype=bool)
@@ -343,12 +345,27 @@ class KeypointSession:
             confidence[c] = 1.0
             is_fixed[c] = True
         score = review_scores(
-            self.review_score_name, points, confidence, logits[0], self.radiograph.size, is_fixed, self._morphology
+            self.review_score_name,
+            points,
+            confidence,
+            logits[0],
+            self.radiograph.size,
+            is_fixed,
+            self._morphology,
+            expected_error,
         )
         prediction = Prediction(
             points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing, score
         )
         return _Step(prediction, logits[0], coarse, refined, raw)
+
+    def _expected_error(self, raw: np.ndarray, decoded: np.ndarray, channels: np.ndarray) -> np.ndarray | None:
+        """The decoder head's expected error of the points shown before the local stage."""
+        assert self.click_decoder is not None
+        first = self._history[0].raw if self._history else None
+        is_fixed = np.zeros(len(decoded), dtype=bool)
+        is_fixed[channels] = True
+        return self.click_decoder.expected_error(raw, raw if first is None else first, decoded, is_fixed)
 
     def _decode_clicks(self, raw: np.ndarray, shown: np.ndarray, fixed: dict[int, np.ndarray]) -> np.ndarray:
         """The click decoder's points: it reads this pass's and the first pass's network points

@@ -52,7 +52,8 @@ def with_tiny_local_stage(model, seed: int = 0, **overrides):
 
 def with_tiny_click_decoder(model, seed: int = 0, **overrides):
     """``model`` with a tiny click decoder attached (as if its folder declared one), its output
-    layer drawn at random so that it moves the free points (a trained one starts at zero)."""
+    layer drawn at random so that it moves the free points (a trained one starts at zero); with
+    ``review_members`` its check-next head's too, so that it ranks the points."""
     import torch
 
     from .click_decoder import ClickDecoderConfig, ClickDecoderNet
@@ -64,6 +65,6 @@ def with_tiny_click_decoder(model, seed: int = 0, **overrides):
     model.config.validate()
     model.click_decoder = ClickDecoderNet(config).eval()
     with torch.no_grad():
-        for member in model.click_decoder.members:
+        for member in [*model.click_decoder.members, *model.click_decoder.review]:
             torch.nn.init.normal_(member.offsets.weight, std=0.01)
     return model

@@ -15,12 +15,17 @@
    the MRE per click count with the field alone and with the decoder. ``OUT`` is a copy of
    the model folder with the decoder declared in its ``model.json``; ``OUT/decoder_log.csv``
    has the per-epoch losses and the validation curves.
+3. With ``--review-members N`` the decoder also gets a check-next head (N members): trained
+   on the states with 0..C clicks to give each point's error after the decoder (log of the
+   error in 1 % of the landmarks' extent); reported as the error of the head's first pick vs
+   the worst point's. ``--review-only`` keeps the folder's decoder and trains only the head.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -31,7 +36,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .click_decoder import ClickDecoderConfig, ClickDecoderNet, add_click_decoder, decoder_features
+from .click_decoder import (
+    ClickDecoderConfig,
+    ClickDecoderNet,
+    add_click_decoder,
+    decoder_features,
+    log_error_target,
+)
 from .clicks import SimulatedUser
 from .config import ModelFormatError
 from .conventions import write_text_atomic
@@ -65,6 +76,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decoder.add_argument("--heads", type=int, default=4)
     decoder.add_argument(
         "--members", type=int, default=1, help="decoders trained apart (seeds), their offsets averaged"
+    )
+    decoder.add_argument(
+        "--review-members",
+        type=int,
+        default=0,
+        help="members of a check-next head (expected error per point, the 'decoder' review score); 0: none",
+    )
+    decoder.add_argument(
+        "--review-only",
+        action="store_true",
+        help="keep the model folder's decoder and train only its check-next head (--review-members)",
+    )
+    decoder.add_argument(
+        "--mirror",
+        action="store_true",
+        help="also train on every state mirrored left-right (the model's flip_pairs swapped): twice the states",
     )
     run = parser.add_argument_group("optimisation")
     run.add_argument("--epochs", type=int, default=40)
@@ -147,9 +174,11 @@ def load_states(
 
 @dataclass
 class DecoderBatch:
-    """One row per (image, click count 1..C): the decoder's input and what it should give."""
+    """One row per (image, click count): the decoder's input and what it should give."""
 
     features: torch.Tensor  # (M, K, FEATURES)
+    raw: np.ndarray  # (M, K, 2) the network's points at this click count
+    raw0: np.ndarray  # (M, K, 2) and before any click
     shown: np.ndarray  # (M, K, 2) the field's points, fixed ones where the user put them
     truth: np.ndarray  # (M, K, 2)
     fixed: np.ndarray  # (M, K) bool
@@ -161,11 +190,14 @@ class DecoderBatch:
         return torch.tensor((self.truth - self.shown) / self.extent[:, None, None], dtype=torch.float32)
 
 
-def decoder_batch(states: ClickStates, correction_length: float, correction_noise: float) -> DecoderBatch:
-    """The states as the session hands them to the decoder (the same field, the same features)."""
+def decoder_batch(
+    states: ClickStates, correction_length: float, correction_noise: float, first_count: int = 1
+) -> DecoderBatch:
+    """The states as the session hands them to the decoder (the same field, the same features),
+    click counts ``first_count``..C (the offsets learn from 1, the check-next head from 0)."""
     rows: dict[str, list] = {"raw": [], "raw0": [], "shown": [], "truth": [], "fixed": [], "clicks": []}
     for raw, order, truth in zip(states.raw, states.order, states.truth):
-        for count in range(1, len(order) + 1):
+        for count in range(first_count, len(order) + 1):
             fixed = {int(k): truth[k] for k in order[:count]}
             shown = apply_correction_field(raw[count], fixed, correction_length, correction_noise)
             mask = np.zeros(len(truth), dtype=bool)
@@ -178,14 +210,55 @@ def decoder_batch(states: ClickStates, correction_length: float, correction_nois
         arrays["raw"], arrays["raw0"], arrays["shown"], arrays["fixed"], arrays["clicks"]
     )
     return DecoderBatch(
-        torch.from_numpy(features), arrays["shown"], arrays["truth"], arrays["fixed"], extent, arrays["clicks"]
+        torch.from_numpy(features),
+        arrays["raw"],
+        arrays["raw0"],
+        arrays["shown"],
+        arrays["truth"],
+        arrays["fixed"],
+        extent,
+        arrays["clicks"],
     )
 
 
-def fit(network: nn.Module, batch: DecoderBatch, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int):  # fmt: skip
-    """AdamW with a cosine schedule; L1 on the free points. Yields (epoch, mean loss)."""
+def mirrored(batch: DecoderBatch, flip_pairs) -> DecoderBatch:
+    """``batch`` and its left-right mirror image, stacked: x negated about the image's centre
+    line, each landmark swapped with its ``flip_pairs`` partner. The decoder's input is
+    centred and scaled per image, so mirroring is exact in its features as in its targets."""
+    swap = np.arange(batch.fixed.shape[1])
+    for a, b in flip_pairs:
+        swap[a], swap[b] = b, a
+
+    def flipped_points(points: np.ndarray) -> np.ndarray:
+        points = points[:, swap].copy()
+        points[..., 0] = -points[..., 0]  # about x = 0; the features are centred, so any line will do
+        return points
+
+    pointed = ("raw", "raw0", "shown", "truth")
+    mirror = {name: flipped_points(getattr(batch, name)) for name in pointed}
+    fixed = batch.fixed[:, swap]
+    features, extent = decoder_features(mirror["raw"], mirror["raw0"], mirror["shown"], fixed, batch.clicks)
+    stacked = {name: np.concatenate([getattr(batch, name), mirror[name]]) for name in pointed}
+    return DecoderBatch(
+        torch.cat([batch.features, torch.from_numpy(features)]),
+        stacked["raw"],
+        stacked["raw0"],
+        stacked["shown"],
+        stacked["truth"],
+        np.concatenate([batch.fixed, fixed]),
+        np.concatenate([batch.extent, extent]),
+        np.concatenate([batch.clicks, batch.clicks]),
+    )
+
+
+def fit(
+    network: nn.Module, features, targets, free, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int
+):  # fmt: skip
+    """AdamW with a cosine schedule; L1 (summed over the last axis) on the ``free`` (M, K)
+    points. ``network`` maps ``features`` (M, K, FEATURES) to what ``targets`` holds, (M, K, D).
+    Yields (epoch, mean loss)."""
     generator = torch.Generator().manual_seed(seed)
-    targets, free = batch.targets(), torch.from_numpy(~batch.fixed).float()
+    weight = torch.from_numpy(free).float()
     optimizer = torch.optim.AdamW(network.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(epochs, 1))
     network.train()
@@ -193,8 +266,8 @@ def fit(network: nn.Module, batch: DecoderBatch, epochs: int, batch_size: int, l
         order, total = torch.randperm(len(targets), generator=generator), 0.0
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            error = (network(batch.features[rows]) - targets[rows]).abs().sum(-1) * free[rows]
-            loss = error.sum() / free[rows].sum().clamp(min=1)
+            error = (network(features[rows]) - targets[rows]).abs().sum(-1) * weight[rows]
+            loss = error.sum() / weight[rows].sum().clamp(min=1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -204,23 +277,31 @@ def fit(network: nn.Module, batch: DecoderBatch, epochs: int, batch_size: int, l
     network.eval()
 
 
-def train_members(network: ClickDecoderNet, batch: DecoderBatch, args) -> list[tuple[int, float]]:
+def train_members(members: nn.ModuleList, features, targets, free, args) -> list[tuple[int, float]]:
     """Each member trained on its own (seed ``args.seed + i``); (epoch, mean loss over members)."""
+    options = (args.epochs, args.batch_size, args.lr, args.weight_decay)
     per_member = [
-        list(fit(member, batch, args.epochs, args.batch_size, args.lr, args.weight_decay, args.seed + i))
-        for i, member in enumerate(network.members)
+        list(fit(member, features, targets, free, *options, args.seed + i)) for i, member in enumerate(members)
     ]
     return [(epoch, float(np.mean([losses[epoch - 1][1] for losses in per_member]))) for epoch, _ in per_member[0]]
 
 
 @torch.inference_mode()
-def curves(network: ClickDecoderNet, batch: DecoderBatch) -> dict[int, tuple[float, float]]:
-    """{click count: (MRE with the field alone, MRE with the decoder)} in px, fixed points at 0."""
+def decoded_points(network: ClickDecoderNet, batch: DecoderBatch) -> np.ndarray:
+    """(M, K, 2) what the session shows with this decoder: the field's points moved by its
+    offsets where it applies (1..max_clicks), fixed points where the user put them."""
     was_training = network.training
     network.eval()
     offsets = network(batch.features).double().numpy() * batch.extent[:, None, None]
     network.train(was_training)
-    decoded = np.where(batch.fixed[..., None], batch.shown, batch.shown + offsets)
+    applies = (batch.clicks >= 1) & (batch.clicks <= network.config.max_clicks)
+    moved = applies[:, None] & ~batch.fixed
+    return np.where(moved[..., None], batch.shown + offsets, batch.shown)
+
+
+def curves(network: ClickDecoderNet, batch: DecoderBatch) -> dict[int, tuple[float, float]]:
+    """{click count: (MRE with the field alone, MRE with the decoder)} in px, fixed points at 0."""
+    decoded = decoded_points(network, batch)
     result = {}
     for count in np.unique(batch.clicks):
         rows = batch.clicks == count
@@ -230,28 +311,92 @@ def curves(network: ClickDecoderNet, batch: DecoderBatch) -> dict[int, tuple[flo
     return result
 
 
+# ------------------------------------------------------------------ the check-next head
+
+
+def review_batch(network: ClickDecoderNet, batch: DecoderBatch) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The head's input (features of the decoded points), the decoded points' errors (px) and
+    the landmark extents, for every row of ``batch`` (0..C clicks)."""
+    decoded = decoded_points(network, batch)
+    raw, raw0 = batch.raw, batch.raw0
+    features, extent = decoder_features(raw, raw0, decoded, batch.fixed, batch.clicks)
+    error = np.linalg.norm(decoded - batch.truth, axis=-1)
+    return torch.from_numpy(features), error, extent
+
+
+def first_picks(network: ClickDecoderNet, batch: DecoderBatch) -> dict[int, tuple[float, float]]:
+    """{click count: (error px of the head's first-ranked free point, of the worst free point)},
+    means over the images: how close the head's pick comes to the oracle's."""
+    features, error, _ = review_batch(network, batch)
+    with torch.inference_mode():
+        score = network.log_error(features).numpy()
+    score = np.where(batch.fixed, -np.inf, score)
+    picked = error[np.arange(len(error)), score.argmax(1)]
+    worst = np.where(batch.fixed, -np.inf, error).max(1)
+    return {
+        int(c): (float(picked[batch.clicks == c].mean()), float(worst[batch.clicks == c].mean()))
+        for c in np.unique(batch.clicks)
+    }
+
+
+def train_review_head(network: ClickDecoderNet, batch: DecoderBatch, args) -> list[tuple[int, float]]:
+    """Fit the head's members on the decoded points' log errors (0..C clicks)."""
+    features, error, extent = review_batch(network, batch)
+    targets = log_error_target(error, extent)[..., None]
+    return train_members(network.review, features, targets, ~batch.fixed, args)
+
+
 # ------------------------------------------------------------------ the command
 
 
-def decoder_config(args, num_keypoints: int) -> ClickDecoderConfig:
+def decoder_config(args, model: KeypointModel) -> ClickDecoderConfig:
+    """The new decoder's config: from the options, or with ``--review-only`` the folder's
+    decoder's with ``--review-members``."""
     if args.clicks < 1 or args.epochs < 0:
         raise UsageError(f"--clicks must be >= 1 and --epochs >= 0, got {args.clicks} and {args.epochs}")
+    if args.review_only:
+        kept = model.click_decoder_config
+        if kept is None or args.review_members < 1:
+            raise UsageError("--review-only needs a model folder with a click decoder and --review-members >= 1")
+        if kept.max_clicks != args.clicks:
+            raise UsageError(
+                f"--review-only: the folder's decoder is for {kept.max_clicks} clicks, --clicks is {args.clicks}"
+            )
+        return dataclasses.replace(kept, review_members=args.review_members, trained=dict(kept.trained))
     try:
         return ClickDecoderConfig(
-            num_keypoints, args.group, args.width, args.layers, args.heads, args.clicks, args.members
-        )
+            model.config.num_keypoints, args.group, args.width, args.layers, args.heads, args.clicks,
+            args.members, review_members=args.review_members,
+        )  # fmt: skip
     except ModelFormatError as e:
         raise UsageError(str(e)) from None
 
 
-def write_log(out: Path, losses: list[tuple[int, float]], val: dict[int, tuple[float, float]]) -> None:
+def write_log(out: Path, losses: dict[str, list], val: dict[int, tuple[float, float]], picks: dict) -> None:
+    """The per-epoch losses of what was trained (offsets, check-next head), the validation curves."""
+    trained = {name: dict(values) for name, values in losses.items() if values}
+    epochs = sorted(set().union(*trained.values())) if trained else []
     with (out / LOG_FILE).open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["epoch", "train_loss"])
-        writer.writerows([(epoch, f"{loss:.6f}") for epoch, loss in losses])
+        writer.writerow(["epoch", *trained])
+        writer.writerows([(epoch, *(f"{by_epoch[epoch]:.6f}" for by_epoch in trained.values())) for epoch in epochs])
         writer.writerow([])
         writer.writerow(["clicks", "val_mre_field_px", "val_mre_decoder_px"])
         writer.writerows([(c, f"{a:.2f}", f"{b:.2f}") for c, (a, b) in val.items()])
+        if picks:
+            writer.writerow([])
+            writer.writerow(["clicks", "val_head_pick_error_px", "val_worst_error_px"])
+            writer.writerows([(c, f"{a:.2f}", f"{b:.2f}") for c, (a, b) in picks.items()])
+
+
+def new_decoder(model: KeypointModel, config: ClickDecoderConfig, train: DecoderBatch, args):
+    """The decoder network with its offsets trained (or, ``--review-only``, the folder's) and the losses."""
+    network = ClickDecoderNet(config)
+    if not args.review_only:
+        return network, train_members(network.members, train.features, train.targets(), ~train.fixed, args)
+    assert model.click_decoder is not None
+    network.members.load_state_dict(model.click_decoder.members.state_dict())
+    return network, []
 
 
 def train_decoder(args) -> Path:
@@ -259,9 +404,11 @@ def train_decoder(args) -> Path:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model, train_split, val_split = model_and_splits(args)
-    config = decoder_config(args, model.config.num_keypoints)
+    config = decoder_config(args, model)
     if args.on_policy and model.click_decoder is None:
         raise UsageError(f"--on-policy needs a model folder with a click decoder; {args.model} has none")
+    if args.mirror and not model.config.flip_pairs:
+        raise UsageError(f"--mirror needs the model's flip_pairs (left/right landmarks); {args.model} has none")
     predictor, cache = Predictor(model, "cpu"), args.cache or Path(args.out) / "cache"
     field = (model.config.correction_length, model.config.correction_noise)
     states = [
@@ -269,20 +416,40 @@ def train_decoder(args) -> Path:
         for split in (train_split, val_split)
     ]
     train, val = (decoder_batch(split_states, *field) for split_states in states)
-    network, started = ClickDecoderNet(config), time.process_time()
-    losses = train_members(network, train, args)
+    if args.mirror:
+        train = mirrored(train, model.config.flip_pairs)
+    started = time.process_time()
+    network, losses = new_decoder(model, config, train, args)
     val_curves = curves(network, val)
-    network.config.trained = {
-        "epochs": args.epochs, "train_states": len(train.clicks), "cpu_s": round(time.process_time() - started, 1),
-        "val_mre_px_field_vs_decoder": {str(c): [round(a, 2), round(b, 2)] for c, (a, b) in val_curves.items()},
-    }  # fmt: skip
+    if not args.review_only:
+        network.config.trained = {
+            "epochs": args.epochs, "train_states": len(train.clicks), "mirrored": args.mirror,
+            "cpu_s": round(time.process_time() - started, 1),
+            "val_mre_px_field_vs_decoder": {str(c): [round(a, 2), round(b, 2)] for c, (a, b) in val_curves.items()},
+        }  # fmt: skip
+    review_losses, picks = [], {}
+    if config.review_members:
+        started = time.process_time()
+        train_all, val_all = (decoder_batch(split_states, *field, first_count=0) for split_states in states)
+        if args.mirror:
+            train_all = mirrored(train_all, model.config.flip_pairs)
+        review_losses = train_review_head(network, train_all, args)
+        picks = first_picks(network, val_all)
+        network.config.trained["review"] = {
+            "epochs": args.epochs, "cpu_s": round(time.process_time() - started, 1),
+            "val_head_pick_vs_worst_error_px": {str(c): [round(a, 2), round(b, 2)] for c, (a, b) in picks.items()},
+        }  # fmt: skip
     out = Path(args.out)
     copy_model_folder(Path(args.model), out)
     add_click_decoder(out, network)
-    write_log(out, losses, val_curves)
+    write_log(out, {"train_loss": losses, "review_loss": review_losses}, val_curves, picks)
     if not args.quiet:
         for count, (field_mre, decoder_mre) in val_curves.items():
             print(f"val after {count} click(s): field {field_mre:.2f} px, decoder {decoder_mre:.2f} px")
+        for count, (picked, worst) in picks.items():
+            print(
+                f"val check-next after {count} click(s): the head's pick is {picked:.1f} px off, the worst {worst:.1f} px"
+            )
     return out
 
 

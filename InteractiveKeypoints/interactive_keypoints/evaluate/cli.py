@@ -303,7 +303,7 @@ def add_users(
     metrics["click_noise"] = {"sd": options.click_noise, "unit": options.unit, "seed": options.click_seed}
     if "guided" in results_by_user:
         metrics["guided"] = {
-            "review_score": review_score_name(model, options.review_score),
+            "review_score": review_score_name(model, options.review_score, options.click_decoder),
             "tolerance": options.tolerance,
             "unit": options.unit,
             "rule": "check the first-ranked unfixed point; correct it if its error is above "

@@ -166,9 +166,11 @@ def variant_comparison(
     return comparison
 
 
-def review_score_name(model: KeypointModel, requested: str | None) -> str:
-    """The review score a session of ``model`` uses when asked for ``requested``."""
-    return available_score(requested, load_selection(model.folder))
+def review_score_name(model: KeypointModel, requested: str | None, click_decoder: bool = True) -> str:
+    """The review score a session of ``model`` uses when asked for ``requested`` (with its
+    click decoder on or off: the decoder's check-next head goes with it)."""
+    head = click_decoder and model.click_decoder is not None and model.click_decoder.config.review_members > 0
+    return available_score(requested, load_selection(model.folder), head)
 
 
 def sample_measurements(points: np.ndarray, sample: KeypointSample, measurement_set: str) -> list[Measurement]:
