@@ -92,9 +92,9 @@ class ClickDecoderNet(nn.Module):
         super().__init__()
         self.config = config
         self.members = nn.ModuleList(DecoderMember(config) for _ in range(config.members))
-        with (
-            torch.random.fork_rng()
-        ):  # the head draws its own initial weights: the offsets train alike with or without it
+        # the head draws its initial weights from a forked generator: the offsets' training (its
+        # dropout masks) is the same with or without a head
+        with torch.random.fork_rng():
             self.review = nn.ModuleList(DecoderMember(config, outputs=1) for _ in range(config.review_members))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@
    the MRE per click count with the field alone and with the decoder. ``OUT`` is a copy of
    the model folder with the decoder declared in its ``model.json``; ``OUT/decoder_log.csv``
    has the per-epoch losses and the validation curves.
+   ``--mirror`` adds every state turned over left-right (the model's ``flip_pairs``): twice the
+   states for the same network passes.
 3. With ``--review-members N`` the decoder also gets a check-next head (N members): trained
    on the states with 0..C clicks to give each point's error after the decoder (log of the
    error in 1 % of the landmarks' extent); reported as the error of the head's first pick vs
