@@ -25,6 +25,10 @@ SUBCOMMANDS = {
     "train-local": ("interactive_keypoints.train_local", "train a model folder's full-resolution local stage"),
     "train-decoder": ("interactive_keypoints.train_decoder", "train a model folder's click decoder"),
     "evaluate": ("interactive_keypoints.evaluate.cli", "evaluate a model with simulated user corrections"),
+    "compare": (
+        "interactive_keypoints.evaluate.compare",
+        "compare two evaluate runs of the same images: paired differences by click count",
+    ),
     "serve": ("interactive_keypoints.web.launcher", "serve the browser app"),
 }
 
