@@ -1,6 +1,7 @@
 """The training recipe (interactive_keypoints.recipe): typed sections, the train command line
 generated from them, recipe files (`train --config`) and the recipes committed with the models."""
 
+import dataclasses
 import json
 import os
 import re
@@ -184,3 +185,37 @@ def test_python_m_train_prints_a_usage_error_without_a_traceback(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and "nowhere does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_hold_out_folds_partition_the_training_images_and_leave_validation_alone():
+    """Cross-fitting (#25): fold I of K is left out of training, listed as skipped."""
+    data = recipe.DataSection(dataset="phantom", phantom_images=12)
+    full_train, full_val, _ = train.load_splits(data, (256, 128))
+    held = []
+    for fold in ("1/2", "2/2"):
+        kept, val, record = train.load_splits(dataclasses.replace(data, hold_out_fold=fold), (256, 128))
+        assert val.ids == full_val.ids
+        skipped = [sample_id for sample_id, reason in record["skipped"]["train"] if fold in reason]
+        assert sorted(kept.ids + skipped) == sorted(full_train.ids) and not set(kept.ids) & set(skipped)
+        assert train.used_ids(record)["train"] == kept.ids
+        held.append(set(skipped))
+    assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(full_train.ids)
+
+
+def test_a_run_holding_out_a_fold_resumes_only_with_that_fold(tmp_path):
+    shrink = ["--phantom-images", "6", "--epochs", "1", "--max-steps", "1", "--threads", "1", "--quiet"]
+    common = ["--dataset", "phantom", "--width", "18", "--input", "256x128", *shrink, "--out", str(tmp_path / "run")]
+    assert train.main([*common, "--hold-out-fold", "1/2", "--checkpoint-every", "1"]) == 0
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert any("fold 1/2" in reason for _, reason in split["skipped"]["train"])
+    saved = recipe.load(tmp_path / "run" / "train_config.json")
+    assert saved.data.hold_out_fold == "1/2"
+    with pytest.raises(UsageError, match="different split.*--hold-out-fold"):
+        train.main([*common, "--hold-out-fold", "2/2", "--epochs", "2", "--resume"])
+
+
+@pytest.mark.parametrize("fold", ["0/2", "3/2", "1/1", "half"])
+def test_a_fold_that_is_not_one_of_k_is_refused(fold, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--dataset", "phantom", "--hold-out-fold", fold, "--out", str(tmp_path / "run")])
+    assert "--hold-out-fold" in capsys.readouterr().err

@@ -48,6 +48,17 @@ def format_size(size: tuple[int, int]) -> str:
     return "x".join(str(v) for v in size)
 
 
+def parse_fold(text: str) -> str:
+    """``I/K``: fold I (1-based) of K; returned as written, checked."""
+    try:
+        fold, folds = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 1/2, got {text!r}") from None
+    if not 1 <= fold <= folds or folds < 2:
+        raise argparse.ArgumentTypeError(f"expected 1 <= I <= K and K >= 2, got {text!r}")
+    return f"{fold}/{folds}"
+
+
 def option(
     default: Any,
     help: str = "",
@@ -84,6 +95,14 @@ class DataSection:
         False,
         "AASCE: leave labels with vertebrae out of order out (train and pack: from training only, "
         "validation keeps them; evaluate: from the split, metrics.json lists them under 'skipped')",
+    )
+    hold_out_fold: str | None = option(
+        None,
+        "cross-fitting: leave fold I of K of the training images out of training (folds by a hash of each "
+        "id and --split-seed; split.json lists them under 'skipped'), so a part trained later on this "
+        "network's points of those images sees the errors of images it never trained on",
+        parse=parse_fold,
+        metavar="I/K",
     )
 
 

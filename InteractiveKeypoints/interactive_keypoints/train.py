@@ -61,6 +61,7 @@ from .clicks import SimulatedUser, previous_input, sample_click_mask
 from .config import ModelConfig, compact_config
 from .conventions import write_text_atomic
 from .data import DatasetSplit, KeypointTrainingDataset, training_splits
+from .data.folder import hash_order
 from .data.training import EpochBatchSampler, EpochItems
 from .errors import KeypointsError, UsageError
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
@@ -69,7 +70,15 @@ from .losses import heatmap_loss, morphology_term
 from .model_card import write_card
 from .model_io import build_model, load_model, save_model
 from .morphology import MorphologySelection, select_morphology
-from .recipe import DataSection, InteractionSection, LossSection, ModelSection, OptimisationSection, Recipe
+from .recipe import (
+    DataSection,
+    InteractionSection,
+    LossSection,
+    ModelSection,
+    OptimisationSection,
+    Recipe,
+    parse_fold,
+)
 
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -155,14 +164,35 @@ def load_splits(data: DataSection, input_size: tuple[int, int]) -> tuple[Dataset
     if data.pack is None:
         if data.dataset is None:
             raise UsageError("no data: give --dataset or --pack")
-        return training_splits(
+        splits = training_splits(
             data.dataset, data.data_root, data.split_seed, data.phantom_images, data.drop_disordered_labels
         )
-    from .data.pack import load_pack_splits
+    else:
+        from .data.pack import load_pack_splits
 
-    if data.data_root is not None:
-        raise UsageError("--pack holds the data: give --pack or --data-root, not both")
-    return load_pack_splits(data.pack, input_size, data.split_seed, data.drop_disordered_labels)
+        if data.data_root is not None:
+            raise UsageError("--pack holds the data: give --pack or --data-root, not both")
+        splits = load_pack_splits(data.pack, input_size, data.split_seed, data.drop_disordered_labels)
+    return splits if data.hold_out_fold is None else hold_out(*splits, data.hold_out_fold, data.split_seed)
+
+
+def in_fold(sample_id: str, fold: str, seed: int) -> bool:
+    """Whether an image is in fold ``I/K``: its hash decides, whatever other images the set has."""
+    index, folds = (int(v) for v in parse_fold(fold).split("/"))
+    return int(hash_order(sample_id, seed), 16) % folds == index - 1
+
+
+def hold_out(train: DatasetSplit, val: DatasetSplit, record: dict, fold: str, seed: int):
+    """The splits without the training images of ``fold``; the record lists them as skipped, so
+    a resume with another fold is refused like one on other data."""
+    kept = [s for s in train.samples if not in_fold(s.id, fold, seed)]
+    if not kept or len(kept) == len(train.samples):
+        raise UsageError(f"--hold-out-fold {fold} leaves {len(kept)} of {len(train.samples)} training images")
+    reason = f"held out: fold {fold} (--hold-out-fold)"
+    held = [(s.id, reason) for s in train.samples if in_fold(s.id, fold, seed)]
+    skipped = dict(record.get("skipped", {}))
+    skipped["train"] = [*skipped.get("train", []), *held]
+    return dataclasses.replace(train, samples=kept), val, dict(record, skipped=skipped)
 
 
 def used_ids(split_record: dict) -> dict[str, list[str]]:
@@ -735,7 +765,7 @@ class Trainer:
         if used_ids(state["split"]) != used_ids(self.split_record):
             raise UsageError(
                 "the checkpoint was trained on a different split; resume with the same --split-seed, "
-                "data and --drop-disordered-labels"
+                "data, --drop-disordered-labels and --hold-out-fold"
             )
         if self.is_main:
             print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)", flush=True)
