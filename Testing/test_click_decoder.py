@@ -219,6 +219,46 @@ def test_train_decoder_writes_a_folder_that_evaluate_runs_with_and_without(tmp_p
     assert json.loads((tmp_path / "guided" / "metrics.json").read_text())["guided"]["review_score"] == "decoder"
 
 
+@pytest.mark.slow
+def test_cross_fitted_states_come_from_the_fold_model_that_did_not_train_on_each_image(tmp_path):
+    from interactive_keypoints import cli, train
+    from interactive_keypoints.data.common import load_grey_image
+    from interactive_keypoints.train_decoder import held_out_images
+
+    common = ["--dataset", "phantom", "--phantom-images", "8"]
+    folds = [tmp_path / f"fold{k}" for k in (1, 2)]
+    for k, folder in enumerate(folds, 1):
+        assert train.main([*common, "--hold-out-fold", f"{k}/2", "--width", "18", "--input", "256x128", "--epochs", "1",
+                           "--max-steps", "1", "--threads", "1", "--seed", str(k), "--quiet", "--out", str(folder)]) == 0  # fmt: skip
+    held = [held_out_images(folder) for folder in folds]
+    decoder = ["train-decoder", "--model", "models/phantom-spine-68", *common, "--clicks", "1", "--group", "4",
+               "--epochs", "1", "--threads", "1", "--quiet"]  # fmt: skip
+    out = tmp_path / "crossfit"
+    assert cli.main([*decoder, "--fold-models", *map(str, folds), "--out", str(out)]) == 0
+    assert not (out / "cache" / "click_states_train.json").exists()  # validation's come from --model
+    assert (out / "cache" / "click_states_val.json").exists()
+    for k, ids in enumerate(held, 1):
+        cached = json.loads((out / "cache" / f"click_states_train_fold{k}.json").read_text())["states"]
+        assert set(cached) == ids
+    # an image of fold 1: its 0-click points are fold 1's network's, not the target's
+    image_id = sorted(held[0])[0]
+    training_images = train.load_splits(train.recipes.DataSection(dataset="phantom", phantom_images=8), (256, 128))[0]
+    sample = next(s for s in training_images.samples if s.id == image_id)
+    session = KeypointSession(load_model(folds[0]), load_grey_image(sample), local_stage=False, click_decoder=False)
+    session.predict()
+    cached = json.loads((out / "cache" / "click_states_train_fold1.json").read_text())["states"][image_id]
+    np.testing.assert_allclose(cached["raw"][0], session.network_points, atol=1e-3)
+    target_model = load_model("models/phantom-spine-68")
+    target = KeypointSession(target_model, load_grey_image(sample), local_stage=False, click_decoder=False)
+    target.predict()
+    assert np.abs(np.asarray(cached["raw"][0]) - target.network_points).max() > 1.0
+    assert load_model(out).click_decoder_config.trained["fold_models"] == [str(f) for f in folds]
+
+    # folds that do not cover the training images once each, or a folder that held none out: refused
+    assert cli.main([*decoder, "--fold-models", str(folds[0]), "--out", str(tmp_path / "one")]) == 2
+    assert cli.main([*decoder, "--fold-models", "models/phantom-spine-68", "--out", str(tmp_path / "none")]) == 2
+
+
 def test_a_check_next_head_leaves_the_offsets_training_as_it_was():
     batch = decoder_batch(shifted_run_states(0, 8), correction_length=0.0, correction_noise=0.3)
     trained = []

@@ -176,6 +176,10 @@ def load_splits(data: DataSection, input_size: tuple[int, int]) -> tuple[Dataset
     return splits if data.hold_out_fold is None else hold_out(*splits, data.hold_out_fold, data.split_seed)
 
 
+# the reason split.json gives for a training image a fold left out (train-decoder --fold-models reads it)
+HELD_OUT = "held out: fold"
+
+
 def in_fold(sample_id: str, fold: str, seed: int) -> bool:
     """Whether an image is in fold ``I/K``: its hash decides, whatever other images the set has."""
     index, folds = (int(v) for v in parse_fold(fold).split("/"))
@@ -188,7 +192,7 @@ def hold_out(train: DatasetSplit, val: DatasetSplit, record: dict, fold: str, se
     kept = [s for s in train.samples if not in_fold(s.id, fold, seed)]
     if not kept or len(kept) == len(train.samples):
         raise UsageError(f"--hold-out-fold {fold} leaves {len(kept)} of {len(train.samples)} training images")
-    reason = f"held out: fold {fold} (--hold-out-fold)"
+    reason = f"{HELD_OUT} {fold} (--hold-out-fold)"
     held = [(s.id, reason) for s in train.samples if in_fold(s.id, fold, seed)]
     skipped = dict(record.get("skipped", {}))
     skipped["train"] = [*skipped.get("train", []), *held]

@@ -17,6 +17,11 @@
    has the per-epoch losses and the validation curves.
    ``--mirror`` adds every state turned over left-right (the model's ``flip_pairs``): twice the
    states for the same network passes.
+   ``--fold-models DIR ...`` (cross-fitting, #25): the training states come from networks
+   trained with ``train --hold-out-fold I/K``, each image's from the fold that left it out, run
+   with ``--model``'s field (and, under ``--on-policy``, its decoder): a network errs on the
+   images it trained on less, and otherwise, than on new ones, and the decoder must learn the
+   errors of new images. Validation's states stay ``--model``'s own.
 3. With ``--review-members N`` the decoder also gets a check-next head (N members): trained
    on the states with 0..C clicks to give each point's error after the decoder (log of the
    error in 1 % of the landmarks' extent); reported as the error of the head's first pick vs
@@ -54,8 +59,9 @@ from .data.common import load_grey_image
 from .errors import UsageError
 from .imaging import Radiograph
 from .inference import Predictor
-from .model_io import KeypointModel, copy_model_folder
+from .model_io import KeypointModel, copy_model_folder, load_model
 from .session import KeypointSession
+from .train import HELD_OUT
 from .train_local import model_and_splits
 
 LOG_FILE = "decoder_log.csv"
@@ -70,6 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--on-policy",
         action="store_true",
         help="the user clicks what the model folder's own decoder shows (its click order; the new decoder replaces it)",
+    )
+    data.add_argument(
+        "--fold-models",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="cross-fitting: model folders trained with train --hold-out-fold; each training image's states "
+        "come from the one that did not train on it (with --model's field, and its decoder under --on-policy); "
+        "validation's from --model",
     )
     decoder = parser.add_argument_group("the decoder (click_decoder.ClickDecoderConfig)")
     decoder.add_argument("--group", type=int, default=1, help="landmarks per token (AASCE: 4, a vertebra)")
@@ -151,9 +167,11 @@ def load_states(
     cache: Path,
     quiet: bool,
     on_policy: bool = False,
+    name: str | None = None,
 ) -> ClickStates:
-    """Every image's states, cached by id (a cache of another model, click count or policy is not reused)."""
-    cache_file = cache / f"click_states_{split.split}.json"
+    """Every image's states, cached by id (a cache of another model, click count or policy is not
+    reused); ``name``: the cache file's (default: the split's)."""
+    cache_file = cache / f"click_states_{name or split.split}.json"
     key = {"model": str(model.folder), "clicks": clicks} | ({"on_policy": True} if on_policy else {})
     stored = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     cached = stored.get("states", {}) if stored.get("key") == key else {}
@@ -169,6 +187,69 @@ def load_states(
         cache.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cache_file, json.dumps({"key": key, "states": cached}))
     return ClickStates(np.stack(raw), np.stack(order), split.points_array())
+
+
+def held_out_images(folder: Path) -> set[str]:
+    """The training images a model folder's run left out (train --hold-out-fold; its split.json)."""
+    split_file = folder / "split.json"
+    if not split_file.is_file():
+        raise UsageError(f"--fold-models: {folder} has no split.json (a model folder that train wrote)")
+    skipped = json.loads(split_file.read_text()).get("skipped", {}).get("train", [])
+    held = {sample_id for sample_id, reason in skipped if reason.startswith(HELD_OUT)}
+    if not held:
+        raise UsageError(f"--fold-models: {folder} held no training images out (train it with --hold-out-fold I/K)")
+    return held
+
+
+def cross_fitted_states(
+    split: DatasetSplit, model: KeypointModel, folders: list[Path], clicks: int, cache: Path, args
+) -> ClickStates:
+    """The training states, each image's from the fold model that did not train on it: what the
+    network does on images it has not fitted, in the target model's field (and decoder)."""
+    held = [held_out_images(folder) for folder in folders]
+    owners = [[i for i, ids in enumerate(held) if sample.id in ids] for sample in split.samples]
+    unowned = [s.id for s, owner in zip(split.samples, owners) if len(owner) != 1]
+    if unowned:
+        raise UsageError(
+            f"--fold-models: {len(unowned)} training image(s) are held out by none or several of the folders "
+            f"(e.g. {unowned[0]}); give the folds of one --hold-out-fold I/K series, trained on this split"
+        )
+    parts, rows = [], []
+    for i, folder in enumerate(folders):
+        fold_model = load_model(folder)
+        if fold_model.config.num_keypoints != model.config.num_keypoints:
+            raise UsageError(
+                f"--fold-models: {folder} has {fold_model.config.num_keypoints} landmarks, not {model.config.num_keypoints}"
+            )
+        # the session the user sees: the target model's field, and its decoder for the click order
+        fold_model.config = dataclasses.replace(
+            fold_model.config,
+            correction_length=model.config.correction_length,
+            correction_noise=model.config.correction_noise,
+            click_decoder=model.config.click_decoder if args.on_policy else {},
+        )
+        fold_model.click_decoder = model.click_decoder if args.on_policy else None
+        samples = [s for s, owner in zip(split.samples, owners) if owner == [i]]
+        fold_split = dataclasses.replace(split, samples=samples)
+        parts.append(
+            load_states(
+                fold_split,
+                fold_model,
+                Predictor(fold_model, "cpu"),
+                clicks,
+                cache,
+                args.quiet,
+                args.on_policy,
+                f"{split.split}_fold{i + 1}",
+            )
+        )
+        rows += [j for j, owner in enumerate(owners) if owner == [i]]
+    back = np.argsort(rows)  # the split's own order
+    return ClickStates(
+        np.concatenate([p.raw for p in parts])[back],
+        np.concatenate([p.order for p in parts])[back],
+        np.concatenate([p.truth for p in parts])[back],
+    )
 
 
 # ------------------------------------------------------------------ decoder inputs and training
@@ -415,6 +496,8 @@ def train_decoder(args) -> Path:
     field = (model.config.correction_length, model.config.correction_noise)
     states = [
         load_states(split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
+        if split is val_split or not args.fold_models
+        else cross_fitted_states(split, model, args.fold_models, args.clicks, cache, args)
         for split in (train_split, val_split)
     ]
     train, val = (decoder_batch(split_states, *field) for split_states in states)
@@ -426,6 +509,7 @@ def train_decoder(args) -> Path:
     if not args.review_only:
         network.config.trained = {
             "epochs": args.epochs, "train_states": len(train.clicks), "mirrored": args.mirror,
+            "fold_models": [str(f) for f in args.fold_models or []],
             "cpu_s": round(time.process_time() - started, 1),
             "val_mre_px_field_vs_decoder": {str(c): [round(a, 2), round(b, 2)] for c, (a, b) in val_curves.items()},
         }  # fmt: skip
