@@ -10,7 +10,18 @@ import numpy as np
 
 from .conventions import radial_errors
 
-__all__ = ["SDR_THRESHOLDS_MM", "cobb_smape", "mre", "mre_sd", "noc", "noc_key", "noc_summary", "radial_errors", "sdr"]
+__all__ = [
+    "SDR_THRESHOLDS_MM",
+    "cobb_smape",
+    "cobb_smape_per_image",
+    "mre",
+    "mre_sd",
+    "noc",
+    "noc_key",
+    "noc_summary",
+    "radial_errors",
+    "sdr",
+]
 
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
 
@@ -74,15 +85,19 @@ def mre_sd(radial_errors_mm) -> tuple[float, float]:
     return float(errors.mean()), float(errors.std())
 
 
-def cobb_smape(predicted_angles, true_angles) -> float:
-    """The AASCE 2019 challenge score: mean over images of sum|a - b| / sum(a + b) * 100 over
-    the three Cobb angles of an image (N, 3); an image whose angles are all 0 on both sides
-    counts as 0 %."""
+def cobb_smape_per_image(predicted_angles, true_angles) -> np.ndarray:
+    """Each image's AASCE 2019 challenge score (%): sum|a - b| / sum(a + b) * 100 over the
+    three Cobb angles of an image (N, 3); an image whose angles are all 0 on both sides counts
+    as 0 %."""
     pred = np.asarray(predicted_angles, dtype=np.float64)
     truth = np.asarray(true_angles, dtype=np.float64)
     if pred.shape != truth.shape or pred.ndim != 2 or pred.shape[0] == 0:
         raise ValueError(f"expected two (N, 3) arrays of Cobb angles with N >= 1, got {pred.shape} and {truth.shape}")
     total = (pred + truth).sum(axis=1)
     diff = np.abs(pred - truth).sum(axis=1)
-    per_image = np.divide(diff, total, out=np.zeros_like(diff), where=total > 0)
-    return float(100.0 * per_image.mean())
+    return 100.0 * np.divide(diff, total, out=np.zeros_like(diff), where=total > 0)
+
+
+def cobb_smape(predicted_angles, true_angles) -> float:
+    """The AASCE 2019 challenge score: the mean over images of :func:`cobb_smape_per_image`."""
+    return float(cobb_smape_per_image(predicted_angles, true_angles).mean())

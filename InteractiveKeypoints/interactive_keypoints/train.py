@@ -189,13 +189,13 @@ def in_fold(sample_id: str, fold: str, seed: int) -> bool:
 def hold_out(train: DatasetSplit, val: DatasetSplit, record: dict, fold: str, seed: int):
     """The splits without the training images of ``fold``; the record lists them as skipped, so
     a resume with another fold is refused like one on other data."""
-    kept = [s for s in train.samples if not in_fold(s.id, fold, seed)]
-    if not kept or len(kept) == len(train.samples):
+    held = {s.id for s in train.samples if in_fold(s.id, fold, seed)}
+    kept = [s for s in train.samples if s.id not in held]
+    if not held or not kept:
         raise UsageError(f"--hold-out-fold {fold} leaves {len(kept)} of {len(train.samples)} training images")
     reason = f"{HELD_OUT} {fold} (--hold-out-fold)"
-    held = [(s.id, reason) for s in train.samples if in_fold(s.id, fold, seed)]
     skipped = dict(record.get("skipped", {}))
-    skipped["train"] = [*skipped.get("train", []), *held]
+    skipped["train"] = [*skipped.get("train", []), *((s.id, reason) for s in train.samples if s.id in held)]
     return dataclasses.replace(train, samples=kept), val, dict(record, skipped=skipped)
 
 

@@ -207,14 +207,16 @@ def cross_fitted_states(
     """The training states, each image's from the fold model that did not train on it: what the
     network does on images it has not fitted, in the target model's field (and decoder)."""
     held = [held_out_images(folder) for folder in folders]
-    owners = [[i for i, ids in enumerate(held) if sample.id in ids] for sample in split.samples]
-    unowned = [s.id for s, owner in zip(split.samples, owners) if len(owner) != 1]
-    if unowned:
-        raise UsageError(
-            f"--fold-models: {len(unowned)} training image(s) are held out by none or several of the folders "
-            f"(e.g. {unowned[0]}); give the folds of one --hold-out-fold I/K series, trained on this split"
-        )
-    parts, rows = [], []
+    fold_of = {}
+    for sample in split.samples:
+        folds = [i for i, ids in enumerate(held) if sample.id in ids]
+        if len(folds) != 1:
+            raise UsageError(
+                f"--fold-models: training image {sample.id} is held out by {len(folds)} of the folders, not 1; "
+                "give the folds of one --hold-out-fold I/K series, trained on this split"
+            )
+        fold_of[sample.id] = folds[0]
+    by_id: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for i, folder in enumerate(folders):
         fold_model = load_model(folder)
         if fold_model.config.num_keypoints != model.config.num_keypoints:
@@ -229,27 +231,14 @@ def cross_fitted_states(
             click_decoder=model.config.click_decoder if args.on_policy else {},
         )
         fold_model.click_decoder = model.click_decoder if args.on_policy else None
-        samples = [s for s, owner in zip(split.samples, owners) if owner == [i]]
-        fold_split = dataclasses.replace(split, samples=samples)
-        parts.append(
-            load_states(
-                fold_split,
-                fold_model,
-                Predictor(fold_model, "cpu"),
-                clicks,
-                cache,
-                args.quiet,
-                args.on_policy,
-                f"{split.split}_fold{i + 1}",
-            )
+        fold_split = dataclasses.replace(split, samples=[s for s in split.samples if fold_of[s.id] == i])
+        predictor = Predictor(fold_model, "cpu")
+        states = load_states(
+            fold_split, fold_model, predictor, clicks, cache, args.quiet, args.on_policy, f"{split.split}_fold{i + 1}"
         )
-        rows += [j for j, owner in enumerate(owners) if owner == [i]]
-    back = np.argsort(rows)  # the split's own order
-    return ClickStates(
-        np.concatenate([p.raw for p in parts])[back],
-        np.concatenate([p.order for p in parts])[back],
-        np.concatenate([p.truth for p in parts])[back],
-    )
+        by_id.update(zip(fold_split.ids, zip(states.raw, states.order)))
+    raw, order = zip(*(by_id[sample.id] for sample in split.samples))  # the split's own order
+    return ClickStates(np.stack(raw), np.stack(order), split.points_array())
 
 
 # ------------------------------------------------------------------ decoder inputs and training
@@ -494,12 +483,12 @@ def train_decoder(args) -> Path:
         raise UsageError(f"--mirror needs the model's flip_pairs (left/right landmarks); {args.model} has none")
     predictor, cache = Predictor(model, "cpu"), args.cache or Path(args.out) / "cache"
     field = (model.config.correction_length, model.config.correction_noise)
-    states = [
-        load_states(split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
-        if split is val_split or not args.fold_models
-        else cross_fitted_states(split, model, args.fold_models, args.clicks, cache, args)
-        for split in (train_split, val_split)
-    ]
+    if args.fold_models:
+        train_states = cross_fitted_states(train_split, model, args.fold_models, args.clicks, cache, args)
+    else:
+        train_states = load_states(train_split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
+    val_states = load_states(val_split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
+    states = [train_states, val_states]
     train, val = (decoder_batch(split_states, *field) for split_states in states)
     if args.mirror:
         train = mirrored(train, model.config.flip_pairs)

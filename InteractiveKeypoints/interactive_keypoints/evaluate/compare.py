@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..metrics import cobb_smape
+from ..metrics import cobb_smape_per_image
 
 PER_IMAGE = "per_image.csv"
 MEASUREMENTS = "measurements_per_image.csv"
@@ -69,11 +69,8 @@ def read_cobb_smape(folder: Path) -> tuple[list[str], np.ndarray] | None:
     angles = len(rows) // len(ids)
     clicks = sorted((k for k in rows[0] if k.startswith("clicks_")), key=lambda k: int(k.split("_")[1]))
     truth = np.array([float(r["truth"]) for r in rows]).reshape(len(ids), angles)
-    smape = np.empty((len(ids), len(clicks)))
-    for c, key in enumerate(clicks):
-        predicted = np.array([float(r[key]) for r in rows]).reshape(len(ids), angles)
-        smape[:, c] = [cobb_smape(predicted[i : i + 1], truth[i : i + 1]) for i in range(len(ids))]
-    return ids, smape
+    predicted = (np.array([float(r[key]) for r in rows]).reshape(len(ids), angles) for key in clicks)
+    return ids, np.stack([cobb_smape_per_image(p, truth) for p in predicted], axis=1)
 
 
 def paired_difference(
