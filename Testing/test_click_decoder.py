@@ -253,6 +253,16 @@ def test_cross_fitted_states_come_from_the_fold_model_that_did_not_train_on_each
     target.predict()
     assert np.abs(np.asarray(cached["raw"][0]) - target.network_points).max() > 1.0
     assert load_model(out).click_decoder_config.trained["fold_models"] == [str(f) for f in folds]
+    phantom_train_images = len(training_images.samples)
+    assert load_model(out).click_decoder_config.trained["train_states"] == phantom_train_images  # 1 click each
+
+    # with the target's own states beside them: twice the states, the own ones cached apart
+    both = tmp_path / "both"
+    assert cli.main([*decoder, "--fold-models", *map(str, folds), "--with-own-states", "--out", str(both)]) == 0
+    assert load_model(both).click_decoder_config.trained["train_states"] == 2 * phantom_train_images
+    own = json.loads((both / "cache" / "click_states_train.json").read_text())
+    assert own["key"]["model"] == "models/phantom-spine-68" and set(own["states"]) == set().union(*held)
+    assert cli.main([*decoder, "--with-own-states", "--out", str(tmp_path / "own-only")]) == 2  # needs folds
 
     # folds that do not cover the training images once each, or a folder that held none out: refused
     assert cli.main([*decoder, "--fold-models", str(folds[0]), "--out", str(tmp_path / "one")]) == 2

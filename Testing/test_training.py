@@ -498,6 +498,39 @@ def test_validation_every_n_epochs_checkpoint_at_the_end_and_time_budget(tmp_pat
 
 
 @pytest.mark.slow
+def test_selection_on_cobb_smape_and_a_resume_that_switches_to_it(tmp_path):
+    out = tmp_path / "spine"
+    assert run_train(out, "--epochs", "1") == 0
+    first_best = load_file(out / "model.safetensors")
+    assert run_train(out, "--epochs", "2", "--resume", "--select-on", "cobb3") == 0
+    kept = out / "best-mre0"  # the best by the old score stays a model folder
+    assert json.loads((kept / "val_metrics.json").read_text())["select_on"] == "mre0"
+    for name, tensor in load_file(kept / "model.safetensors").items():
+        assert torch.equal(tensor, first_best[name]), name
+    load_model(kept)
+    best = json.loads((out / "val_metrics.json").read_text())
+    assert best["select_on"] == "cobb3" and best["epoch"] == 1 and 0 <= best["cobb3_smape"] <= 100
+    rows = list(csv.DictReader(open(out / "training_log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and float(rows[1]["best_val_mre_px"]) == pytest.approx(
+        best["cobb3_smape"], abs=1e-3
+    )
+    with pytest.raises(ValueError, match="needs a spine model"):
+        train.main(
+            [
+                *TINY,
+                "--dataset",
+                "phantom-hidden",
+                "--epochs",
+                "1",
+                "--select-on",
+                "cobb3",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+
+
+@pytest.mark.slow
 def test_validation_follows_the_evaluation_protocol():
     # the batched 0/3-click validation gives the MREs of evaluate.simulate_revision (session rule) on a trained model
     from interactive_keypoints.data import get_dataset
@@ -522,6 +555,34 @@ def test_validation_follows_the_evaluation_protocol():
     assert metrics["mre3_px"] == pytest.approx(np.mean([c.model[3] for c in curves]), abs=1e-3)
     assert metrics["manual3_px"] == pytest.approx(np.mean([c.manual[3] for c in curves]), abs=1e-3)
     assert metrics["mre3_px"] < metrics["mre0_px"]
+    # a spine model's validation also scores Cobb angles, as evaluate's challenge SMAPE does
+    from interactive_keypoints.evaluate.report import sample_measurements
+    from interactive_keypoints.metrics import cobb_smape
+
+    def smape_after(clicks):
+        angles = [
+            [m.value for m in sample_measurements(c.points_by_clicks[clicks], s, "aasce-cobb")]
+            for c, s in zip(curves, samples.samples)
+        ]
+        truth = [[m.value for m in sample_measurements(s.points, s, "aasce-cobb")] for s in samples.samples]
+        return cobb_smape(angles, truth)
+
+    assert metrics["cobb0_smape"] == pytest.approx(smape_after(0), abs=0.05)
+    assert metrics["cobb3_smape"] == pytest.approx(smape_after(3), abs=0.05)
+
+
+def test_cobb_smape_of_validation_points():
+    from interactive_keypoints.data import get_dataset
+
+    truth = get_dataset("phantom", None, "val", num_images=2, seed=0).points_array()
+    heights = np.array([512.0, 512.0])
+    assert train.cobb_smape_of(truth, truth, heights) == 0.0
+    tilted = truth.copy()
+    tilted[:, 4:8:2, 1] += 6.0  # T2's left corners lower: a tilted vertebra
+    assert 0.0 < train.cobb_smape_of(tilted, truth, heights) < 100.0
+    flat = truth.copy()
+    flat[0, 0:4] = flat[0, 0]  # T1 collapsed to one point: no angle; that image scores the worst
+    assert train.cobb_smape_of(flat, truth, heights) == pytest.approx(50.0)
 
 
 @pytest.mark.slow

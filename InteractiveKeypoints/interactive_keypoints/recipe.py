@@ -186,7 +186,9 @@ class ValidationSection:
     """which weights are kept"""
 
     val_every: int = option(1, "validate every N epochs (and after the last)")
-    select_on: Literal["mre0", "mre3"] = option("mre0", "keep the weights with the best val MRE at 0 clicks or after 3")
+    select_on: Literal["mre0", "mre3", "cobb3"] = option(
+        "mre0", "keep the weights with the best val MRE at 0 clicks or after 3, or (spine) Cobb SMAPE after 3"
+    )
     patience: int = option(50, "early stopping on validation MRE (epochs)")
 
 

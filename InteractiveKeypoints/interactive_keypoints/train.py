@@ -41,6 +41,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -67,8 +68,10 @@ from .errors import KeypointsError, UsageError
 from .heatmaps import decode_heatmaps, gaussian_heatmaps
 from .inference import cpu_info, fast_dtype, pick_device
 from .losses import heatmap_loss, morphology_term
+from .measurements import cobb_angles
+from .metrics import cobb_smape_per_image
 from .model_card import write_card
-from .model_io import build_model, load_model, save_model
+from .model_io import build_model, copy_model_folder, load_model, save_model
 from .morphology import MorphologySelection, select_morphology
 from .recipe import (
     DataSection,
@@ -100,8 +103,11 @@ LOG_COLUMNS = [
     "val_mre3_px",
     "val_manual3_px",
     "propagation_gain_px",
+    "val_cobb0_smape",
+    "val_cobb3_smape",
 ]
 VALIDATION_CLICKS = 3
+SELECTION_METRIC = {"mre0": "mre0_px", "mre3": "mre3_px", "cobb3": "cobb3_smape"}
 
 
 # ------------------------------------------------------------------ arguments
@@ -376,12 +382,17 @@ def validation_metrics(
     and its previous output in the clicked channels only, and clicked points count as exact.
     ``manual3_px``: the 0-click prediction with only the clicked points set to the truth.
     ``propagation_gain_px`` = manual - model: what re-running the model adds to the clicks.
+    Spine models (``config.measurements`` "aasce-cobb") also get ``cobb0_smape`` and
+    ``cobb3_smape``: the challenge's Cobb SMAPE (%) at 0 clicks and after ``clicks``
+    (:func:`cobb_smape_of`), which MRE does not see (endplate slopes).
     """
     network.eval()
     k, size = config.num_keypoints, config.input_size
     clicks = min(clicks, k)
     user = SimulatedUser()
     totals, images_seen = torch.zeros(3, device=device), 0
+    cobb = config.measurements == "aasce-cobb"
+    spine_points: list[tuple[torch.Tensor, ...]] = []  # (start, after clicks, truth, image height) per batch
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
@@ -403,16 +414,18 @@ def validation_metrics(
             points = torch.where(clicked[..., None], truth, points)
             errors = torch.linalg.vector_norm(points - truth, dim=-1)  # (B, K)
             if step == 0:
-                start_errors = errors
+                start_errors, start_points = errors, points
             if step < clicks:
                 user.click(points, truth, clicked)
         # the manual user sets the `clicks` largest errors of the start to zero
         manual = start_errors.sum(1) - start_errors.topk(clicks, dim=1).values.sum(1)
         totals += torch.stack([start_errors.mean(1).sum(), errors.mean(1).sum(), (manual / k).sum()])
         images_seen += b
+        if cobb:
+            spine_points.append((start_points, points, truth, batch["orig_size"][:, 0]))
     network.train()
     mre0, mre3, manual3 = (totals / max(images_seen, 1)).tolist()  # the one sync
-    return {
+    metrics = {
         "mre0_px": mre0,
         "mre3_px": mre3,
         "manual3_px": manual3,
@@ -420,6 +433,27 @@ def validation_metrics(
         "clicks": clicks,
         "images": images_seen,
     }
+    if spine_points:
+        start, revised, truth, heights = (torch.cat(parts).cpu().numpy() for parts in zip(*spine_points))
+        metrics["cobb0_smape"] = cobb_smape_of(start, truth, heights)
+        metrics["cobb3_smape"] = cobb_smape_of(revised, truth, heights)
+    return metrics
+
+
+def cobb_smape_of(points: np.ndarray, truth: np.ndarray, heights: np.ndarray) -> float:
+    """The AASCE challenge's Cobb SMAPE (%) of (N, 68, 2) points against the truth's angles
+    (pixel geometry, as the challenge; ``heights`` for the curve rule). An image whose points
+    give no angles (a vertebra of zero width, early in training) scores 100 %, the worst."""
+    scores = []
+    for predicted, true, height in zip(points, truth, heights):
+        true_angles = [m.value for m in cobb_angles(true, image_height=float(height))]
+        try:
+            angles = [m.value for m in cobb_angles(predicted, image_height=float(height))]
+        except ValueError:
+            scores.append(100.0)
+            continue
+        scores.append(float(cobb_smape_per_image([angles], [true_angles])[0]))
+    return float(np.mean(scores))
 
 
 def learning_rate(schedule: OptimisationSection, epoch: int, elapsed_s: float | None = None) -> float:
@@ -662,8 +696,8 @@ def keep_log_rows_before(log_path: Path, epoch: int) -> None:
     """On resume: drop the rows of epochs after the checkpoint (they will be trained again)."""
     with open(log_path, newline="") as f:
         rows = list(csv.reader(f))
-    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) < epoch]
-    if len(kept) != len(rows):
+    kept = [LOG_COLUMNS] + [row for row in rows[1:] if row and int(row[0]) < epoch]  # an older log gets the new head
+    if kept != rows:
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
@@ -676,6 +710,8 @@ def epoch_line(epoch, images_per_s, loss, metrics, elapsed_s) -> str:
             f"val MRE {metrics['mre0_px']:.2f} px, {metrics['mre3_px']:.2f} after {metrics['clicks']} clicks "
             f"(gain {metrics['propagation_gain_px']:+.2f})"
         )
+        if "cobb0_smape" in metrics:
+            val += f", Cobb SMAPE {metrics['cobb0_smape']:.1f} %, {metrics['cobb3_smape']:.1f} after clicks"
     return f"epoch {epoch}: {images_per_s:.1f} img/s loss {loss:.4f} {val} {elapsed_s:.0f} s"
 
 
@@ -711,6 +747,8 @@ class Trainer:
         self.dataset: str = self.split_record["dataset"]  # a pack's too
         name = dataset_name(self.dataset, recipe.data.data_root)
         self.config = make_config(recipe.model, self.train_split, self.dataset, name)
+        if recipe.validation.select_on == "cobb3" and self.config.measurements != "aasce-cobb":
+            raise UsageError(f"--select-on cobb3 needs a spine model (Cobb angles); {self.dataset} has none")
         self.selection = morphology_selection(self.train_split, recipe.loss)
         self.model = build_model(self.config)
         if not recipe.output.resume:
@@ -773,7 +811,21 @@ class Trainer:
             )
         if self.is_main:
             print(f"resumed from epoch {state['epoch']} (best val MRE {state['best_mre']:.2f} px)", flush=True)
+        if state.get("select_on", "mre0") != recipe.validation.select_on:
+            self.switch_selection(state)
         return state
+
+    def switch_selection(self, state: dict) -> None:
+        """A resume that selects on another score: the best so far by the old one stays as a model
+        folder of its own (``OUT/best-<old>``), the new score starts without a best."""
+        old, new = state.get("select_on", "mre0"), self.recipe.validation.select_on
+        if self.is_main and (self.out / "model.json").is_file():
+            copy_model_folder(self.out, self.out / f"best-{old}")
+            for name in (VAL_METRICS_FILE, TRAIN_CONFIG_FILE):
+                if (self.out / name).is_file():
+                    shutil.copy2(self.out / name, self.out / f"best-{old}" / name)
+            print(f"selection switched from {old} to {new}: the best by {old} is kept in {self.out / f'best-{old}'}")
+        state.update(select_on=new, best_mre=math.inf, best_epoch=state["epoch"] - 1, epochs_without_improvement=0)
 
     def make_loaders(self) -> None:
         config, recipe = self.config, self.recipe
@@ -911,7 +963,7 @@ class Trainer:
             self.network, self.val_loader, self.config, self.device, self.autocast, channels_last=self.fast
         )
         self.val_s = self.clock() - val_start
-        score = metrics["mre0_px" if select_on == "mre0" else "mre3_px"]
+        score = metrics[SELECTION_METRIC[select_on]]
         if score < self.state["best_mre"]:
             self.state.update(best_mre=score, best_epoch=epoch, epochs_without_improvement=0)
             output = self.recipe.output
@@ -943,6 +995,7 @@ class Trainer:
                     round(result.images_per_s, 2),
                     round(state["elapsed_s"], 1),
                     *(round(m.get(key, nan), 3) for key in ("mre3_px", "manual3_px", "propagation_gain_px")),
+                    *(round(m.get(key, nan), 3) for key in ("cobb0_smape", "cobb3_smape")),
                 ]
             )
         print(epoch_line(epoch, result.images_per_s, result.mean_losses[0], metrics, state["elapsed_s"]), flush=True)

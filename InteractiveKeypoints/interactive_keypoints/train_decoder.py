@@ -21,7 +21,8 @@
    trained with ``train --hold-out-fold I/K``, each image's from the fold that left it out, run
    with ``--model``'s field (and, under ``--on-policy``, its decoder): a network errs on the
    images it trained on less, and otherwise, than on new ones, and the decoder must learn the
-   errors of new images. Validation's states stay ``--model``'s own.
+   errors of new images. Validation's states stay ``--model``'s own. ``--with-own-states``
+   adds ``--model``'s own training states beside them (the own ones teach the first click).
 3. With ``--review-members N`` the decoder also gets a check-next head (N members): trained
    on the states with 0..C clicks to give each point's error after the decoder (log of the
    error in 1 % of the landmarks' extent); reported as the error of the head's first pick vs
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -87,6 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "come from the one that did not train on it (with --model's field, and its decoder under --on-policy); "
         "validation's from --model",
     )
+    data.add_argument(
+        "--with-own-states",
+        action="store_true",
+        help="with --fold-models: train on --model's own states of the training images as well (twice the states)",
+    )
     decoder = parser.add_argument_group("the decoder (click_decoder.ClickDecoderConfig)")
     decoder.add_argument("--group", type=int, default=1, help="landmarks per token (AASCE: 4, a vertebra)")
     decoder.add_argument("--width", type=int, default=64)
@@ -135,6 +142,12 @@ class ClickStates:
     raw: np.ndarray  # (N, C + 1, K, 2): after 0, 1, .., C clicks
     order: np.ndarray  # (N, C): the landmark clicked at each click
     truth: np.ndarray  # (N, K, 2)
+
+    def __add__(self, other: ClickStates) -> ClickStates:
+        """Both sets of states, one after the other."""
+        return ClickStates(
+            *(np.concatenate(pair) for pair in zip(dataclasses.astuple(self), dataclasses.astuple(other)))
+        )
 
 
 def simulate_clicks(
@@ -483,10 +496,17 @@ def train_decoder(args) -> Path:
         raise UsageError(f"--mirror needs the model's flip_pairs (left/right landmarks); {args.model} has none")
     predictor, cache = Predictor(model, "cpu"), args.cache or Path(args.out) / "cache"
     field = (model.config.correction_length, model.config.correction_noise)
+    if args.with_own_states and not args.fold_models:
+        raise UsageError("--with-own-states adds the model's own states to cross-fitted ones: give --fold-models")
+    own_states = functools.partial(
+        load_states, train_split, model, predictor, args.clicks, cache, args.quiet, args.on_policy
+    )
     if args.fold_models:
         train_states = cross_fitted_states(train_split, model, args.fold_models, args.clicks, cache, args)
     else:
-        train_states = load_states(train_split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
+        train_states = own_states()
+    if args.with_own_states:
+        train_states = train_states + own_states()
     val_states = load_states(val_split, model, predictor, args.clicks, cache, args.quiet, args.on_policy)
     states = [train_states, val_states]
     train, val = (decoder_batch(split_states, *field) for split_states in states)
@@ -498,7 +518,7 @@ def train_decoder(args) -> Path:
     if not args.review_only:
         network.config.trained = {
             "epochs": args.epochs, "train_states": len(train.clicks), "mirrored": args.mirror,
-            "fold_models": [str(f) for f in args.fold_models or []],
+            "fold_models": [str(f) for f in args.fold_models or []], "with_own_states": args.with_own_states,
             "cpu_s": round(time.process_time() - started, 1),
             "val_mre_px_field_vs_decoder": {str(c): [round(a, 2), round(b, 2)] for c, (a, b) in val_curves.items()},
         }  # fmt: skip
