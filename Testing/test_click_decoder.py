@@ -269,6 +269,23 @@ def test_cross_fitted_states_come_from_the_fold_model_that_did_not_train_on_each
     assert cli.main([*decoder, "--fold-models", "models/phantom-spine-68", "--out", str(tmp_path / "none")]) == 2
 
 
+def test_cached_states_belong_to_the_weights_the_field_and_the_clicking_decoder():
+    import dataclasses
+
+    from interactive_keypoints.train_decoder import states_fingerprint
+
+    model = tiny_model()
+    first = states_fingerprint(model, on_policy=False)
+    assert states_fingerprint(tiny_model(), on_policy=False) == first  # the same weights: reused
+    assert states_fingerprint(tiny_model(seed=1), on_policy=False) != first  # retrained in place: not
+    model.config = dataclasses.replace(model.config, correction_length=model.config.correction_length + 0.05)
+    assert states_fingerprint(model, on_policy=False) != first  # another field
+    decoded = with_tiny_click_decoder(tiny_model())
+    assert states_fingerprint(decoded, on_policy=False) == first  # the decoder only counts when it picks the clicks
+    on_policy = states_fingerprint(decoded, on_policy=True)
+    assert on_policy != first and states_fingerprint(with_tiny_click_decoder(tiny_model(), seed=1), True) != on_policy
+
+
 def test_a_check_next_head_leaves_the_offsets_training_as_it_was():
     batch = decoder_batch(shifted_run_states(0, 8), correction_length=0.0, correction_noise=0.3)
     trained = []

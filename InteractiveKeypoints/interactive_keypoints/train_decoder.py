@@ -8,7 +8,8 @@
    under the simulated user (:class:`.clicks.SimulatedUser`: the worst point not yet clicked,
    judged on what the session shows, i.e. with the model's correction field) for ``--clicks``
    clicks; the network's own points after each click go to ``OUT/cache/`` (derived from the
-   data: never commit it). A re-run with the same model, clicks and images reuses them: the
+   data: never commit it). A re-run with the same model (its weights and field, and under
+   ``--on-policy`` its decoder: :func:`states_fingerprint`), clicks and images reuses them: the
    network's passes are the only slow part.
 2. The decoder trains on the training states (L1 on the points that are not fixed, in
    landmark-extent units) for ``--epochs`` (seconds to minutes), then reports on validation
@@ -35,6 +36,7 @@ import argparse
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -182,10 +184,11 @@ def load_states(
     on_policy: bool = False,
     name: str | None = None,
 ) -> ClickStates:
-    """Every image's states, cached by id (a cache of another model, click count or policy is not
-    reused); ``name``: the cache file's (default: the split's)."""
+    """Every image's states, cached by id (a cache of another model, other weights, click count or
+    policy is not reused); ``name``: the cache file's (default: the split's)."""
     cache_file = cache / f"click_states_{name or split.split}.json"
-    key = {"model": str(model.folder), "clicks": clicks} | ({"on_policy": True} if on_policy else {})
+    key = {"model": str(model.folder), "states_of": states_fingerprint(model, on_policy), "clicks": clicks}
+    key |= {"on_policy": True} if on_policy else {}
     stored = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     cached = stored.get("states", {}) if stored.get("key") == key else {}
     raw, order, known = [], [], len(cached)
@@ -200,6 +203,19 @@ def load_states(
         cache.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cache_file, json.dumps({"key": key, "states": cached}))
     return ClickStates(np.stack(raw), np.stack(order), split.points_array())
+
+
+def states_fingerprint(model: KeypointModel, on_policy: bool) -> str:
+    """What the simulated states depend on besides the images: the network's weights, the
+    correction field and, under ``on_policy``, the decoder whose points the user clicks (a
+    folder retrained in place, or given another decoder, gets new states). sha256, 16 digits."""
+    digest = hashlib.sha256(json.dumps([model.config.correction_length, model.config.correction_noise]).encode())
+    decoder = model.click_decoder if on_policy else None
+    for module in (model.network, decoder):
+        for name, tensor in (module.state_dict() if module is not None else {}).items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def held_out_images(folder: Path) -> set[str]:
