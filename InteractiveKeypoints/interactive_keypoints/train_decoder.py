@@ -210,9 +210,9 @@ def states_fingerprint(model: KeypointModel, on_policy: bool) -> str:
     correction field and, under ``on_policy``, the decoder whose points the user clicks (a
     folder retrained in place, or given another decoder, gets new states). sha256, 16 digits."""
     digest = hashlib.sha256(json.dumps([model.config.correction_length, model.config.correction_noise]).encode())
-    decoder = model.click_decoder if on_policy else None
-    for module in (model.network, decoder):
-        for name, tensor in (module.state_dict() if module is not None else {}).items():
+    modules = [model.network] + ([model.click_decoder] if on_policy and model.click_decoder is not None else [])
+    for module in modules:
+        for name, tensor in module.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
