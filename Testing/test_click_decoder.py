@@ -280,6 +280,9 @@ def test_cached_states_belong_to_the_weights_the_field_and_the_clicking_decoder(
     assert states_fingerprint(tiny_model(seed=1), on_policy=False) != first  # retrained in place: not
     model.config = dataclasses.replace(model.config, correction_length=model.config.correction_length + 0.05)
     assert states_fingerprint(model, on_policy=False) != first  # another field
+    limited = tiny_model()
+    limited.config = dataclasses.replace(limited.config, propagation_limit=0.5)
+    assert states_fingerprint(limited, on_policy=False) != first  # another propagation limit
     decoded = with_tiny_click_decoder(tiny_model())
     assert states_fingerprint(decoded, on_policy=False) == first  # the decoder only counts when it picks the clicks
     on_policy = states_fingerprint(decoded, on_policy=True)

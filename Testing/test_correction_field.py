@@ -72,6 +72,44 @@ def test_the_session_applies_the_models_field_and_keeps_fixed_points_exact():
     np.testing.assert_allclose(sessions[1].undo().points, starts[1])
 
 
+def test_a_correction_beyond_the_propagation_limit_stays_but_moves_no_other_point():
+    """A drag across much of the landmarks' extent (a slip, or a wrong label in a benchmark) is
+    kept where the user put it, but the network, the field and the decoder are not told of it."""
+    rng = np.random.default_rng(0)
+    image = rng.random((256, 128)).astype(np.float32)
+    limited = build_model(tiny_config(correction_length=0.1, propagation_limit=0.3))
+    unlimited = build_model(tiny_config(correction_length=0.1))
+    unlimited.network.load_state_dict(limited.network.state_dict())
+    session = KeypointSession(limited, image, spacing=(1.0, 1.0))
+    start = session.predict()
+    first = session.network_points
+    corners = np.array([[2.0, 2.0], [125.0, 2.0], [2.0, 253.0], [125.0, 253.0]])
+    far = corners[np.argmax(np.linalg.norm(corners - first[10], axis=1))]
+    assert np.linalg.norm(far - first[10]) > 0.3 * landmark_extent(first)  # beyond the limit
+
+    after_far = session.refine({10: far})
+    np.testing.assert_array_equal(after_far.points[10], far)
+    assert after_far.fixed[10] and after_far.unpropagated[10] and after_far.unpropagated.sum() == 1
+    others = np.arange(68) != 10
+    np.testing.assert_array_equal(after_far.points[others], start.points[others])  # nothing followed
+
+    # a small correction elsewhere propagates as ever; the far point stays where it was put
+    near = session.predict().points[20] + [0.0, 6.0]
+    after_near = session.refine({20: near})
+    assert not after_near.unpropagated[20] and after_near.unpropagated[10]
+    np.testing.assert_array_equal(after_near.points[[10, 20]], [far, near])
+    moved = (np.arange(68) != 10) & (np.arange(68) != 20)
+    assert np.abs(after_near.points[moved] - after_far.points[moved]).max() > 0.1
+    np.testing.assert_array_equal(session.undo().points, after_far.points)
+
+    # without a limit (the default) the same far drag moves the others
+    plain = KeypointSession(unlimited, image, spacing=(1.0, 1.0))
+    plain.predict()
+    followed = plain.refine({10: far})
+    assert not followed.unpropagated.any()
+    assert np.abs(followed.points[others] - start.points[others]).max() > 0.5
+
+
 def test_bad_lengths_are_refused():
     with pytest.raises(ValueError, match="correction_length"):
         tiny_config(correction_length=-0.1)
@@ -79,6 +117,8 @@ def test_bad_lengths_are_refused():
         tiny_config(correction_noise=0.0)
     with pytest.raises(ValueError, match="correction_length"):
         KeypointSession(build_model(tiny_config()), np.zeros((64, 32), np.float32), correction_length=-1)
+    with pytest.raises(ValueError, match="propagation_limit"):
+        tiny_config(propagation_limit=-0.5)
 
 
 def test_evaluate_overrides_the_field_without_touching_the_model_folder(tmp_path):
@@ -100,7 +140,9 @@ def test_evaluate_overrides_the_field_without_touching_the_model_folder(tmp_path
     shipped = run(tmp_path / "shipped")
     alone = run(tmp_path / "alone", "--correction-length", "0")
     other = run(tmp_path / "other", "--correction-length", "0.2", "--correction-noise", "0.05")
+    limited = run(tmp_path / "limited", "--propagation-limit", "0.25")
     assert shipped["correction_length"] > 0 and alone["correction_length"] == 0
+    assert shipped["propagation_limit"] == 0 and limited["propagation_limit"] == 0.25
     assert (other["correction_length"], other["correction_noise"]) == (0.2, 0.05)
     assert alone["MRE_by_clicks"]["model"][2] != shipped["MRE_by_clicks"]["model"][2]  # the field moved points
     assert alone["MRE_by_clicks"]["model"][0] == shipped["MRE_by_clicks"]["model"][0]  # before any click: the same

@@ -327,6 +327,31 @@ def test_drag_outside_the_image_is_refused_without_damage(logic, volume, errors)
     assert point_states(node)[0] == ["predicted"] * K
 
 
+def test_a_drag_beyond_the_propagation_limit_is_kept_moves_no_other_point_and_is_reported(scene, volume, errors):
+    limited = tiny_model(correction_length=0.1, propagation_limit=0.3)
+    logic = KeypointsMRMLLogic(scene=scene, model=limited, device="cpu")
+    logic.on_error = errors.append
+    node = logic.detect(volume)
+    initial = control_point_positions(node)
+    session = logic.lists.get(node).attached_session
+    first = session.network_points
+    corners = np.array([[2.0, 2.0], [125.0, 2.0], [2.0, 253.0], [125.0, 253.0]])
+    far = corners[np.argmax(np.linalg.norm(corners - first[12], axis=1))]
+    assert np.linalg.norm(far - first[12]) > 0.3 * np.ptp(first, axis=0).max()
+
+    drag(node, 12, pixel_target(node, volume, 12, far - first[12]))
+
+    positions = control_point_positions(node)
+    others = np.arange(K) != 12
+    np.testing.assert_allclose(positions[others], initial[others], atol=1e-9)  # nothing followed
+    assert point_states(node)[0][12] == "user-fixed"
+    assert len(errors) == 1 and "T4-top-left" in errors[0] and "moved no other point" in errors[0]
+    drag(node, 20, pixel_target(node, volume, 20, (0.0, 4.0)))  # a small drag propagates, unreported
+    free = others & (np.arange(K) != 20)
+    assert np.abs(control_point_positions(node)[free] - positions[free]).max() > 0
+    assert len(errors) == 1
+
+
 def test_console_refine_outside_raises_and_changes_nothing(logic, volume):
     node = logic.detect(volume)
     before = control_point_positions(node)

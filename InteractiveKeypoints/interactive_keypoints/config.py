@@ -42,6 +42,11 @@ class ModelConfig:
     # length as a fraction of the landmarks' extent, 0 = off (the paper's rule: the network alone)
     correction_length: float = 0.0
     correction_noise: float = 0.3
+    # a user's correction farther than this fraction of the landmarks' extent from the network's
+    # first point is kept where the user put it but passed on to nothing (the network's hints, the
+    # field, the click decoder): a drag across half the spine is a slip or a wrong label, and
+    # propagating it drags every point off. 0 = every correction propagates (session.py)
+    propagation_limit: float = 0.0
     # heatmaps: Gaussian sigma in network-input pixels
     sigma: float = 7.5
     # intensity normalisation of the grey image before the network
@@ -79,6 +84,8 @@ class ModelConfig:
                 f"correction_length must be >= 0 and correction_noise > 0, got "
                 f"{self.correction_length} and {self.correction_noise}"
             )
+        if self.propagation_limit < 0:
+            problems.append(f"propagation_limit must be >= 0 (0 = off), got {self.propagation_limit}")
         if self.gate_channels < 1:
             problems.append(f"gate_channels must be positive, got {self.gate_channels}")
         if self.gating_pool not in ("max", "avg"):

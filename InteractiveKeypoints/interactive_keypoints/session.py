@@ -9,6 +9,11 @@ Inference rule (paper, sec. 2.1 and the reference protocol):
   with a model whose ``correction_length`` is > 0 also by the correction field of the
   residuals at the fixed points (``correction_field.py``; 0 is the paper's rule), and where
   the model folder has one, by the click decoder (``click_decoder.py``);
+- a fixed point farther from the network's first estimate than the model's
+  ``propagation_limit`` (a fraction of the landmarks' extent; 0 = no limit) stays where the
+  user put it but is passed on to nothing: no hint, no field, no decoder. A drag across half
+  the spine is a slip or a wrong label, and the others should not follow it
+  (``Prediction.unpropagated`` says which);
 - then, where the model folder has one, the full-resolution local stage refines every point
   that is not fixed in a patch of the original image (``local_stage.py``).
 
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .conventions import inside_image, state_names
-from .correction_field import apply_correction_field
+from .correction_field import apply_correction_field, landmark_extent
 from .errors import KeypointsError
 from .heatmaps import decode_logits_locally, gaussian_heatmaps
 from .imaging import CoordinateMap, Radiograph, load_radiograph, preprocess
@@ -60,10 +65,14 @@ class Prediction:
     # (K,) "check next" score (see review.py), higher = check first; -inf for fixed points.
     # None when built without one: every free point scores 0.
     review_score: np.ndarray | None = None
+    # (K,) bool: fixed points beyond the model's propagation limit, which moved no other point
+    unpropagated: np.ndarray | None = None
 
     def __post_init__(self):
         if self.review_score is None:
             object.__setattr__(self, "review_score", np.where(np.asarray(self.fixed, bool), -np.inf, 0.0))
+        if self.unpropagated is None:
+            object.__setattr__(self, "unpropagated", np.zeros(len(self.fixed), dtype=bool))
 
     def states(self) -> list[str]:
         return state_names(self.fixed)
@@ -300,9 +309,22 @@ class KeypointSession:
         refined[unchanged] = previous.refined[unchanged]
         return refined
 
+    def _unpropagated(self, fixed: dict[int, np.ndarray]) -> set[int]:
+        """The fixed points farther from the network's first estimate (the 0-click pass) than
+        the model's ``propagation_limit`` times that estimate's extent; none without a limit."""
+        limit = self.config.propagation_limit
+        first = self._history[0].raw if self._history else None
+        if limit <= 0 or first is None:
+            return set()
+        reach = limit * landmark_extent(first)
+        return {c for c, xy in fixed.items() if np.linalg.norm(np.asarray(xy, float) - first[c]) > reach}
+
     def _infer(self, fixed: dict[int, np.ndarray], previous: _Step | None) -> _Step:
         k = self.config.num_keypoints
         size = self.config.input_size
+        unpropagated = self._unpropagated(fixed)
+        placed = fixed  # every fixed point stays where the user put it
+        fixed = {c: xy for c, xy in placed.items() if c not in unpropagated}  # those the model is told of
         channels = np.array(sorted(fixed), dtype=np.int64)
         clicks = (
             torch.stack([self._click_map(int(c), fixed[int(c)]) for c in channels])
@@ -318,7 +340,7 @@ class KeypointSession:
             clicks_all[:, channels] = clicks
             logits = self.predictor.logits(self._image_features, clicks_all, prev)
         else:
-            if previous is None:
+            if previous is None or not len(channels):  # (no fixed point the model is told of)
                 prev = torch.zeros_like(clicks)
             else:
                 prev_logits = previous.logits[channels][None]
@@ -334,14 +356,14 @@ class KeypointSession:
         coarse = refined = None
         if self.local_stage is not None and self._patch_source is not None:
             movable = np.ones(k, dtype=bool)
-            movable[channels] = False
+            movable[list(placed)] = False
             coarse = points.copy()
             refined = self._refine_locally(coarse, movable, previous)
             points = refined.copy()
         confidence = confidence[0].numpy().astype(np.float64)
         is_fixed = np.zeros(k, dtype=bool)
-        for c in channels:  # user-fixed points stay exactly where the user put them
-            points[c] = fixed[int(c)]
+        for c, xy in placed.items():  # user-fixed points stay exactly where the user put them
+            points[c] = xy
             confidence[c] = 1.0
             is_fixed[c] = True
         score = review_scores(
@@ -355,7 +377,13 @@ class KeypointSession:
             expected_error,
         )
         prediction = Prediction(
-            points, confidence, is_fixed, list(self.config.landmark_names), self.radiograph.spacing, score
+            points,
+            confidence,
+            is_fixed,
+            list(self.config.landmark_names),
+            self.radiograph.spacing,
+            score,
+            np.isin(np.arange(k), sorted(unpropagated)),
         )
         return _Step(prediction, logits[0], coarse, refined, raw)
 

@@ -475,7 +475,7 @@ def learning_rate(schedule: OptimisationSection, epoch: int, elapsed_s: float | 
 # what runs after the network (the correction field, a local stage: neither is in its weights)
 NOT_ARCHITECTURE = {
     "landmark_names", "sigma", "intensity", "flip_pairs", "name", "description", "measurements", "format_version",
-    "correction_length", "correction_noise", "local_stage", "click_decoder",
+    "correction_length", "correction_noise", "propagation_limit", "local_stage", "click_decoder",
 }  # fmt: skip
 
 

@@ -207,9 +207,13 @@ def load_states(
 
 def states_fingerprint(model: KeypointModel, on_policy: bool) -> str:
     """What the simulated states depend on besides the images: the network's weights, the
-    correction field and, under ``on_policy``, the decoder whose points the user clicks (a
-    folder retrained in place, or given another decoder, gets new states). sha256, 16 digits."""
-    digest = hashlib.sha256(json.dumps([model.config.correction_length, model.config.correction_noise]).encode())
+    correction field, the propagation limit and, under ``on_policy``, the decoder whose points
+    the user clicks (a folder retrained in place, or given another decoder, gets new states).
+    sha256, 16 digits."""
+    config = model.config
+    digest = hashlib.sha256(
+        json.dumps([config.correction_length, config.correction_noise, config.propagation_limit]).encode()
+    )
     modules = [model.network] + ([model.click_decoder] if on_policy and model.click_decoder is not None else [])
     for module in modules:
         for name, tensor in module.state_dict().items():

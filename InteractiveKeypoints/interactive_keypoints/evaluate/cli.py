@@ -70,6 +70,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="correction field noise, relative to the kernel's variance (default: the model's)",
     )
     parser.add_argument(
+        "--propagation-limit",
+        type=float,
+        default=None,
+        help="a correction farther than this fraction of the landmarks' extent from the network's first "
+        "point moves no other point (default: the model's; 0 = every correction propagates)",
+    )
+    parser.add_argument(
         "--local-stage",
         choices=["on", "off", "both"],
         default=None,  # None: on, unasked (no note where the model has no stage)
@@ -162,14 +169,15 @@ def options_from(args: argparse.Namespace, user: User, parts: dict[str, bool]) -
 
 
 def load_evaluated_model(args: argparse.Namespace) -> KeypointModel:
-    """The model folder, with the correction field's settings the command line overrides."""
+    """The model folder, with the propagation settings the command line overrides."""
     model = load_model(args.model)
-    field_settings = {
-        name: value
-        for name, value in (("correction_length", args.correction_length), ("correction_noise", args.correction_noise))
-        if value is not None
-    }
-    if field_settings:  # a sweep of the correction field's settings, without editing model.json
+    overrides = (
+        ("correction_length", args.correction_length),
+        ("correction_noise", args.correction_noise),
+        ("propagation_limit", args.propagation_limit),
+    )
+    field_settings = {name: value for name, value in overrides if value is not None}
+    if field_settings:  # a sweep of the propagation settings, without editing model.json
         model.config = dataclasses.replace(model.config, **field_settings)
         model.config.validate()
     return model
@@ -285,6 +293,7 @@ def describe_run(metrics: dict[str, Any], args: argparse.Namespace, model: Keypo
         prev_mode=args.prev_mode,
         correction_length=model.config.correction_length,
         correction_noise=model.config.correction_noise,
+        propagation_limit=model.config.propagation_limit,
         skipped=split.skipped,
     )
 

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import slicer
 
 from ..conventions import inside_image
@@ -498,8 +499,20 @@ class KeypointsMRMLLogic:
         tracked.write_prediction(prediction, self.low_confidence)
         self.display.update(tracked)
         self.guidance.update_marker(tracked)
+        self._report_unpropagated(tracked, prediction)
         if self.on_updated is not None:
             self.on_updated(tracked.node)
+
+    def _report_unpropagated(self, tracked: TrackedList, prediction):
+        """Say once which newly fixed points were too far from the model's estimate to move the others."""
+        unpropagated = frozenset(int(k) for k in np.flatnonzero(prediction.unpropagated))
+        new, tracked.unpropagated = sorted(unpropagated - tracked.unpropagated), unpropagated
+        if new:
+            names = ", ".join(prediction.names[k] for k in new)
+            self._report(
+                f"{names}: kept where you put it, but it moved no other point: it lies farther from the "
+                "model's estimate than the model's propagation limit (a slip? undo takes it back)"
+            )
 
     def _mark_fixed(self, tracked: TrackedList, fixes: dict):
         tracked.write_fixed(fixes, self.low_confidence)

@@ -44,6 +44,7 @@ class TrackedList:
     selected_measurement: str = ""  # name of the measurement whose lines are drawn
     suggested: int | None = None  # the point next_point() gave a halo, until it is fixed
     shown: np.ndarray | None = None  # (K, 2) pixels of the points as the logic last left them
+    unpropagated: frozenset[int] = frozenset()  # fixed points beyond the propagation limit, as last reported
 
     def __post_init__(self):
         self.queue = CorrectionQueue(self.size)
