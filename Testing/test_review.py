@@ -49,6 +49,35 @@ def test_morphology_disagreement_flags_a_point_its_selected_relations_cover(phan
     assert review.rank_for_review(prediction)[0] == 0
 
 
+def test_spread_away_discounts_the_spread_near_fixed_points_only():
+    points = np.stack([np.full(9, 50.0), 100.0 * np.arange(9)], axis=1)  # a column, extent 800 px
+    spread = np.array([10.0, 10.0, 10.0, 12.0, 30.0, 20.0, 11.0, 11.0, 15.0])
+    np.testing.assert_array_equal(review.spread_away_from_fixed(spread, points, np.zeros(9, bool)), spread)
+    fixed = np.zeros(9, bool)
+    fixed[4] = True
+    away = review.spread_away_from_fixed(spread, points, fixed)
+    assert away[4] == 0  # at the fixed point
+    assert away[3] < 0.6 * spread[3] and away[5] < 0.6 * spread[5]  # its neighbours, 100 px = 1.25 L away
+    np.testing.assert_allclose(away[[0, 8]], spread[[0, 8]], rtol=1e-4)  # 400 px = 5 L away: all but untouched
+    # so the next check is no longer the fixed point's neighbour with the larger spread
+    free = ~fixed
+    assert np.argmax(np.where(free, spread, -np.inf)) == 5 and np.argmax(np.where(free, away, -np.inf)) == 8
+
+
+def test_the_default_ranking_discounts_near_clicks_only_where_clicks_move_other_points(tiny_model, phantom):
+    image = Radiograph(phantom.image, phantom.spacing, True)
+    propagating = KeypointSession(tiny_model, image, optimized=False, correction_length=0.1)
+    alone = KeypointSession(tiny_model, image, optimized=False, correction_length=0.0)
+    assert propagating.review_score_name == review.PROPAGATING_SCORE == "spread-away"
+    assert alone.review_score_name == review.DEFAULT_SCORE == "spread"
+    first = propagating.predict()
+    np.testing.assert_allclose(first.review_score, alone.predict().review_score)  # no click: the same
+    after = propagating.refine({30: first.points[30] + 5.0})
+    spread = review.heatmap_spread(propagating._history[-1].logits, phantom.image.shape)
+    expected = review.spread_away_from_fixed(spread, after.points, after.fixed)
+    np.testing.assert_allclose(after.review_score[~after.fixed], expected[~after.fixed])
+
+
 def test_ranking_leaves_fixed_points_out_and_orders_by_score():
     score = np.array([0.2, 5.0, 1.0, 3.0])
     fixed = np.array([False, True, False, False])
@@ -140,7 +169,7 @@ def test_shipped_phantom_model_has_review_scores_and_ranks_a_moved_point_first(p
     session = KeypointSession(
         phantom_model, Radiograph(phantom_image.image, phantom_image.spacing, True), optimized=False
     )
-    assert session.review_score_name == review.DEFAULT_SCORE
+    assert session.review_score_name == review.PROPAGATING_SCORE  # the phantom model has a correction field
     prediction = session.predict()
     assert prediction.review_score.shape == (68,) and np.isfinite(prediction.review_score).all()
     selection = review.load_selection(PHANTOM_MODEL)
@@ -291,7 +320,7 @@ def test_evaluate_runs_oracle_and_guided_with_click_noise_reproducibly(tmp_path)
     assert first["users"] == second["users"]  # same seed, same clicks, same curves
     assert set(first["users"]) == {"oracle", "guided"}
     assert first["click_noise"] == {"sd": 1.5, "unit": "px", "seed": 4}
-    assert first["guided"]["review_score"] == review.DEFAULT_SCORE and first["guided"]["tolerance"] == 2
+    assert first["guided"]["review_score"] == review.PROPAGATING_SCORE and first["guided"]["tolerance"] == 2
     assert len(first["users"]["guided"]["MRE_by_clicks"]["model"]) == 3
     assert (tmp_path / "a" / "users_mre_vs_clicks.png").is_file()
 

@@ -7,6 +7,12 @@ orders the points that are not yet fixed by it. Candidate scores, one function e
 - ``low-confidence``: 1 - heatmap peak (the model's own certainty at its chosen point);
 - ``spread``: radius of the heatmap's upper half around the peak, in original pixels (a
   broad or two-peaked response means the model hesitates between places);
+- ``spread-away``: ``spread`` times 1 - exp(-d^2 / 2 L^2), d the distance to the nearest
+  fixed point, L a tenth of the landmarks' extent (the spine's correction length): the field
+  and the click decoder have moved a fixed point's neighbours with it, so their spread (the
+  network's alone) overstates what is left to check there. Without fixed points: ``spread``.
+  The default where clicks move other points (a correction field or a click decoder): fewer
+  guided clicks than ``spread`` on AASCE training and validation images (spine card);
 - ``morphology``: how far the point's distances and angles to the others lie from the
   training labels' typical shape, in standard deviations, over the least-variable
   relations of the model folder's ``morphology.json`` (the morphology loss's selection,
@@ -37,8 +43,11 @@ import torch
 from .errors import UsageError
 from .morphology import MorphologySelection, normalise_points, ray_angles
 
-SCORES = ("low-confidence", "spread", "morphology", "neighbours", "combined", "decoder")
+SCORES = ("low-confidence", "spread", "spread-away", "morphology", "neighbours", "combined", "decoder")
 DEFAULT_SCORE = "spread"  # the fewest guided clicks (NoC10@20) on an AASCE validation sample; see the model cards
+# the default instead where a click moves other points (the model's correction field or click decoder)
+PROPAGATING_SCORE = "spread-away"
+AWAY_LENGTH = 0.1  # spread-away's L, a fraction of the landmarks' extent (0.05 and 0.2: no fewer clicks)
 HEAD_SCORE = "decoder"  # the default instead where the model's click decoder has a check-next head (spine card)
 NEEDS_MORPHOLOGY = ("morphology", "neighbours")
 
@@ -69,6 +78,19 @@ def heatmap_spread(logits: torch.Tensor, image_size) -> np.ndarray:
     dy = (ys.reshape(1, -1) - (index // w)[:, None].float()) * scale_y
     spread = torch.sqrt((weight * (dx * dx + dy * dy)).sum(1) / weight.sum(1).clamp(min=1e-12))
     return spread.double().numpy()
+
+
+def spread_away_from_fixed(spread, points, fixed) -> np.ndarray:
+    """(K,) ``spread`` discounted near the fixed points (see the module's ``spread-away``);
+    ``points`` (K, 2) original pixels, ``fixed`` (K,) bool."""
+    spread = np.asarray(spread, dtype=np.float64)
+    fixed = np.asarray(fixed, dtype=bool)
+    if not fixed.any():
+        return spread
+    points = np.asarray(points, dtype=np.float64)
+    length = AWAY_LENGTH * max(float(np.ptp(points, axis=0).max()), 1e-6)
+    nearest = np.linalg.norm(points[:, None, :] - points[fixed][None, :, :], axis=-1).min(axis=1)
+    return spread * -np.expm1(-(nearest**2) / (2 * length**2))
 
 
 def relation_disagreement(points, image_size, selection: MorphologySelection) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +181,8 @@ def review_scores(
         score = low_confidence(confidence)
     elif name == "spread" or (name == "decoder" and expected_error is None):
         score = heatmap_spread(logits, image_size)
+    elif name == "spread-away":
+        score = spread_away_from_fixed(heatmap_spread(logits, image_size), points, fixed)
     elif name == "decoder":
         score = np.asarray(expected_error, dtype=np.float64)
     elif name == "morphology":
@@ -192,14 +216,22 @@ def _selection_with_review_stats(path: str, _version: int) -> MorphologySelectio
     return selection if "neighbour_pairs" in selection.stats else None
 
 
-def available_score(requested: str | None, selection: MorphologySelection | None, review_head: bool = False) -> str:
+def available_score(
+    requested: str | None,
+    selection: MorphologySelection | None,
+    review_head: bool = False,
+    propagates: bool = False,
+) -> str:
     """The score a session uses: ``requested``, or with None the head's score where the
-    session's click decoder has a check-next head (``review_head``), else the default when the
-    model's morphology allows it, else ``low-confidence``. A requested score the model cannot
-    give is an error, never a silent substitute."""
+    session's click decoder has a check-next head (``review_head``), else ``spread-away`` where
+    a click moves other points (``propagates``: a correction field or a click decoder), else
+    the default when the model's morphology allows it, else ``low-confidence``. A requested
+    score the model cannot give is an error, never a silent substitute."""
     if requested is None:
         if review_head:
             return HEAD_SCORE
+        if propagates:
+            return PROPAGATING_SCORE
         return DEFAULT_SCORE if selection is not None or DEFAULT_SCORE not in NEEDS_MORPHOLOGY else "low-confidence"
     if requested not in SCORES:
         raise UsageError(f"unknown review score {requested!r}; expected one of {SCORES}")

@@ -121,12 +121,13 @@ class KeypointSession:
         self.predictor = predictor or Predictor(model, device, optimized)
         self.click_decoder = self.predictor.click_decoder if click_decoder else None
         review_head = self.click_decoder is not None and self.click_decoder.has_review_head
-        self.review_score_name = available_score(review_score, self._morphology, review_head)
         self.correction_length = (
             self.config.correction_length if correction_length is None else float(correction_length)
         )
         if self.correction_length < 0:
             raise ValueError(f"correction_length must be >= 0, got {self.correction_length}")
+        propagates = self.correction_length > 0 or self.click_decoder is not None
+        self.review_score_name = available_score(review_score, self._morphology, review_head, propagates)
         self.radiograph: Radiograph = image if isinstance(image, Radiograph) else load_radiograph(image, spacing)
         if spacing is not None and isinstance(image, Radiograph):
             self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)

@@ -169,8 +169,10 @@ def variant_comparison(
 def review_score_name(model: KeypointModel, requested: str | None, click_decoder: bool = True) -> str:
     """The review score a session of ``model`` uses when asked for ``requested`` (with its
     click decoder on or off: the decoder's check-next head goes with it)."""
-    head = click_decoder and model.click_decoder is not None and model.click_decoder.config.review_members > 0
-    return available_score(requested, load_selection(model.folder), head)
+    decoder = model.click_decoder if click_decoder else None
+    head = decoder is not None and decoder.config.review_members > 0
+    propagates = model.config.correction_length > 0 or decoder is not None
+    return available_score(requested, load_selection(model.folder), head, propagates)
 
 
 def sample_measurements(points: np.ndarray, sample: KeypointSample, measurement_set: str) -> list[Measurement]:
