@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .correction_field import landmark_extent
 from .errors import UsageError
 from .morphology import MorphologySelection, normalise_points, ray_angles
 
@@ -88,7 +89,7 @@ def spread_away_from_fixed(spread, points, fixed) -> np.ndarray:
     if not fixed.any():
         return spread
     points = np.asarray(points, dtype=np.float64)
-    length = AWAY_LENGTH * max(float(np.ptp(points, axis=0).max()), 1e-6)
+    length = AWAY_LENGTH * max(landmark_extent(points), 1e-6)
     nearest = np.linalg.norm(points[:, None, :] - points[fixed][None, :, :], axis=-1).min(axis=1)
     return spread * -np.expm1(-(nearest**2) / (2 * length**2))
 
