@@ -71,16 +71,26 @@ class InteractionGate(nn.Module):
         )
 
     def forward(self, features, clicks, channels=None):
-        size = features.shape[-2:]
+        if clicks.shape[1]:  # (none in the sparse form of a pass without clicks)
+            clicks = F.interpolate(clicks, size=features.shape[-2:], mode="bilinear", align_corners=False)
         if channels is None:
-            clicks = F.interpolate(clicks, size=size, mode="bilinear", align_corners=False)
-        else:  # sparse clicks: resize the given channels, scatter into all K
-            k = self.convs[0].in_channels - features.shape[1]
-            dense = features.new_zeros(features.shape[0], k, *size)
-            if len(channels):
-                dense[:, channels] = F.interpolate(clicks, size=size, mode="bilinear", align_corners=False)
-            clicks = dense
-        return self.excite(self.pool(self.convs(torch.cat([features, clicks], dim=1))))
+            x = self.convs(torch.cat([features, clicks], dim=1))
+        else:
+            x = self.convs[1:](self._first_conv_sparse(features, clicks, channels))
+        return self.excite(self.pool(x))
+
+    def _first_conv_sparse(self, features, clicks, channels):
+        """The first conv of [features, all K click maps] from the given ``channels`` only.
+
+        A conv is linear in its input channels (zero padding), so the K - n all-zero click
+        maps add nothing: the features' part of the weights plus the given channels' part
+        give the dense result without building or convolving the zeros (each click).
+        """
+        first, c = self.convs[0], features.shape[1]
+        out = F.conv2d(features, first.weight[:, :c], first.bias, first.stride, first.padding)
+        if len(channels):
+            out = out + F.conv2d(clicks, first.weight[:, c + channels], None, first.stride, first.padding)
+        return out
 
 
 class InteractiveKeypointNet(nn.Module):
