@@ -190,33 +190,6 @@ def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> tuple[
     return milliseconds[0], (milliseconds[1] if len(milliseconds) > 1 else None)
 
 
-def gate_first_conv_ms(session, fixed: dict, repeats: int = 40) -> dict | None:
-    """The interaction gate of a click with ``fixed`` points, in its two forms, on the image's
-    real layer1 features:
-    ``dense`` convolves all K click maps (the zeros of the unclicked keypoints too: what every
-    click paid before 2026-12-07), ``sparse`` only the clicked ones (what a click runs now).
-    Paired and alternating, medians in ms; None: the model has no gate."""
-    network = session.predictor.network
-    if network.gate is None:
-        return None
-    prepare = session.predictor._prepare
-    size = session.config.input_size
-    channels = torch.as_tensor(sorted(fixed), dtype=torch.long)
-    clicks = prepare(torch.stack([session._click_map(int(c), fixed[int(c)]) for c in channels])[None])
-    dense = prepare(torch.zeros(1, session.config.num_keypoints, *size))
-    dense[:, channels] = clicks
-    forms = {"dense": lambda: network.gate(layer1, dense), "sparse": lambda: network.gate(layer1, clicks, channels)}
-    times: dict[str, list[float]] = {name: [] for name in forms}
-    with torch.inference_mode():
-        layer1, _ = network.backbone.forward_from_stem(session._image_features)
-        for repeat in range(repeats):
-            for name in sorted(forms, reverse=bool(repeat % 2)):
-                start = time.perf_counter()
-                forms[name]()
-                times[name].append(time.perf_counter() - start)
-    return {name: round(1000 * statistics.median(t), 2) for name, t in times.items()}
-
-
 def keypoint_difference(plain_results, session_results):
     """Max |difference| (original px) over free keypoints the fp32 path is confident about."""
     diffs = []
@@ -263,7 +236,6 @@ def main(argv=None) -> int:
     decoder_ms, review_head_ms = click_decoder_ms(
         session.predictor.click_decoder, session_results[-1][0], {k: truth[k] for k in order}
     )
-    gate_ms = gate_first_conv_ms(session, {k: truth[k] for k in order[:5]})  # an early click, as the decoder's
     del session
     plain_results, plain_s = run_plain(model, radiograph, truth, order)
 
@@ -285,8 +257,6 @@ def main(argv=None) -> int:
         "correction_field_ms": round(field_ms, 2),  # with all the run's clicks
         "click_decoder_ms": None if decoder_ms is None else round(decoder_ms, 2),  # null: the folder has none
         "review_head_ms": None if review_head_ms is None else round(review_head_ms, 2),  # null: no check-next head
-        # the gate at the 5th click with all K click maps (before 2026-12-07) and with the clicked ones (now)
-        "gate_ms": gate_ms,
         # per click with the model's local stage, the same clicks (null: the folder has none)
         "local_stage": None
         if stage is None
