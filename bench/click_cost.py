@@ -20,7 +20,6 @@ A benchmark, not a test: figures depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
@@ -68,9 +67,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     radiograph = load_radiograph(args.image)
-    now_predictor = Predictor(model)
-    before_predictor = copy.copy(now_predictor)  # the same decoder and stage; its own network below
-    before_predictor.network = copy.deepcopy(now_predictor.network)
+    now_predictor, before_predictor = Predictor(model), Predictor(model)  # each its own inference copy
     gate = before_predictor.network.gate
     if gate is not None:
         gate.forward = types.MethodType(dense_gate_forward, gate)

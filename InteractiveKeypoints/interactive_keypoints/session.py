@@ -89,6 +89,22 @@ class _Step:
     raw: np.ndarray | None = field(default=None, repr=False)
 
 
+def review_score_for(
+    model: KeypointModel,
+    requested: str | None = None,
+    click_decoder: bool = True,
+    correction_length: float | None = None,
+) -> str:
+    """The "check next" score a session of ``model`` ranks by when asked for ``requested``
+    (:func:`.review.available_score`), with its click decoder on or off (the check-next head goes
+    with it) and its correction field's length (None: the model's). ``evaluate`` records it."""
+    decoder = model.click_decoder_config if click_decoder and model.click_decoder is not None else None
+    review_head = decoder is not None and decoder.review_members > 0
+    length = model.config.correction_length if correction_length is None else correction_length
+    propagates = length > 0 or decoder is not None  # a click moves other points
+    return available_score(requested, load_selection(model.folder), review_head, propagates)
+
+
 class KeypointSession:
     def __init__(
         self,
@@ -120,14 +136,14 @@ class KeypointSession:
         self._morphology = load_selection(model.folder)
         self.predictor = predictor or Predictor(model, device, optimized)
         self.click_decoder = self.predictor.click_decoder if click_decoder else None
-        review_head = self.click_decoder is not None and self.click_decoder.has_review_head
         self.correction_length = (
             self.config.correction_length if correction_length is None else float(correction_length)
         )
         if self.correction_length < 0:
             raise ValueError(f"correction_length must be >= 0, got {self.correction_length}")
-        propagates = self.correction_length > 0 or self.click_decoder is not None
-        self.review_score_name = available_score(review_score, self._morphology, review_head, propagates)
+        self.review_score_name = review_score_for(
+            model, review_score, self.click_decoder is not None, self.correction_length
+        )
         self.radiograph: Radiograph = image if isinstance(image, Radiograph) else load_radiograph(image, spacing)
         if spacing is not None and isinstance(image, Radiograph):
             self.radiograph = Radiograph(image.array, spacing, True, image.origin, image.path)

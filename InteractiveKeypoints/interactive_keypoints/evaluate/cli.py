@@ -15,9 +15,10 @@ from ..data.common import DatasetSplit, KeypointSample
 from ..errors import UsageError
 from ..model_io import KeypointModel, load_model
 from ..review import SCORES
+from ..session import review_score_for
 from .options import MODEL_PARTS, USERS, EvaluateOptions, User
 from .outputs import print_measurement_summary, print_summary, print_users, print_variant_comparison, write_outputs
-from .report import review_score_name, summarise, summarise_measurements, summarise_users, variant_comparison
+from .report import summarise, summarise_measurements, summarise_users, variant_comparison
 from .simulate import RevisionCurves, evaluate_split
 
 
@@ -312,7 +313,7 @@ def add_users(
     metrics["click_noise"] = {"sd": options.click_noise, "unit": options.unit, "seed": options.click_seed}
     if "guided" in results_by_user:
         metrics["guided"] = {
-            "review_score": review_score_name(model, options.review_score, options.click_decoder),
+            "review_score": review_score_for(model, options.review_score, options.click_decoder),
             "tolerance": options.tolerance,
             "unit": options.unit,
             "rule": "check the first-ranked unfixed point; correct it if its error is above "

@@ -12,9 +12,7 @@ from ..data.common import KeypointSample
 from ..errors import UsageError
 from ..measurements import Measurement, measure
 from ..metrics import cobb_smape, mre_sd, noc_summary, sdr
-from ..model_io import KeypointModel
 from ..propagation import gain_clicks, masked_mre, near_rule, near_set_by_clicks, propagation_gain
-from ..review import available_score, load_selection
 from .options import EvaluateOptions
 from .simulate import RevisionCurves
 
@@ -164,15 +162,6 @@ def variant_comparison(
             entry["measurements"] = summarise_measurements(results, samples, measurement_set)
         comparison[variant] = entry
     return comparison
-
-
-def review_score_name(model: KeypointModel, requested: str | None, click_decoder: bool = True) -> str:
-    """The review score a session of ``model`` uses when asked for ``requested`` (with its
-    click decoder on or off: the decoder's check-next head goes with it)."""
-    decoder = model.click_decoder if click_decoder else None
-    head = decoder is not None and decoder.config.review_members > 0
-    propagates = model.config.correction_length > 0 or decoder is not None
-    return available_score(requested, load_selection(model.folder), head, propagates)
 
 
 def sample_measurements(points: np.ndarray, sample: KeypointSample, measurement_set: str) -> list[Measurement]:
