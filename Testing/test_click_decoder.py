@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from interactive_keypoints.click_decoder import ClickDecoderConfig, ClickDecoderNet, add_click_decoder
+from interactive_keypoints.click_decoder import (
+    FEATURES,
+    ClickDecoder,
+    ClickDecoderConfig,
+    ClickDecoderNet,
+    StackedMembers,
+    add_click_decoder,
+    decoder_features,
+)
 from interactive_keypoints.config import ModelFormatError
 from interactive_keypoints.errors import UsageError
 from interactive_keypoints.inference import Predictor
@@ -301,3 +309,35 @@ def test_a_check_next_head_leaves_the_offsets_training_as_it_was():
             pass  # dropout draws from the global generator: the head must not shift it
         trained.append(network.members[0].state_dict())
     assert all(torch.equal(trained[0][name], trained[1][name]) for name in trained[0])
+
+
+def test_the_stacked_members_give_what_each_member_gives():
+    # inference runs all members in one batched pass; it must equal the members' own forward
+    torch.manual_seed(0)
+    config = ClickDecoderConfig(4 * VERTEBRAE, group=4, width=32, heads=4, layers=2, members=3, review_members=2)
+    network = ClickDecoderNet(config).eval()
+    for parameter in network.parameters():  # (the output layers start at zero: give them weights)
+        torch.nn.init.normal_(parameter, std=0.2)
+    features = torch.randn(5, 4 * VERTEBRAE, FEATURES)
+    with torch.inference_mode():
+        offsets = StackedMembers(network.members)(features)
+        head = StackedMembers(network.review)(features)
+        assert offsets.shape == (3, 5, 4 * VERTEBRAE, 2) and head.shape == (2, 5, 4 * VERTEBRAE, 1)
+        for stacked, member in zip(offsets, network.members):
+            assert torch.allclose(stacked, member(features), atol=1e-5)
+        assert torch.allclose(offsets.mean(0), network(features), atol=1e-5)
+        assert torch.allclose(head[..., 0].mean(0), network.log_error(features), atol=1e-5)
+    # the decoder a session uses gives the network's offsets
+    decoder = ClickDecoder(config, network)
+    rng = np.random.default_rng(0)
+    raw, raw0, shown = (rng.uniform(0, 100, (4 * VERTEBRAE, 2)) for _ in range(3))
+    fixed = np.zeros(4 * VERTEBRAE, bool)
+    fixed[[2, 9]] = True
+    features, extent = decoder_features(raw, raw0, shown, fixed, np.array(2))
+    with torch.inference_mode():
+        expected = shown + network(torch.from_numpy(features)[None])[0].double().numpy() * extent
+    corrected = decoder.correct(raw, raw0, shown, fixed)
+    assert np.allclose(corrected[~fixed], expected[~fixed], atol=1e-3) and np.array_equal(
+        corrected[fixed], shown[fixed]
+    )
+    assert np.abs(corrected - shown).max() > 1.0  # the offsets are not trivially zero

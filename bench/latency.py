@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from interactive_keypoints import inference
+from interactive_keypoints.click_decoder import decoder_features
 from interactive_keypoints.config import paper_config
 from interactive_keypoints.correction_field import apply_correction_field
 from interactive_keypoints.heatmaps import decode_heatmaps, gaussian_heatmaps
@@ -170,24 +171,36 @@ def correction_field_ms(points, fixed: dict, config, repeats: int = 200) -> floa
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> tuple[float | None, float | None]:
+def rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> dict[str, float | None]:
     """What the model's click decoder (the session's predictor holds it; the timed session has it
-    off) adds to a click, its offsets and its check-next head; None: the folder has none. Timed
-    on the run's last points with its clicks, as many as it is used for."""
+    off) adds to a click: its offsets as a session runs them (members stacked), the same offsets
+    from each member's module in turn (the training network's forward), and its check-next head;
+    None: the folder has none. Timed on the run's last points with its clicks, as many as it is
+    used for, interleaved so that both offset paths see the same machine."""
     if decoder is None:
-        return None, None
+        return {"stacked": None, "members": None, "review_head": None}
     is_fixed = np.zeros(len(points), dtype=bool)
     is_fixed[list(fixed)[: decoder.config.max_clicks]] = True
-    timed = [lambda: decoder.correct(points, points, points, is_fixed)]
+    features = torch.from_numpy(decoder_features(points, points, points, is_fixed, np.array(is_fixed.sum()))[0])[None]
+
+    def members():
+        with torch.inference_mode():
+            decoder.network(features)
+
+    timed = {"stacked": lambda: decoder.correct(points, points, points, is_fixed), "members": members}
     if decoder.has_review_head:
-        timed.append(lambda: decoder.expected_error(points, points, points, is_fixed))
-    milliseconds = []
-    for call in timed:
-        start = time.perf_counter()
-        for _ in range(repeats):
+        timed["review_head"] = lambda: decoder.expected_error(points, points, points, is_fixed)
+    seconds = {name: 0.0 for name in timed}
+    for _ in range(repeats):
+        for name, call in timed.items():
+            start = time.perf_counter()
             call()
-        milliseconds.append(1000 * (time.perf_counter() - start) / repeats)
-    return milliseconds[0], (milliseconds[1] if len(milliseconds) > 1 else None)
+            seconds[name] += time.perf_counter() - start
+    return {"review_head": None} | {name: 1000 * total / repeats for name, total in seconds.items()}
 
 
 def keypoint_difference(plain_results, session_results):
@@ -233,9 +246,7 @@ def main(argv=None) -> int:
     session, session_results, session_s = run_session(model, radiograph, truth, order)
     saving_ms = encode_once_saving_ms(session)
     field_ms = correction_field_ms(session_results[-1][0], {k: truth[k] for k in order}, config)
-    decoder_ms, review_head_ms = click_decoder_ms(
-        session.predictor.click_decoder, session_results[-1][0], {k: truth[k] for k in order}
-    )
+    decoder_ms = click_decoder_ms(session.predictor.click_decoder, session_results[-1][0], {k: truth[k] for k in order})
     del session
     plain_results, plain_s = run_plain(model, radiograph, truth, order)
 
@@ -255,8 +266,10 @@ def main(argv=None) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "encode_once_saving_ms": round(saving_ms, 1),
         "correction_field_ms": round(field_ms, 2),  # with all the run's clicks
-        "click_decoder_ms": None if decoder_ms is None else round(decoder_ms, 2),  # null: the folder has none
-        "review_head_ms": None if review_head_ms is None else round(review_head_ms, 2),  # null: no check-next head
+        # null: the folder has none; _members_ms: the same offsets one member module at a time
+        "click_decoder_ms": rounded(decoder_ms["stacked"], 2),
+        "click_decoder_members_ms": rounded(decoder_ms["members"], 2),
+        "review_head_ms": rounded(decoder_ms["review_head"], 2),  # null: no check-next head
         # per click with the model's local stage, the same clicks (null: the folder has none)
         "local_stage": None
         if stage is None
