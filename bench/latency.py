@@ -180,7 +180,8 @@ def click_decoder_ms(decoder, points, fixed: dict, repeats: int = 200) -> dict[s
     off) adds to a click: its offsets as a session runs them (members stacked), the same offsets
     from each member's module in turn (the training network's forward), and its check-next head;
     None: the folder has none. Timed on the run's last points with its clicks, as many as it is
-    used for, interleaved so that both offset paths see the same machine."""
+    used for, interleaved so that both offset paths see the same machine. The stacked figure is
+    a whole ``correct`` call (the features too), the members' the forward alone."""
     if decoder is None:
         return {"stacked": None, "members": None, "review_head": None}
     is_fixed = np.zeros(len(points), dtype=bool)
